@@ -1,0 +1,1 @@
+"""Dataset tools: the synthetic generator (imported as inspection_datasets)."""

@@ -1,0 +1,166 @@
+"""`inspection` command line: thin subcommands that parse, call and print.
+
+    inspection generate --out data/synthetic
+    inspection train --config configs/default.yaml --set train.epochs=5 --out runs/abn
+    inspection eval --checkpoint runs/abn/best.pt --checkpoint runs/plain/best.pt --out runs/report
+    inspection demo
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+def _config(args):
+    from inspection.config import load_config
+
+    path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    overrides = list(args.set or [])
+    if getattr(args, "data", None):
+        overrides.append(f"data.root={args.data}")
+    return load_config(path, overrides)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config (default: configs/default.yaml)")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=5 (repeatable)")
+    p.add_argument("--data", help="dataset folder (same as --set data.root=...)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def cmd_generate(args) -> int:
+    from inspection_datasets.synthetic import generate
+
+    summary = generate(args.out, n_good=args.good, n_per_type=args.per_type, size=args.size, seed=args.seed,
+                       size_jitter=args.size_jitter, gray_fraction=args.gray, jpeg_fraction=args.jpeg,
+                       progress=not args.quiet)
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from inspection.data import scan_dataset
+    from training.train import train
+
+    cfg = _config(args)
+    if args.kind == "abn0":
+        cfg.train.w_normal = 0.0
+    manifest = scan_dataset(cfg.data.root, cfg.data, progress=not args.quiet)
+    _report_skipped(manifest)
+    out = args.out or cfg.train.out_dir
+    best = train(cfg, manifest, out, kind="cnn" if args.kind == "cnn" else "abn", resume=not args.restart,
+                 progress=not args.quiet)
+    print(json.dumps({"checkpoint": str(best)}))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from inspection.data import Manifest, scan_dataset
+    from inspection.model import load_checkpoint
+    from training.evaluate import evaluate
+    from training.report import markdown_table, write_report
+
+    results = []
+    manifest = None
+    for path in args.checkpoint:
+        model, cfg, ckpt = load_checkpoint(path)
+        if args.config or args.set or args.data:
+            cfg = _config(args).model_copy(update={"model": cfg.model})
+        if manifest is None:
+            if args.manifest:
+                manifest = Manifest.load(args.manifest)
+            else:
+                manifest = scan_dataset(cfg.data.root, cfg.data, progress=not args.quiet)
+                _report_skipped(manifest)
+        if list(ckpt["classes"]) != list(manifest.classes):
+            raise ValueError(f"{path}: model classes {ckpt['classes']} differ from the dataset's {manifest.classes}")
+        results.append(evaluate(model, ckpt["kind"], manifest, cfg, Path(path).parent.name, not args.quiet))
+    report = write_report(results, args.out, cfg.eval.overlays)
+    print(markdown_table(results))
+    print(json.dumps({"report": str(report)}))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from training.demo import run_demo
+
+    if args.config is None:
+        args.config = str(DEFAULT_CONFIG.parent / "demo.yaml")
+    cfg = _config(args)
+    result = run_demo(cfg, args.out, progress=not args.quiet, baselines=not args.no_baselines)
+    from training.report import markdown_table
+
+    print(markdown_table(result["results"]))
+    print(json.dumps({"report": result["report"], "seconds": round(result["timings"]["total"], 1)}))
+    return 0
+
+
+def _report_skipped(manifest) -> None:
+    if manifest.skipped:
+        print(f"skipped {len(manifest.skipped)} file(s):", file=sys.stderr)
+        for path, reason in manifest.skipped[:20]:
+            print(f"  {path}: {reason}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inspection", description="Defect inspection with attention-branch CNNs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="write a synthetic dataset in the training folder layout")
+    p.add_argument("--out", default="data/synthetic", help="output folder")
+    p.add_argument("--good", type=int, default=200, help="number of good parts")
+    p.add_argument("--per-type", type=int, default=30, help="defective parts per defect type")
+    p.add_argument("--size", type=int, default=256, help="image side in pixels")
+    p.add_argument("--size-jitter", type=float, default=0.0, help="vary image sizes by up to this fraction")
+    p.add_argument("--gray", type=float, default=0.0, help="fraction of grayscale images")
+    p.add_argument("--jpeg", type=float, default=0.0, help="fraction of JPEG images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("train", help="train a model on a dataset folder")
+    _add_config_args(p)
+    p.add_argument("--out", help="run folder (default: train.out_dir)")
+    p.add_argument("--kind", choices=["abn", "abn0", "cnn"], default="abn",
+                   help="abn: ours; abn0: plain ABN (W_normal=0); cnn: plain CNN for Grad-CAM")
+    p.add_argument("--restart", action="store_true", help="ignore last.pt in the run folder")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate checkpoints side by side and write a report")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", action="append", required=True, help="best.pt of a run (repeatable)")
+    p.add_argument("--manifest", help="use this manifest.json instead of scanning the dataset")
+    p.add_argument("--out", default="runs/report", help="report folder")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="generate data, train ours and both baselines, write the report")
+    _add_config_args(p)
+    p.add_argument("--out", default="runs/demo", help="output folder")
+    p.add_argument("--no-baselines", action="store_true", help="train only our model")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from inspection.config import ConfigError
+    from inspection.data import DatasetError
+    from inspection.imageio import ImageError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DatasetError, ImageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume training from last.pt", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

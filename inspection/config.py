@@ -1,0 +1,178 @@
+"""Typed configuration loaded from YAML, with command-line overrides and errors that name the field.
+
+    >>> cfg = load_config("configs/default.yaml", overrides=["train.epochs=3", "model.backbone=tiny"])
+    >>> cfg.train.w_normal
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the file and the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentConfig(_Section):
+    hflip: bool = True
+    vflip: bool = True
+    rotate_deg: float = Field(5.0, ge=0, le=180)
+    shift: float = Field(0.03, ge=0, le=0.5, description="max shift as a fraction of the image side")
+    brightness: float = Field(0.15, ge=0, le=1)
+    contrast: float = Field(0.15, ge=0, le=1)
+
+
+class SplitConfig(_Section):
+    train: float = Field(0.6, gt=0, lt=1)
+    val: float = Field(0.2, gt=0, lt=1)
+    test: float = Field(0.2, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self):
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must be 1, got {total:g}")
+        return self
+
+
+class DataConfig(_Section):
+    root: str = "data/synthetic"
+    image_size: tuple[int, int] = (160, 160)
+    roi: Optional[tuple[int, int, int, int]] = Field(None, description="crop (x, y, w, h) in original pixels")
+    label_mode: Literal["per_type", "binary"] = "per_type"
+    split: SplitConfig = SplitConfig()
+    split_file: Optional[str] = None
+    seed: int = 0
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    augment: AugmentConfig = AugmentConfig()
+    cache: bool = True
+
+    @field_validator("image_size")
+    @classmethod
+    def _size_ok(cls, v):
+        if min(v) < 32 or max(v) > 2048 or v[0] % 32 or v[1] % 32:
+            raise ValueError(f"expected [height, width], multiples of 32 between 32 and 2048, got {list(v)}")
+        return v
+
+    @field_validator("roi")
+    @classmethod
+    def _roi_ok(cls, v):
+        if v is not None and (v[0] < 0 or v[1] < 0 or v[2] <= 0 or v[3] <= 0):
+            raise ValueError(f"expected [x, y, width, height] with x, y >= 0 and width, height > 0, got {list(v)}")
+        return v
+
+
+class ModelConfig(_Section):
+    backbone: Literal["efficientnet_lite0", "resnet18", "resnet34", "tiny"] = "efficientnet_lite0"
+    pretrained: bool = True
+    weights: Optional[str] = Field(None, description="local state-dict file for torchvision backbones")
+    attention_stride: Literal[4, 8, 16] = 8
+    attention_hidden: int = Field(64, ge=4)
+    residual: bool = True
+
+
+class TrainConfig(_Section):
+    out_dir: str = "runs/model"
+    epochs: int = Field(12, ge=1)
+    batch_size: int = Field(16, ge=2)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    backbone_lr_scale: float = Field(0.3, gt=0, le=1, description="lr multiplier of pretrained layers")
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    scheduler: Literal["cosine", "none"] = "cosine"
+    warmup_epochs: int = Field(1, ge=0)
+    w_normal: float = Field(1.0, ge=0)
+    strict: bool = Field(False, description="patent variant: classification loss on defect images only")
+    gamma_map: float = Field(1.0, ge=0, description="weight of L_map for images with a corrected map")
+    freeze_features: bool = False
+    early_stopping: int = Field(0, ge=0, description="stop after this many epochs without val gain; 0 = off")
+    steps_per_epoch: Optional[int] = Field(None, ge=1)
+    seed: int = 0
+    amp: Literal["auto", "on", "off"] = "auto"
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores")
+
+
+class BoxConfig(_Section):
+    threshold: Optional[float] = Field(None, ge=0, le=1, description="None = calibrate on validation")
+    min_area: int = Field(16, ge=0, description="minimum component area in original pixels")
+    score: Literal["peak", "mean"] = "peak"
+
+
+class EvalConfig(_Section):
+    threshold_mode: Literal["max_f1", "false_reject"] = "max_f1"
+    target_false_reject: float = Field(0.01, ge=0, lt=1)
+    review_band: float = Field(0.1, ge=0, lt=1, description="scores within this of the threshold go to review")
+    boxes: BoxConfig = BoxConfig()
+    overlays: int = Field(16, ge=0)
+
+
+class Config(_Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        got = "" if e["type"] == "extra_forbidden" else f" (got {e.get('input')!r})"
+        lines.append(f"  {field}: {msg}{got}")
+    return "\n".join(lines)
+
+
+def _set_dotted(tree: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
+    node[keys[-1]] = value
+
+
+def config_from_dict(tree: dict, source: str = "<dict>") -> Config:
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load YAML (or defaults if path is None) and apply `section.key=value` overrides (YAML values)."""
+    tree: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config {path}: expected a mapping of sections, got {type(tree).__name__}")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    if overrides:
+        source += " with overrides " + " ".join(overrides)
+    return config_from_dict(tree, source)
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

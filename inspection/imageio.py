@@ -1,0 +1,97 @@
+"""Image reading with errors a person can act on (torch-free; used by training and the line side).
+
+    >>> img = read_image("data/good/0001.png")   # HxWx3 float32 RGB in [0, 1]
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class ImageError(ValueError):
+    """An image file that cannot be used; the message names the file and the reason."""
+
+
+def _to_float(arr: np.ndarray, path: Path) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    if arr.dtype in (np.uint16, np.int32, np.int16):  # PIL opens 16-bit PNG/TIFF as I;16 or I
+        peak = 65535.0 if arr.max(initial=0) > 255 or arr.dtype == np.uint16 else 255.0
+        return np.clip(arr.astype(np.float32) / peak, 0.0, 1.0)
+    if arr.dtype == bool:
+        return arr.astype(np.float32)
+    if arr.dtype in (np.float32, np.float64):
+        return np.clip(arr.astype(np.float32), 0.0, 1.0)
+    raise ImageError(f"{path}: unsupported pixel type {arr.dtype}")
+
+
+def decode_image(data: bytes, path: Path | str = "<bytes>") -> np.ndarray:
+    """Decode encoded image bytes to HxWx3 float32 RGB in [0, 1]; gray is replicated, alpha dropped."""
+    import io
+
+    path = Path(path)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()  # raises on truncated files (LOAD_TRUNCATED_IMAGES stays False)
+            if im.mode in ("RGBA", "LA", "P", "CMYK", "YCbCr", "1"):
+                im = im.convert("RGB" if im.mode != "LA" else "L")
+            arr = np.asarray(im)
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not a readable image (expected PNG, JPEG, BMP or TIFF)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{path}: corrupt or truncated image ({exc})") from None
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ImageError(f"{path}: expected a gray or RGB image, got array of shape {arr.shape}")
+    if arr.shape[0] < 8 or arr.shape[1] < 8:
+        raise ImageError(f"{path}: image is {arr.shape[1]}x{arr.shape[0]} px, expected at least 8x8")
+    return _to_float(arr, path)
+
+
+def read_image(path: Path | str) -> np.ndarray:
+    """Read an image file to HxWx3 float32 RGB in [0, 1]; 8/16-bit, gray or color."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    if not data:
+        raise ImageError(f"{path}: file is empty")
+    return decode_image(data, path)
+
+
+def read_mask(path: Path | str) -> np.ndarray:
+    """Read a defect mask to an HxW bool array (any non-zero pixel is defect)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr = np.asarray(im)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: mask file not found") from None
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as exc:
+        raise ImageError(f"{path}: corrupt or unreadable mask ({exc})") from None
+    if arr.ndim == 3:
+        arr = arr[..., :3].max(axis=2)
+    return arr > 0
+
+
+def read_map(path: Path | str) -> np.ndarray:
+    """Read an attention map image (8/16-bit gray PNG, or .npy) to HxW float32 in [0, 1]."""
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        try:
+            arr = np.load(path)
+        except (OSError, ValueError) as exc:
+            raise ImageError(f"{path}: unreadable attention map ({exc})") from None
+        if arr.ndim != 2:
+            raise ImageError(f"{path}: attention map must be 2-D, got shape {arr.shape}")
+        return np.clip(arr.astype(np.float32), 0.0, 1.0)
+    return read_image(path)[..., 0]

@@ -1,0 +1,124 @@
+"""Image-level and localization metrics (scikit-learn, SciPy, OpenCV); no torch.
+
+    >>> t = calibrate_threshold(val_is_defect, val_scores, mode="max_f1")
+    >>> image_metrics(test_is_defect, test_scores, t)          # auroc, ap, f1, false_reject, ...
+    >>> box_metrics(pred_boxes_per_image, true_boxes_per_image, iou=0.3)
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+
+def calibrate_threshold(is_defect, scores, mode: str = "max_f1", target_false_reject: float = 0.01) -> float:
+    """Decision threshold (fail when score >= t) from validation scores.
+
+    max_f1: the threshold of best F1. false_reject: the lowest threshold whose false-reject rate on good
+    parts is at most the target, i.e. the most sensitive setting the line tolerates.
+    """
+    y, s = np.asarray(is_defect, bool), np.asarray(scores, float)
+    if y.all() or not y.any():
+        raise ValueError("threshold calibration needs both good and defective validation images")
+    if mode == "max_f1":
+        p, r, t = precision_recall_curve(y, s)
+        f1 = 2 * p[:-1] * r[:-1] / np.maximum(p[:-1] + r[:-1], 1e-12)
+        return float(t[int(np.argmax(f1))])
+    if mode == "false_reject":
+        good = np.sort(s[~y])
+        k = int(np.floor(target_false_reject * len(good)))  # at most k good parts may reach the threshold
+        return float(np.nextafter(good[len(good) - 1 - k], np.inf)) if k < len(good) else float(good[0])
+    raise ValueError(f"eval.threshold_mode: expected 'max_f1' or 'false_reject', got {mode!r}")
+
+
+def false_reject_at_miss(is_defect, scores, miss_rate: float = 0.0) -> float:
+    """False-reject rate of good parts at the threshold that misses at most `miss_rate` of defects."""
+    y, s = np.asarray(is_defect, bool), np.asarray(scores, float)
+    d = np.sort(s[y])
+    k = int(np.floor(miss_rate * len(d)))
+    t = d[k]  # defects below t are missed: k of them
+    return float(np.mean(s[~y] >= t))
+
+
+def image_metrics(is_defect, scores, threshold: float) -> dict:
+    y, s = np.asarray(is_defect, bool), np.asarray(scores, float)
+    pred = s >= threshold
+    tp, fp, fn = int((pred & y).sum()), int((pred & ~y).sum()), int((~pred & y).sum())
+    precision = tp / max(tp + fp, 1)
+    recall = tp / max(tp + fn, 1)
+    both = y.any() and (~y).any()
+    return {
+        "auroc": float(roc_auc_score(y, s)) if both else float("nan"),
+        "ap": float(average_precision_score(y, s)) if both else float("nan"),
+        "f1": 2 * precision * recall / max(precision + recall, 1e-12),
+        "precision": precision, "recall": recall,
+        "false_reject": float(pred[~y].mean()) if (~y).any() else float("nan"),
+        "miss": float((~pred[y]).mean()) if y.any() else float("nan"),
+        "false_reject_at_miss_5pct": false_reject_at_miss(y, s, 0.05) if both else float("nan"),
+        "threshold": float(threshold), "n_good": int((~y).sum()), "n_defect": int(y.sum()),
+    }
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix of (N, 4) and (M, 4) xyxy boxes (exclusive x1/y1); a test checks it against torchvision.ops."""
+    a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-12)
+
+
+def match_boxes(pred, true, iou: float) -> int:
+    """Number of one-to-one matches (Hungarian on IoU) with IoU >= `iou`."""
+    if len(pred) == 0 or len(true) == 0:
+        return 0
+    m = box_iou(pred, true)
+    rows, cols = linear_sum_assignment(-m)
+    return int((m[rows, cols] >= iou).sum())
+
+
+def box_metrics(pred_per_image, true_per_image, iou: float = 0.3) -> dict:
+    """Micro-averaged box precision / recall / F1 over images (lists of (N_i, 4) xyxy arrays)."""
+    tp = sum(match_boxes(p, t, iou) for p, t in zip(pred_per_image, true_per_image))
+    n_pred = sum(len(p) for p in pred_per_image)
+    n_true = sum(len(t) for t in true_per_image)
+    precision = tp / n_pred if n_pred else (1.0 if n_true == 0 else 0.0)
+    recall = tp / n_true if n_true else 1.0
+    f1 = 2 * precision * recall / max(precision + recall, 1e-12)
+    return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "n_pred": n_pred, "n_true": n_true}
+
+
+def pixel_auroc(maps: list[np.ndarray], masks: list[np.ndarray]) -> float:
+    s = np.concatenate([m.ravel() for m in maps])
+    y = np.concatenate([m.ravel() for m in masks]).astype(bool)
+    if y.all() or not y.any():
+        return float("nan")
+    return float(roc_auc_score(y, s))
+
+
+def aupro(maps: list[np.ndarray], masks: list[np.ndarray], fpr_limit: float = 0.3, steps: int = 200) -> float:
+    """Area under the per-region-overlap curve up to `fpr_limit` FPR, normalized to [0, 1] (MVTec AD)."""
+    import cv2
+
+    regions, normal = [], []
+    for amap, mask in zip(maps, masks):
+        mask = mask.astype(bool)
+        normal.append(amap[~mask])
+        n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+        regions += [np.sort(amap[labels == i]) for i in range(1, n)]
+    if not regions:
+        return float("nan")
+    normal_sorted = np.sort(np.concatenate(normal))
+    all_scores = np.concatenate([normal_sorted] + regions)
+    thresholds = np.unique(np.quantile(all_scores, np.linspace(0, 1, steps)))[::-1]
+    fpr = 1 - np.searchsorted(normal_sorted, thresholds, side="left") / len(normal_sorted)
+    pro = np.mean([1 - np.searchsorted(r, thresholds, side="left") / len(r) for r in regions], axis=0)
+    fpr, pro = np.concatenate([[0.0], fpr]), np.concatenate([[0.0], pro])
+    keep = fpr <= fpr_limit
+    x, y = fpr[keep], pro[keep]
+    if x[-1] < fpr_limit and keep.sum() < len(fpr):  # interpolate the curve at the limit
+        i = int(keep.sum())
+        w = (fpr_limit - fpr[i - 1]) / max(fpr[i] - fpr[i - 1], 1e-12)
+        x, y = np.append(x, fpr_limit), np.append(y, pro[i - 1] + w * (pro[i] - pro[i - 1]))
+    return float(np.trapezoid(y, x) / fpr_limit)

@@ -1,0 +1,116 @@
+"""The Attention Branch Network of METHOD.md, and the plain-CNN baseline (pure nn.Modules, exportable).
+
+    features  F = trunk.features(image)                       (B, C, h, w)
+    attention branch:  z_att = GAP(conv(F)),  A = sigmoid(BN(conv1x1(F')))   (B, h, w) in [0, 1]
+    synthesis G = F * A  (+ F when residual)
+    perception z_per = FC(GAP(trunk.perception(G)))
+
+    >>> model = build_model(cfg.model, num_classes=6)
+    >>> logits, att_logits, attention = model(images)
+    >>> logits = model.forward_with_attention(images, corrected_attention)
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from inspection.backbones import Trunk, build_trunk
+
+
+class ABNOutput(NamedTuple):
+    logits: torch.Tensor        # perception branch, (B, K)
+    att_logits: torch.Tensor    # attention branch, (B, K)
+    attention: torch.Tensor     # attention map A, (B, h, w) in [0, 1]
+
+
+class AttentionBranch(nn.Module):
+    """F → (K class logits via GAP, 1-channel sigmoid attention map)."""
+
+    def __init__(self, channels: int, num_classes: int, hidden: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, num_classes, 1, bias=False), nn.BatchNorm2d(num_classes), nn.ReLU(inplace=True))
+        self.classify = nn.Conv2d(num_classes, num_classes, 1)
+        self.to_map = nn.Sequential(nn.Conv2d(num_classes, 1, 1, bias=False), nn.BatchNorm2d(1))
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body(features)
+        att_logits = self.classify(h).mean(dim=(2, 3))
+        attention = torch.sigmoid(self.to_map(h))[:, 0]
+        return att_logits, attention
+
+
+class ABN(nn.Module):
+    def __init__(self, trunk: Trunk, num_classes: int, hidden: int = 64, residual: bool = True):
+        super().__init__()
+        self.features = trunk.features
+        self.attention_branch = AttentionBranch(trunk.feature_channels, num_classes, hidden)
+        self.perception = trunk.perception
+        self.fc = nn.Linear(trunk.out_channels, num_classes)
+        self.residual = residual
+
+    def perceive(self, features: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        """Perception logits from F and an attention map (B, h, w) at F's resolution."""
+        a = attention[:, None]
+        g = features * a + features if self.residual else features * a
+        return self.fc(self.perception(g).mean(dim=(2, 3)))
+
+    def forward(self, images: torch.Tensor) -> ABNOutput:
+        features = self.features(images)
+        att_logits, attention = self.attention_branch(features)
+        return ABNOutput(self.perceive(features, attention), att_logits, attention)
+
+    def forward_with_attention(self, images: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        """Perception logits with an external (e.g. operator-corrected) map (B, H', W'), resized to F."""
+        features = self.features(images)
+        if attention.shape[-2:] != features.shape[-2:]:
+            attention = F.interpolate(attention[:, None], size=features.shape[-2:], mode="bilinear",
+                                      align_corners=False)[:, 0]
+        return self.perceive(features, attention.clamp(0, 1))
+
+
+class Classifier(nn.Module):
+    """Plain CNN on the same trunk (the Grad-CAM baseline); `features` is the Grad-CAM layer."""
+
+    def __init__(self, trunk: Trunk, num_classes: int):
+        super().__init__()
+        self.features = trunk.features
+        self.perception = trunk.perception
+        self.fc = nn.Linear(trunk.out_channels, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.perception(self.features(images)).mean(dim=(2, 3)))
+
+
+def build_model(model_cfg, num_classes: int, kind: str = "abn") -> nn.Module:
+    """Build an ABN (kind='abn') or the plain classifier (kind='cnn') from a ModelConfig."""
+    if num_classes < 2:
+        raise ValueError(f"need at least 2 classes (good and a defect), got {num_classes}")
+    trunk = build_trunk(model_cfg.backbone, model_cfg.attention_stride, model_cfg.pretrained, model_cfg.weights)
+    if kind == "cnn":
+        return Classifier(trunk, num_classes)
+    return ABN(trunk, num_classes, model_cfg.attention_hidden, model_cfg.residual)
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Rebuild a model exactly from the config stored in its checkpoint; return (model, cfg, checkpoint)."""
+    from inspection.config import config_from_dict
+
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise RuntimeError(f"{path}: not a readable checkpoint ({exc})") from None
+    if not isinstance(ckpt, dict) or not {"kind", "config", "classes", "state_dict"} <= set(ckpt):
+        raise RuntimeError(f"{path}: not an inspection checkpoint (expected kind, config, classes, state_dict)")
+    cfg = config_from_dict(ckpt["config"], str(path))
+    cfg.model.pretrained = False  # the weights come from the checkpoint
+    model = build_model(cfg.model, len(ckpt["classes"]), ckpt["kind"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise RuntimeError(f"{path}: weights do not fit the model its config describes: {exc}") from None
+    return model.eval(), cfg, ckpt

@@ -1,0 +1,32 @@
+"""Shared fixtures: a tiny synthetic dataset with mixed formats, sizes and channels, and a tiny config."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from inspection.config import load_config
+from inspection_datasets.synthetic import generate
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """36 good + 3 types x 8 defects; gray and color, PNG and JPEG, sizes 72-120 px, with masks."""
+    root = tmp_path_factory.mktemp("data") / "tiny"
+    generate(root, n_good=36, n_per_type=8, size=96, seed=3, defect_types=("scratch", "hole", "stain"),
+             size_jitter=0.25, gray_fraction=0.3, jpeg_fraction=0.3)
+    return root
+
+
+@pytest.fixture
+def dataset_copy(tiny_dataset, tmp_path):
+    dst = tmp_path / "data"
+    shutil.copytree(tiny_dataset, dst)
+    return dst
+
+
+def tiny_config(root, **overrides):
+    sets = [f"data.root={root}", "data.image_size=[64, 64]", "model.backbone=tiny", "model.pretrained=false",
+            "train.epochs=2", "train.batch_size=8", "train.lr=0.003", "eval.overlays=4"]
+    sets += [f"{k}={v}" for k, v in overrides.items()]
+    return load_config(None, sets)

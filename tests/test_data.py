@@ -1,0 +1,154 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from inspection.data import BalancedBatchSampler, DatasetError, InspectionDataset, scan_dataset
+from inspection.imageio import ImageError, read_image
+from tests.conftest import tiny_config
+
+
+def test_scan_mixed_formats_sizes_and_channels(tiny_dataset):
+    cfg = tiny_config(tiny_dataset)
+    m = scan_dataset(tiny_dataset, cfg.data)
+    assert m.classes == ["good", "hole", "scratch", "stain"]
+    assert len(m.items) == 36 + 24 and not m.skipped
+    suffixes = {it.path.rsplit(".", 1)[1] for it in m.items}
+    assert suffixes == {"png", "jpg"}
+    assert len({(it.width, it.height) for it in m.items}) > 5
+    assert all(it.mask for it in m.items if it.defect_type != "good")
+    counts = m.counts()
+    for split in ("train", "val", "test"):
+        assert counts[split]["good"] > 0 and all(counts[split].get(t, 0) > 0 for t in ("hole", "scratch", "stain"))
+    ds = InspectionDataset(m, "train", cfg.data, augment=True)
+    sample = ds[0]
+    assert sample["image"].shape == (3, 64, 64) and not sample["has_target"]
+
+
+def test_split_is_deterministic_and_manifest_hash_stable(tiny_dataset, tmp_path):
+    cfg = tiny_config(tiny_dataset)
+    a, b = scan_dataset(tiny_dataset, cfg.data), scan_dataset(tiny_dataset, cfg.data)
+    assert [(i.path, i.split) for i in a.items] == [(i.path, i.split) for i in b.items]
+    assert a.content_hash == b.content_hash
+    a.save(tmp_path / "manifest.json")
+    loaded = json.loads((tmp_path / "manifest.json").read_text())
+    assert loaded["content_hash"] == a.content_hash and len(loaded["items"][0]["sha256"]) == 64
+    other = scan_dataset(tiny_dataset, tiny_config(tiny_dataset, **{"data.seed": 7}).data)
+    assert other.content_hash != a.content_hash
+
+
+def test_content_change_changes_hash(dataset_copy):
+    cfg = tiny_config(dataset_copy)
+    before = scan_dataset(dataset_copy, cfg.data).content_hash
+    victim = sorted((dataset_copy / "good").iterdir())[0]
+    img = np.asarray(Image.open(victim)).copy()
+    img[0, 0] = 255 - img[0, 0]
+    Image.fromarray(img).save(victim)
+    assert scan_dataset(dataset_copy, cfg.data).content_hash != before
+
+
+def test_split_file_overrides(dataset_copy, tmp_path):
+    cfg = tiny_config(dataset_copy)
+    m = scan_dataset(dataset_copy, cfg.data)
+    spec = {s: [it.path for it in m.items if it.split == s] for s in ("train", "val", "test")}
+    spec["train"], spec["test"] = spec["test"], spec["train"]  # deliberately different from the automatic split
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps(spec))
+    m2 = scan_dataset(dataset_copy, tiny_config(dataset_copy, **{"data.split_file": str(path)}).data)
+    assert sorted(it.path for it in m2.split("train")) == sorted(spec["train"])
+    spec["val"].append("good/nope.png")
+    path.write_text(json.dumps(spec))
+    with pytest.raises(DatasetError, match="nope.png"):
+        scan_dataset(dataset_copy, tiny_config(dataset_copy, **{"data.split_file": str(path)}).data)
+
+
+def test_bad_images_are_skipped_and_counted(dataset_copy):
+    good = sorted((dataset_copy / "good").iterdir())
+    (dataset_copy / "good" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    jpg = next(p for p in good if p.suffix == ".jpg")
+    (dataset_copy / "good" / "truncated.jpg").write_bytes(jpg.read_bytes()[: len(jpg.read_bytes()) // 2])
+    (dataset_copy / "good" / "empty.png").write_bytes(b"")
+    (dataset_copy / "good" / "notes.txt").write_text("operator notes")
+    m = scan_dataset(dataset_copy, tiny_config(dataset_copy).data)
+    reasons = dict(m.skipped)
+    assert len(m.skipped) == 4 and len(m.items) == 60
+    assert "corrupt" in reasons[str(dataset_copy / "good" / "corrupt.png")] or "not a readable image" in \
+        reasons[str(dataset_copy / "good" / "corrupt.png")]
+    assert "truncated" in reasons[str(dataset_copy / "good" / "truncated.jpg")]
+    assert "empty" in reasons[str(dataset_copy / "good" / "empty.png")]
+    assert "not an image file" in reasons[str(dataset_copy / "good" / "notes.txt")]
+
+
+def test_read_image_errors_name_the_file(tmp_path):
+    bad = tmp_path / "x.png"
+    bad.write_bytes(b"nope")
+    with pytest.raises(ImageError, match="x.png"):
+        read_image(bad)
+    with pytest.raises(ImageError, match="missing.png"):
+        read_image(tmp_path / "missing.png")
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.full((16, 16), 40000, np.uint16)).save(deep)  # 16-bit gray
+    img = read_image(deep)
+    assert img.shape == (16, 16, 3) and img.max() == pytest.approx(40000 / 65535, abs=1e-4)
+
+
+def test_dataset_structure_errors(tmp_path, dataset_copy):
+    cfg = tiny_config(tmp_path).data
+    with pytest.raises(DatasetError, match="does not exist"):
+        scan_dataset(tmp_path / "missing", cfg)
+    (tmp_path / "defect" / "scratch").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="no good/ folder"):
+        scan_dataset(tmp_path, cfg)
+    (tmp_path / "good").mkdir()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "good" / "a.png")
+    with pytest.raises(DatasetError, match="no readable images"):
+        scan_dataset(tmp_path, cfg)
+    for p in (dataset_copy / "good").iterdir():
+        p.unlink()
+    with pytest.raises(DatasetError, match="good/ holds no readable images"):
+        scan_dataset(dataset_copy, cfg)
+
+
+def test_too_few_images_of_a_class(dataset_copy):
+    for p in sorted((dataset_copy / "defect" / "hole").iterdir())[2:]:
+        p.unlink()
+    with pytest.raises(DatasetError, match="'hole' has 2 images"):
+        scan_dataset(dataset_copy, tiny_config(dataset_copy).data)
+    m = scan_dataset(dataset_copy, tiny_config(dataset_copy, **{"data.label_mode": "binary"}).data)
+    assert m.classes == ["good", "defect"]
+
+
+def test_mask_size_mismatch_is_an_error(dataset_copy):
+    mask = sorted((dataset_copy / "masks" / "hole").iterdir())[0]
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(mask)
+    with pytest.raises(DatasetError, match=f"{mask.name}: mask is 12x10 px"):
+        scan_dataset(dataset_copy, tiny_config(dataset_copy).data)
+
+
+def test_corrected_maps_are_loaded_and_augmented_with_the_image(dataset_copy):
+    item = sorted((dataset_copy / "defect" / "stain").iterdir())[0]
+    target = dataset_copy / "corrected" / "defect" / "stain" / (item.stem + ".npy")
+    target.parent.mkdir(parents=True)
+    amap = np.zeros((8, 8), np.float32)
+    amap[:, :4] = 1.0  # left half
+    np.save(target, amap)
+    cfg = tiny_config(dataset_copy)
+    m = scan_dataset(dataset_copy, cfg.data)
+    it = next(i for i in m.items if i.path.endswith(item.name))
+    assert it.corrected == f"corrected/defect/stain/{item.stem}.npy"
+    ds = InspectionDataset(m, it.split, cfg.data)
+    s = ds[ds.items.index(it)]
+    assert s["has_target"] and s["target_map"].shape == (64, 64)
+    assert s["target_map"][:, :28].mean() > 0.95 and s["target_map"][:, 36:].mean() < 0.05
+
+
+def test_balanced_batches_hold_both_kinds():
+    sampler = BalancedBatchSampler([True] * 90 + [False] * 10, batch_size=8, steps=20, seed=0)
+    batches = list(sampler)
+    assert len(batches) == 20
+    for b in batches:
+        assert sum(i < 90 for i in b) == 4 and sum(i >= 90 for i in b) == 4
+    assert list(sampler) != batches  # reshuffled every epoch
+    with pytest.raises(DatasetError):
+        BalancedBatchSampler([True] * 5, 4, 1)

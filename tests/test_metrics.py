@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from inspection.metrics import (aupro, box_iou, box_metrics, calibrate_threshold, false_reject_at_miss,
+                                image_metrics, match_boxes, pixel_auroc)
+
+
+def test_image_metrics_known_values():
+    y = [0, 0, 0, 0, 1, 1]
+    s = [0.1, 0.2, 0.3, 0.7, 0.6, 0.9]
+    m = image_metrics(y, s, threshold=0.5)
+    assert m["auroc"] == pytest.approx(7 / 8)  # one of 8 good/defect pairs is misordered
+    assert m["false_reject"] == pytest.approx(0.25) and m["miss"] == 0.0
+    assert m["precision"] == pytest.approx(2 / 3) and m["f1"] == pytest.approx(0.8)
+    assert false_reject_at_miss(y, s, 0.0) == pytest.approx(0.25)
+
+
+def test_threshold_calibration():
+    y = np.array([0] * 100 + [1] * 10)
+    s = np.concatenate([np.linspace(0, 0.5, 100), np.linspace(0.6, 1.0, 10)])
+    assert 0.5 < calibrate_threshold(y, s, "max_f1") <= 0.6
+    t = calibrate_threshold(y, s, "false_reject", 0.05)
+    assert np.mean(s[y == 0] >= t) <= 0.05 and np.mean(s[y == 0] >= np.nextafter(t, 0) - 0.006) > 0.05
+    with pytest.raises(ValueError, match="both good and defective"):
+        calibrate_threshold([0, 0], [0.1, 0.2])
+
+
+def test_box_iou_matches_torchvision():
+    rng = np.random.default_rng(0)
+    a = np.sort(rng.uniform(0, 100, (7, 2, 2)), axis=1).transpose(0, 2, 1).reshape(7, 4)[:, [0, 2, 1, 3]]
+    b = np.sort(rng.uniform(0, 100, (5, 2, 2)), axis=1).transpose(0, 2, 1).reshape(5, 4)[:, [0, 2, 1, 3]]
+    ref = torchvision.ops.box_iou(torch.tensor(a), torch.tensor(b)).numpy()
+    assert np.allclose(box_iou(a, b), ref, atol=1e-9)
+
+
+def test_box_matching_is_one_to_one():
+    true = np.array([[0, 0, 10, 10]])
+    pred = np.array([[0, 0, 10, 10], [1, 1, 10, 10]])
+    assert match_boxes(pred, true, 0.5) == 1
+    m = box_metrics([pred, np.zeros((1, 4)) + [50, 50, 60, 60]], [true, np.zeros((0, 4))], 0.5)
+    assert (m["tp"], m["n_pred"], m["n_true"]) == (1, 3, 1)
+    assert m["precision"] == pytest.approx(1 / 3) and m["recall"] == 1.0 and m["f1"] == pytest.approx(0.5)
+
+
+def test_pixel_metrics():
+    mask = np.zeros((20, 20), bool)
+    mask[5:10, 5:10] = True
+    good = np.zeros((20, 20), bool)
+    perfect = [mask.astype(float), np.zeros((20, 20))]
+    assert pixel_auroc(perfect, [mask, good]) == 1.0
+    assert aupro(perfect, [mask, good]) == pytest.approx(1.0, abs=0.02)
+    inverted = [1 - mask.astype(float), np.ones((20, 20))]
+    assert pixel_auroc(inverted, [mask, good]) == 0.0
+    assert aupro(inverted, [mask, good]) < 0.05
+    rng = np.random.default_rng(0)
+    noise = [rng.random((20, 20)) for _ in range(2)]
+    assert 0.05 < aupro(noise, [mask, good]) < 0.3  # chance level: PRO ~ FPR, area ~ 0.15 of 0.3

@@ -1,0 +1,83 @@
+import pytest
+import torch
+
+from inspection.config import ModelConfig
+from inspection.losses import abn_loss
+from inspection.model import ABN, Classifier, build_model
+
+
+def _tiny(**kw):
+    return build_model(ModelConfig(backbone="tiny", pretrained=False, **kw), num_classes=3)
+
+
+def _feature_grad(model, loss_fn):
+    model.zero_grad()
+    loss_fn(model(torch.randn(4, 3, 64, 64))).backward()
+    return sum(float(p.grad.abs().sum()) for p in model.features.parameters() if p.grad is not None)
+
+
+def test_forward_shapes_follow_attention_stride():
+    for stride, side in [(4, 16), (8, 8), (16, 4)]:
+        out = _tiny(attention_stride=stride)(torch.randn(2, 3, 64, 64))
+        assert out.logits.shape == (2, 3) and out.att_logits.shape == (2, 3)
+        assert out.attention.shape == (2, side, side)
+        assert float(out.attention.min()) >= 0 and float(out.attention.max()) <= 1
+
+
+def test_gradients_reach_backbone_through_both_branches():
+    torch.manual_seed(0)
+    model = _tiny()
+    labels = torch.tensor([0, 1, 2, 0])
+    ce = torch.nn.functional.cross_entropy
+    # attention branch alone (L_att): perception weights untouched, backbone reached
+    assert _feature_grad(model, lambda o: ce(o.att_logits, labels)) > 0
+    assert all(p.grad is None or float(p.grad.abs().sum()) == 0 for p in model.perception.parameters())
+    # perception branch alone (L_classify): backbone reached through both F and A
+    assert _feature_grad(model, lambda o: ce(o.logits, labels)) > 0
+    assert sum(float(p.grad.abs().sum()) for p in model.attention_branch.parameters() if p.grad is not None) > 0
+    # L_normal alone reaches the backbone through the map
+    assert _feature_grad(model, lambda o: o.attention.mean()) > 0
+
+
+def test_forward_with_attention_matches_own_map_and_changes_with_map():
+    torch.manual_seed(0)
+    model = _tiny().eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = model(x)
+        same = model.forward_with_attention(x, out.attention)
+        upsampled = torch.nn.functional.interpolate(out.attention[:, None], size=(32, 32), mode="nearest")[:, 0]
+        resized = model.forward_with_attention(x, upsampled)  # any map size is resized to F
+        zero = model.forward_with_attention(x, torch.zeros(2, 8, 8))
+    assert torch.allclose(same, out.logits, atol=1e-5)
+    assert resized.shape == out.logits.shape
+    assert not torch.allclose(zero, out.logits, atol=1e-3)
+
+
+def test_residual_choice():
+    torch.manual_seed(0)
+    plain = _tiny(residual=False).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        z = plain.forward_with_attention(x, torch.zeros(1, 8, 8))
+        z2 = plain.forward_with_attention(torch.randn(1, 3, 64, 64), torch.zeros(1, 8, 8))
+    assert torch.allclose(z, z2)  # F*0 erases the image: the perception sees nothing
+    plain.residual = True
+    with torch.no_grad():
+        assert not torch.allclose(plain.forward_with_attention(x, torch.zeros(1, 8, 8)), z)
+
+
+def test_cnn_baseline_and_bad_class_count():
+    cnn = build_model(ModelConfig(backbone="tiny", pretrained=False), 3, kind="cnn")
+    assert isinstance(cnn, Classifier) and cnn(torch.randn(2, 3, 64, 64)).shape == (2, 3)
+    assert isinstance(_tiny(), ABN)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        build_model(ModelConfig(backbone="tiny", pretrained=False), 1)
+
+
+def test_resnet_backbone_builds_and_trains_one_step():
+    model = build_model(ModelConfig(backbone="resnet18", pretrained=False, attention_stride=16), 2)
+    out = model(torch.randn(2, 3, 64, 64))
+    assert out.attention.shape == (2, 4, 4)
+    loss, _ = abn_loss(out, torch.tensor([0, 1]), 0, 1.0)
+    loss.backward()

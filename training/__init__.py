@@ -1,0 +1,1 @@
+"""Training: the loop, evaluation, Grad-CAM baseline, reports and the demo."""

@@ -1,0 +1,185 @@
+"""Side-by-side report of evaluated models: metrics table, ROC/PR curves, attention-overlay grid.
+
+    >>> write_report([result_ours, result_plain_abn, result_gradcam], "runs/demo/report")
+
+Writes report.html, results.md, metrics.json, roc_pr.png and overlays.png into the folder.
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from inspection.boxes import Box, upsample_attention
+from inspection.data import GOOD
+from inspection.imageio import read_image
+from inspection.overlay import overlay
+
+COLUMNS = [  # (header, getter)
+    ("image AUROC", lambda m: m["image"]["auroc"]),
+    ("image AP", lambda m: m["image"]["ap"]),
+    ("image F1", lambda m: m["image"]["f1"]),
+    ("false reject", lambda m: m["image"]["false_reject"]),
+    ("miss", lambda m: m["image"]["miss"]),
+    ("box F1@0.3", lambda m: m.get("box@0.3", {}).get("f1")),
+    ("box P@0.3", lambda m: m.get("box@0.3", {}).get("precision")),
+    ("box R@0.3", lambda m: m.get("box@0.3", {}).get("recall")),
+    ("box F1@0.5", lambda m: m.get("box@0.5", {}).get("f1")),
+    ("pixel AUROC", lambda m: m.get("pixel_auroc")),
+    ("AUPRO", lambda m: m.get("aupro")),
+    ("att. mean good", lambda m: m["attention_mean_good"]),
+    ("att. mean defect", lambda m: m["attention_mean_defect"]),
+]
+
+
+def _fmt(v) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def markdown_table(results: list[dict]) -> str:
+    head = "| model | " + " | ".join(h for h, _ in COLUMNS) + " |"
+    rule = "|---" * (len(COLUMNS) + 1) + "|"
+    rows = ["| " + r["name"] + " | " + " | ".join(_fmt(get(r["metrics"])) for _, get in COLUMNS) + " |"
+            for r in results]
+    return "\n".join([head, rule, *rows])
+
+
+def plot_curves(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.2))
+    for r in results:
+        y, s = np.array(r["test_is_defect"]), np.array(r["test_scores"])
+        fpr, tpr, _ = roc_curve(y, s)
+        p, rc, _ = precision_recall_curve(y, s)
+        a.plot(fpr, tpr, label=f"{r['name']} (AUROC {r['metrics']['image']['auroc']:.3f})")
+        b.plot(rc, p, label=f"{r['name']} (AP {r['metrics']['image']['ap']:.3f})")
+    a.plot([0, 1], [0, 1], "k:", lw=0.8)
+    a.set(xlabel="false-positive rate (good parts rejected)", ylabel="true-positive rate", title="ROC, test split")
+    b.set(xlabel="recall", ylabel="precision", title="precision-recall, test split")
+    for ax in (a, b):
+        ax.legend(fontsize=8, loc="lower right" if ax is a else "lower left")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def pick_examples(result: dict, n: int) -> list[int]:
+    """A few test images per defect type first, then good ones with the highest scores (the hard ones)."""
+    imgs = result["images"]
+    types = sorted({im["defect_type"] for im in imgs} - {GOOD})
+    picked: list[int] = []
+    per_type = max(1, (n - max(2, n // 4)) // max(len(types), 1))
+    for t in types:
+        picked += [i for i, im in enumerate(imgs) if im["defect_type"] == t][:per_type]
+    goods = sorted((i for i, im in enumerate(imgs) if im["defect_type"] == GOOD), key=lambda i: -imgs[i]["score"])
+    return (picked + goods)[:n]
+
+
+def overlay_grid(results: list[dict], indices: list[int], path: Path, tile: int = 160) -> None:
+    """Rows: test images; columns: models. Red boxes predicted, green boxes true."""
+    import cv2
+
+    root = Path(results[0]["root"])
+    rows = []
+    for i in indices:
+        item = results[0]["images"][i]
+        image = read_image(root / item["path"])
+        cells = []
+        for r in results:
+            im = r["images"][i]
+            full = upsample_attention(r["maps"][im["map_index"]], image.shape[:2], r["roi"])
+            boxes = [Box(**b) for b in im["boxes"]]
+            label = f"{'FAIL' if im['fail'] else 'pass'} {im['score']:.2f}"
+            ov = overlay(image, full, boxes, im["true_boxes"] or [], label=None)
+            s = tile / max(ov.shape[:2])
+            ov = cv2.resize(ov, (round(ov.shape[1] * s), round(ov.shape[0] * s)), interpolation=cv2.INTER_AREA)
+            canvas = np.full((tile, tile, 3), 255, np.uint8)
+            canvas[:ov.shape[0], :ov.shape[1]] = ov
+            cv2.putText(canvas, label, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (255, 255, 255), 1, cv2.LINE_AA)
+            cells.append(canvas)
+        rows.append(np.concatenate([_side_label(item["defect_type"], tile)] + cells, axis=1))
+    header = np.concatenate([_side_label("", tile, 28)] + [_head_label(r["name"], tile) for r in results], axis=1)
+    grid = np.concatenate([header] + rows, axis=0)
+    cv2.imwrite(str(path), grid[..., ::-1])
+
+
+def _side_label(text: str, h: int, height: int | None = None) -> np.ndarray:
+    import cv2
+
+    cell = np.full((height or h, 70, 3), 255, np.uint8)
+    cv2.putText(cell, text, (3, (height or h) // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    return cell
+
+
+def _head_label(text: str, w: int) -> np.ndarray:
+    import cv2
+
+    cell = np.full((28, w, 3), 255, np.uint8)
+    cv2.putText(cell, text[:28], (3, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1, cv2.LINE_AA)
+    return cell
+
+
+def write_report(results: list[dict], out_dir: str | Path, n_overlays: int = 16, extra_md: str = "",
+                 curves: dict[str, Path] | None = None) -> Path:
+    """Write the report folder and return the path of report.html."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_curves(results, out / "roc_pr.png")
+    if n_overlays:
+        overlay_grid(results, pick_examples(results[0], n_overlays), out / "overlays.png")
+    summary = {r["name"]: {"metrics": r["metrics"], "threshold": r["threshold"], "box_threshold": r["box_threshold"]}
+               for r in results}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=1))
+    curve_md = ""
+    for name, src in (curves or {}).items():
+        if Path(src).exists():
+            dst = out / f"curves_{name}.png"
+            shutil.copyfile(src, dst)
+            curve_md += f"\n### Training curves: {name}\n\n![]({dst.name})\n"
+    thresholds = "\n".join(f"- {r['name']}: fail at score ≥ {r['threshold']:.3f}; boxes at attention ≥ "
+                           f"{r['box_threshold']:.2f}" for r in results)
+    md = (f"# Inspection report\n\n{extra_md}\n## Test split\n\n{markdown_table(results)}\n\n"
+          f"Thresholds calibrated on the validation split:\n{thresholds}\n\n"
+          f"![ROC and PR](roc_pr.png)\n\n## Attention overlays (red: predicted boxes, green: true boxes)\n\n"
+          f"![overlays](overlays.png)\n{curve_md}")
+    (out / "results.md").write_text(md)
+    (out / "report.html").write_text(_markdown_to_html(md))
+    return out / "report.html"
+
+
+def _markdown_to_html(md: str) -> str:
+    """Just enough Markdown (headings, tables, images, lists) for a self-contained report page."""
+    body, table = [], []
+    for line in md.splitlines() + [""]:
+        if line.startswith("|"):
+            table.append([c.strip() for c in line.strip("|").split("|")])
+            continue
+        if table:
+            rows = [r for r in table if not set("".join(r)) <= set("-")]
+            body.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in rows[0]) + "</tr>" +
+                        "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+                        + "</table>")
+            table = []
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
+        elif line.startswith("!["):
+            src = line[line.index("(") + 1:line.rindex(")")]
+            body.append(f'<img src="{html.escape(src)}" style="max-width:100%">')
+        elif line.startswith("- "):
+            body.append(f"<li>{html.escape(line[2:])}</li>")
+        elif line.strip():
+            body.append(f"<p>{html.escape(line)}</p>")
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:13px}"
+             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td:first-child{text-align:left}")
+    return f"<!doctype html><meta charset=utf-8><title>Inspection report</title><style>{style}</style>" + "\n".join(body)

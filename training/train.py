@@ -1,0 +1,241 @@
+"""Train an ABN (or the plain-CNN baseline) on a dataset manifest: the loop, checkpoints, logs, curves.
+
+    >>> best = train(cfg, manifest, out_dir="runs/abn", kind="abn")      # -> runs/abn/best.pt
+
+Writes to out_dir: config.yaml, manifest.json, last.pt (resumable), best.pt (by validation),
+history.csv / history.json (loss terms per epoch) and training_curves.png.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from inspection.config import Config, dump_config
+from inspection.data import BalancedBatchSampler, InspectionDataset, Manifest, default_steps
+from inspection.losses import abn_loss
+from inspection.metrics import image_metrics
+from inspection.model import build_model
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _param_groups(model, cfg: Config) -> list[dict]:
+    """Pretrained trunk layers learn at lr · backbone_lr_scale; new heads at lr."""
+    pre = cfg.model.pretrained or bool(cfg.model.weights)
+    scale = cfg.train.backbone_lr_scale if pre and cfg.model.backbone != "tiny" else 1.0
+    trunk = [p for n, p in model.named_parameters() if n.startswith(("features.", "perception.")) and p.requires_grad]
+    heads = [p for n, p in model.named_parameters() if not n.startswith(("features.", "perception.")) and p.requires_grad]
+    return [{"params": trunk, "lr": cfg.train.lr * scale}, {"params": heads, "lr": cfg.train.lr}]
+
+
+def _make_optimizer(model, cfg: Config):
+    groups = _param_groups(model, cfg)
+    if cfg.train.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay, nesterov=True)
+    return torch.optim.AdamW(groups, weight_decay=cfg.train.weight_decay)
+
+
+def _make_scheduler(optimizer, cfg: Config, steps_per_epoch: int):
+    total, warm = cfg.train.epochs * steps_per_epoch, cfg.train.warmup_epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.train.scheduler == "none":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(total - warm, 1)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def forward_loss(model, batch, kind: str, cfg: Config, device) -> tuple[torch.Tensor, dict]:
+    images, labels = batch["image"].to(device), batch["label"].to(device)
+    if kind == "cnn":
+        loss = F.cross_entropy(model(images), labels)
+        return loss, {"classify": loss.item(), "att": 0.0, "normal": 0.0, "map": 0.0, "total": loss.item()}
+    out = model(images)
+    return abn_loss(out, labels, good_index=0, w_normal=cfg.train.w_normal, strict=cfg.train.strict,
+                    target_maps=batch["target_map"].to(device), has_target=batch["has_target"].to(device),
+                    gamma_map=cfg.train.gamma_map)
+
+
+@torch.no_grad()
+def validate(model, loader, kind: str, cfg: Config, device) -> dict:
+    """Validation loss terms, image AUROC and the mean attention on good images."""
+    model.eval()
+    sums: dict[str, float] = {}
+    scores, is_defect, att_good = [], [], []
+    n = 0
+    for batch in loader:
+        loss, terms = forward_loss(model, batch, kind, cfg, device)
+        bs = len(batch["label"])
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + v * bs
+        n += bs
+        out = model(batch["image"].to(device))
+        logits = out if kind == "cnn" else out.logits
+        scores += (1 - logits.softmax(1)[:, 0]).tolist()
+        is_defect += (batch["label"] != 0).tolist()
+        if kind != "cnn":
+            good = batch["label"] == 0
+            att_good += out.attention[good.to(device)].mean(dim=(1, 2)).tolist()
+    m = image_metrics(is_defect, scores, 0.5)
+    result = {f"val_{k}": v / n for k, v in sums.items()}
+    result.update(val_auroc=m["auroc"], val_att_good=float(np.mean(att_good)) if att_good else float("nan"))
+    return result
+
+
+def _is_better(new: dict, best: dict | None) -> bool:
+    if best is None:
+        return True
+    a = (round(new["val_auroc"], 4), -new["val_total"])
+    b = (round(best["val_auroc"], 4), -best["val_total"])
+    return a > b
+
+
+def save_checkpoint(path: Path, model, cfg: Config, manifest: Manifest, kind: str, extra: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"kind": kind, "config": cfg.model_dump(mode="json"), "classes": manifest.classes,
+                "manifest_hash": manifest.content_hash, "state_dict": model.state_dict(), **extra}, tmp)
+    tmp.replace(path)
+
+
+def plot_history(history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for key in ("total", "classify", "att", "normal", "map"):
+        if any(h.get(f"train_{key}", 0) for h in history):
+            axes[0].plot(ep, [h[f"train_{key}"] for h in history], label=f"train {key}")
+    axes[0].plot(ep, [h["val_total"] for h in history], "k--", label="val total")
+    axes[0].set(title="loss terms", xlabel="epoch")
+    axes[0].legend(fontsize=7)
+    axes[1].plot(ep, [h["val_auroc"] for h in history], "o-")
+    axes[1].set(title="validation image AUROC", xlabel="epoch")
+    axes[2].plot(ep, [h["val_att_good"] for h in history], "o-", color="tab:red")
+    axes[2].set(title="mean attention on good val images", xlabel="epoch", ylim=(0, 1))
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn", resume: bool = True,
+          progress: bool = True, init_state: dict | None = None) -> Path:
+    """Train and return the path of best.pt. `kind`: 'abn' or 'cnn' (plain classifier, Grad-CAM baseline)."""
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_config(cfg))
+    manifest.save(out / "manifest.json")
+    seed_everything(cfg.train.seed)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    use_amp = device.type == "cuda" and cfg.train.amp != "off"
+
+    train_set = InspectionDataset(manifest, "train", cfg.data, augment=True)
+    val_set = InspectionDataset(manifest, "val", cfg.data, augment=False)
+    steps = cfg.train.steps_per_epoch or default_steps(len(train_set), cfg.train.batch_size)
+    sampler = BalancedBatchSampler([lb == 0 for lb in train_set.labels], cfg.train.batch_size, steps, cfg.train.seed)
+    train_loader = DataLoader(train_set, batch_sampler=sampler)
+    val_loader = DataLoader(val_set, batch_size=cfg.train.batch_size)
+
+    model = build_model(cfg.model, len(manifest.classes), kind).to(device)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    if cfg.train.freeze_features:
+        for p in model.features.parameters():
+            p.requires_grad_(False)
+    optimizer = _make_optimizer(model, cfg)
+    scheduler = _make_scheduler(optimizer, cfg, steps)
+    scaler = torch.amp.GradScaler(enabled=use_amp)
+    history: list[dict] = []
+    best, start, stale = None, 0, 0
+    last = out / "last.pt"
+    if resume and last.exists():
+        state = torch.load(last, map_location=device, weights_only=False)
+        if state.get("kind") != kind or state.get("manifest_hash") != manifest.content_hash:
+            raise RuntimeError(f"{last}: checkpoint is for another model kind or dataset; use a new out_dir "
+                               f"or delete it to start over")
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, best, stale, start = state["history"], state["best"], state["stale"], state["epoch"] + 1
+        sampler.epoch = start
+        torch.set_rng_state(state["torch_rng"])
+        print(f"resuming {out} at epoch {start + 1}", file=sys.stderr)
+
+    for epoch in range(start, cfg.train.epochs):
+        model.train()
+        if cfg.train.freeze_features:
+            model.features.eval()
+        sums: dict[str, float] = {}
+        t0, seen = time.time(), 0
+        bar = tqdm(train_loader, desc=f"{kind} {out.name} epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
+                   disable=not progress, file=sys.stderr)
+        for batch in bar:
+            with torch.autocast(device.type, enabled=use_amp):
+                loss, terms = forward_loss(model, batch, kind, cfg, device)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v
+            seen += len(batch["label"])
+            bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items() if k != "map" or v})
+        row = {"epoch": epoch + 1, **{f"train_{k}": v / len(train_loader) for k, v in sums.items()},
+               "lr": scheduler.get_last_lr()[-1], "images_per_s": seen / (time.time() - t0)}
+        row.update(validate(model, val_loader, kind, cfg, device))
+        history.append(row)
+        improved = _is_better(row, best)
+        if improved:
+            best, stale = row, 0
+            save_checkpoint(out / "best.pt", model, cfg, manifest, kind, {"epoch": epoch + 1, "val": row})
+        else:
+            stale += 1
+        if progress:
+            print(f"{kind} {out.name} epoch {epoch + 1}: loss {row['train_total']:.3f} "
+                  f"(normal {row['train_normal']:.3f}) val AUROC {row['val_auroc']:.4f} "
+                  f"val att(good) {row['val_att_good']:.3f} {row['images_per_s']:.1f} img/s"
+                  f"{' *' if improved else ''}", file=sys.stderr)
+        save_checkpoint(last, model, cfg, manifest, kind, {
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+            "history": history, "best": best, "stale": stale, "torch_rng": torch.get_rng_state()})
+        _write_history(history, out)
+        if cfg.train.early_stopping and stale >= cfg.train.early_stopping:
+            print(f"early stop after epoch {epoch + 1}: no validation gain in {stale} epochs", file=sys.stderr)
+            break
+    _write_history(history, out)
+    plot_history(history, out / "training_curves.png", f"{kind} ({out.name})")
+    return out / "best.pt"
+
+
+def _write_history(history: list[dict], out: Path) -> None:
+    (out / "history.json").write_text(json.dumps(history, indent=1))
+    keys = list(dict.fromkeys(k for h in history for k in h))
+    with open(out / "history.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
