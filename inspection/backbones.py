@@ -41,7 +41,8 @@ class Conv2dSame(nn.Conv2d):
 
 
 def _bn(c: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
+    # eps as trained; momentum 0.1 (not TF's 0.01) so running stats follow the features in a short fine-tune
+    return nn.BatchNorm2d(c, eps=1e-3, momentum=0.1)
 
 
 class MBConv(nn.Module):

@@ -86,6 +86,7 @@ class TrainConfig(_Section):
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0)
     backbone_lr_scale: float = Field(0.3, gt=0, le=1, description="lr multiplier of pretrained layers")
+    map_lr_scale: float = Field(10.0, gt=0, description="lr multiplier of the 1-channel attention-map head")
     weight_decay: float = Field(1e-4, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     scheduler: Literal["cosine", "none"] = "cosine"

@@ -31,7 +31,7 @@ class AttentionBranch(nn.Module):
 
     def __init__(self, channels: int, num_classes: int, hidden: int):
         super().__init__()
-        self.body = nn.Sequential(
+        self.body = nn.Sequential(  # small receptive field on purpose: the map must stay local
             nn.Conv2d(channels, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
             nn.Conv2d(hidden, num_classes, 1, bias=False), nn.BatchNorm2d(num_classes), nn.ReLU(inplace=True))
         self.classify = nn.Conv2d(num_classes, num_classes, 1)

@@ -34,12 +34,24 @@ def seed_everything(seed: int) -> None:
 
 
 def _param_groups(model, cfg: Config) -> list[dict]:
-    """Pretrained trunk layers learn at lr · backbone_lr_scale; new heads at lr."""
+    """Pretrained trunk at lr · backbone_lr_scale, new heads at lr, and the attention branch's BatchNorm and
+    bias parameters (plus the 1-channel map head) at lr · map_lr_scale.
+
+    Those are scalars that must travel far: the map's BN bias to about −4 so that sigmoid gives ~0 on good
+    regions, the class-evidence BN biases so that evidence becomes sparse. At the heads' lr a short CPU
+    fine-tune would never get them there.
+    """
     pre = cfg.model.pretrained or bool(cfg.model.weights)
     scale = cfg.train.backbone_lr_scale if pre and cfg.model.backbone != "tiny" else 1.0
-    trunk = [p for n, p in model.named_parameters() if n.startswith(("features.", "perception.")) and p.requires_grad]
-    heads = [p for n, p in model.named_parameters() if not n.startswith(("features.", "perception.")) and p.requires_grad]
-    return [{"params": trunk, "lr": cfg.train.lr * scale}, {"params": heads, "lr": cfg.train.lr}]
+    groups: dict[str, list] = {"trunk": [], "heads": [], "map": []}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            key = ("trunk" if name.startswith(("features.", "perception.")) else
+                   "map" if name.startswith("attention_branch.to_map.") or
+                   (name.startswith("attention_branch.") and p.ndim == 1) else "heads")
+            groups[key].append(p)
+    lrs = {"trunk": cfg.train.lr * scale, "heads": cfg.train.lr, "map": cfg.train.lr * cfg.train.map_lr_scale}
+    return [{"params": ps, "lr": lrs[k]} for k, ps in groups.items() if ps]
 
 
 def _make_optimizer(model, cfg: Config):
@@ -100,11 +112,10 @@ def validate(model, loader, kind: str, cfg: Config, device) -> dict:
 
 
 def _is_better(new: dict, best: dict | None) -> bool:
+    """Validation AUROC to two decimals (finer steps are noise on a small val split), then the val loss."""
     if best is None:
         return True
-    a = (round(new["val_auroc"], 4), -new["val_total"])
-    b = (round(best["val_auroc"], 4), -best["val_total"])
-    return a > b
+    return (round(new["val_auroc"], 2), -new["val_total"]) > (round(best["val_auroc"], 2), -best["val_total"])
 
 
 def save_checkpoint(path: Path, model, cfg: Config, manifest: Manifest, kind: str, extra: dict) -> None:

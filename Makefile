@@ -1,0 +1,20 @@
+# One command each: `make demo` (set up + run the demo), `make test` (set up + run the tests).
+# The virtual environment lives outside the checkout so that CI and fresh clones reuse it (torch is large).
+VENV ?= $(HOME)/.cache/inspection-venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test bench
+setup:
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[test,export]'
+
+demo: setup
+	$(VENV)/bin/inspection demo
+
+test: setup
+	$(PY) -m pytest tests
+
+bench: setup
+	$(PY) benchmarks/train_throughput.py

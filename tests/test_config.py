@@ -1,0 +1,42 @@
+import pytest
+
+from inspection.config import Config, ConfigError, load_config
+
+
+def test_defaults_match_the_documented_default_yaml():
+    from inspection.cli import DEFAULT_CONFIG
+
+    assert load_config(DEFAULT_CONFIG) == Config()
+
+
+def test_unknown_key_names_the_field(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epoch: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value) and "train.epoch: unknown key" in str(err.value)
+
+
+def test_wrong_type_and_range_name_the_field(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: fast\ndata:\n  image_size: [100, 100]\n")
+    msg = str(pytest.raises(ConfigError, load_config, path).value)
+    assert "train.lr" in msg and "'fast'" in msg
+    assert "data.image_size" in msg and "multiples of 32" in msg
+
+
+def test_overrides_and_bad_yaml(tmp_path):
+    cfg = load_config(None, ["train.epochs=3", "model.backbone=tiny", "data.roi=[1, 2, 30, 40]"])
+    assert cfg.train.epochs == 3 and cfg.model.backbone == "tiny" and cfg.data.roi == (1, 2, 30, 40)
+    with pytest.raises(ConfigError, match="model.backbone"):
+        load_config(None, ["model.backbone=vgg"])
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        load_config(None, ["train.epochs"])
+    with pytest.raises(ConfigError, match="split"):
+        load_config(None, ["data.split={train: 0.5, val: 0.2, test: 0.2}"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml")

@@ -1,0 +1,89 @@
+"""The CLI on a tiny dataset: train (ours, plain ABN, CNN), resume, eval with report; errors exit cleanly."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from inspection.cli import main
+from inspection.model import load_checkpoint
+
+TINY = ["--set", "data.image_size=[64, 64]", "--set", "model.backbone=tiny", "--set", "model.pretrained=false",
+        "--set", "train.batch_size=8", "--set", "train.lr=0.003", "--set", "eval.overlays=4", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    for kind in ("abn", "abn0", "cnn"):
+        assert main(["train", "--data", str(tiny_dataset), "--out", str(runs / kind), "--kind", kind,
+                     "--set", "train.epochs=2", *TINY]) == 0
+    return runs
+
+
+def test_train_writes_checkpoints_logs_and_curves(trained):
+    for kind in ("abn", "abn0", "cnn"):
+        run = trained / kind
+        for name in ("best.pt", "last.pt", "history.csv", "history.json", "training_curves.png", "manifest.json",
+                     "config.yaml"):
+            assert (run / name).exists(), f"{kind}: {name}"
+        history = json.loads((run / "history.json").read_text())
+        assert [h["epoch"] for h in history] == [1, 2]
+        assert all(h["train_total"] > 0 for h in history)
+    abn = json.loads((trained / "abn" / "history.json").read_text())
+    abn0 = json.loads((trained / "abn0" / "history.json").read_text())
+    assert abn[0]["train_normal"] > 0 and abn0[0]["train_normal"] > 0  # logged in both, weighted only in ours
+    model, cfg, ckpt = load_checkpoint(trained / "abn0" / "best.pt")
+    assert cfg.train.w_normal == 0.0 and ckpt["kind"] == "abn"
+
+
+def test_resume_continues_from_last_checkpoint(trained, tiny_dataset, capsys):
+    run = trained / "abn"
+    before = torch.load(run / "last.pt", weights_only=False)["epoch"]
+    assert main(["train", "--data", str(tiny_dataset), "--out", str(run), "--set", "train.epochs=3", *TINY]) == 0
+    history = json.loads((run / "history.json").read_text())
+    assert before == 1 and [h["epoch"] for h in history] == [1, 2, 3]
+
+
+def test_eval_compares_checkpoints_and_writes_report(trained, tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "report"
+    args = ["eval", "--data", str(tiny_dataset), "--out", str(out), "--quiet"]
+    for kind in ("abn", "abn0", "cnn"):
+        args += ["--checkpoint", str(trained / kind / "best.pt")]
+    assert main(args) == 0
+    for name in ("report.html", "results.md", "metrics.json", "roc_pr.png", "overlays.png"):
+        assert (out / name).stat().st_size > 0, name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"abn", "abn0", "cnn"}
+    for m in metrics.values():
+        assert 0 <= m["metrics"]["image"]["auroc"] <= 1
+        assert 0 <= m["metrics"]["box@0.3"]["f1"] <= 1 and 0 <= m["metrics"]["aupro"] <= 1
+        assert 0 <= m["box_threshold"] <= 1
+    assert "box F1@0.3" in (out / "results.md").read_text()
+
+
+def test_errors_exit_with_a_message(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--quiet"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  backbone: 3\n")
+    assert main(["train", "--config", str(bad), "--quiet"]) == 2
+    assert "model.backbone" in capsys.readouterr().err
+
+
+def test_help_everywhere():
+    for cmd in ([], ["generate"], ["train"], ["eval"], ["demo"]):
+        r = subprocess.run([sys.executable, "-m", "inspection.cli", *cmd, "--help"], capture_output=True, text=True)
+        assert r.returncode == 0 and "usage: inspection" in r.stdout
+
+
+def test_checkpoint_from_other_architecture_is_refused(trained, tmp_path):
+    ckpt = torch.load(trained / "abn" / "best.pt", weights_only=False)
+    ckpt["config"]["model"]["backbone"] = "resnet18"
+    torch.save(ckpt, tmp_path / "wrong.pt")
+    with pytest.raises(RuntimeError, match="do not fit"):
+        load_checkpoint(tmp_path / "wrong.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(RuntimeError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
