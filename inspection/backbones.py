@@ -25,6 +25,18 @@ class Trunk:
     out_channels: int
     stride: int
     pretrained: bool
+    next_stage: int = 1          # leading modules of `perception` that form the next stage
+    next_channels: int = 0       # that stage's output channels
+
+    def attention_stage(self) -> nn.Module:
+        """A copy of the next backbone stage with stride 1, as ABN's attention branch (keeps pretrained weights)."""
+        import copy
+
+        stage = copy.deepcopy(nn.Sequential(*list(self.perception)[:self.next_stage]))
+        for m in stage.modules():
+            if isinstance(m, nn.Conv2d):
+                m.stride = (1, 1)
+        return stage
 
 
 class Conv2dSame(nn.Conv2d):
@@ -130,7 +142,8 @@ def _lite0_trunk(stride: int, pretrained: bool) -> Trunk:
     features = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6(), *net._blocks[:cut])
     perception = nn.Sequential(*net._blocks[cut:], net._conv_head, net._bn1, nn.ReLU6())
     cf = net._blocks[cut - 1]._bn2.num_features
-    return Trunk(features, perception, cf, 1280, stride, pretrained)
+    stage = [i for i in range(cut, len(net._blocks)) if net._blocks[i]._bn2.num_features == net._blocks[cut]._bn2.num_features]
+    return Trunk(features, perception, cf, 1280, stride, pretrained, len(stage), net._blocks[cut]._bn2.num_features)
 
 
 def _resnet_trunk(name: str, stride: int, weights: str | None) -> Trunk:
@@ -155,7 +168,7 @@ def _resnet_trunk(name: str, stride: int, weights: str | None) -> Trunk:
     features = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, *stages[:n])
     perception = nn.Sequential(*stages[n:])
     cf = [64, 128, 256][n - 1]
-    return Trunk(features, perception, cf, 512, stride, bool(weights))
+    return Trunk(features, perception, cf, 512, stride, bool(weights), 1, [128, 256, 512][n - 1])
 
 
 def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -167,7 +180,7 @@ def _tiny_trunk(stride: int) -> Trunk:
     chans = [3, 16, 24, 32, 48, 64]
     layers = [_conv(chans[i], chans[i + 1], 2) for i in range(5)]
     n = {4: 2, 8: 3, 16: 4}[stride]
-    return Trunk(nn.Sequential(*layers[:n]), nn.Sequential(*layers[n:]), chans[n], 64, stride, False)
+    return Trunk(nn.Sequential(*layers[:n]), nn.Sequential(*layers[n:]), chans[n], 64, stride, False, 1, chans[n + 1])
 
 
 def build_trunk(name: str, stride: int = 8, pretrained: bool = True, weights: str | None = None) -> Trunk:

@@ -75,17 +75,17 @@ class ModelConfig(_Section):
     pretrained: bool = True
     weights: Optional[str] = Field(None, description="local state-dict file for torchvision backbones")
     attention_stride: Literal[4, 8, 16] = 8
-    attention_hidden: int = Field(64, ge=4)
-    residual: bool = True
+    residual: bool = False
+    att_pool: Literal["avg", "max"] = Field("max", description="pooling of the attention branch's class evidence")
 
 
 class TrainConfig(_Section):
     out_dir: str = "runs/model"
-    epochs: int = Field(12, ge=1)
+    epochs: int = Field(10, ge=1)
     batch_size: int = Field(16, ge=2)
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    backbone_lr_scale: float = Field(0.3, gt=0, le=1, description="lr multiplier of pretrained layers")
+    lr: float = Field(3e-3, gt=0)
+    backbone_lr_scale: float = Field(0.2, gt=0, le=1, description="lr multiplier of pretrained layers")
     map_lr_scale: float = Field(10.0, gt=0, description="lr multiplier of the 1-channel attention-map head")
     weight_decay: float = Field(1e-4, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)

@@ -27,28 +27,34 @@ class ABNOutput(NamedTuple):
 
 
 class AttentionBranch(nn.Module):
-    """F → (K class logits via GAP, 1-channel sigmoid attention map)."""
+    """F → (K class logits via GAP, 1-channel sigmoid attention map).
 
-    def __init__(self, channels: int, num_classes: int, hidden: int):
+    The body is a copy of the backbone's next stage run at stride 1 (as in the ABN reference), so the
+    class-evidence maps are as deep as the perception branch's first stage and keep F's resolution.
+    """
+
+    def __init__(self, stage: nn.Module, stage_channels: int, num_classes: int, pool: str = "avg"):
         super().__init__()
-        self.body = nn.Sequential(  # small receptive field on purpose: the map must stay local
-            nn.Conv2d(channels, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, num_classes, 1, bias=False), nn.BatchNorm2d(num_classes), nn.ReLU(inplace=True))
+        self.pool = pool
+        self.body = nn.Sequential(
+            stage, nn.BatchNorm2d(stage_channels),
+            nn.Conv2d(stage_channels, num_classes, 1, bias=False), nn.BatchNorm2d(num_classes), nn.ReLU(inplace=True))
         self.classify = nn.Conv2d(num_classes, num_classes, 1)
         self.to_map = nn.Sequential(nn.Conv2d(num_classes, 1, 1, bias=False), nn.BatchNorm2d(1))
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.body(features)
-        att_logits = self.classify(h).mean(dim=(2, 3))
+        evidence = self.classify(h)
+        att_logits = evidence.amax(dim=(2, 3)) if self.pool == "max" else evidence.mean(dim=(2, 3))
         attention = torch.sigmoid(self.to_map(h))[:, 0]
         return att_logits, attention
 
 
 class ABN(nn.Module):
-    def __init__(self, trunk: Trunk, num_classes: int, hidden: int = 64, residual: bool = True):
+    def __init__(self, trunk: Trunk, num_classes: int, residual: bool = True, att_pool: str = "avg"):
         super().__init__()
         self.features = trunk.features
-        self.attention_branch = AttentionBranch(trunk.feature_channels, num_classes, hidden)
+        self.attention_branch = AttentionBranch(trunk.attention_stage(), trunk.next_channels, num_classes, att_pool)
         self.perception = trunk.perception
         self.fc = nn.Linear(trunk.out_channels, num_classes)
         self.residual = residual
@@ -93,7 +99,7 @@ def build_model(model_cfg, num_classes: int, kind: str = "abn") -> nn.Module:
     trunk = build_trunk(model_cfg.backbone, model_cfg.attention_stride, model_cfg.pretrained, model_cfg.weights)
     if kind == "cnn":
         return Classifier(trunk, num_classes)
-    return ABN(trunk, num_classes, model_cfg.attention_hidden, model_cfg.residual)
+    return ABN(trunk, num_classes, model_cfg.residual, model_cfg.att_pool)
 
 
 def load_checkpoint(path, map_location="cpu"):
@@ -102,7 +108,7 @@ def load_checkpoint(path, map_location="cpu"):
 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (OSError, RuntimeError, EOFError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
         raise RuntimeError(f"{path}: not a readable checkpoint ({exc})") from None
     if not isinstance(ckpt, dict) or not {"kind", "config", "classes", "state_dict"} <= set(ckpt):
         raise RuntimeError(f"{path}: not an inspection checkpoint (expected kind, config, classes, state_dict)")

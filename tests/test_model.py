@@ -81,3 +81,25 @@ def test_resnet_backbone_builds_and_trains_one_step():
     assert out.attention.shape == (2, 4, 4)
     loss, _ = abn_loss(out, torch.tensor([0, 1]), 0, 1.0)
     loss.backward()
+
+
+def test_attention_pooling_choice():
+    torch.manual_seed(0)
+    avg, mx = _tiny(att_pool="avg").eval(), _tiny(att_pool="max").eval()
+    mx.load_state_dict(avg.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        evidence = avg.attention_branch.classify(avg.attention_branch.body(avg.features(x)))
+        assert torch.allclose(avg(x).att_logits, evidence.mean(dim=(2, 3)), atol=1e-6)
+        assert torch.allclose(mx(x).att_logits, evidence.amax(dim=(2, 3)), atol=1e-6)
+
+
+def test_attention_branch_starts_from_the_next_pretrained_stage():
+    from inspection.backbones import build_trunk
+
+    trunk = build_trunk("efficientnet_lite0", 8, pretrained=True)
+    model = ABN(trunk, 2)
+    stage = model.attention_branch.body[0]
+    assert torch.equal(stage[0]._expand_conv.weight, model.perception[0]._expand_conv.weight)
+    assert stage[0]._depthwise_conv.stride == (1, 1) and model.perception[0]._depthwise_conv.stride == (2, 2)
+    assert stage[0]._expand_conv.weight.data_ptr() != model.perception[0]._expand_conv.weight.data_ptr()

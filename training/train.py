@@ -46,7 +46,7 @@ def _param_groups(model, cfg: Config) -> list[dict]:
     groups: dict[str, list] = {"trunk": [], "heads": [], "map": []}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            key = ("trunk" if name.startswith(("features.", "perception.")) else
+            key = ("trunk" if name.startswith(("features.", "perception.", "attention_branch.body.0.")) else
                    "map" if name.startswith("attention_branch.to_map.") or
                    (name.startswith("attention_branch.") and p.ndim == 1) else "heads")
             groups[key].append(p)
