@@ -87,3 +87,15 @@ def test_checkpoint_from_other_architecture_is_refused(trained, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(RuntimeError, match="not a readable checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_eval_without_masks_reports_image_metrics_only(trained, dataset_copy, tmp_path):
+    import shutil
+
+    shutil.rmtree(dataset_copy / "masks")
+    out = tmp_path / "report"
+    assert main(["eval", "--data", str(dataset_copy), "--out", str(out), "--quiet",
+                 "--checkpoint", str(trained / "abn" / "best.pt")]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())["abn"]["metrics"]
+    assert 0 <= metrics["image"]["auroc"] <= 1 and "box@0.3" not in metrics
+    assert (out / "overlays.png").stat().st_size > 0
