@@ -81,7 +81,7 @@ class ModelConfig(_Section):
 
 class TrainConfig(_Section):
     out_dir: str = "runs/model"
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(8, ge=1)
     batch_size: int = Field(16, ge=2)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(3e-3, gt=0)
@@ -91,7 +91,7 @@ class TrainConfig(_Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     scheduler: Literal["cosine", "none"] = "cosine"
     warmup_epochs: int = Field(1, ge=0)
-    w_normal: float = Field(1.0, ge=0)
+    w_normal: float = Field(0.2, ge=0)
     strict: bool = Field(False, description="patent variant: classification loss on defect images only")
     gamma_map: float = Field(1.0, ge=0, description="weight of L_map for images with a corrected map")
     freeze_features: bool = False
