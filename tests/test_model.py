@@ -21,7 +21,7 @@ def test_forward_shapes_follow_attention_stride():
         out = _tiny(attention_stride=stride)(torch.randn(2, 3, 64, 64))
         assert out.logits.shape == (2, 3) and out.att_logits.shape == (2, 3)
         assert out.attention.shape == (2, side, side)
-        assert float(out.attention.min()) >= 0 and float(out.attention.max()) <= 1
+        assert float(out.attention.detach().min()) >= 0 and float(out.attention.detach().max()) <= 1
 
 
 def test_gradients_reach_backbone_through_both_branches():

@@ -1,0 +1,24 @@
+"""The line-side helpers must import and work without torch (the line PC has no PyTorch)."""
+import subprocess
+import sys
+
+CODE = """
+import sys
+sys.modules["torch"] = None  # any 'import torch' now raises ImportError
+sys.modules["torchvision"] = None
+import numpy as np
+import inspection, inspection.boxes, inspection.preprocess, inspection.imageio, inspection.overlay, inspection.metrics
+from inspection.boxes import attention_to_boxes
+from inspection.preprocess import prepare, to_input
+frame = np.zeros((120, 160, 3), np.float32)
+x = to_input([prepare(frame, (64, 64))], (0.5, 0.5, 0.5), (0.2, 0.2, 0.2))
+att = np.zeros((8, 8), np.float32); att[2:4, 2:4] = 1
+assert x.shape == (1, 3, 64, 64) and len(attention_to_boxes(att, (120, 160))) == 1
+print("ok")
+"""
+
+
+def test_line_side_helpers_import_without_torch():
+    r = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok"
