@@ -22,7 +22,7 @@ from inspection.imageio import read_mask
 from inspection.metrics import aupro, box_metrics, calibrate_threshold, image_metrics, pixel_auroc
 from inspection.model import load_checkpoint
 
-BOX_QUANTILES = np.linspace(0.80, 0.999, 40)  # candidate box levels: upper quantiles of the model's own val maps
+BOX_QUANTILES = np.linspace(0.50, 0.999, 60)  # candidate box levels: upper quantiles of the model's own val maps
 PIXEL_SIDE = 128  # pixel metrics are computed at this longest side to keep memory flat
 
 
