@@ -193,7 +193,7 @@ def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn
         scheduler.load_state_dict(state["scheduler"])
         history, best, stale, start = state["history"], state["best"], state["stale"], state["epoch"] + 1
         sampler.epoch = start
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())  # map_location moved it to the GPU
         print(f"resuming {out} at epoch {start + 1}", file=sys.stderr)
 
     for epoch in range(start, cfg.train.epochs):
