@@ -1,7 +1,8 @@
 """The Attention Branch Network of METHOD.md, and the plain-CNN baseline (pure nn.Modules, exportable).
 
-    features  F = trunk.features(image)                       (B, C, h, w)
-    attention branch:  z_att = GAP(conv(F)),  A = sigmoid(BN(conv1x1(F')))   (B, h, w) in [0, 1]
+    features  F = trunk.features(image)                                    (B, C, h, w)
+    attention branch: E = conv1x1(next backbone stage at stride 1 (F))     K class-evidence maps
+                      z_att = maxpool or GAP (E),  A = sigmoid(BN(conv1x1(E)))   (B, h, w) in [0, 1]
     synthesis G = F * A  (+ F when residual)
     perception z_per = FC(GAP(trunk.perception(G)))
 

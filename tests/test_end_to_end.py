@@ -99,3 +99,25 @@ def test_eval_without_masks_reports_image_metrics_only(trained, dataset_copy, tm
     metrics = json.loads((out / "metrics.json").read_text())["abn"]["metrics"]
     assert 0 <= metrics["image"]["auroc"] <= 1 and "box@0.3" not in metrics
     assert (out / "overlays.png").stat().st_size > 0
+
+
+def test_corrected_maps_enter_training_as_l_map(dataset_copy, tmp_path):
+    import numpy as np
+
+    from inspection.data import scan_dataset
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(dataset_copy, **{"train.epochs": 1})
+    train_items = [it for it in scan_dataset(dataset_copy, cfg.data).split("train") if it.defect_type != "good"]
+    for it in train_items:  # every defective training image gets an operator map
+        target = dataset_copy / "corrected" / it.path
+        target = target.with_suffix(".npy")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        np.save(target, np.eye(8, dtype=np.float32))
+    assert main(["train", "--data", str(dataset_copy), "--out", str(tmp_path / "run"), "--set", "train.epochs=1",
+                 *TINY]) == 0
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert history[0]["train_map"] > 0
+    assert main(["train", "--data", str(dataset_copy), "--out", str(tmp_path / "run0"), "--set", "train.epochs=1",
+                 "--set", "train.gamma_map=0", *TINY]) == 0
+    assert json.loads((tmp_path / "run0" / "history.json").read_text())[0]["train_map"] == 0
