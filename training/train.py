@@ -74,15 +74,17 @@ def _make_scheduler(optimizer, cfg: Config, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def forward_loss(model, batch, kind: str, cfg: Config, device) -> tuple[torch.Tensor, dict]:
-    images, labels = batch["image"].to(device), batch["label"].to(device)
+def forward_loss(model, batch, kind: str, cfg: Config, device) -> tuple[torch.Tensor, dict, object]:
+    """Loss, its terms, and the model's output (logits for the CNN, ABNOutput for the ABN)."""
+    labels = batch["label"].to(device)
+    out = model(batch["image"].to(device))
     if kind == "cnn":
-        loss = F.cross_entropy(model(images), labels)
-        return loss, {"classify": loss.item(), "att": 0.0, "normal": 0.0, "map": 0.0, "total": loss.item()}
-    out = model(images)
-    return abn_loss(out, labels, good_index=0, w_normal=cfg.train.w_normal, strict=cfg.train.strict,
-                    target_maps=batch["target_map"].to(device), has_target=batch["has_target"].to(device),
-                    gamma_map=cfg.train.gamma_map)
+        loss = F.cross_entropy(out, labels)
+        return loss, {"classify": loss.item(), "att": 0.0, "normal": 0.0, "map": 0.0, "total": loss.item()}, out
+    loss, terms = abn_loss(out, labels, good_index=0, w_normal=cfg.train.w_normal, strict=cfg.train.strict,
+                           target_maps=batch["target_map"].to(device), has_target=batch["has_target"].to(device),
+                           gamma_map=cfg.train.gamma_map)
+    return loss, terms, out
 
 
 @torch.no_grad()
@@ -93,12 +95,11 @@ def validate(model, loader, kind: str, cfg: Config, device) -> dict:
     scores, is_defect, att_good = [], [], []
     n = 0
     for batch in loader:
-        loss, terms = forward_loss(model, batch, kind, cfg, device)
+        _, terms, out = forward_loss(model, batch, kind, cfg, device)
         bs = len(batch["label"])
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + v * bs
         n += bs
-        out = model(batch["image"].to(device))
         logits = out if kind == "cnn" else out.logits
         scores += (1 - logits.softmax(1)[:, 0]).tolist()
         is_defect += (batch["label"] != 0).tolist()
@@ -206,7 +207,7 @@ def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn
                    disable=not progress, file=sys.stderr)
         for batch in bar:
             with torch.autocast(device.type, enabled=use_amp):
-                loss, terms = forward_loss(model, batch, kind, cfg, device)
+                loss, terms, _ = forward_loss(model, batch, kind, cfg, device)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
