@@ -3,6 +3,8 @@
     inspection generate --out data/synthetic
     inspection train --config configs/default.yaml --set train.epochs=5 --out runs/abn
     inspection eval --checkpoint runs/abn/best.pt --checkpoint runs/plain/best.pt --out runs/report
+    inspection export --checkpoint runs/abn/best.pt --out runs/abn/package
+    inspection predict --package runs/abn/package part1.png images/
     inspection demo
 """
 from __future__ import annotations
@@ -86,6 +88,58 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from deploy.export import export_package
+    from inspection.data import Manifest
+
+    manifest = Manifest.load(args.manifest) if args.manifest else None
+    out = args.out or str(Path(args.checkpoint).parent / "package")
+    package = export_package(args.checkpoint, out, manifest, int8=not args.no_int8,
+                             int8_calibration=args.int8_calibration, version=args.version, force=args.force,
+                             progress=not args.quiet)
+    meta = json.loads((package / "metadata.json").read_text())
+    summary = {"package": str(package), "model_version": meta["model_version"],
+               "parity_max_abs_diff": max(meta["parity"]["max_abs_diff"].values())}
+    for name, v in meta["variants"].items():
+        m = v["metrics"]
+        summary[name] = {"threshold": round(v["threshold"], 4), "auroc": round(m["image"]["auroc"], 4),
+                         "box_f1@0.3": round(m["box@0.3"]["f1"], 4) if "box@0.3" in m else None}
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from deploy.runtime import FrameError, Runtime, read_frame
+    from inspection.imageio import IMAGE_SUFFIXES
+
+    rt = Runtime(args.package, backend=args.backend, precision=args.precision)
+    print(f"model {rt.version} on {rt.backend} ({rt.precision})", file=sys.stderr)
+    paths = []
+    for p in map(Path, args.images):
+        paths += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
+    errors = 0
+    for i in range(0, len(paths), args.batch):
+        lines, frames, slots = [], [], []
+        for path in paths[i:i + args.batch]:
+            try:
+                frame = read_frame(path)
+                rt.prepare(frame, "BGR")
+            except FrameError as exc:
+                errors += 1
+                lines.append({"path": str(path), "error": str(exc)})
+                continue
+            frames.append(frame)
+            slots.append(len(lines))
+            lines.append({"path": str(path)})
+        for slot, result in zip(slots, rt.inspect(frames, "BGR") if frames else []):
+            lines[slot].update(result.to_dict())
+        for line in lines:
+            print(json.dumps(line))
+    if errors:
+        print(f"{errors} of {len(paths)} image(s) could not be judged", file=sys.stderr)
+    return 1 if errors else 0
+
+
 def cmd_demo(args) -> int:
     from training.demo import run_demo
 
@@ -138,6 +192,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/report", help="report folder")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("export", help="export a checkpoint to a checked model package (ONNX FP32 + INT8)")
+    p.add_argument("--checkpoint", required=True, help="best.pt of an ABN run")
+    p.add_argument("--out", help="package folder (default: <run>/package)")
+    p.add_argument("--manifest", help="dataset manifest for parity and calibration (default: <run>/manifest.json)")
+    p.add_argument("--no-int8", action="store_true", help="skip the INT8 model")
+    p.add_argument("--int8-calibration", choices=["all", "good"], default="all",
+                   help="training images that calibrate INT8 activations (default: all classes)")
+    p.add_argument("--version", help="model version name (default: date-time and checkpoint hash)")
+    p.add_argument("--force", action="store_true", help="replace an existing package folder")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="judge image files with a model package (torch-free runtime)")
+    p.add_argument("--package", required=True, help="model package folder")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--backend", choices=["auto", "tensorrt", "cuda", "cpu"], default="auto")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
+    p.add_argument("--batch", type=int, default=16)
+    p.set_defaults(func=cmd_predict)
+
     p = sub.add_parser("demo", help="generate data, train ours and both baselines, write the report")
     _add_config_args(p)
     p.add_argument("--out", default="runs/demo", help="output folder")
@@ -148,15 +222,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from inspection.config import ConfigError
-    from inspection.data import DatasetError
+    from deploy.package import PackageError
+    from deploy.runtime import FrameError
     from inspection.imageio import ImageError
 
+    errors = (PackageError, FrameError, ImageError)
+    if args.command != "predict":  # predict runs on the line PC: no torch, no pydantic
+        from deploy.export import ExportError
+        from inspection.config import ConfigError
+        from inspection.data import DatasetError
+        from inspection.model import CheckpointError
+        errors += (ConfigError, DatasetError, ExportError, CheckpointError)
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, ImageError) as exc:
+    except errors as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into head & co.
+        return 0
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume training from last.pt", file=sys.stderr)
         return 130

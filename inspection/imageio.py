@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -32,6 +31,8 @@ def _to_float(arr: np.ndarray, path: Path) -> np.ndarray:
 def decode_image(data: bytes, path: Path | str = "<bytes>") -> np.ndarray:
     """Decode encoded image bytes to HxWx3 float32 RGB in [0, 1]; gray is replicated, alpha dropped."""
     import io
+
+    from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     try:
@@ -69,6 +70,8 @@ def read_image(path: Path | str) -> np.ndarray:
 
 def read_mask(path: Path | str) -> np.ndarray:
     """Read a defect mask to an HxW bool array (any non-zero pixel is defect)."""
+    from PIL import Image, UnidentifiedImageError
+
     path = Path(path)
     try:
         with Image.open(path) as im:

@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -103,21 +104,28 @@ def build_model(model_cfg, num_classes: int, kind: str = "abn") -> nn.Module:
     return ABN(trunk, num_classes, model_cfg.residual, model_cfg.att_pool)
 
 
+class CheckpointError(ValueError):
+    """A file that is not a usable checkpoint; the message names the file and the reason."""
+
+
 def load_checkpoint(path, map_location="cpu"):
     """Rebuild a model exactly from the config stored in its checkpoint; return (model, cfg, checkpoint)."""
     from inspection.config import config_from_dict
 
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        raise RuntimeError(f"{path}: not a readable checkpoint ({exc})") from None
+    except Exception:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+        raise CheckpointError(f"{path}: not a readable checkpoint (expected best.pt or last.pt written by "
+                              "`inspection train`; the file is damaged or of another kind)") from None
     if not isinstance(ckpt, dict) or not {"kind", "config", "classes", "state_dict"} <= set(ckpt):
-        raise RuntimeError(f"{path}: not an inspection checkpoint (expected kind, config, classes, state_dict)")
+        raise CheckpointError(f"{path}: not an inspection checkpoint (expected kind, config, classes, state_dict)")
     cfg = config_from_dict(ckpt["config"], str(path))
     cfg.model.pretrained = False  # the weights come from the checkpoint
     model = build_model(cfg.model, len(ckpt["classes"]), ckpt["kind"])
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
-        raise RuntimeError(f"{path}: weights do not fit the model its config describes: {exc}") from None
+        raise CheckpointError(f"{path}: weights do not fit the model its config describes: {exc}") from None
     return model.eval(), cfg, ckpt

@@ -30,3 +30,19 @@ def tiny_config(root, **overrides):
             "train.epochs=2", "train.batch_size=8", "train.lr=0.003", "eval.overlays=4"]
     sets += [f"{k}={v}" for k, v in overrides.items()]
     return load_config(None, sets)
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_dataset, tmp_path_factory):
+    """A tiny ABN trained for 2 epochs, a plain CNN, and the ABN's exported package."""
+    from deploy.export import export_package
+    from inspection.data import scan_dataset
+    from training.train import train
+
+    runs = tmp_path_factory.mktemp("export")
+    cfg = tiny_config(tiny_dataset)
+    manifest = scan_dataset(tiny_dataset, cfg.data)
+    best = train(cfg, manifest, runs / "abn", kind="abn", progress=False)
+    cnn = train(tiny_config(tiny_dataset, **{"train.epochs": 1}), manifest, runs / "cnn", kind="cnn", progress=False)
+    package = export_package(best, runs / "package", progress=False)
+    return {"best": best, "cnn": cnn, "package": package, "manifest": manifest, "cfg": cfg, "root": runs}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from inspection.cli import main
-from inspection.model import load_checkpoint
+from inspection.model import CheckpointError, load_checkpoint
 
 TINY = ["--set", "data.image_size=[64, 64]", "--set", "model.backbone=tiny", "--set", "model.pretrained=false",
         "--set", "train.batch_size=8", "--set", "train.lr=0.003", "--set", "eval.overlays=4", "--quiet"]
@@ -82,10 +82,10 @@ def test_checkpoint_from_other_architecture_is_refused(trained, tmp_path):
     ckpt = torch.load(trained / "abn" / "best.pt", weights_only=False)
     ckpt["config"]["model"]["backbone"] = "resnet18"
     torch.save(ckpt, tmp_path / "wrong.pt")
-    with pytest.raises(RuntimeError, match="do not fit"):
+    with pytest.raises(CheckpointError, match="do not fit"):
         load_checkpoint(tmp_path / "wrong.pt")
     (tmp_path / "junk.pt").write_bytes(b"junk")
-    with pytest.raises(RuntimeError, match="not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")
 
 

@@ -28,3 +28,38 @@ def test_line_side_helpers_import_without_torch():
     r = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
+
+
+LINE_SIDE = """
+import sys
+
+BLOCKED = ("torch", "torchvision", "PIL", "sklearn", "scipy", "matplotlib", "pydantic", "yaml", "tqdm", "training")
+
+class Block:  # the line PC has onnxruntime, numpy and OpenCV only
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is not installed on the line side")
+
+sys.meta_path.insert(0, Block())
+import numpy as np
+from deploy.runtime import Runtime, read_frame
+from inspection.cli import main
+
+package, image = sys.argv[1], sys.argv[2]
+rt = Runtime(package, backend="cpu")
+result = rt.inspect([read_frame(image)], color="BGR")[0]
+assert result.verdict in ("pass", "review", "fail"), result
+assert 0 <= rt.rescore(read_frame(image), result.attention, color="BGR")["defect_score"] <= 1
+assert main(["predict", "--package", package, image]) == 0
+loaded = sorted({m.split(".")[0] for m in sys.modules} & set(BLOCKED))
+assert not loaded, loaded
+print("ok")
+"""
+
+
+def test_runtime_and_predict_run_with_only_onnxruntime_numpy_opencv(exported):
+    image = f"{exported['manifest'].root}/{exported['manifest'].split('test')[0].path}"
+    r = subprocess.run([sys.executable, "-c", LINE_SIDE, str(exported["package"]), image], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "ok"

@@ -116,7 +116,6 @@ def _pixel_pair(up: np.ndarray, off, item, root: Path) -> tuple[np.ndarray, np.n
 
 def evaluate(model, kind: str, manifest: Manifest, cfg, name: str, progress: bool = False) -> dict:
     """Calibrate on val, measure on test. Returns metrics and per-image test results for the report."""
-    root = Path(manifest.root)
     val = InspectionDataset(manifest, "val", cfg.data)
     test = InspectionDataset(manifest, "test", cfg.data)
     pv, pt = predict(model, val, kind, progress=progress), predict(model, test, kind, progress=progress)
@@ -125,10 +124,20 @@ def evaluate(model, kind: str, manifest: Manifest, cfg, name: str, progress: boo
         cam_scale = float(np.quantile(pv.maps.reshape(len(pv.maps), -1).max(1), 0.99)) or 1.0
         pv.maps = np.clip(pv.maps / cam_scale, 0, 1)
         pt.maps = np.clip(pt.maps / cam_scale, 0, 1)
-    val_defect = np.array([it.defect_type != GOOD for it in val.items])
-    test_defect = np.array([it.defect_type != GOOD for it in test.items])
+    result = evaluate_predictions(pv, pt, manifest, cfg, name, kind)
+    result["cam_scale"] = cam_scale
+    return result
+
+
+def evaluate_predictions(pv: Predictions, pt: Predictions, manifest: Manifest, cfg, name: str,
+                         kind: str = "abn") -> dict:
+    """Metrics from predictions on the val and test splits (any backend: PyTorch, ONNX Runtime, TensorRT)."""
+    root = Path(manifest.root)
+    val_items, test_items = manifest.split("val"), manifest.split("test")
+    val_defect = np.array([it.defect_type != GOOD for it in val_items])
+    test_defect = np.array([it.defect_type != GOOD for it in test_items])
     threshold = calibrate_threshold(val_defect, pv.scores, cfg.eval.threshold_mode, cfg.eval.target_false_reject)
-    box_t = calibrate_box_threshold(pv, val.items, root, cfg)
+    box_t = calibrate_box_threshold(pv, val_items, root, cfg)
 
     metrics = {"image": image_metrics(test_defect, pt.scores, threshold)}
     peak = pt.maps.reshape(len(pt.maps), -1).max(1)
@@ -136,12 +145,12 @@ def evaluate(model, kind: str, manifest: Manifest, cfg, name: str, progress: boo
     metrics["attention_mean_good"] = float(pt.maps[~test_defect].mean())
     metrics["attention_mean_defect"] = float(pt.maps[test_defect].mean())
     metrics["per_type_detection"] = {
-        t: float(np.mean(pt.scores[[it.defect_type == t for it in test.items]] >= threshold))
-        for t in sorted({it.defect_type for it in test.items} - {GOOD})}
+        t: float(np.mean(pt.scores[[it.defect_type == t for it in test_items]] >= threshold))
+        for t in sorted({it.defect_type for it in test_items} - {GOOD})}
 
     per_image, pred_boxes, true_boxes, pix_maps, pix_masks = [], [], [], [], []
-    loc = set(_localizable(test.items))
-    for i, it in enumerate(test.items):
+    loc = set(_localizable(test_items))
+    for i, it in enumerate(test_items):
         up, off = _upsampled(pt.maps[i], it, cfg.data.roi)
         boxes = components_to_boxes(up >= box_t, up, cfg.eval.boxes.min_area, cfg.eval.boxes.score, offset=off)
         truth = _true_boxes(root, it) if i in loc else None
@@ -154,14 +163,14 @@ def evaluate(model, kind: str, manifest: Manifest, cfg, name: str, progress: boo
             m, k = _pixel_pair(up, off, it, root)
             pix_maps.append(m)
             pix_masks.append(k)
-    has_masks = any(test.items[i].mask for i in loc)
+    has_masks = any(test_items[i].mask for i in loc)
     if has_masks:
         for iou in (0.3, 0.5):
             metrics[f"box@{iou}"] = box_metrics(pred_boxes, true_boxes, iou)
         metrics["pixel_auroc"] = pixel_auroc(pix_maps, pix_masks)
         metrics["aupro"] = aupro(pix_maps, pix_masks)
     return {"name": name, "kind": kind, "metrics": metrics, "threshold": threshold, "box_threshold": box_t,
-            "cam_scale": cam_scale, "images": per_image, "maps": pt.maps, "val_scores": pv.scores.tolist(),
+            "images": per_image, "maps": pt.maps, "val_scores": pv.scores.tolist(),
             "test_is_defect": test_defect.tolist(), "test_scores": pt.scores.tolist(), "root": str(root),
             "roi": cfg.data.roi}
 

@@ -1,0 +1,279 @@
+"""Torch-free inference on a model package: frames in, verdicts, scores and defect boxes out.
+
+    >>> rt = Runtime("runs/model/package")                      # best backend: TensorRT → CUDA → CPU
+    >>> [r.verdict for r in rt.inspect([frame], color="BGR")]   # OpenCV frames are BGR
+    ['fail']
+    >>> rt.rescore(frame, corrected_attention)["defect_score"]
+
+Imports only numpy, OpenCV, onnxruntime and the torch-free helpers (`inspection.boxes`,
+`inspection.preprocess`, `deploy.package`); a test proves it.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from deploy.package import PackageError, load_package
+from inspection.boxes import Box, attention_to_boxes, full_roi
+from inspection.preprocess import prepare, to_input
+
+BACKENDS = ("auto", "tensorrt", "cuda", "cpu")
+PRECISIONS = ("fp32", "fp16", "int8")
+VERDICTS = ("pass", "review", "fail")
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # OpenCV's own decoder chatter on stderr; read_frame raises a FrameError that names the file
+
+
+class FrameError(ValueError):
+    """A frame the model cannot judge (wrong channels, dtype, size); the message says what was expected."""
+
+
+@dataclass
+class Inspection:
+    """The runtime's judgement of one part."""
+
+    verdict: str                     # pass | review | fail
+    score: float                     # defect score = 1 - p(good)
+    probs: dict[str, float]
+    defect_type: str | None          # most probable defect class, None on pass
+    boxes: list[Box]                 # in original frame pixels
+    attention: np.ndarray = field(repr=False)  # (h, w) map in [0, 1]
+    model_version: str = ""
+
+    def to_dict(self) -> dict:
+        return {"verdict": self.verdict, "score": self.score, "probs": self.probs, "defect_type": self.defect_type,
+                "boxes": [b.to_dict() for b in self.boxes], "model_version": self.model_version}
+
+
+def frame_to_rgb(frame: np.ndarray, color: str = "RGB", channels: str = "mixed") -> np.ndarray:
+    """Camera frame (HxW, HxWx1/3/4; uint8, uint16 or float in [0, 1]) → HxWx3 float32 RGB in [0, 1].
+
+    `channels` is what the model was trained on: a 1-channel frame for a color-trained model (or the reverse)
+    is refused rather than judged wrongly.
+    """
+    if not isinstance(frame, np.ndarray):
+        raise FrameError(f"frame must be a numpy array, got {type(frame).__name__}")
+    if color not in ("RGB", "BGR"):
+        raise FrameError(f"color order must be 'RGB' or 'BGR', got {color!r}")
+    if frame.ndim == 3 and frame.shape[2] == 1:
+        frame = frame[..., 0]
+    if frame.ndim == 3 and frame.shape[2] == 4:
+        frame = frame[..., :3]
+    if not (frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] == 3)):
+        raise FrameError(f"frame must be HxW (gray) or HxWx3 (color), got shape {frame.shape}")
+    if frame.shape[0] < 8 or frame.shape[1] < 8:
+        raise FrameError(f"frame is {frame.shape[1]}x{frame.shape[0]} px, expected at least 8x8")
+    gray = frame.ndim == 2
+    if gray and channels == "color":
+        raise FrameError("frame has 1 channel but the model was trained on color images; send color frames")
+    if not gray and channels == "gray":
+        raise FrameError("frame has 3 channels but the model was trained on gray images; set the camera to mono "
+                         "or convert the frames to gray")
+    if frame.dtype == np.uint8:
+        out = frame.astype(np.float32) / 255.0
+    elif frame.dtype == np.uint16:
+        out = frame.astype(np.float32) / 65535.0
+    elif frame.dtype in (np.float32, np.float64):
+        if not np.isfinite(frame).all() or frame.min() < 0 or frame.max() > 1:
+            raise FrameError("float frames must hold finite values in [0, 1] (send uint8/uint16 for raw pixels)")
+        out = frame.astype(np.float32)
+    else:
+        raise FrameError(f"frame dtype must be uint8, uint16 or float in [0, 1], got {frame.dtype}")
+    if gray:
+        return np.repeat(out[..., None], 3, axis=2)
+    return np.ascontiguousarray(out[..., ::-1]) if color == "BGR" else out
+
+
+def read_frame(path: str | Path) -> np.ndarray:
+    """Read an image file as the camera would deliver it (OpenCV, BGR or gray, 8/16-bit), with clear errors."""
+    path = Path(path)
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError as exc:
+        raise FrameError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    frame = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if frame is None:
+        raise FrameError(f"{path}: not a readable image (empty, corrupt or unsupported format)")
+    return frame
+
+
+def gpu_name() -> str:
+    """Name of the first NVIDIA GPU (for the engine cache key), or 'unknown-gpu'."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10).stdout.strip().splitlines()
+        return out[0].strip() if out else "unknown-gpu"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown-gpu"
+
+
+def engine_cache_dir(cache_root: Path) -> Path:
+    """TensorRT engines are not portable: one cache folder per GPU model and TensorRT version."""
+    try:
+        import tensorrt
+        trt_version = tensorrt.__version__
+    except ImportError:
+        trt_version = "ort-bundled"
+    key = f"{gpu_name()}-trt{trt_version}".replace(" ", "_").replace("/", "_")
+    return cache_root / key
+
+
+def open_session(model_path: Path, backend: str = "cpu", precision: str = "fp32", threads: int = 0,
+                 cache_root: Path | None = None):
+    """An onnxruntime session on the requested backend; 'auto' takes the best one that starts."""
+    import onnxruntime as ort
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    available = ort.get_available_providers()
+    trt_options = {"trt_fp16_enable": precision == "fp16", "trt_int8_enable": precision == "int8",
+                   "trt_engine_cache_enable": True, "trt_timing_cache_enable": True}
+    if cache_root is not None:
+        cache = engine_cache_dir(cache_root)
+        cache.mkdir(parents=True, exist_ok=True)
+        trt_options["trt_engine_cache_path"] = str(cache)
+        trt_options["trt_timing_cache_path"] = str(cache)
+    wanted = {"tensorrt": [("TensorrtExecutionProvider", trt_options)], "cuda": ["CUDAExecutionProvider"],
+              "cpu": ["CPUExecutionProvider"]}
+    order = ["tensorrt", "cuda", "cpu"] if backend == "auto" else [backend]
+    providers = []
+    for name in order:
+        for p in wanted[name]:
+            pname = p[0] if isinstance(p, tuple) else p
+            if pname not in available:
+                if backend != "auto":
+                    raise RuntimeError(f"backend {backend!r} needs onnxruntime's {pname}, which this install "
+                                       f"lacks (available: {', '.join(available)}); install onnxruntime-gpu")
+                continue
+            providers.append(p)
+    if "CPUExecutionProvider" not in [p if isinstance(p, str) else p[0] for p in providers]:
+        providers.append("CPUExecutionProvider")  # for nodes a GPU provider does not take
+    if precision == "fp16" and not any(isinstance(p, tuple) for p in providers):
+        raise RuntimeError("precision fp16 needs the TensorRT backend (onnxruntime-gpu with TensorRT and a GPU)")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(model_path), opts, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise PackageError(f"{model_path}: onnxruntime cannot load it ({exc})") from None
+    return session
+
+
+def _active_backend(session) -> str:
+    first = session.get_providers()[0]
+    return {"TensorrtExecutionProvider": "tensorrt", "CUDAExecutionProvider": "cuda"}.get(first, "cpu")
+
+
+class Runtime:
+    """A loaded model package: pre-processing, batched inference, boxes and the pass/review/fail decision."""
+
+    def __init__(self, package: str | Path, backend: str = "auto", precision: str = "fp32", threads: int = 0,
+                 max_batch: int = 32, cache_root: str | Path | None = None, check_aspect: bool = True):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.root = Path(package)
+        self.meta = load_package(self.root)
+        variant_name = "fp32" if precision == "fp16" else precision
+        if variant_name not in self.meta["variants"]:
+            raise PackageError(f"{self.root}: no {variant_name} model in this package "
+                               f"(has: {', '.join(self.meta['variants'])}); export with --int8")
+        self.variant = self.meta["variants"][variant_name]
+        self.precision = precision
+        cache = Path(cache_root) if cache_root else self.root / "engines"
+        self.session = open_session(self.root / self.variant["file"], backend, precision, threads, cache)
+        self.backend = _active_backend(self.session)
+        if backend not in ("auto", self.backend):
+            raise RuntimeError(f"backend {backend!r} requested but onnxruntime started {self.backend!r} "
+                               f"(providers: {self.session.get_providers()})")
+        self._rescore = None
+        self._rescore_args = (backend, "fp32" if precision == "int8" else precision, threads, cache)
+        inp = self.meta["input"]
+        self.classes = list(self.meta["classes"])
+        self.image_size = tuple(inp["size"])
+        self.mean, self.std, self.roi = inp["mean"], inp["std"], inp.get("roi")
+        self.attention_size = tuple(self.meta["attention"]["size"])
+        self.max_batch = max(1, int(max_batch))
+        self.check_aspect = check_aspect
+        self.version = self.meta["model_version"]
+        self.threshold = float(self.variant["threshold"])
+        self.review_band = float(self.meta["decision"]["review_band"])
+        self.box_threshold = float(self.variant["box_threshold"])
+        self.min_area = int(self.meta["boxes"]["min_area"])
+        self.box_score = self.meta["boxes"]["score"]
+
+    # -- pre-processing --------------------------------------------------------------------------------------
+    def prepare(self, frame: np.ndarray, color: str = "RGB") -> np.ndarray:
+        """Frame → the model's HxWx3 float32 input (before normalization), after the checks of frame_to_rgb."""
+        rgb = frame_to_rgb(frame, color, self.meta["input"]["channels"])
+        fh, fw = rgb.shape[:2]
+        if self.roi is not None:
+            x, y, w, h = self.roi
+            if x + w > fw or y + h > fh:
+                raise FrameError(f"frame is {fw}x{fh} px but the model's ROI [x={x}, y={y}, w={w}, h={h}] "
+                                 f"needs at least {x + w}x{y + h}")
+        if self.check_aspect:
+            _, _, w, h = full_roi((fh, fw), self.roi)
+            lo, hi = self.meta["input"]["aspect_range"]
+            if not lo / 1.25 <= w / h <= hi * 1.25:
+                raise FrameError(f"frame region is {w}x{h} px (aspect {w / h:.2f}); the model was trained on "
+                                 f"aspect {lo:.2f}-{hi:.2f} (wrong camera or ROI? pass check_aspect=False to force)")
+        return prepare(rgb, self.image_size, self.roi)
+
+    # -- inference ---------------------------------------------------------------------------------------------
+    def run_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Normalized (B, 3, H, W) float32 → (probs (B, K), defect scores (B,), attention (B, h, w))."""
+        x = np.ascontiguousarray(x, np.float32)
+        if x.ndim != 4 or x.shape[1:] != (3, *self.image_size):
+            raise FrameError(f"model input must be (B, 3, {self.image_size[0]}, {self.image_size[1]}), got {x.shape}")
+        outs = [self.session.run(["probs", "defect_score", "attention"], {"image": x[i:i + self.max_batch]})
+                for i in range(0, len(x), self.max_batch)]
+        return tuple(np.concatenate([o[k] for o in outs]).astype(np.float32) for k in range(3))
+
+    def decide(self, score: float, threshold: float | None = None) -> str:
+        """fail above the threshold's review band, pass below it, review inside it (never a silent pass)."""
+        t = self.threshold if threshold is None else threshold
+        if score >= t + self.review_band:
+            return "fail"
+        if score >= t - self.review_band:
+            return "review"
+        return "pass"
+
+    def judge(self, probs: np.ndarray, score: float, attention: np.ndarray, frame_hw: tuple[int, int]) -> Inspection:
+        """Verdict, defect type and boxes (in frame pixels) from one image's model outputs."""
+        verdict = self.decide(float(score))
+        boxes = attention_to_boxes(attention, frame_hw, self.box_threshold, self.min_area, self.roi, self.box_score)
+        defect = None if verdict == "pass" else self.classes[1 + int(np.argmax(probs[1:]))]
+        return Inspection(verdict, float(score), {c: float(p) for c, p in zip(self.classes, probs)}, defect,
+                          boxes if verdict != "pass" else [], attention, self.version)
+
+    def inspect(self, frames: list[np.ndarray], color: str = "RGB") -> list[Inspection]:
+        """Judge a batch of camera frames (any sizes)."""
+        prepared = [self.prepare(f, color) for f in frames]
+        probs, scores, maps = self.run_batch(to_input(prepared, self.mean, self.std))
+        return [self.judge(probs[i], scores[i], maps[i], frames[i].shape[:2]) for i in range(len(frames))]
+
+    def rescore(self, frame: np.ndarray, attention: np.ndarray, color: str = "RGB") -> dict:
+        """Perception-branch probabilities with an operator-corrected attention map (any resolution, [0, 1])."""
+        att = np.asarray(attention, np.float32)
+        if att.ndim != 2 or min(att.shape) < 1:
+            raise FrameError(f"attention map must be 2-D (h, w), got shape {att.shape}")
+        if not np.isfinite(att).all():
+            raise FrameError("attention map holds NaN or infinite values")
+        att = np.clip(att, 0, 1)
+        h, w = self.attention_size
+        if att.shape != (h, w):
+            interp = cv2.INTER_AREA if att.shape[0] > h else cv2.INTER_LINEAR
+            att = cv2.resize(att, (w, h), interpolation=interp)
+        if self._rescore is None:
+            self._rescore = open_session(self.root / "rescore.onnx", *self._rescore_args)
+        x = to_input([self.prepare(frame, color)], self.mean, self.std)
+        (probs,) = self._rescore.run(["probs"], {"image": x, "attention": att[None]})
+        p = probs[0].astype(float)
+        return {"probs": dict(zip(self.classes, p.tolist())), "defect_score": float(1 - p[0]),
+                "verdict": self.decide(float(1 - p[0]), self.meta["variants"]["fp32"]["threshold"])}

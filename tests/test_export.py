@@ -1,0 +1,217 @@
+"""Export → model package → torch-free runtime: parity, round trip, INT8, re-scoring and every refusal."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from deploy.export import ExportError, export_package
+from deploy.package import PackageError, load_package
+from deploy.runtime import FrameError, Runtime, frame_to_rgb, read_frame
+from inspection.boxes import attention_to_boxes
+from inspection.cli import main
+from inspection.imageio import read_image
+from inspection.model import CheckpointError, load_checkpoint
+from training.evaluate import evaluate
+
+
+def test_package_holds_graphs_metadata_and_parity(exported):
+    meta = load_package(exported["package"])
+    assert {"model.onnx", "model.int8.onnx", "rescore.onnx"} <= set(meta["files"])
+    assert meta["classes"] == exported["manifest"].classes
+    assert meta["input"]["size"] == [64, 64] and meta["input"]["channels"] == "mixed"  # tiny set: gray and color
+    assert meta["training"]["manifest_hash"] == exported["manifest"].content_hash
+    assert max(meta["parity"]["max_abs_diff"].values()) <= 1e-4
+    assert set(meta["variants"]) == {"fp32", "int8"}
+    for v in meta["variants"].values():
+        assert 0 <= v["threshold"] <= 1 and 0 <= v["metrics"]["image"]["auroc"] <= 1
+    assert not list(exported["root"].glob(".package.partial-*"))
+
+
+def test_onnx_matches_pytorch_with_dynamic_batch(exported):
+    model, cfg, _ = load_checkpoint(exported["best"])
+    rt = Runtime(exported["package"], backend="cpu")
+    x = np.random.default_rng(0).normal(size=(5, 3, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        out = model(torch.from_numpy(x))
+    for n in (1, 5):
+        probs, scores, att = rt.run_batch(x[:n])
+        assert np.abs(probs - out.logits[:n].softmax(1).numpy()).max() <= 1e-4
+        assert np.abs(att - out.attention[:n].numpy()).max() <= 1e-4
+        assert np.allclose(scores, 1 - probs[:, 0], atol=1e-6)
+
+
+def test_round_trip_gives_the_pytorch_evaluators_decisions_and_boxes(exported):
+    model, cfg, _ = load_checkpoint(exported["best"])
+    result = evaluate(model, "abn", exported["manifest"], cfg, "torch")
+    rt = Runtime(exported["package"], backend="cpu")
+    assert rt.threshold == pytest.approx(result["threshold"], abs=1e-6)
+    assert rt.box_threshold == pytest.approx(result["box_threshold"], abs=1e-6)
+    root = exported["manifest"].root
+    for ref in result["images"]:
+        frame = read_image(f"{root}/{ref['path']}")
+        probs, scores, att = rt.run_batch(_input(rt, frame))
+        assert scores[0] == pytest.approx(ref["score"], abs=2e-3)
+        assert (scores[0] >= rt.threshold) == ref["fail"]
+        boxes = attention_to_boxes(att[0], frame.shape[:2], rt.box_threshold, rt.min_area, rt.roi, rt.box_score)
+        assert len(boxes) == len(ref["boxes"])
+        for b, r in zip(boxes, ref["boxes"]):
+            assert max(abs(p - q) for p, q in zip(b.xyxy, (r["x0"], r["y0"], r["x1"], r["y1"]))) <= 1
+        verdict = rt.inspect([frame])[0]
+        assert verdict.score == pytest.approx(float(scores[0]), abs=1e-5)
+        assert verdict.verdict == rt.decide(float(scores[0]))
+
+
+def _input(rt, frame):
+    from inspection.preprocess import to_input
+    return to_input([rt.prepare(frame)], rt.mean, rt.std)
+
+
+def test_decision_has_a_review_band_around_the_threshold(exported):
+    rt = Runtime(exported["package"], backend="cpu")
+    t, band = rt.threshold, rt.review_band
+    assert rt.decide(t + band) == "fail" and rt.decide(min(1.0, t + band + 0.01)) == "fail"
+    assert rt.decide(t) == "review" and rt.decide(t - band) == "review"
+    assert rt.decide(t - band - 1e-6) == "pass"
+
+
+def test_int8_variant_runs_with_its_own_calibration(exported):
+    meta = load_package(exported["package"])
+    fp32, int8 = Runtime(exported["package"], "cpu"), Runtime(exported["package"], "cpu", precision="int8")
+    assert int8.threshold == meta["variants"]["int8"]["threshold"]
+    assert meta["int8"]["calibration_set"] == "all" and meta["int8"]["calibration_images"] > 0
+    x = np.stack([_input(fp32, read_image(f"{exported['manifest'].root}/{it.path}"))[0]
+                  for it in exported["manifest"].split("test")])
+    s32, s8 = fp32.run_batch(x)[1], int8.run_batch(x)[1]
+    assert len(np.unique(np.round(s8, 6))) > len(s8) // 2  # scores stay continuous (float softmax)
+    assert np.corrcoef(s32, s8)[0, 1] > 0.9
+
+
+def test_rescore_with_the_models_own_map_reproduces_its_scores(exported):
+    rt = Runtime(exported["package"], backend="cpu")
+    frame = read_image(f"{exported['manifest'].root}/{exported['manifest'].split('test')[-1].path}")
+    r = rt.inspect([frame])[0]
+    same = rt.rescore(frame, r.attention)
+    assert same["defect_score"] == pytest.approx(r.score, abs=1e-4)
+    big = np.kron(r.attention, np.ones((4, 4), np.float32))  # maps at any resolution are resized
+    assert rt.rescore(frame, big)["defect_score"] == pytest.approx(r.score, abs=0.05)
+    erased = rt.rescore(frame, np.zeros_like(r.attention))
+    assert erased["defect_score"] != pytest.approx(r.score, abs=1e-4)
+    with pytest.raises(FrameError, match="2-D"):
+        rt.rescore(frame, np.zeros((2, 4, 4)))
+    with pytest.raises(FrameError, match="NaN"):
+        rt.rescore(frame, np.full(r.attention.shape, np.nan))
+
+
+def test_export_refuses_what_it_cannot_check(exported, tmp_path):
+    with pytest.raises(ExportError, match="no attention branch"):
+        export_package(exported["cnn"], tmp_path / "cnn", progress=False)
+    with pytest.raises(ExportError, match="already exists"):
+        export_package(exported["best"], exported["package"], progress=False)
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_package(exported["best"], tmp_path / "strict", int8=False, tolerance=-1.0, progress=False)
+    assert not (tmp_path / "strict").exists() and not list(tmp_path.glob(".strict*"))
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(exported["best"], lone / "best.pt")
+    with pytest.raises(ExportError, match="manifest"):
+        export_package(lone / "best.pt", tmp_path / "p", progress=False)
+
+
+def test_checkpoint_of_another_architecture_is_refused(exported, tmp_path):
+    ckpt = torch.load(exported["best"], weights_only=True)
+    ckpt["config"]["model"]["backbone"] = "resnet18"
+    torch.save(ckpt, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="do not fit"):
+        export_package(tmp_path / "other.pt", tmp_path / "p", progress=False)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    assert main(["export", "--checkpoint", str(tmp_path / "junk.pt"), "--out", str(tmp_path / "q"), "--quiet"]) == 2
+
+
+@pytest.fixture
+def package_copy(exported, tmp_path):
+    dst = tmp_path / "pkg"
+    shutil.copytree(exported["package"], dst)
+    return dst
+
+
+def _edit_meta(pkg, fn):
+    meta = json.loads((pkg / "metadata.json").read_text())
+    fn(meta)
+    (pkg / "metadata.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: (p / "model.onnx").write_bytes((p / "model.onnx").read_bytes()[:1000]), "SHA-256 differs"),
+    (lambda p: (p / "rescore.onnx").unlink(), "missing"),
+    (lambda p: (p / "metadata.json").unlink(), "not a model package"),
+    (lambda p: (p / "metadata.json").write_text("{\"format\": "), "not JSON"),
+    (lambda p: _edit_meta(p, lambda m: m["input"].pop("mean")), "missing field 'input.mean'"),
+    (lambda p: _edit_meta(p, lambda m: m["decision"].update(review_band="wide")), "'decision.review_band' must be"),
+    (lambda p: _edit_meta(p, lambda m: m.update(format_version=99)), "newer than this software reads"),
+    (lambda p: _edit_meta(p, lambda m: m["variants"]["fp32"].pop("threshold")), "variants.fp32.threshold"),
+    (lambda p: _edit_meta(p, lambda m: m["input"].update(size=[64])), "input.size"),
+    (lambda p: _edit_meta(p, lambda m: m.update(classes=["scratch", "good"])), "start with 'good'"),
+])
+def test_damaged_packages_are_refused_by_name(package_copy, damage, message):
+    damage(package_copy)
+    with pytest.raises(PackageError, match=message):
+        Runtime(package_copy, backend="cpu")
+
+
+def test_missing_variant_and_unknown_backend_are_clear(exported, package_copy):
+    _edit_meta(package_copy, lambda m: m["variants"].pop("int8"))
+    with pytest.raises(PackageError, match="no int8 model"):
+        Runtime(package_copy, backend="cpu", precision="int8")
+    with pytest.raises(ValueError, match="backend must be"):
+        Runtime(exported["package"], backend="gpu")
+    import onnxruntime
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        with pytest.raises(RuntimeError, match="install onnxruntime-gpu"):
+            Runtime(exported["package"], backend="cuda")
+        with pytest.raises(RuntimeError, match="fp16 needs the TensorRT"):
+            Runtime(exported["package"], backend="cpu", precision="fp16")
+
+
+def test_frames_of_the_wrong_kind_are_refused(exported):
+    rt = Runtime(exported["package"], backend="cpu")
+    ok = np.zeros((90, 100, 3), np.uint8)
+    assert rt.inspect([ok])[0].verdict in ("pass", "review", "fail")
+    for frame, message in [(np.zeros((90, 100, 2), np.uint8), "HxW"), (np.zeros((4, 4), np.uint8), "at least 8x8"),
+                           (np.full((90, 100, 3), 200.0), r"in \[0, 1\]"), (np.zeros((90, 100), np.int64), "dtype"),
+                           (np.zeros((40, 400, 3), np.uint8), "aspect"), ("frame.png", "numpy array")]:
+        with pytest.raises(FrameError, match=message):
+            rt.inspect([frame])
+    with pytest.raises(FrameError, match="trained on color"):
+        frame_to_rgb(np.zeros((50, 50), np.uint8), channels="color")
+    with pytest.raises(FrameError, match="trained on gray"):
+        frame_to_rgb(np.zeros((50, 50, 3), np.uint8), channels="gray")
+    bgr = np.zeros((20, 20, 3), np.uint8)
+    bgr[..., 0] = 255
+    assert frame_to_rgb(bgr, "BGR")[0, 0].tolist() == [0, 0, 1] and frame_to_rgb(bgr)[0, 0].tolist() == [1, 0, 0]
+    assert frame_to_rgb(np.full((20, 20), 65535, np.uint16)).max() == 1.0
+
+
+def test_roi_larger_than_the_frame_is_refused(package_copy):
+    _edit_meta(package_copy, lambda m: m["input"].update(roi=[10, 10, 80, 80]))
+    rt = Runtime(package_copy, backend="cpu", check_aspect=False)
+    with pytest.raises(FrameError, match="ROI"):
+        rt.inspect([np.zeros((60, 60, 3), np.uint8)])
+    boxes_frame = rt.inspect([np.zeros((100, 120, 3), np.uint8)])[0]
+    assert all(b.x0 >= 10 and b.y0 >= 10 and b.x1 <= 90 and b.y1 <= 90 for b in boxes_frame.boxes)
+
+
+def test_predict_cli_judges_files_and_reports_bad_ones(exported, tmp_path, capsys):
+    root = exported["manifest"].root
+    items = exported["manifest"].split("test")[:3]
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    args = ["predict", "--package", str(exported["package"]), "--backend", "cpu"]
+    assert main(args + [f"{root}/{it.path}" for it in items] + [str(tmp_path / "broken.png")]) == 1
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 4
+    assert "not a readable image" in lines[-1]["error"]
+    assert all(x["verdict"] in ("pass", "review", "fail") for x in lines[:3])
+    rt = Runtime(exported["package"], backend="cpu")
+    first = rt.inspect([read_frame(f"{root}/{items[0].path}")], "BGR")[0]
+    assert lines[0]["score"] == pytest.approx(first.score, abs=1e-6)
