@@ -18,3 +18,4 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/inference.py
