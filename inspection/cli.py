@@ -150,7 +150,8 @@ def cmd_demo(args) -> int:
     from training.report import markdown_table
 
     print(markdown_table(result["results"]))
-    print(json.dumps({"report": result["report"], "seconds": round(result["timings"]["total"], 1)}))
+    print(json.dumps({"report": result["report"], "package": result["package"],
+                      "seconds": round(result["timings"]["total"], 1)}))
     return 0
 
 

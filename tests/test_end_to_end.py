@@ -121,3 +121,15 @@ def test_corrected_maps_enter_training_as_l_map(dataset_copy, tmp_path):
     assert main(["train", "--data", str(dataset_copy), "--out", str(tmp_path / "run0"), "--set", "train.epochs=1",
                  "--set", "train.gamma_map=0", *TINY]) == 0
     assert json.loads((tmp_path / "run0" / "history.json").read_text())[0]["train_map"] == 0
+
+
+def test_demo_trains_reports_and_exports_a_package(tiny_dataset, tmp_path):
+    from deploy.package import load_package
+    from tests.conftest import tiny_config
+    from training.demo import run_demo
+
+    result = run_demo(tiny_config(tiny_dataset, **{"train.epochs": 1}), tmp_path / "demo", progress=False,
+                      baselines=False)
+    assert (tmp_path / "demo" / "report" / "report.html").stat().st_size > 0
+    meta = load_package(result["package"])
+    assert set(meta["variants"]) == {"fp32", "int8"} and result["timings"]["export"] > 0

@@ -1,4 +1,4 @@
-"""The one-command demo: generate data → train ours and both baselines → evaluate → report.
+"""The one-command demo: generate data → train ours and both baselines → evaluate → report → export.
 
     >>> run_demo(load_config("configs/demo.yaml"), "runs/demo")
 
@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from deploy.export import export_package
 from inspection.config import Config
 from inspection.data import scan_dataset
 from training.evaluate import evaluate_checkpoint
@@ -52,6 +53,10 @@ def run_demo(cfg: Config, out_dir: str | Path, generate_kwargs: dict | None = No
         results.append(evaluate_checkpoint(best, manifest, name, cfg_override=cfg))
         timings[f"eval_{key}"] = time.time() - t
         curves[key] = out / key / "training_curves.png"
+    t = time.time()
+    package = export_package(out / "ours" / "best.pt", out / "ours" / "package", manifest, force=True,
+                             progress=progress)
+    timings["export"] = time.time() - t
     timings["total"] = time.time() - t0
     extra = (f"Dataset `{root}` ({len(manifest.items)} images, manifest {manifest.content_hash[:12]}), "
              f"backbone `{cfg.model.backbone}` at {cfg.data.image_size[0]}x{cfg.data.image_size[1]}, "
@@ -59,5 +64,5 @@ def run_demo(cfg: Config, out_dir: str | Path, generate_kwargs: dict | None = No
              f"{cfg.train.epochs} epochs. Wall time {timings['total']:.0f} s.\n")
     report = write_report(results, out / "report", cfg.eval.overlays, extra, curves)
     (out / "report" / "timings.json").write_text(json.dumps(timings, indent=1))
-    print(f"report: {report}", file=sys.stderr)
-    return {"report": str(report), "timings": timings, "results": results}
+    print(f"report: {report}\nmodel package: {package}", file=sys.stderr)
+    return {"report": str(report), "timings": timings, "results": results, "package": str(package)}
