@@ -1,6 +1,6 @@
 """Torch-free inference on a model package: frames in, verdicts, scores and defect boxes out.
 
-    >>> rt = Runtime("runs/model/package")                      # best backend: TensorRT → CUDA → CPU
+    >>> rt = Runtime("runs/model/package")     # best backend: TensorRT → ORT TensorRT → ORT CUDA → ORT CPU
     >>> [r.verdict for r in rt.inspect([frame], color="BGR")]   # OpenCV frames are BGR
     ['fail']
     >>> rt.rescore(frame, corrected_attention)["defect_score"]
@@ -22,7 +22,7 @@ from deploy.package import PackageError, load_package
 from inspection.boxes import Box, attention_to_boxes, full_roi
 from inspection.preprocess import prepare, to_input
 
-BACKENDS = ("auto", "tensorrt", "cuda", "cpu")
+BACKENDS = ("auto", "tensorrt", "ort-tensorrt", "cuda", "cpu")  # tensorrt: native API; ort-*: onnxruntime providers
 PRECISIONS = ("fp32", "fp16", "int8")
 VERDICTS = ("pass", "review", "fail")
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # OpenCV's own decoder chatter on stderr; read_frame raises a FrameError that names the file
@@ -124,36 +124,34 @@ def engine_cache_dir(cache_root: Path) -> Path:
 
 def open_session(model_path: Path, backend: str = "cpu", precision: str = "fp32", threads: int = 0,
                  cache_root: Path | None = None):
-    """An onnxruntime session on the requested backend; 'auto' takes the best one that starts."""
+    """An onnxruntime session on the requested provider; 'auto' takes the best one this install has."""
     import onnxruntime as ort
 
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend not in BACKENDS or backend == "tensorrt":
+        raise ValueError(f"onnxruntime backend must be auto, ort-tensorrt, cuda or cpu, got {backend!r}")
     available = ort.get_available_providers()
-    trt_options = {"trt_fp16_enable": precision == "fp16", "trt_int8_enable": precision == "int8",
-                   "trt_engine_cache_enable": True, "trt_timing_cache_enable": True}
+    trt_options = {"trt_fp16_enable": precision == "fp16", "trt_engine_cache_enable": True,
+                   "trt_timing_cache_enable": True}
     if cache_root is not None:
         cache = engine_cache_dir(cache_root)
         cache.mkdir(parents=True, exist_ok=True)
         trt_options["trt_engine_cache_path"] = str(cache)
         trt_options["trt_timing_cache_path"] = str(cache)
-    wanted = {"tensorrt": [("TensorrtExecutionProvider", trt_options)], "cuda": ["CUDAExecutionProvider"],
-              "cpu": ["CPUExecutionProvider"]}
-    order = ["tensorrt", "cuda", "cpu"] if backend == "auto" else [backend]
+    wanted = {"ort-tensorrt": ("TensorrtExecutionProvider", trt_options), "cuda": "CUDAExecutionProvider",
+              "cpu": "CPUExecutionProvider"}
+    order = ["ort-tensorrt", "cuda", "cpu"] if backend == "auto" else [backend]
     providers = []
     for name in order:
-        for p in wanted[name]:
-            pname = p[0] if isinstance(p, tuple) else p
-            if pname not in available:
-                if backend != "auto":
-                    raise RuntimeError(f"backend {backend!r} needs onnxruntime's {pname}, which this install "
-                                       f"lacks (available: {', '.join(available)}); install onnxruntime-gpu")
-                continue
-            providers.append(p)
-    if "CPUExecutionProvider" not in [p if isinstance(p, str) else p[0] for p in providers]:
+        pname = wanted[name][0] if isinstance(wanted[name], tuple) else wanted[name]
+        if pname in available:
+            providers.append(wanted[name])
+        elif backend != "auto":
+            raise RuntimeError(f"backend {backend!r} needs onnxruntime's {pname}, which this install lacks "
+                               f"(available: {', '.join(available)}); install onnxruntime-gpu")
+    if providers[-1] != "CPUExecutionProvider":
         providers.append("CPUExecutionProvider")  # for nodes a GPU provider does not take
-    if precision == "fp16" and not any(isinstance(p, tuple) for p in providers):
-        raise RuntimeError("precision fp16 needs the TensorRT backend (onnxruntime-gpu with TensorRT and a GPU)")
+    if precision == "fp16" and not isinstance(providers[0], tuple):
+        raise RuntimeError("precision fp16 needs TensorRT (backend tensorrt or ort-tensorrt, with a GPU)")
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
@@ -167,7 +165,8 @@ def open_session(model_path: Path, backend: str = "cpu", precision: str = "fp32"
 
 def _active_backend(session) -> str:
     first = session.get_providers()[0]
-    return {"TensorrtExecutionProvider": "tensorrt", "CUDAExecutionProvider": "cuda"}.get(first, "cpu")
+    return {"TensorrtExecutionProvider": "ort-tensorrt", "CUDAExecutionProvider": "cuda",
+            "TensorRT (native)": "tensorrt"}.get(first, "cpu")
 
 
 class Runtime:
@@ -185,15 +184,22 @@ class Runtime:
                                f"(has: {', '.join(self.meta['variants'])}); export with --int8")
         self.variant = self.meta["variants"][variant_name]
         self.precision = precision
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         cache = Path(cache_root) if cache_root else self.root / "engines"
-        self.session = open_session(self.root / self.variant["file"], backend, precision, threads, cache)
+        inp = self.meta["input"]
+        self.session = None
+        if backend in ("auto", "tensorrt"):
+            self.session = self._native_tensorrt(cache, max_batch, precision, required=backend == "tensorrt")
+        if self.session is None:
+            self.session = open_session(self.root / self.variant["file"], backend, precision, threads, cache)
         self.backend = _active_backend(self.session)
         if backend not in ("auto", self.backend):
             raise RuntimeError(f"backend {backend!r} requested but onnxruntime started {self.backend!r} "
                                f"(providers: {self.session.get_providers()})")
-        self._rescore = None
-        self._rescore_args = (backend, "fp32" if precision == "int8" else precision, threads, cache)
-        inp = self.meta["input"]
+        self._rescore = None  # the rescore graph (review station, rare calls) runs on onnxruntime
+        ort_backend = "cpu" if self.backend == "cpu" else "auto"
+        self._rescore_args = (ort_backend, "fp32", threads, cache)
         self.classes = list(self.meta["classes"])
         self.image_size = tuple(inp["size"])
         self.mean, self.std, self.roi = inp["mean"], inp["std"], inp.get("roi")
@@ -206,6 +212,19 @@ class Runtime:
         self.box_threshold = float(self.variant["box_threshold"])
         self.min_area = int(self.meta["boxes"]["min_area"])
         self.box_score = self.meta["boxes"]["score"]
+
+    def _native_tensorrt(self, cache: Path, max_batch: int, precision: str, required: bool):
+        """A native TensorRT session, or None (auto) / TensorRTUnavailable (required) when it cannot run here."""
+        from deploy.tensorrt import TensorRTSession, TensorRTUnavailable, build_engine
+
+        try:
+            engine = build_engine(self.root / self.variant["file"], engine_cache_dir(cache), max(1, int(max_batch)),
+                                  tuple(self.meta["input"]["size"]), precision)
+            return TensorRTSession(engine)
+        except TensorRTUnavailable:
+            if required:
+                raise
+            return None
 
     # -- pre-processing --------------------------------------------------------------------------------------
     def prepare(self, frame: np.ndarray, color: str = "RGB") -> np.ndarray:

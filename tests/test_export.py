@@ -170,8 +170,22 @@ def test_missing_variant_and_unknown_backend_are_clear(exported, package_copy):
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         with pytest.raises(RuntimeError, match="install onnxruntime-gpu"):
             Runtime(exported["package"], backend="cuda")
-        with pytest.raises(RuntimeError, match="fp16 needs the TensorRT"):
+        with pytest.raises(RuntimeError, match="fp16 needs TensorRT"):
             Runtime(exported["package"], backend="cpu", precision="fp16")
+        assert Runtime(exported["package"]).backend == "cpu"  # auto falls back to the CPU, and says so
+
+
+def test_tensorrt_without_tensorrt_says_what_is_missing(exported):
+    from deploy.tensorrt import TensorRTUnavailable
+
+    try:
+        import tensorrt  # noqa: F401
+        from cuda.bindings import runtime  # noqa: F401
+        pytest.skip("TensorRT is installed here: tests/test_gpu.py exercises it")
+    except ImportError:
+        pass
+    with pytest.raises(TensorRTUnavailable, match="not installed"):
+        Runtime(exported["package"], backend="tensorrt")
 
 
 def test_frames_of_the_wrong_kind_are_refused(exported):
