@@ -140,6 +140,25 @@ def cmd_predict(args) -> int:
     return 1 if errors else 0
 
 
+def cmd_run(args) -> int:
+    import signal
+
+    from deploy.line import LineRunner
+    from deploy.station import load_station
+
+    overrides = list(args.set or [])
+    if args.package:
+        overrides.append(f"package={args.package}")
+    runner = LineRunner(load_station(args.station, overrides))
+    for name, value in runner.self_check().items():
+        print(f"self-check {name}: {value}", file=sys.stderr)
+    signal.signal(signal.SIGTERM, lambda *_: runner.stop())
+    signal.signal(signal.SIGINT, lambda *_: runner.stop())
+    summary = runner.run()
+    print(json.dumps({"summary": summary}), file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from training.demo import run_demo
 
@@ -213,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=16)
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("run", help="run a station: frames in, verdicts out, failures logged (torch-free)")
+    p.add_argument("--station", help="station YAML (default: every default of configs/station.yaml)")
+    p.add_argument("--package", help="model package folder or pointer file (same as --set package=...)")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a station value")
+    p.set_defaults(func=cmd_run)
+
     p = sub.add_parser("demo", help="generate data, train ours and both baselines, write the report")
     _add_config_args(p)
     p.add_argument("--out", default="runs/demo", help="output folder")
@@ -227,8 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     from deploy.runtime import FrameError
     from inspection.imageio import ImageError
 
-    errors = (PackageError, FrameError, ImageError)
-    if args.command != "predict":  # predict runs on the line PC: no torch, no pydantic
+    from deploy.sources import SourceError
+    from deploy.station import StationConfigError
+
+    errors = (PackageError, FrameError, ImageError, SourceError, StationConfigError)
+    if args.command not in ("predict", "run"):  # these run on the line PC: no torch, no pydantic
         from deploy.export import ExportError
         from inspection.config import ConfigError
         from inspection.data import DatasetError

@@ -1,0 +1,494 @@
+"""The line runner: camera frames in, a verdict per part out (JSON lines, MQTT), failures logged for review.
+
+    capture thread ──frames (bounded; drop_oldest or block)──▶ inference loop ──▶ JSON line, MQTT, metrics
+                                                                   └──records (bounded)──▶ writer thread ──▶ failure log
+    reload thread: a new model package is loaded beside the running one and swapped in between two batches.
+    HTTP thread: /health, /metrics (Prometheus), /version.
+
+    >>> LineRunner(load_station("configs/station.yaml")).run()
+
+torch-free: numpy, OpenCV, onnxruntime, PyYAML, paho-mqtt (only when MQTT is configured).
+"""
+from __future__ import annotations
+
+import collections
+import json
+import queue
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from deploy.runtime import FrameError, Inspection, Runtime, frame_to_rgb
+from deploy.sources import Disconnected, Frame, SourceError, open_source
+from deploy.station import StationConfig
+from deploy.store import FailureRecord, SQLiteStore, StoreFull
+from inspection.boxes import Box, upsample_attention
+from inspection.overlay import overlay
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_END = object()
+
+
+class Metrics:
+    """Thread-safe counters, gauges and one latency histogram, rendered in the Prometheus text format."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.counters: dict[str, float] = collections.defaultdict(float)
+        self.gauges: dict[str, float] = {}
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum, self.latency_count = 0.0, 0
+        self.latencies: collections.deque = collections.deque(maxlen=10000)
+
+    def inc(self, name: str, value: float = 1.0) -> None:
+        with self.lock:
+            self.counters[name] += value
+
+    def set(self, name: str, value: float) -> None:
+        with self.lock:
+            self.gauges[name] = value
+
+    def observe(self, seconds: float) -> None:
+        with self.lock:
+            self.buckets[next((i for i, b in enumerate(LATENCY_BUCKETS) if seconds <= b), len(LATENCY_BUCKETS))] += 1
+            self.latency_sum += seconds
+            self.latency_count += 1
+            self.latencies.append(seconds)
+
+    def get(self, name: str) -> float:
+        with self.lock:
+            return self.counters.get(name, self.gauges.get(name, 0.0))
+
+    def render(self, labels: str) -> str:
+        out = []
+        with self.lock:
+            for name, value in sorted(self.counters.items()):
+                base, _, extra = name.partition("|")
+                lab = labels + ("," + extra if extra else "")
+                out += [f"# TYPE inspection_{base} counter", f"inspection_{base}{{{lab}}} {value:g}"]
+            for name, value in sorted(self.gauges.items()):
+                out += [f"# TYPE inspection_{name} gauge", f"inspection_{name}{{{labels}}} {value:g}"]
+            out.append("# TYPE inspection_latency_seconds histogram")
+            cum = 0
+            for bound, n in zip((*LATENCY_BUCKETS, float("inf")), self.buckets):
+                cum += n
+                le = "+Inf" if bound == float("inf") else f"{bound:g}"
+                out.append(f'inspection_latency_seconds_bucket{{{labels},le="{le}"}} {cum}')
+            out += [f"inspection_latency_seconds_sum{{{labels}}} {self.latency_sum:g}",
+                    f"inspection_latency_seconds_count{{{labels}}} {self.latency_count}"]
+        return "\n".join(out) + "\n"
+
+
+def resolve_package(path: str | Path) -> Path:
+    """A package folder, or a pointer file (e.g. a registry's `current`) holding the path of one."""
+    p = Path(path)
+    if p.is_file():
+        target = Path(p.read_text().strip())
+        return target if target.is_absolute() else p.parent / target
+    return p
+
+
+def _package_key(path: str | Path) -> tuple:
+    root = resolve_package(path)
+    try:
+        st = (root / "metadata.json").stat()
+        return (str(root.resolve()), st.st_mtime_ns, st.st_size)
+    except OSError:
+        return (str(root), None, None)
+
+
+class MQTTOutput:
+    """Publishes each verdict; paho queues (bounded) while the broker is away and reconnects by itself."""
+
+    def __init__(self, cfg, station: str, metrics: Metrics):
+        import paho.mqtt.client as mqtt
+
+        self.topic, self.qos, self.metrics = cfg.topic.format(station=station), cfg.qos, metrics
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id or f"inspection-{station}")
+        self.client.max_queued_messages_set(10000)
+        self.client.reconnect_delay_set(0.5, 10)
+        self.client.on_connect = lambda *a: metrics.set("mqtt_connected", 1)
+        self.client.on_disconnect = lambda *a: metrics.set("mqtt_connected", 0)
+        self.client.connect_async(cfg.host, cfg.port, cfg.keepalive)
+        self.client.loop_start()
+        self.pending: collections.deque = collections.deque(maxlen=10000)
+
+    def publish(self, payload: str) -> None:
+        info = self.client.publish(self.topic, payload, qos=self.qos)
+        if info.rc != 0:
+            self.metrics.inc("mqtt_publish_failures_total")
+        elif self.qos:
+            self.pending.append(info)
+
+    def close(self, timeout: float = 5.0) -> None:
+        deadline = time.time() + timeout
+        for info in list(self.pending):
+            try:
+                info.wait_for_publish(max(0.0, deadline - time.time()))
+            except (RuntimeError, ValueError):
+                pass
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class LineRunner:
+    """One station: source, model, outputs and failure log, run until the source ends or stop() is called."""
+
+    def __init__(self, cfg: StationConfig, out=None):
+        self.cfg = cfg
+        self.out = out if out is not None else (sys.stdout if cfg.jsonl == "-" else
+                                                open(cfg.jsonl, "a", buffering=1) if cfg.jsonl else None)
+        self.metrics = Metrics()
+        self.stop_event = threading.Event()
+        self.capture_done = threading.Event()
+        self.frames: queue.Queue = queue.Queue(cfg.queue.size)
+        self.records: queue.Queue = queue.Queue(cfg.log.queue)
+        self.runtime = self._load(cfg.package)
+        self._package_key = _package_key(cfg.package)
+        self._next_runtime: Runtime | None = None
+        self.source = open_source(cfg.source)
+        folder = Path(cfg.log.folder)
+        self.store = SQLiteStore(cfg.log.db or folder / "failures.db", folder,
+                                 int(cfg.log.quota_mb * 2**20) if cfg.log.quota_mb else None, cfg.log.fsync)
+        self.mqtt = MQTTOutput(cfg.mqtt, cfg.station, self.metrics) if cfg.mqtt.host else None
+        self.http = None
+        self.started = time.time()
+        self.source_state = "starting"
+        self.last_frame = 0.0
+        self.metrics.set("log_disk_full", 0)
+
+    def _load(self, package) -> Runtime:
+        rt = Runtime(resolve_package(package), self.cfg.backend, self.cfg.precision, self.cfg.threads,
+                     max_batch=self.cfg.batch.max_size)
+        h, w = rt.image_size
+        rt.run_batch(np.zeros((1, 3, h, w), np.float32))  # warm-up: the first call is slow on every backend
+        return rt
+
+    # -- start-up ------------------------------------------------------------------------------------------------
+    def self_check(self) -> dict:
+        """Model loaded and answering, source opens, failure log writable; raises SourceError/OSError if not."""
+        report = {"model": f"{self.runtime.version} on {self.runtime.backend} ({self.runtime.precision})"}
+        self.source.open()
+        self.source_state = "connected"
+        report["source"] = f"{self.cfg.source.kind} {self.cfg.source.path}: open"
+        probe = Path(self.cfg.log.folder) / f".write-probe.tmp-{id(self)}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+        report["log"] = (f"{self.cfg.log.folder}: writable, {self.store.count()} records, "
+                         f"recovered {self.store.recovered}")
+        if self.cfg.http.port:
+            self.http = _serve_http(self)
+            report["http"] = f"http://{self.cfg.http.host}:{self.http.server_address[1]}"
+        return report
+
+    # -- threads -------------------------------------------------------------------------------------------------
+    def _capture(self) -> None:
+        delay = 0.5
+        limit, n = self.cfg.source.limit, 0
+        try:
+            while not self.stop_event.is_set() and (not limit or n < limit):
+                try:
+                    if self.source_state != "connected":
+                        self.source.open()
+                        self.source_state, delay = "connected", 0.5
+                        self.metrics.set("source_connected", 1)
+                    frame = self.source.read(self.stop_event.is_set)
+                except (Disconnected, SourceError) as exc:
+                    self.source_state = "reconnecting"
+                    self.metrics.set("source_connected", 0)
+                    self.metrics.inc("source_reconnects_total")
+                    print(f"source: {exc}; retrying in {delay:.1f} s", file=sys.stderr)
+                    self.stop_event.wait(delay)
+                    delay = min(delay * 2, self.cfg.source.reconnect_max_s)
+                    continue
+                if frame is None:
+                    self.source_state = "ended"
+                    break
+                n += 1
+                self.last_frame = time.time()
+                self._enqueue(frame)
+        finally:
+            self.capture_done.set()
+
+    def _enqueue(self, frame: Frame) -> None:
+        if self.cfg.queue.policy == "block":
+            while not self.stop_event.is_set():
+                try:
+                    self.frames.put(frame, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+            return
+        while True:
+            try:
+                self.frames.put_nowait(frame)
+                return
+            except queue.Full:
+                try:
+                    self.frames.get_nowait()
+                    self.metrics.inc("frames_dropped_total")
+                except queue.Empty:
+                    pass
+
+    def _next_batch(self) -> list[Frame]:
+        try:
+            batch = [self.frames.get(timeout=0.05)]
+        except queue.Empty:
+            return []
+        deadline = time.time() + self.cfg.batch.max_wait_ms / 1000
+        while len(batch) < self.cfg.batch.max_size:
+            try:
+                batch.append(self.frames.get(timeout=max(0.0, deadline - time.time())) if time.time() < deadline
+                             else self.frames.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _watch_package(self) -> None:
+        while not self.stop_event.wait(self.cfg.reload_s):
+            key = _package_key(self.cfg.package)
+            if key == self._package_key or key[1] is None:
+                continue
+            try:
+                rt = self._load(self.cfg.package)
+            except Exception as exc:  # noqa: BLE001 - a bad new package must never stop the line
+                self.metrics.inc("model_reload_failures_total")
+                print(f"reload: new package at {resolve_package(self.cfg.package)} refused: {exc}", file=sys.stderr)
+            else:
+                self._next_runtime = rt
+                print(f"reload: model {rt.version} ready; switching at the next batch", file=sys.stderr)
+            self._package_key = key
+
+    # -- judging ---------------------------------------------------------------------------------------------------
+    def _judge(self, batch: list[Frame]) -> list[tuple[Frame, Inspection | None, str | None]]:
+        rt, roi = self.runtime, self.cfg.source.roi
+        color = self.cfg.source.color
+        prepared, slots, results = [], [], [None] * len(batch)
+        for i, f in enumerate(batch):
+            if f.error or f.image is None:
+                results[i] = (f, None, f.error or "no image")
+                continue
+            try:
+                image = f.image
+                if roi is not None:
+                    x, y, w, h = roi
+                    if x + w > image.shape[1] or y + h > image.shape[0]:
+                        raise FrameError(f"frame {image.shape[1]}x{image.shape[0]} is smaller than the station ROI")
+                    image = image[y:y + h, x:x + w]
+                prepared.append(rt.prepare(image, color))
+                slots.append((i, image.shape[:2]))
+            except FrameError as exc:
+                results[i] = (f, None, str(exc))
+        if prepared:
+            from inspection.preprocess import to_input
+            probs, scores, maps = rt.run_batch(to_input(prepared, rt.mean, rt.std))
+            for k, (i, hw) in enumerate(slots):
+                r = rt.judge(probs[k], scores[k], maps[k], hw)
+                if roi is not None:
+                    r.boxes = [Box(b.x0 + roi[0], b.y0 + roi[1], b.x1 + roi[0], b.y1 + roi[1], b.score, b.area)
+                               for b in r.boxes]
+                results[i] = (batch[i], r, None)
+        return results
+
+    def _emit(self, frame: Frame, result: Inspection | None, error: str | None, done: float) -> str:
+        verdict = "error" if result is None else result.verdict
+        line = {"part_id": frame.part_id, "station": self.cfg.station, "ts": round(frame.ts, 3), "verdict": verdict,
+                "score": None if result is None else round(result.score, 6),
+                "defect_type": None if result is None else result.defect_type,
+                "boxes": [] if result is None else [b.to_dict() for b in result.boxes],
+                "latency_ms": round(1000 * (done - frame.ts), 2), "model_version": self.runtime.version}
+        if error:
+            line["error"] = error
+        text = json.dumps(line)
+        if self.out is not None:
+            self.out.write(text + "\n")
+            self.out.flush()
+        if self.mqtt is not None:
+            self.mqtt.publish(text)
+        self.metrics.inc("frames_total")
+        self.metrics.inc(f"verdicts_total|verdict=\"{verdict}\"")
+        if error:
+            self.metrics.inc("frames_error_total")
+        self.metrics.observe(done - frame.ts)
+        return verdict
+
+    def _log(self, frame: Frame, result: Inspection | None, error: str | None, verdict: str) -> None:
+        if verdict not in self.cfg.log.verdicts:
+            return
+        t = time.time()
+        self.records.put((frame, result, error, self.runtime.version))  # blocks when full: no record is dropped
+        waited = time.time() - t
+        if waited > 0.01:
+            self.metrics.inc("log_backpressure_seconds_total", waited)
+
+    # -- the failure-log writer -------------------------------------------------------------------------------------
+    def _files(self, frame: Frame, result: Inspection | None) -> dict[str, tuple[str, bytes]]:
+        files = {}
+        if frame.image is not None:
+            ext = "." + self.cfg.log.image_format
+            ok, data = cv2.imencode(ext, frame.image)
+            if ok:
+                files["image"] = (ext, data.tobytes())
+        if result is not None and frame.image is not None:
+            att = np.clip(result.attention, 0, 1)
+            files["map"] = (".png", cv2.imencode(".png", (att * 65535 + 0.5).astype(np.uint16))[1].tobytes())
+            rgb = frame_to_rgb(frame.image, self.cfg.source.color)
+            full = upsample_attention(att, rgb.shape[:2], _frame_roi(self.cfg.source.roi, self.runtime.roi))
+            label = f"{result.verdict} {result.score:.3f}"
+            vis = overlay(rgb, full, result.boxes, label=label)[..., ::-1]
+            files["overlay"] = (".jpg", cv2.imencode(".jpg", vis, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
+        return files
+
+    def _write(self, job) -> None:
+        frame, result, error, version = job
+        record = FailureRecord(frame.part_id, self.cfg.station, frame.ts, version,
+                               "error" if result is None else result.verdict,
+                               None if result is None else result.score,
+                               None if result is None else result.defect_type,
+                               [] if result is None else [b.to_dict() for b in result.boxes])
+        if error:
+            record.boxes = [{"error": error}]
+        self.store.add(record, self._files(frame, result))
+        self.metrics.inc("log_records_total")
+
+    def _writer(self) -> None:
+        waiting: collections.deque = collections.deque()  # records the disk had no room for, oldest first
+        last_try = 0.0
+        while True:
+            try:
+                job = self.records.get(timeout=0.2)
+            except queue.Empty:
+                job = None
+            if job is not None and job is not _END:
+                waiting.append(job)
+            if waiting and (job is not None or time.time() - last_try >= self.cfg.log.retry_s or
+                            not self.metrics.get("log_disk_full")):
+                last_try = time.time()
+                while waiting:
+                    try:
+                        self._write(waiting[0])
+                        waiting.popleft()
+                        self.metrics.set("log_disk_full", 0)
+                    except StoreFull as exc:
+                        if not self.metrics.get("log_disk_full"):
+                            print(f"failure log: {exc}; verdicts continue, records wait in memory", file=sys.stderr)
+                        self.metrics.set("log_disk_full", 1)
+                        while len(waiting) > self.cfg.log.queue:
+                            waiting.popleft()
+                            self.metrics.inc("log_records_lost_total")
+                        break
+                    except Exception as exc:  # noqa: BLE001 - one bad record must not stop the writer
+                        print(f"failure log: record of part {waiting[0][0].part_id} not written: {exc}",
+                              file=sys.stderr)
+                        waiting.popleft()
+                        self.metrics.inc("log_write_errors_total")
+            self.metrics.set("log_waiting_records", len(waiting))
+            if job is _END:
+                if waiting:
+                    self.metrics.inc("log_records_lost_total", len(waiting))
+                    print(f"failure log: {len(waiting)} record(s) could not be written at shutdown (disk full)",
+                          file=sys.stderr)
+                return
+
+    # -- main loop -------------------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        """Run until the source ends or stop(); drain the queues, flush the log; return a summary."""
+        if self.source_state == "starting":
+            self.self_check()
+        threads = [threading.Thread(target=self._capture, name="capture", daemon=True),
+                   threading.Thread(target=self._writer, name="writer", daemon=True)]
+        if self.cfg.reload_s:
+            threads.append(threading.Thread(target=self._watch_package, name="reload", daemon=True))
+        for t in threads:
+            t.start()
+        try:
+            while not (self.capture_done.is_set() and self.frames.empty()):
+                if self._next_runtime is not None:
+                    self.runtime, self._next_runtime = self._next_runtime, None
+                    self.metrics.inc("model_reloads_total")
+                batch = self._next_batch()
+                self.metrics.set("queue_depth", self.frames.qsize())
+                if not batch:
+                    continue
+                for frame, result, error in self._judge(batch):
+                    verdict = self._emit(frame, result, error, time.time())
+                    self._log(frame, result, error, verdict)
+        finally:
+            self.stop_event.set()
+            self.records.put(_END)
+            threads[1].join()
+            if self.mqtt is not None:
+                self.mqtt.close()
+            if self.http is not None:
+                self.http.shutdown()
+            self.source.close()
+        return self.summary()
+
+    def stop(self) -> None:
+        """Graceful stop (SIGTERM): no new frames; queued frames are still judged and logged."""
+        self.stop_event.set()
+
+    def summary(self) -> dict:
+        lat = np.asarray(self.metrics.latencies) * 1000 if self.metrics.latencies else np.zeros(1)
+        keys = ("frames_total", "frames_dropped_total", "frames_error_total", "log_records_total",
+                "log_records_lost_total", "source_reconnects_total", "model_reloads_total")
+        out = {k: int(self.metrics.get(k)) for k in keys}
+        out.update(latency_ms_p50=round(float(np.percentile(lat, 50)), 2),
+                   latency_ms_p99=round(float(np.percentile(lat, 99)), 2), model_version=self.runtime.version)
+        return out
+
+    def health(self) -> dict:
+        ok = self.source_state in ("connected", "ended") and not self.metrics.get("log_disk_full")
+        return {"status": "ok" if ok else "degraded", "station": self.cfg.station,
+                "model_version": self.runtime.version, "backend": self.runtime.backend,
+                "uptime_s": round(time.time() - self.started, 1), "source": self.source_state,
+                "frames": int(self.metrics.get("frames_total")), "queue_depth": self.frames.qsize(),
+                "log_disk_full": bool(self.metrics.get("log_disk_full")),
+                "last_frame_age_s": round(time.time() - self.last_frame, 2) if self.last_frame else None}
+
+
+def _frame_roi(station_roi, model_roi):
+    """The model's ROI in frame pixels (station crop first, then the model's own crop inside it)."""
+    if station_roi is None:
+        return model_roi
+    if model_roi is None:
+        return station_roi
+    return (station_roi[0] + model_roi[0], station_roi[1] + model_roi[1], model_roi[2], model_roi[3])
+
+
+def _serve_http(runner: LineRunner) -> ThreadingHTTPServer:
+    labels = f'station="{runner.cfg.station}"'
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            if self.path == "/health":
+                body = runner.health()
+                self._send(200 if body["status"] == "ok" else 503, json.dumps(body), "application/json")
+            elif self.path == "/metrics":
+                info = f'# TYPE inspection_model gauge\ninspection_model{{{labels},version="{runner.runtime.version}"}} 1\n'
+                runner.metrics.set("queue_depth", runner.frames.qsize())
+                self._send(200, runner.metrics.render(labels) + info, "text/plain; version=0.0.4")
+            elif self.path == "/version":
+                self._send(200, json.dumps({"model_version": runner.runtime.version}), "application/json")
+            else:
+                self._send(404, json.dumps({"error": f"no such endpoint {self.path}"}), "application/json")
+
+        def _send(self, code: int, body: str, ctype: str) -> None:
+            data = body.encode()
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer((runner.cfg.http.host, runner.cfg.http.port), Handler)
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    return server

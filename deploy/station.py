@@ -1,0 +1,195 @@
+"""Station config: one YAML file per camera station, checked field by field (no pydantic on the line PC).
+
+    >>> cfg = load_station("configs/station.yaml", overrides=["source.fps=20"])
+    >>> cfg.source.kind, cfg.queue.policy, cfg.log.quota_mb
+
+Every key, its default and its meaning: configs/station.yaml.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import get_type_hints
+
+SOURCE_KINDS = ("simulated", "folder", "watch", "video", "camera")
+
+
+class StationConfigError(ValueError):
+    """An invalid station config; the message names the file and the field."""
+
+
+@dataclass
+class SourceConfig:
+    kind: str = "simulated"          # simulated | folder | watch | video | camera
+    path: str = "data/synthetic"     # folder / dataset / video file; camera: device index ("0") or URL (rtsp://, gst)
+    fps: float = 0.0                 # simulated: frames per second (0 = as fast as the runner takes them)
+    loop: bool = False               # simulated/video: start again at the end
+    limit: int = 0                   # stop after this many frames (0 = no limit)
+    color: str = "BGR"               # order of the frames the source delivers (OpenCV: BGR)
+    roi: list | None = None          # station crop [x, y, w, h] before the model (boxes stay in frame pixels)
+    part_id: str = "auto"            # auto (file name for files, counter otherwise) | counter
+    settle_ms: int = 200             # watch: a new file is read once its size has not changed for this long
+    reconnect_max_s: float = 10.0    # camera/video: longest wait between reconnect attempts
+
+
+@dataclass
+class BatchConfig:
+    max_size: int = 8                # frames per inference call
+    max_wait_ms: float = 10.0        # wait at most this long to fill a batch
+
+
+@dataclass
+class QueueConfig:
+    size: int = 64                   # frames waiting for inference
+    policy: str = "drop_oldest"      # drop_oldest (count it) | block (the source waits)
+
+
+@dataclass
+class MQTTConfig:
+    host: str = ""                   # empty = no MQTT
+    port: int = 1883
+    topic: str = "inspection/{station}/verdict"
+    qos: int = 1
+    client_id: str = ""
+    keepalive: int = 30
+
+
+@dataclass
+class HTTPConfig:
+    host: str = "127.0.0.1"
+    port: int = 0                    # 0 = no HTTP endpoint; e.g. 9100
+
+
+@dataclass
+class LogConfig:
+    folder: str = "runs/line/failures"   # images, maps and overlays
+    db: str = ""                     # SQLite file (default: <folder>/failures.db)
+    verdicts: list = field(default_factory=lambda: ["fail", "review", "error"])  # which parts are logged
+    quota_mb: float = 0.0            # 0 = no quota; else oldest reviewed records are deleted to stay under it
+    image_format: str = "png"        # png (lossless) | jpg
+    fsync: bool = True
+    queue: int = 256                 # records waiting for the writer; when full the line waits (no record is lost)
+    retry_s: float = 5.0             # after a full disk, retry the oldest waiting record this often
+
+
+@dataclass
+class StationConfig:
+    station: str = "station-1"
+    package: str = "runs/demo/ours/package"   # a model package folder, or a file holding the path of one
+    backend: str = "auto"
+    precision: str = "fp32"
+    threads: int = 0
+    jsonl: str = "-"                 # verdict lines: "-" = stdout, a file path, or "" for none
+    reload_s: float = 2.0            # check the package for a new model this often (0 = never)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    mqtt: MQTTConfig = field(default_factory=MQTTConfig)
+    http: HTTPConfig = field(default_factory=HTTPConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+CHOICES = {"source.kind": SOURCE_KINDS, "source.color": ("BGR", "RGB"), "source.part_id": ("auto", "counter"),
+           "queue.policy": ("drop_oldest", "block"), "log.image_format": ("png", "jpg"), "mqtt.qos": (0, 1, 2),
+           "backend": ("auto", "tensorrt", "ort-tensorrt", "cuda", "cpu"), "precision": ("fp32", "fp16", "int8")}
+POSITIVE = ("batch.max_size", "queue.size", "log.queue")
+
+
+def _build(cls, data: dict, prefix: str, source: str):
+    if not isinstance(data, dict):
+        raise StationConfigError(f"{source}: {prefix.rstrip('.') or 'the file'} must be a mapping, got {data!r}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise StationConfigError(f"{source}: unknown field(s) {', '.join(prefix + u for u in sorted(unknown))} "
+                                 f"(expected {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in data.items():
+        hint, key = hints[name], prefix + name
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value or {}, key + ".", source)
+            continue
+        kwargs[name] = _coerce(value, hint, key, source)
+    return cls(**kwargs)
+
+
+def _coerce(value, hint, key: str, source: str):
+    text = str(hint)
+    if value is None and "None" in text:
+        return None
+    if hint is bool or text == "bool":
+        if isinstance(value, bool):
+            return value
+    elif hint is int or text == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float or text == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str or text == "str":
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            return str(value)
+    elif "list" in text:
+        if isinstance(value, list):
+            return value
+    raise StationConfigError(f"{source}: field {key} must be {text.replace('typing.', '')}, got {value!r}")
+
+
+def _check(cfg: StationConfig, source: str) -> StationConfig:
+    for key, allowed in CHOICES.items():
+        value = _lookup(cfg, key)
+        if value not in allowed:
+            raise StationConfigError(f"{source}: field {key} must be one of {', '.join(map(str, allowed))}, "
+                                     f"got {value!r}")
+    for key in POSITIVE:
+        if _lookup(cfg, key) < 1:
+            raise StationConfigError(f"{source}: field {key} must be at least 1, got {_lookup(cfg, key)!r}")
+    roi = cfg.source.roi
+    if roi is not None and (len(roi) != 4 or not all(isinstance(v, int) and v >= 0 for v in roi) or
+                            roi[2] < 8 or roi[3] < 8):
+        raise StationConfigError(f"{source}: field source.roi must be [x, y, width, height] in pixels "
+                                 f"(width and height at least 8), got {roi!r}")
+    bad = set(cfg.log.verdicts) - {"fail", "review", "error", "pass"}
+    if bad:
+        raise StationConfigError(f"{source}: field log.verdicts may hold fail, review, error, pass; got {sorted(bad)}")
+    if cfg.source.fps < 0 or cfg.log.quota_mb < 0 or cfg.batch.max_wait_ms < 0:
+        raise StationConfigError(f"{source}: source.fps, log.quota_mb and batch.max_wait_ms must not be negative")
+    if not cfg.station.strip():
+        raise StationConfigError(f"{source}: field station must name the station")
+    return cfg
+
+
+def _lookup(cfg, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def load_station(path: str | Path | None = None, overrides: list[str] | None = None) -> StationConfig:
+    """Station config from YAML (None = all defaults) with `section.key=value` overrides (values are YAML)."""
+    import yaml
+
+    source = str(path) if path else "<defaults>"
+    data: dict = {}
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise StationConfigError(f"{path}: station config not found") from None
+        except yaml.YAMLError as exc:
+            raise StationConfigError(f"{path}: not valid YAML ({exc})") from None
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise StationConfigError(f"override {item!r}: expected section.key=value")
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise StationConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
+    return _check(_build(StationConfig, data, "", source), source)

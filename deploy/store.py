@@ -1,0 +1,228 @@
+"""The failure log: every failed or review-band part's image, attention map and overlay, and a record of it.
+
+    >>> store = SQLiteStore("failures/failures.db", "failures")     # opens, recovers from a crash
+    >>> store.add(record, files={"image": (".png", png_bytes), "map": (".png", map_png), "overlay": (".jpg", jpg)})
+    >>> store.records(station="line1", review_status="unreviewed", limit=50)
+
+Crash safety (kill -9 at any instant): each file is written to a hidden temporary name, fsynced and renamed,
+and only then is the record committed (SQLite, WAL mode). A record therefore never points at a missing or
+half-written file. A crash between the renames and the commit can leave files without a record; opening the
+store removes those (and stray temporary files) before anything else, so after a restart there is no file
+without its record either. The review station and PostgreSQL (issue 7) use the same interface.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS failures (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    part_id TEXT NOT NULL,
+    station TEXT NOT NULL,
+    ts REAL NOT NULL,
+    model_version TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    score REAL,
+    defect_type TEXT,
+    boxes TEXT NOT NULL,
+    files TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    review_status TEXT NOT NULL DEFAULT 'unreviewed'
+);
+CREATE INDEX IF NOT EXISTS failures_ts ON failures (ts);
+CREATE INDEX IF NOT EXISTS failures_station_ts ON failures (station, ts);
+CREATE INDEX IF NOT EXISTS failures_review ON failures (review_status, ts);
+"""
+TMP_MARK = ".tmp-"
+
+
+class StoreFull(OSError):
+    """The disk (or the quota, with only unreviewed records left) has no room for this record."""
+
+
+@dataclass
+class FailureRecord:
+    part_id: str
+    station: str
+    ts: float
+    model_version: str
+    verdict: str
+    score: float | None           # None for parts that could not be judged (verdict 'error')
+    defect_type: str | None
+    boxes: list[dict]
+    files: dict[str, str] = field(default_factory=dict)  # kind → path relative to the store's folder
+    bytes: int = 0
+    review_status: str = "unreviewed"
+    id: int | None = None
+
+
+def write_atomic(path: Path, data: bytes, fsync: bool = True) -> None:
+    """Write to a hidden temporary file in the same folder, fsync, rename: readers see all or nothing."""
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class SQLiteStore:
+    """Failure log on SQLite (WAL) with the files under `folder`. One writer thread; readers may be many."""
+
+    def __init__(self, db_path: str | Path, folder: str | Path, quota_bytes: int | None = None, fsync: bool = True):
+        self.folder = Path(folder)
+        self.db_path = Path(db_path)
+        self.quota_bytes = quota_bytes
+        self.fsync = fsync
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self.db = sqlite3.connect(self.db_path, check_same_thread=False, timeout=30)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL" if fsync else "PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        self.recovered = self.recover()
+
+    # -- crash recovery ------------------------------------------------------------------------------------------
+    def recover(self) -> dict:
+        """Delete temporary files and files no record names (left by a crash before the commit)."""
+        known = set()
+        for (files,) in self.db.execute("SELECT files FROM failures"):
+            known.update(json.loads(files).values())
+        removed_tmp = removed_orphans = 0
+        for path in self.folder.rglob("*"):
+            if not path.is_file() or path.resolve() == self.db_path.resolve() or path.name.startswith(self.db_path.name):
+                continue
+            rel = path.relative_to(self.folder).as_posix()
+            if TMP_MARK in path.name:
+                path.unlink(missing_ok=True)
+                removed_tmp += 1
+            elif rel not in known:
+                path.unlink(missing_ok=True)
+                removed_orphans += 1
+        return {"temporary": removed_tmp, "orphans": removed_orphans}
+
+    # -- writing -------------------------------------------------------------------------------------------------
+    def add(self, record: FailureRecord, files: dict[str, tuple[str, bytes]]) -> int:
+        """Write the files (kind → (suffix, bytes)), then commit the record; return its id.
+
+        Raises StoreFull when the disk is full (nothing is left behind) or when the quota is exhausted by
+        unreviewed records, which are never deleted to make room.
+        """
+        need = sum(len(data) for _, data in files.values())
+        with self._lock:
+            self._make_room(need)
+            day = time.strftime("%Y-%m-%d", time.localtime(record.ts))
+            rel_dir = Path(day) / _safe(record.station)
+            (self.folder / rel_dir).mkdir(parents=True, exist_ok=True)
+            written: list[Path] = []
+            token = uuid.uuid4().hex[:10]  # part IDs repeat (counters restart): names must not
+            try:
+                for kind, (suffix, data) in files.items():
+                    path = self.folder / rel_dir / f"{_safe(record.part_id)}-{token}-{kind}{suffix}"
+                    write_atomic(path, data, self.fsync)
+                    written.append(path)
+                    record.files[kind] = (rel_dir / path.name).as_posix()
+                record.bytes = need
+                row = asdict(record)
+                row.pop("id")
+                row["boxes"], row["files"] = json.dumps(row["boxes"]), json.dumps(row["files"])
+                with self.db:
+                    cur = self.db.execute(f"INSERT INTO failures ({', '.join(row)}) VALUES "
+                                          f"({', '.join('?' * len(row))})", list(row.values()))
+            except (OSError, sqlite3.OperationalError) as exc:
+                for path in written:
+                    path.unlink(missing_ok=True)
+                record.files = {}
+                full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "full" in str(exc)
+                if full:
+                    raise StoreFull(errno.ENOSPC, f"{self.folder}: disk full, record of part {record.part_id} "
+                                                  "not written") from None
+                raise
+            record.id = cur.lastrowid
+            return record.id
+
+    def _make_room(self, need: int) -> None:
+        """Under a quota: delete the oldest reviewed records until `need` bytes fit; never unreviewed ones."""
+        if self.quota_bytes is None:
+            return
+        used = self.used_bytes()
+        while used + need > self.quota_bytes:
+            row = self.db.execute("SELECT id, files, bytes FROM failures WHERE review_status != 'unreviewed' "
+                                  "ORDER BY ts LIMIT 1").fetchone()
+            if row is None:
+                raise StoreFull(errno.EDQUOT, f"{self.folder}: quota of {self.quota_bytes} bytes is used by "
+                                              "unreviewed failures; review them or raise the quota")
+            with self.db:
+                self.db.execute("DELETE FROM failures WHERE id = ?", (row["id"],))
+            for rel in json.loads(row["files"]).values():
+                (self.folder / rel).unlink(missing_ok=True)
+            used -= row["bytes"]
+
+    def set_review_status(self, record_id: int, status: str) -> None:
+        with self._lock, self.db:
+            self.db.execute("UPDATE failures SET review_status = ? WHERE id = ?", (status, record_id))
+
+    # -- reading -------------------------------------------------------------------------------------------------
+    def used_bytes(self) -> int:
+        return int(self.db.execute("SELECT COALESCE(SUM(bytes), 0) FROM failures").fetchone()[0])
+
+    def count(self, **filters) -> int:
+        where, args = _where(filters)
+        return int(self.db.execute(f"SELECT COUNT(*) FROM failures{where}", args).fetchone()[0])
+
+    def records(self, limit: int = 100, offset: int = 0, **filters) -> list[FailureRecord]:
+        """Newest first; filters: station, verdict, review_status (exact values)."""
+        where, args = _where(filters)
+        rows = self.db.execute(f"SELECT * FROM failures{where} ORDER BY ts DESC, id DESC LIMIT ? OFFSET ?",
+                               [*args, limit, offset]).fetchall()
+        return [_record(r) for r in rows]
+
+    def get(self, record_id: int) -> FailureRecord | None:
+        row = self.db.execute("SELECT * FROM failures WHERE id = ?", (record_id,)).fetchone()
+        return None if row is None else _record(row)
+
+    def path(self, record: FailureRecord, kind: str) -> Path:
+        return self.folder / record.files[kind]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+FILTERS = ("station", "verdict", "review_status", "part_id")
+
+
+def _where(filters: dict) -> tuple[str, list]:
+    unknown = set(filters) - set(FILTERS)
+    if unknown:
+        raise ValueError(f"unknown filter(s) {sorted(unknown)}; expected {', '.join(FILTERS)}")
+    items = [(k, v) for k, v in filters.items() if v is not None]
+    if not items:
+        return "", []
+    return " WHERE " + " AND ".join(f"{k} = ?" for k, _ in items), [v for _, v in items]
+
+
+def _record(row: sqlite3.Row) -> FailureRecord:
+    d = dict(row)
+    d["boxes"], d["files"] = json.loads(d["boxes"]), json.loads(d["files"])
+    return FailureRecord(**d)
+
+
+def _safe(name: str) -> str:
+    """A file-name-safe version of a part ID or station name (no separators, no leading dot)."""
+    out = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name)).lstrip(".")
+    return out[:120] or "part"
