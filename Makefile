@@ -3,7 +3,9 @@
 VENV ?= $(HOME)/.cache/inspection-venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+.PHONY: setup broker demo test bench
 setup:
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -13,7 +15,13 @@ setup:
 demo: setup
 	$(VENV)/bin/inspection demo
 
-test: setup
+# The MQTT tests start a real broker: Debian's mosquitto.
+broker:
+	command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || \
+	  $(SUDO) apt-get install -y -q mosquitto >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q mosquitto >/dev/null; }
+
+test: setup broker
 	$(PY) -m pytest tests
 
 bench: setup

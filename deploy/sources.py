@@ -37,9 +37,12 @@ class Frame:
     error: str | None = None
 
 
-def _images(folder: Path) -> list[Path]:
+def _images(folder: Path, dataset: bool = False) -> list[Path]:
+    """Image files under folder, in name order; dataset=True skips a dataset's masks/ and corrected/ folders."""
+    skip = ("masks", "corrected") if dataset else ()
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not p.name.startswith(".") and "/." not in p.as_posix())
+                  and not p.name.startswith(".") and "/." not in p.as_posix()
+                  and p.relative_to(folder).parts[0] not in skip)
 
 
 def _from_file(path: Path, part_id: str) -> Frame:
@@ -113,7 +116,7 @@ class SimulatedCamera:
         if not self.frames:
             if not self.folder.is_dir():
                 raise SourceError(f"{self.folder}: dataset folder for the simulated camera not found")
-            for p in _images(self.folder):
+            for p in _images(self.folder, dataset=True):
                 try:
                     self.frames.append((p, read_frame(p), None))
                 except FrameError as exc:

@@ -134,7 +134,8 @@ def _coerce(value, hint, key: str, source: str):
     elif "list" in text:
         if isinstance(value, list):
             return value
-    raise StationConfigError(f"{source}: field {key} must be {text.replace('typing.', '')}, got {value!r}")
+    name = getattr(hint, "__name__", text.replace("typing.", ""))
+    raise StationConfigError(f"{source}: field {key} must be {name}, got {value!r}")
 
 
 def _check(cfg: StationConfig, source: str) -> StationConfig:

@@ -1,0 +1,453 @@
+"""The line runner with real parts: a mosquitto broker, SQLite, kill -9, a vanishing camera, a full disk."""
+import errno
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from deploy.line import LineRunner
+from deploy.sources import SourceError
+from deploy.station import StationConfigError, load_station
+from deploy.store import FailureRecord, SQLiteStore, StoreFull
+from inspection.cli import main
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _station(tmp_path, package, source, **sets):
+    values = {"package": str(package), "source.path": str(source), "jsonl": str(tmp_path / "verdicts.jsonl"),
+              "log.folder": str(tmp_path / "log"), "reload_s": 0, "log.fsync": False, "source.kind": "folder"}
+    values.update(sets)
+    return load_station(None, [f"{k}={v}" for k, v in values.items()])
+
+
+def _lines(tmp_path) -> list[dict]:
+    return [json.loads(x) for x in (tmp_path / "verdicts.jsonl").read_text().splitlines()]
+
+
+def _check_log(folder: Path) -> int:
+    """Every record's files exist and decode; (after recovery) every file belongs to a record."""
+    store = SQLiteStore(folder / "failures.db", folder, fsync=False)
+    records = store.records(limit=10**6)
+    named = set()
+    for r in records:
+        for kind, rel in r.files.items():
+            path = folder / rel
+            assert path.is_file(), f"record {r.id} names missing {rel}"
+            data = np.fromfile(path, np.uint8)
+            assert cv2.imdecode(data, cv2.IMREAD_UNCHANGED) is not None, f"{rel} is not a complete image"
+            named.add(path.resolve())
+    files = {p.resolve() for p in folder.rglob("*") if p.is_file() and not p.name.startswith("failures.db")}
+    assert files == named, f"files without a record: {sorted(map(str, files - named))[:5]}"
+    store.close()
+    return len(records)
+
+
+@pytest.fixture(scope="module")
+def broker():
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not os.path.exists(exe):
+        pytest.fail("mosquitto is not installed: .ci/run installs it (apt-get install mosquitto)")
+    port = _free_port()
+    proc = subprocess.Popen([exe, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield port
+    proc.terminate()
+    proc.wait(5)
+
+
+def _subscribe(port: int, topic: str) -> tuple[list, object]:
+    import paho.mqtt.client as mqtt
+
+    got, ready = [], threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{time.time()}")
+    client.on_connect = lambda c, *a: (c.subscribe(topic, qos=1), ready.set())
+    client.on_message = lambda c, u, msg: got.append(json.loads(msg.payload))
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    assert ready.wait(5), "subscriber could not connect to mosquitto"
+    time.sleep(0.2)
+    return got, client
+
+
+def test_replayed_set_logs_exactly_the_failed_parts_and_mqtt_gets_every_verdict(exported, broker, tmp_path):
+    root = Path(exported["manifest"].root)
+    got, sub = _subscribe(broker, "inspection/+/verdict")
+    cfg = _station(tmp_path, exported["package"], root, **{"mqtt.host": "127.0.0.1", "mqtt.port": broker,
+                                                           "station": "line-a", "queue.policy": "block",
+                                                           "source.kind": "simulated"})
+    summary = LineRunner(cfg).run()
+    lines = _lines(tmp_path)
+    parts = [p for p in root.rglob("*") if p.suffix in (".png", ".jpg") and p.relative_to(root).parts[0] != "masks"]
+    assert summary["frames_total"] == len(lines) == len(parts)
+    assert {x["part_id"] for x in lines} == {p.stem for p in parts}
+    deadline = time.time() + 5
+    while len({m["part_id"] for m in got}) < len(lines) and time.time() < deadline:
+        time.sleep(0.05)
+    sub.loop_stop()
+    assert {m["part_id"] for m in got} == {x["part_id"] for x in lines}
+    assert all(m["station"] == "line-a" for m in got)
+    flagged = {x["part_id"] for x in lines if x["verdict"] in ("fail", "review", "error")}
+    store = SQLiteStore(tmp_path / "log" / "failures.db", tmp_path / "log", fsync=False)
+    records = store.records(limit=10**6)
+    assert {r.part_id for r in records} == flagged and len(records) == len(flagged) > 0
+    for r in records[:10]:
+        image = cv2.imread(str(store.path(r, "image")), cv2.IMREAD_UNCHANGED)
+        source = next(p for p in parts if p.stem == r.part_id)
+        assert image.shape[:2] == cv2.imread(str(source), cv2.IMREAD_UNCHANGED).shape[:2]
+        att = cv2.imread(str(store.path(r, "map")), cv2.IMREAD_UNCHANGED)
+        assert att.dtype == np.uint16 and list(att.shape) == load_package_size(exported["package"])
+        assert store.path(r, "overlay").stat().st_size > 0
+    assert _check_log(tmp_path / "log") == len(flagged)
+
+
+def load_package_size(package):
+    return json.loads((Path(package) / "metadata.json").read_text())["attention"]["size"]
+
+
+def _always_fail(exported, tmp_path) -> Path:
+    pkg = tmp_path / "pkg-fail"
+    shutil.copytree(exported["package"], pkg)
+    meta = json.loads((pkg / "metadata.json").read_text())
+    meta["variants"]["fp32"]["threshold"] = 0.0
+    meta["decision"]["review_band"] = 0.0
+    (pkg / "metadata.json").write_text(json.dumps(meta))
+    return pkg
+
+
+def _write_yaml(path: Path, cfg_values: dict) -> Path:
+    import yaml
+    path.write_text(yaml.safe_dump(cfg_values))
+    return path
+
+
+def test_kill_9_never_leaves_a_record_without_files_or_a_file_without_record(exported, tmp_path):
+    pkg = _always_fail(exported, tmp_path)  # every part fails: the writer is busy all the time
+    station = _write_yaml(tmp_path / "station.yaml", {
+        "package": str(pkg), "jsonl": "", "reload_s": 0,
+        "source": {"kind": "simulated", "path": str(exported["manifest"].root), "loop": True, "fps": 200},
+        "log": {"folder": str(tmp_path / "log"), "fsync": True}})
+    rng = np.random.default_rng(0)
+    counts = []
+    for _ in range(6):
+        proc = subprocess.Popen([sys.executable, "-m", "inspection.cli", "run", "--station", str(station)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        db = tmp_path / "log" / "failures.db"
+        before = counts[-1] if counts else 0
+        deadline = time.time() + 30
+        while time.time() < deadline and proc.poll() is None and _count(db) <= before:
+            time.sleep(0.05)
+        time.sleep(float(rng.uniform(0.0, 0.6)))
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        counts.append(_check_log(tmp_path / "log"))
+    assert counts == sorted(counts) and counts[-1] > counts[0] > 0
+
+
+def _count(db: Path) -> int:
+    import sqlite3
+    if not db.exists():
+        return 0
+    con = sqlite3.connect(db, timeout=10)
+    try:
+        return con.execute("SELECT COUNT(*) FROM failures").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        con.close()
+
+
+def _video(path: Path, n: int = 8) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (96, 80))
+    assert writer.isOpened(), "OpenCV cannot write MJPG video here"
+    for i in range(n):
+        frame = np.full((80, 96, 3), 40 + 20 * i, np.uint8)
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def test_camera_that_disconnects_is_resumed(exported, tmp_path):
+    video = _video(tmp_path / "cam.avi")
+    cfg = _station(tmp_path, exported["package"], video, **{"source.kind": "camera", "source.limit": 14,
+                                                             "source.reconnect_max_s": 0.4})
+    runner = LineRunner(cfg)
+    runner.self_check()
+    hidden = tmp_path / "unplugged.avi"
+    os.replace(video, hidden)  # the open capture keeps streaming; reconnects fail until it is back
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    states = []
+    deadline = time.time() + 10
+    while runner.metrics.get("source_reconnects_total") < 3 and time.time() < deadline:
+        states.append(runner.health()["source"])
+        time.sleep(0.02)
+    assert "reconnecting" in states and runner.health()["status"] == "degraded"
+    os.replace(hidden, video)  # plugged back in
+    thread.join(20)
+    assert not thread.is_alive()
+    s = runner.summary()
+    assert s["frames_total"] == 14 and s["source_reconnects_total"] >= 3
+    assert len(_lines(tmp_path)) == 14
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """An 8 MiB tmpfs (a real full disk); where mounting is not allowed, writes fail with ENOSPC instead."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True)
+    yield mnt, r.returncode == 0
+    if r.returncode == 0:
+        subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_full_disk_keeps_verdicts_flowing_and_raises_the_alarm(exported, tmp_path, small_disk, monkeypatch):
+    mnt, real = small_disk
+    pkg = _always_fail(exported, tmp_path)
+    filler = mnt / "filler.bin"
+    if real:  # leave ~200 KB: a few records fit, then the disk is full
+        with open(filler, "wb") as f:
+            try:
+                f.write(b"\0" * (8 * 2**20 - 200 * 2**10))
+            except OSError:
+                pass
+    else:
+        import deploy.store as store_module
+        real_write = store_module.write_atomic
+        state = {"full": False, "n": 0}
+
+        def write(path, data, fsync=True):
+            state["n"] += 1
+            if state["n"] > 6 and state["full"] is not None:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_write(path, data, fsync)
+        monkeypatch.setattr(store_module, "write_atomic", write)
+    cfg = _station(tmp_path, pkg, exported["manifest"].root, **{
+        "source.kind": "simulated", "source.fps": 40, "source.limit": 80, "source.loop": True, "log.folder": str(mnt / "log"),
+        "log.retry_s": 0.2, "log.queue": 500})
+    runner = LineRunner(cfg)
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    deadline = time.time() + 20
+    while not runner.metrics.get("log_disk_full") and time.time() < deadline:
+        time.sleep(0.02)
+    assert runner.metrics.get("log_disk_full") == 1, "the full disk raised no alarm"
+    assert runner.health()["status"] == "degraded"
+    frames_at_alarm = runner.metrics.get("frames_total")
+    time.sleep(0.5)
+    assert runner.metrics.get("frames_total") > frames_at_alarm  # verdicts keep flowing
+    if real:
+        filler.unlink()  # space comes back
+    else:
+        state["full"] = None
+    thread.join(30)
+    s = runner.summary()
+    assert s["frames_total"] == 80 and len(_lines(tmp_path)) == 80
+    assert s["log_records_lost_total"] == 0 and runner.metrics.get("log_disk_full") == 0
+    assert _check_log(mnt / "log") == s["log_records_total"] == 80
+
+
+def test_hot_reload_switches_model_between_batches_without_losing_a_frame(exported, tmp_path):
+    a = tmp_path / "models" / "a"
+    shutil.copytree(exported["package"], a)
+    pointer = tmp_path / "models" / "current"
+    pointer.write_text("a")
+    cfg = _station(tmp_path, pointer, exported["manifest"].root, **{
+        "source.kind": "simulated", "source.fps": 40, "source.limit": 80, "source.loop": True, "reload_s": 0.1})
+    runner = LineRunner(cfg)
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    while runner.metrics.get("frames_total") < 15:
+        time.sleep(0.02)
+    b = tmp_path / "models" / "b"
+    shutil.copytree(a, b)
+    meta = json.loads((b / "metadata.json").read_text())
+    meta["model_version"] = "b-version"
+    (b / "metadata.json").write_text(json.dumps(meta))
+    tmp = pointer.with_suffix(".tmp")
+    tmp.write_text("b")
+    os.replace(tmp, pointer)  # promotion: an atomic pointer switch
+    thread.join(30)
+    lines = _lines(tmp_path)
+    assert [x["part_id"] for x in lines] == [f"sim-{i:08d}" for i in range(1, 81)]
+    versions = [x["model_version"] for x in lines]
+    switch = versions.index("b-version")
+    assert 15 <= switch < 80 and set(versions[:switch]) == {meta_version(a)} and set(versions[switch:]) == {"b-version"}
+    assert runner.summary()["model_reloads_total"] == 1
+
+
+def meta_version(pkg):
+    return json.loads((Path(pkg) / "metadata.json").read_text())["model_version"]
+
+
+def test_a_broken_new_package_is_refused_and_the_old_model_keeps_running(exported, tmp_path):
+    pkg = tmp_path / "pkg"
+    shutil.copytree(exported["package"], pkg)
+    cfg = _station(tmp_path, pkg, exported["manifest"].root, **{
+        "source.kind": "simulated", "source.fps": 40, "source.limit": 40, "reload_s": 0.1})
+    runner = LineRunner(cfg)
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    time.sleep(0.3)
+    meta = json.loads((pkg / "metadata.json").read_text())
+    meta["format_version"] = 99
+    (pkg / "metadata.json").write_text(json.dumps(meta))
+    thread.join(30)
+    assert runner.metrics.get("model_reload_failures_total") == 1
+    assert len(_lines(tmp_path)) == 40 and {x["model_version"] for x in _lines(tmp_path)} == {meta_version(
+        exported["package"])}
+
+
+def test_http_health_and_prometheus_metrics(exported, tmp_path):
+    port = _free_port()
+    cfg = _station(tmp_path, exported["package"], exported["manifest"].root, **{
+        "source.kind": "simulated", "source.limit": 40, "source.fps": 20, "http.port": port, "station": "line-h"})
+    runner = LineRunner(cfg)
+    runner.self_check()
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    while runner.metrics.get("frames_total") < 10:
+        time.sleep(0.02)
+    base = f"http://127.0.0.1:{port}"
+    health = json.loads(urllib.request.urlopen(base + "/health").read())
+    assert health["status"] == "ok" and health["frames"] >= 10 and health["station"] == "line-h"
+    assert health["model_version"] == runner.runtime.version and health["source"] == "connected"
+    text = urllib.request.urlopen(base + "/metrics").read().decode()
+    frames = int(re.search(r'inspection_frames_total\{station="line-h"\} (\d+)', text).group(1))
+    latencies = int(re.search(r'inspection_latency_seconds_count\{station="line-h"\} (\d+)', text).group(1))
+    assert frames >= 10 and latencies >= 10 and 'le="+Inf"' in text
+    assert f'version="{runner.runtime.version}"' in text and "inspection_queue_depth" in text
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(base + "/nope")
+    assert err.value.code == 404
+    thread.join(30)
+
+
+def test_corrupt_and_wrong_frames_get_an_error_verdict_never_a_pass(exported, tmp_path):
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    good = next(Path(exported["manifest"].root, "good").iterdir())
+    shutil.copy(good, folder / "a_ok.png")
+    (folder / "b_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)
+    (folder / "c_empty.jpg").write_bytes(b"")
+    cv2.imwrite(str(folder / "d_tiny.png"), np.zeros((4, 4), np.uint8))
+    cv2.imwrite(str(folder / "e_wide.png"), np.zeros((30, 600, 3), np.uint8))
+    s = LineRunner(_station(tmp_path, exported["package"], folder)).run()
+    lines = {x["part_id"]: x for x in _lines(tmp_path)}
+    assert lines["a_ok"]["verdict"] in ("pass", "review", "fail")
+    for part, message in [("b_corrupt", "not a readable image"), ("c_empty", "not a readable image"),
+                          ("d_tiny", "at least 8x8"), ("e_wide", "aspect")]:
+        assert lines[part]["verdict"] == "error" and message in lines[part]["error"], lines[part]
+    assert s["frames_error_total"] == 4
+    store = SQLiteStore(tmp_path / "log" / "failures.db", tmp_path / "log", fsync=False)
+    errors = {r.part_id: r for r in store.records(verdict="error")}
+    assert set(errors) == {"b_corrupt", "c_empty", "d_tiny", "e_wide"}
+    assert "image" in errors["e_wide"].files and "image" not in errors["b_corrupt"].files
+
+
+def test_station_roi_crops_before_the_model_and_boxes_come_back_in_frame_pixels(exported, tmp_path):
+    pkg = _always_fail(exported, tmp_path)
+    meta = json.loads((pkg / "metadata.json").read_text())
+    meta["variants"]["fp32"]["box_threshold"] = 0.0  # every pixel in a box: the box is the whole crop
+    (pkg / "metadata.json").write_text(json.dumps(meta))
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "big.png"), np.full((300, 400, 3), 128, np.uint8))
+    cv2.imwrite(str(folder / "small.png"), np.full((100, 100, 3), 128, np.uint8))
+    LineRunner(_station(tmp_path, pkg, folder, **{"source.roi": "[100, 50, 120, 110]"})).run()
+    lines = {x["part_id"]: x for x in _lines(tmp_path)}
+    box = lines["big"]["boxes"][0]
+    assert (box["x0"], box["y0"], box["x1"], box["y1"]) == (100, 50, 220, 160)
+    assert lines["small"]["verdict"] == "error" and "station ROI" in lines["small"]["error"]
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "block"])
+def test_queue_policy_is_explicit(exported, tmp_path, policy):
+    cfg = _station(tmp_path, exported["package"], exported["manifest"].root, **{
+        "source.kind": "simulated", "source.limit": 60, "queue.size": 2, "batch.max_size": 1,
+        "queue.policy": policy})
+    s = LineRunner(cfg).run()
+    if policy == "block":
+        assert s["frames_total"] == 60 and s["frames_dropped_total"] == 0
+    else:
+        assert s["frames_total"] + s["frames_dropped_total"] == 60 and s["frames_dropped_total"] > 0
+
+
+def test_sigterm_drains_and_exits_cleanly(exported, tmp_path):
+    station = _write_yaml(tmp_path / "station.yaml", {
+        "package": str(exported["package"]), "jsonl": str(tmp_path / "verdicts.jsonl"), "reload_s": 0,
+        "source": {"kind": "simulated", "path": str(exported["manifest"].root), "loop": True, "fps": 50},
+        "log": {"folder": str(tmp_path / "log"), "fsync": False}})
+    proc = subprocess.Popen([sys.executable, "-m", "inspection.cli", "run", "--station", str(station)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while time.time() < deadline and (not (tmp_path / "verdicts.jsonl").exists()
+                                      or len(_lines(tmp_path)) < 20):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    summary = json.loads(err.strip().splitlines()[-1])["summary"]
+    lines = _lines(tmp_path)
+    assert summary["frames_total"] == len(lines) >= 20
+    flagged = sum(x["verdict"] != "pass" for x in lines)
+    assert summary["log_records_total"] == flagged == _check_log(tmp_path / "log")
+
+
+def test_startup_errors_name_what_is_wrong(exported, tmp_path, capsys):
+    assert main(["run", "--set", f"package={exported['package']}", "--set", "source.kind=folder",
+                 "--set", f"source.path={tmp_path / 'nowhere'}", "--set", f"log.folder={tmp_path / 'log'}"]) == 2
+    assert "image folder not found" in capsys.readouterr().err
+    with pytest.raises(SourceError, match="cannot open the camera"):
+        LineRunner(_station(tmp_path, exported["package"], "rtsp://127.0.0.1:1/none",
+                            **{"source.kind": "camera"})).self_check()
+    for sets, message in [(["queue.policy=fifo"], "queue.policy must be one of"),
+                          (["source.fps=fast"], "source.fps must be float"),
+                          (["sorce.kind=folder"], "unknown field"),
+                          (["source.roi=[1, 2, 3]"], "source.roi"),
+                          (["batch.max_size=0"], "batch.max_size must be at least 1")]:
+        with pytest.raises(StationConfigError, match=message):
+            load_station(None, sets)
+    (tmp_path / "bad.yaml").write_text("source: [1, 2\n")
+    assert main(["run", "--station", str(tmp_path / "bad.yaml")]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    assert main(["run", "--set", f"package={tmp_path / 'nopackage'}"]) == 2
+    assert "model package folder not found" in capsys.readouterr().err
+
+
+def test_quota_deletes_oldest_reviewed_records_and_never_unreviewed_ones(tmp_path):
+    store = SQLiteStore(tmp_path / "f.db", tmp_path / "f", quota_bytes=3000, fsync=False)
+    ids = []
+    for i in range(3):
+        rec = FailureRecord(f"p{i}", "s", 1000.0 + i, "v", "fail", 0.9, "scratch", [])
+        ids.append(store.add(rec, {"image": (".bin", b"x" * 1000)}))
+    with pytest.raises(StoreFull, match="unreviewed"):
+        store.add(FailureRecord("p3", "s", 1003.0, "v", "fail", 0.9, None, []), {"image": (".bin", b"x" * 1000)})
+    store.set_review_status(ids[1], "confirmed")
+    store.set_review_status(ids[0], "false_alarm")
+    store.add(FailureRecord("p4", "s", 1004.0, "v", "fail", 0.9, None, []), {"image": (".bin", b"x" * 1000)})
+    assert [r.part_id for r in store.records()] == ["p4", "p2", "p1"]  # the oldest reviewed one (p0) went
+    assert store.used_bytes() == 3000 and len(list((tmp_path / "f").rglob("*.bin"))) == 3
