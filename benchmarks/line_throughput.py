@@ -54,9 +54,9 @@ def bare(package: Path, frames: list, batch: int, seconds: float) -> float:
     return n / (time.perf_counter() - start)
 
 
-def runner(package: Path, data: str, batch: int, frames: int, log: Path) -> dict:
+def runner(package: Path, data: str, batch: int, frames: int, log: Path, fps: float = 0.0) -> dict:
     cfg = load_station(None, [f"package={package}", f"source.path={data}", "source.kind=simulated",
-                              "source.loop=true", f"source.limit={frames}", "queue.policy=block",
+                              f"source.fps={fps}", "source.loop=true", f"source.limit={frames}", "queue.policy=block",
                               f"batch.max_size={batch}", f"jsonl={log / 'verdicts.jsonl'}", f"log.folder={log}",
                               "reload_s=0", "backend=cpu"])
     r = LineRunner(cfg)
@@ -99,6 +99,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--defect-shares", type=float, nargs="+", default=[1.0, 0.05])
     p.add_argument("--bare-seconds", type=float, default=20.0)
+    p.add_argument("--paced-frames", type=int, default=2000, help="frames of the paced run (latency)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "line_throughput.json"))
     args = p.parse_args()
     package = Path(args.package)
@@ -129,9 +130,20 @@ def main() -> None:
                   "rss_mb_max": round(max(r for _, r in rss), 1) if rss else None, "rss_samples": rss}
         print(" ".join(f"{k}={v}" for k, v in result.items() if k != "rss_samples"), flush=True)
         results.append(result)
+    # latency as a line sees it: the camera paced at 70 % of the runner's throughput at the last defect share
+    paced = {}
+    if args.paced_frames:
+        fps = round(0.7 * results[-1]["runner_images_per_s"], 1)
+        with tempfile.TemporaryDirectory() as tmp:
+            data = subset(Path(args.data), args.defect_shares[-1], Path(tmp) / "data")
+            s = runner(package, str(data), args.batch, args.paced_frames, Path(tmp) / "log", fps)["summary"]
+        paced = {"fps": fps, "defect_share": args.defect_shares[-1], "frames": s["frames_total"],
+                 "latency_ms_p50": s["latency_ms_p50"], "latency_ms_p99": s["latency_ms_p99"],
+                 "dropped": s["frames_dropped_total"]}
+        print("paced:", json.dumps(paced))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(),
-                                          "package": str(package), "runs": results}, indent=1))
+                                          "package": str(package), "runs": results, "paced": paced}, indent=1))
 
 
 if __name__ == "__main__":

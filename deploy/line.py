@@ -141,8 +141,10 @@ class LineRunner:
 
     def __init__(self, cfg: StationConfig, out=None):
         self.cfg = cfg
-        self.out = out if out is not None else (sys.stdout if cfg.jsonl == "-" else
-                                                open(cfg.jsonl, "a", buffering=1) if cfg.jsonl else None)
+        if out is None and cfg.jsonl not in ("", "-"):
+            Path(cfg.jsonl).parent.mkdir(parents=True, exist_ok=True)
+            out = open(cfg.jsonl, "a", buffering=1)
+        self.out = out if out is not None else (sys.stdout if cfg.jsonl == "-" else None)
         self.metrics = Metrics()
         self.stop_event = threading.Event()
         self.capture_done = threading.Event()

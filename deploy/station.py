@@ -129,6 +129,8 @@ def _coerce(value, hint, key: str, source: str):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     elif hint is str or text == "str":
+        if value is None:  # `key=` on the command line, `key:` in YAML: empty
+            return ""
         if isinstance(value, (str, int)) and not isinstance(value, bool):
             return str(value)
     elif "list" in text:

@@ -159,6 +159,20 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_failures(args) -> int:
+    from deploy.review_log import write_review_log
+    from deploy.store import SQLiteStore
+
+    folder = Path(args.log)
+    if not (folder / "failures.db").exists():
+        print(f"error: {folder / 'failures.db'}: no failure log here", file=sys.stderr)
+        return 2
+    store = SQLiteStore(folder / "failures.db", folder)
+    path = write_review_log(store, args.out or folder, args.limit)
+    print(path.read_text())
+    return 0
+
+
 def cmd_demo(args) -> int:
     from training.demo import run_demo
 
@@ -170,6 +184,7 @@ def cmd_demo(args) -> int:
 
     print(markdown_table(result["results"]))
     print(json.dumps({"report": result["report"], "package": result["package"],
+                      "review_log": result["line"]["review_log"],
                       "seconds": round(result["timings"]["total"], 1)}))
     return 0
 
@@ -238,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a station value")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("failures", help="summarize a failure log: counts, newest records, overlay sheet")
+    p.add_argument("--log", default="runs/line/failures", help="the runner's log.folder")
+    p.add_argument("--out", help="where review_log.md/.png go (default: the log folder)")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=cmd_failures)
+
     p = sub.add_parser("demo", help="generate data, train ours and both baselines, write the report")
     _add_config_args(p)
     p.add_argument("--out", default="runs/demo", help="output folder")
@@ -256,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     from deploy.station import StationConfigError
 
     errors = (PackageError, FrameError, ImageError, SourceError, StationConfigError)
-    if args.command not in ("predict", "run"):  # these run on the line PC: no torch, no pydantic
+    if args.command not in ("predict", "run", "failures"):  # these run on the line PC: no torch, no pydantic
         from deploy.export import ExportError
         from inspection.config import ConfigError
         from inspection.data import DatasetError

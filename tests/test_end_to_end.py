@@ -133,3 +133,9 @@ def test_demo_trains_reports_and_exports_a_package(tiny_dataset, tmp_path):
     assert (tmp_path / "demo" / "report" / "report.html").stat().st_size > 0
     meta = load_package(result["package"])
     assert set(meta["variants"]) == {"fp32", "int8"} and result["timings"]["export"] > 0
+    line = result["line"]["summary"]
+    verdicts = (tmp_path / "demo" / "line" / "verdicts.jsonl").read_text().splitlines()
+    assert line["frames_total"] == len(verdicts) == len(result["results"][0]["images"])
+    log = (tmp_path / "demo" / "line" / "review_log.md").read_text()
+    assert f"{line['log_records_total']} logged parts" in log
+    assert line["log_records_total"] == sum('"verdict": "pass"' not in v for v in verdicts)

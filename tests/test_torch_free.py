@@ -63,3 +63,35 @@ def test_runtime_and_predict_run_with_only_onnxruntime_numpy_opencv(exported):
                        text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "ok"
+
+
+RUNNER = """
+import sys
+
+BLOCKED = ("torch", "torchvision", "PIL", "sklearn", "scipy", "matplotlib", "pydantic", "tqdm", "training")
+
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is not installed on the line side")
+
+sys.meta_path.insert(0, Block())
+from inspection.cli import main
+
+package, data, log = sys.argv[1:4]
+code = main(["run", "--package", package, "--set", f"source.path={data}", "--set", "source.limit=12",
+             "--set", f"log.folder={log}", "--set", "jsonl=", "--set", "reload_s=0"])
+assert code == 0, code
+assert main(["failures", "--log", log]) == 0
+loaded = sorted({m.split(".")[0] for m in sys.modules} & set(BLOCKED))
+assert not loaded, loaded
+print("ok")
+"""
+
+
+def test_line_runner_runs_without_torch(exported, tmp_path):
+    r = subprocess.run([sys.executable, "-c", RUNNER, str(exported["package"]), str(exported["manifest"].root),
+                        str(tmp_path / "log")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == "ok"
+    assert (tmp_path / "log" / "review_log.md").exists()

@@ -1,4 +1,5 @@
-"""The one-command demo: generate data → train ours and both baselines → evaluate → report → export.
+"""The one-command demo: generate data → train ours and both baselines → evaluate → report → export →
+line run on the test split (simulated camera) → review log of the failures it logged.
 
     >>> run_demo(load_config("configs/demo.yaml"), "runs/demo")
 
@@ -10,6 +11,7 @@ The three models share data, split, schedule and evaluation; they differ only in
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -57,6 +59,9 @@ def run_demo(cfg: Config, out_dir: str | Path, generate_kwargs: dict | None = No
     package = export_package(out / "ours" / "best.pt", out / "ours" / "package", manifest, force=True,
                              progress=progress)
     timings["export"] = time.time() - t
+    t = time.time()
+    line = run_line(package, manifest, out / "line", progress)
+    timings["line"] = time.time() - t
     timings["total"] = time.time() - t0
     extra = (f"Dataset `{root}` ({len(manifest.items)} images, manifest {manifest.content_hash[:12]}), "
              f"backbone `{cfg.model.backbone}` at {cfg.data.image_size[0]}x{cfg.data.image_size[1]}, "
@@ -64,5 +69,29 @@ def run_demo(cfg: Config, out_dir: str | Path, generate_kwargs: dict | None = No
              f"{cfg.train.epochs} epochs. Wall time {timings['total']:.0f} s.\n")
     report = write_report(results, out / "report", cfg.eval.overlays, extra, curves)
     (out / "report" / "timings.json").write_text(json.dumps(timings, indent=1))
-    print(f"report: {report}\nmodel package: {package}", file=sys.stderr)
-    return {"report": str(report), "timings": timings, "results": results, "package": str(package)}
+    print(f"report: {report}\nmodel package: {package}\nline run: {json.dumps(line['summary'])}\n"
+          f"review log: {line['review_log']}", file=sys.stderr)
+    return {"report": str(report), "timings": timings, "results": results, "package": str(package), "line": line}
+
+
+def run_line(package: Path, manifest, out: Path, progress: bool = True) -> dict:
+    """Replay the test split through the line runner (simulated camera); write the review log."""
+    from deploy.line import LineRunner
+    from deploy.review_log import write_review_log
+    from deploy.station import load_station
+
+    frames = out / "frames"
+    shutil.rmtree(out, ignore_errors=True)
+    for it in manifest.split("test"):
+        dst = frames / it.path
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(Path(manifest.root) / it.path, dst)
+    cfg = load_station(None, [f"package={package}", f"source.path={frames}", "source.kind=simulated",
+                              "queue.policy=block", f"jsonl={out / 'verdicts.jsonl'}", f"log.folder={out / 'failures'}",
+                              "reload_s=0", "station=demo-line"])
+    runner = LineRunner(cfg)
+    if progress:
+        print(f"line run: {len(manifest.split('test'))} test parts through {package}", file=sys.stderr)
+    summary = runner.run()
+    review_log = write_review_log(runner.store, out)
+    return {"summary": summary, "review_log": str(review_log), "verdicts": str(out / "verdicts.jsonl")}
