@@ -27,3 +27,4 @@ test: setup broker
 bench: setup
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/inference.py
+	$(PY) benchmarks/line_throughput.py

@@ -185,7 +185,8 @@ def export_package(checkpoint: str | Path, out_dir: str | Path, manifest: Manife
                               "calibrated and parity checked on real images")
         manifest = Manifest.load(path)
     if list(manifest.classes) != list(ckpt["classes"]):
-        raise ExportError(f"{checkpoint}: model classes {ckpt['classes']} differ from the manifest's {manifest.classes}")
+        raise ExportError(f"{checkpoint}: model classes {ckpt['classes']} differ from the manifest's "
+                          f"{manifest.classes}")
     if int8_calibration not in ("good", "all"):
         raise ValueError(f"int8_calibration must be 'good' or 'all', got {int8_calibration!r}")
 

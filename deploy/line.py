@@ -1,7 +1,7 @@
 """The line runner: camera frames in, a verdict per part out (JSON lines, MQTT), failures logged for review.
 
-    capture thread ──frames (bounded; drop_oldest or block)──▶ inference loop ──▶ JSON line, MQTT, metrics
-                                                                   └──records (bounded)──▶ writer thread ──▶ failure log
+    capture ─frames (bounded: drop_oldest | block)─▶ inference loop ─▶ JSON line, MQTT, metrics
+                                                      └─records (bounded)─▶ writer thread ─▶ failure log
     reload thread: a new model package is loaded beside the running one and swapped in between two batches.
     HTTP thread: /health, /metrics (Prometheus), /version.
 
@@ -472,7 +472,8 @@ def _serve_http(runner: LineRunner) -> ThreadingHTTPServer:
                 body = runner.health()
                 self._send(200 if body["status"] == "ok" else 503, json.dumps(body), "application/json")
             elif self.path == "/metrics":
-                info = f'# TYPE inspection_model gauge\ninspection_model{{{labels},version="{runner.runtime.version}"}} 1\n'
+                version = runner.runtime.version
+                info = f'# TYPE inspection_model gauge\ninspection_model{{{labels},version="{version}"}} 1\n'
                 runner.metrics.set("queue_depth", runner.frames.qsize())
                 self._send(200, runner.metrics.render(labels) + info, "text/plain; version=0.0.4")
             elif self.path == "/version":

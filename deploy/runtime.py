@@ -25,7 +25,6 @@ from inspection.preprocess import prepare, to_input
 BACKENDS = ("auto", "tensorrt", "ort-tensorrt", "cuda", "cpu")  # tensorrt: native API; ort-*: onnxruntime providers
 PRECISIONS = ("fp32", "fp16", "int8")
 VERDICTS = ("pass", "review", "fail")
-cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # OpenCV's own decoder chatter on stderr; read_frame raises a FrameError that names the file
 
 
 class FrameError(ValueError):
@@ -95,7 +94,12 @@ def read_frame(path: str | Path) -> np.ndarray:
         data = np.fromfile(path, np.uint8)
     except OSError as exc:
         raise FrameError(f"{path}: cannot read file ({exc.strerror or exc})") from None
-    frame = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # the FrameError below says it better
+    try:
+        frame = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    finally:
+        cv2.utils.logging.setLogLevel(level)
     if frame is None:
         raise FrameError(f"{path}: not a readable image (empty, corrupt or unsupported format)")
     return frame

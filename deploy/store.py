@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -42,6 +43,7 @@ CREATE INDEX IF NOT EXISTS failures_station_ts ON failures (station, ts);
 CREATE INDEX IF NOT EXISTS failures_review ON failures (review_status, ts);
 """
 TMP_MARK = ".tmp-"
+DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 class StoreFull(OSError):
@@ -104,8 +106,8 @@ class SQLiteStore:
         for (files,) in self.db.execute("SELECT files FROM failures"):
             known.update(json.loads(files).values())
         removed_tmp = removed_orphans = 0
-        for path in self.folder.rglob("*"):
-            if not path.is_file() or path.resolve() == self.db_path.resolve() or path.name.startswith(self.db_path.name):
+        for path in self.folder.glob("*/*/*"):  # only the store's own <day>/<station>/<file>: nothing else is touched
+            if not path.is_file() or not DAY.fullmatch(path.parent.parent.name):
                 continue
             rel = path.relative_to(self.folder).as_posix()
             if TMP_MARK in path.name:

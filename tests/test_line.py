@@ -246,8 +246,8 @@ def test_full_disk_keeps_verdicts_flowing_and_raises_the_alarm(exported, tmp_pat
             return real_write(path, data, fsync)
         monkeypatch.setattr(store_module, "write_atomic", write)
     cfg = _station(tmp_path, pkg, exported["manifest"].root, **{
-        "source.kind": "simulated", "source.fps": 40, "source.limit": 80, "source.loop": True, "log.folder": str(mnt / "log"),
-        "log.retry_s": 0.2, "log.queue": 500})
+        "source.kind": "simulated", "source.fps": 40, "source.limit": 80, "source.loop": True,
+        "log.folder": str(mnt / "log"), "log.retry_s": 0.2, "log.queue": 500})
     runner = LineRunner(cfg)
     thread = threading.Thread(target=runner.run)
     thread.start()
@@ -451,3 +451,54 @@ def test_quota_deletes_oldest_reviewed_records_and_never_unreviewed_ones(tmp_pat
     store.add(FailureRecord("p4", "s", 1004.0, "v", "fail", 0.9, None, []), {"image": (".bin", b"x" * 1000)})
     assert [r.part_id for r in store.records()] == ["p4", "p2", "p1"]  # the oldest reviewed one (p0) went
     assert store.used_bytes() == 3000 and len(list((tmp_path / "f").rglob("*.bin"))) == 3
+
+
+def test_watched_folder_judges_each_new_file_once_when_it_is_complete(exported, tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    cfg = _station(tmp_path, exported["package"], inbox, **{"source.kind": "watch", "source.limit": 3,
+                                                            "source.settle_ms": 800})
+    runner = LineRunner(cfg)
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    good = sorted(Path(exported["manifest"].root, "good").glob("*.png"))[:3]
+    shutil.copy(good[0], inbox / "part1.png")
+    data = good[1].read_bytes()
+    with open(inbox / "part2.png", "wb") as f:  # a slow writer: half now, half later
+        f.write(data[:len(data) // 2])
+        f.flush()
+        time.sleep(0.25)  # shorter than settle_ms: the file is not read half-written
+        f.write(data[len(data) // 2:])
+    shutil.copy(good[2], inbox / ".part3.png.tmp")  # the usual temp-then-rename drop: ignored until renamed
+    time.sleep(0.3)
+    os.replace(inbox / ".part3.png.tmp", inbox / "part3.png")
+    thread.join(20)
+    lines = _lines(tmp_path)
+    assert [x["part_id"] for x in lines] == ["part1", "part2", "part3"]
+    assert all(x["verdict"] != "error" for x in lines), lines  # part2 was not read half-written
+
+
+def test_video_file_source_reads_every_frame_once(exported, tmp_path):
+    video = _video(tmp_path / "line.avi", n=8)
+    s = LineRunner(_station(tmp_path, exported["package"], video, **{"source.kind": "video"})).run()
+    assert s["frames_total"] == 8 and [x["part_id"] for x in _lines(tmp_path)] == [f"{i:08d}" for i in range(1, 9)]
+
+
+def test_recovery_removes_only_the_stores_own_leftovers(tmp_path):
+    store = SQLiteStore(tmp_path / "log" / "failures.db", tmp_path / "log", fsync=False)
+    rid = store.add(FailureRecord("p1", "s1", time.time(), "v", "fail", 0.9, None, []), {"image": (".bin", b"x")})
+    kept = store.path(store.get(rid), "image")
+    store.close()
+    day = kept.parent
+    (day / "p2-abc-image.png").write_bytes(b"orphan")  # renamed in, but the commit never happened
+    (day / ".p3-def-image.png.tmp-123").write_bytes(b"half")
+    (tmp_path / "log" / "notes.txt").write_text("an operator's file")
+    store = SQLiteStore(tmp_path / "log" / "failures.db", tmp_path / "log", fsync=False)
+    assert store.recovered == {"temporary": 1, "orphans": 1}
+    assert sorted(p.name for p in day.iterdir()) == [kept.name]
+    assert (tmp_path / "log" / "notes.txt").exists()
+
+
+def test_the_documented_station_file_holds_exactly_the_defaults():
+    path = Path(__file__).resolve().parent.parent / "configs" / "station.yaml"
+    assert load_station(path) == load_station(None)
