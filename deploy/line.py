@@ -26,7 +26,7 @@ import numpy as np
 from deploy.runtime import FrameError, Inspection, Runtime, frame_to_rgb
 from deploy.sources import Disconnected, Frame, SourceError, open_source
 from deploy.station import StationConfig
-from deploy.store import FailureRecord, SQLiteStore, StoreFull
+from deploy.store import FailureRecord, FailureStore, SQLiteStore, StoreFull
 from inspection.boxes import Box, upsample_attention
 from inspection.overlay import overlay
 
@@ -155,7 +155,7 @@ class LineRunner:
         self._next_runtime: Runtime | None = None
         self.source = open_source(cfg.source)
         folder = Path(cfg.log.folder)
-        self.store = SQLiteStore(cfg.log.db or folder / "failures.db", folder,
+        self.store: FailureStore = SQLiteStore(cfg.log.db or folder / "failures.db", folder,
                                  int(cfg.log.quota_mb * 2**20) if cfg.log.quota_mb else None, cfg.log.fsync)
         self.mqtt = MQTTOutput(cfg.mqtt, cfg.station, self.metrics) if cfg.mqtt.host else None
         self.http = None

@@ -22,6 +22,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS failures (
@@ -79,6 +80,21 @@ def write_atomic(path: Path, data: bytes, fsync: bool = True) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+class FailureStore(Protocol):
+    """What the runner, the review station and the retrainer need from a failure log (SQLite here; PostgreSQL next)."""
+
+    folder: Path
+
+    def add(self, record: FailureRecord, files: dict[str, tuple[str, bytes]]) -> int: ...
+    def get(self, record_id: int) -> FailureRecord | None: ...
+    def records(self, limit: int = 100, offset: int = 0, **filters) -> list[FailureRecord]: ...
+    def count(self, **filters) -> int: ...
+    def set_review_status(self, record_id: int, status: str) -> None: ...
+    def used_bytes(self) -> int: ...
+    def recover(self) -> dict: ...
+    def close(self) -> None: ...
 
 
 class SQLiteStore:
