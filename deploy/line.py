@@ -105,18 +105,41 @@ def _package_key(path: str | Path) -> tuple:
 class MQTTOutput:
     """Publishes each verdict; paho queues (bounded) while the broker is away and reconnects by itself."""
 
-    def __init__(self, cfg, station: str, metrics: Metrics):
+    def __init__(self, cfg, station: str, metrics: Metrics, trigger: bool = False):
         import paho.mqtt.client as mqtt
 
         self.topic, self.qos, self.metrics = cfg.topic.format(station=station), cfg.qos, metrics
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id or f"inspection-{station}")
         self.client.max_queued_messages_set(10000)
         self.client.reconnect_delay_set(0.5, 10)
-        self.client.on_connect = lambda *a: metrics.set("mqtt_connected", 1)
+        self.triggers: queue.Queue = queue.Queue(1000)  # part IDs announced by the line controller, oldest first
+        self.trigger_topic = cfg.trigger_topic.format(station=station) if trigger else None
+        self.client.on_connect = self._connected
         self.client.on_disconnect = lambda *a: metrics.set("mqtt_connected", 0)
+        self.client.on_message = self._message
         self.client.connect_async(cfg.host, cfg.port, cfg.keepalive)
         self.client.loop_start()
         self.pending: collections.deque = collections.deque(maxlen=10000)
+
+    def _connected(self, client, userdata, flags, reason, properties=None) -> None:
+        self.metrics.set("mqtt_connected", 1)
+        if self.trigger_topic:
+            client.subscribe(self.trigger_topic, qos=1)
+
+    def _message(self, client, userdata, msg) -> None:
+        """A trigger: the payload is the part ID (plain text, or JSON with a part_id field)."""
+        text = msg.payload.decode("utf-8", "replace").strip()
+        try:
+            part = json.loads(text)
+            part = str(part["part_id"]) if isinstance(part, dict) else str(part)
+        except (ValueError, KeyError):
+            part = text
+        try:
+            self.triggers.put_nowait(part)
+        except queue.Full:
+            self.triggers.get_nowait()
+            self.triggers.put_nowait(part)
+            self.metrics.inc("triggers_dropped_total")
 
     def publish(self, payload: str) -> None:
         info = self.client.publish(self.topic, payload, qos=self.qos)
@@ -157,7 +180,8 @@ class LineRunner:
         folder = Path(cfg.log.folder)
         self.store: FailureStore = SQLiteStore(cfg.log.db or folder / "failures.db", folder,
                                  int(cfg.log.quota_mb * 2**20) if cfg.log.quota_mb else None, cfg.log.fsync)
-        self.mqtt = MQTTOutput(cfg.mqtt, cfg.station, self.metrics) if cfg.mqtt.host else None
+        self.mqtt = (MQTTOutput(cfg.mqtt, cfg.station, self.metrics, cfg.source.part_id == "trigger")
+                     if cfg.mqtt.host else None)
         self.http = None
         self.started = time.time()
         self.source_state = "starting"
@@ -213,9 +237,19 @@ class LineRunner:
                     break
                 n += 1
                 self.last_frame = time.time()
+                if self.cfg.source.part_id == "trigger":
+                    frame.part_id = self._triggered_id(n)
                 self._enqueue(frame)
         finally:
             self.capture_done.set()
+
+    def _triggered_id(self, n: int) -> str:
+        """The next part ID the line controller announced; a frame without one is still judged, and counted."""
+        try:
+            return self.mqtt.triggers.get(timeout=self.cfg.source.trigger_wait_ms / 1000)
+        except queue.Empty:
+            self.metrics.inc("frames_untriggered_total")
+            return f"untriggered-{n:08d}"
 
     def _enqueue(self, frame: Frame) -> None:
         if self.cfg.queue.policy == "block":

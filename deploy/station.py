@@ -28,7 +28,8 @@ class SourceConfig:
     limit: int = 0                   # stop after this many frames (0 = no limit)
     color: str = "BGR"               # order of the frames the source delivers (OpenCV: BGR)
     roi: list | None = None          # station crop [x, y, w, h] before the model (boxes stay in frame pixels)
-    part_id: str = "auto"            # auto (file name for files, counter otherwise) | counter
+    part_id: str = "auto"            # auto (file name for files, counter otherwise) | counter | trigger (MQTT)
+    trigger_wait_ms: float = 500.0   # trigger: wait this long for the part ID that goes with a frame
     settle_ms: int = 200             # watch: a new file is read once its size has not changed for this long
     reconnect_max_s: float = 10.0    # camera/video: longest wait between reconnect attempts
 
@@ -50,6 +51,7 @@ class MQTTConfig:
     host: str = ""                   # empty = no MQTT
     port: int = 1883
     topic: str = "inspection/{station}/verdict"
+    trigger_topic: str = "inspection/{station}/trigger"  # part IDs from the line controller (source.part_id: trigger)
     qos: int = 1
     client_id: str = ""
     keepalive: int = 30
@@ -90,7 +92,7 @@ class StationConfig:
     log: LogConfig = field(default_factory=LogConfig)
 
 
-CHOICES = {"source.kind": SOURCE_KINDS, "source.color": ("BGR", "RGB"), "source.part_id": ("auto", "counter"),
+CHOICES = {"source.kind": SOURCE_KINDS, "source.color": ("BGR", "RGB"), "source.part_id": ("auto", "counter", "trigger"),
            "queue.policy": ("drop_oldest", "block"), "log.image_format": ("png", "jpg"), "mqtt.qos": (0, 1, 2),
            "backend": ("auto", "tensorrt", "ort-tensorrt", "cuda", "cpu"), "precision": ("fp32", "fp16", "int8")}
 POSITIVE = ("batch.max_size", "queue.size", "log.queue")
@@ -159,6 +161,8 @@ def _check(cfg: StationConfig, source: str) -> StationConfig:
         raise StationConfigError(f"{source}: field log.verdicts may hold fail, review, error, pass; got {sorted(bad)}")
     if cfg.source.fps < 0 or cfg.log.quota_mb < 0 or cfg.batch.max_wait_ms < 0:
         raise StationConfigError(f"{source}: source.fps, log.quota_mb and batch.max_wait_ms must not be negative")
+    if cfg.source.part_id == "trigger" and not cfg.mqtt.host:
+        raise StationConfigError(f"{source}: source.part_id trigger takes part IDs from MQTT; set mqtt.host")
     if not cfg.station.strip():
         raise StationConfigError(f"{source}: field station must name the station")
     return cfg

@@ -502,3 +502,39 @@ def test_recovery_removes_only_the_stores_own_leftovers(tmp_path):
 def test_the_documented_station_file_holds_exactly_the_defaults():
     path = Path(__file__).resolve().parent.parent / "configs" / "station.yaml"
     assert load_station(path) == load_station(None)
+
+
+def test_an_absent_broker_never_stops_the_line(exported, tmp_path):
+    cfg = _station(tmp_path, exported["package"], exported["manifest"].root, **{
+        "source.kind": "simulated", "source.limit": 20, "mqtt.host": "127.0.0.1", "mqtt.port": _free_port()})
+    start = time.time()
+    s = LineRunner(cfg).run()
+    assert s["frames_total"] == 20 and len(_lines(tmp_path)) == 20
+    assert time.time() - start < 20  # shutdown waits a bounded time for unsent messages
+
+
+def test_part_ids_come_from_the_line_controllers_trigger(exported, broker, tmp_path):
+    import paho.mqtt.client as mqtt
+
+    cfg = _station(tmp_path, exported["package"], exported["manifest"].root, **{
+        "source.kind": "simulated", "source.limit": 6, "source.fps": 20, "source.part_id": "trigger",
+        "source.trigger_wait_ms": 300, "mqtt.host": "127.0.0.1", "mqtt.port": broker, "station": "line-t"})
+    runner = LineRunner(cfg)
+    deadline = time.time() + 5
+    while not runner.metrics.get("mqtt_connected") and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)  # subscription settles
+    plc = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="plc")
+    plc.connect("127.0.0.1", broker)
+    plc.loop_start()
+    for i in range(1, 6):  # five parts announced; the sixth frame comes without one
+        plc.publish("inspection/line-t/trigger", json.dumps({"part_id": f"P-{i:03d}"}) if i % 2 else f"P-{i:03d}",
+                    qos=1).wait_for_publish(2)
+    plc.loop_stop()
+    time.sleep(0.2)
+    s = runner.run()
+    ids = [x["part_id"] for x in _lines(tmp_path)]
+    assert ids == ["P-001", "P-002", "P-003", "P-004", "P-005", "untriggered-00000006"]
+    assert runner.metrics.get("frames_untriggered_total") == 1 and s["frames_total"] == 6
+    with pytest.raises(StationConfigError, match="set mqtt.host"):
+        load_station(None, ["source.part_id=trigger"])
