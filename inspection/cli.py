@@ -173,6 +173,27 @@ def cmd_failures(args) -> int:
     return 0
 
 
+def cmd_models(args) -> int:
+    from deploy.registry import Registry
+
+    reg = Registry(args.registry)
+    if args.action == "add":
+        print(json.dumps({"added": reg.add(args.target, parent=args.parent or reg.current(), note=args.note or "")}))
+    elif args.action == "promote":
+        reg.promote(args.target, args.note or "")
+        print(json.dumps({"current": reg.current()}))
+    elif args.action == "rollback":
+        print(json.dumps({"current": reg.rollback(args.note or "")}))
+    else:
+        print(f"{'':2s}{'version':32s} {'added':26s} {'AUROC':>6s} {'box F1':>7s}  state")
+        for row in reg.list():
+            m = row["metrics"].get("fp32", {})
+            f1 = m.get("box_f1@0.3")
+            print(f"{'*' if row['current'] else ' ':2s}{row['version']:32s} {row['added']:26s} "
+                  f"{m.get('auroc', float('nan')):6.3f} {'' if f1 is None else f'{f1:7.3f}':>7s}  {row['state']}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from training.demo import run_demo
 
@@ -259,6 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_failures)
 
+    p = sub.add_parser("models", help="model registry: list, add a package, promote, roll back")
+    p.add_argument("action", choices=["list", "add", "promote", "rollback"])
+    p.add_argument("target", nargs="?", help="add: a package folder; promote: a version")
+    p.add_argument("--registry", default="models", help="registry folder (default: models)")
+    p.add_argument("--parent", help="add: the version this one was trained from (default: the current one)")
+    p.add_argument("--note", help="a reason, kept in the history")
+    p.set_defaults(func=cmd_models)
+
     p = sub.add_parser("demo", help="generate data, train ours and both baselines, write the report")
     _add_config_args(p)
     p.add_argument("--out", default="runs/demo", help="output folder")
@@ -273,11 +302,16 @@ def main(argv: list[str] | None = None) -> int:
     from deploy.runtime import FrameError
     from inspection.imageio import ImageError
 
+    from deploy.registry import RegistryError
     from deploy.sources import SourceError
     from deploy.station import StationConfigError
 
-    errors = (PackageError, FrameError, ImageError, SourceError, StationConfigError)
-    if args.command not in ("predict", "run", "failures"):  # these run on the line PC: no torch, no pydantic
+    errors = (PackageError, FrameError, ImageError, SourceError, StationConfigError, RegistryError)
+    if args.command in ("models",) and args.action in ("add", "promote") and not args.target:
+        print(f"error: models {args.action} needs a {'package folder' if args.action == 'add' else 'version'}",
+              file=sys.stderr)
+        return 2
+    if args.command not in ("predict", "run", "failures", "models"):  # these run on the line PC: no torch, no pydantic
         from deploy.export import ExportError
         from inspection.config import ConfigError
         from inspection.data import DatasetError
