@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from deploy.runtime import FrameError, Inspection, Runtime, frame_to_rgb
-from deploy.sources import Disconnected, Frame, SourceError, open_source
+from deploy.sources import Frame, open_source
 from deploy.station import StationConfig
 from deploy.store import FailureRecord, FailureStore, SQLiteStore, StoreFull
 from inspection.boxes import Box, upsample_attention
@@ -224,7 +224,7 @@ class LineRunner:
                         self.source_state, delay = "connected", 0.5
                         self.metrics.set("source_connected", 1)
                     frame = self.source.read(self.stop_event.is_set)
-                except (Disconnected, SourceError) as exc:
+                except Exception as exc:  # noqa: BLE001 - Disconnected, SourceError, or a driver's own error
                     self.source_state = "reconnecting"
                     self.metrics.set("source_connected", 0)
                     self.metrics.inc("source_reconnects_total")
@@ -451,7 +451,13 @@ class LineRunner:
                 self.metrics.set("queue_depth", self.frames.qsize())
                 if not batch:
                     continue
-                for frame, result, error in self._judge(batch):
+                try:
+                    judged = self._judge(batch)
+                except Exception as exc:  # noqa: BLE001 - one failed batch must not end the shift
+                    self.metrics.inc("inference_errors_total")
+                    print(f"inference failed on {len(batch)} frame(s): {exc}", file=sys.stderr)
+                    judged = [(f, None, f"inference failed: {exc}") for f in batch]
+                for frame, result, error in judged:
                     verdict = self._emit(frame, result, error, time.time())
                     self._log(frame, result, error, verdict)
         finally:

@@ -538,3 +538,23 @@ def test_part_ids_come_from_the_line_controllers_trigger(exported, broker, tmp_p
     assert runner.metrics.get("frames_untriggered_total") == 1 and s["frames_total"] == 6
     with pytest.raises(StationConfigError, match="set mqtt.host"):
         load_station(None, ["source.part_id=trigger"])
+
+
+def test_a_failing_batch_gives_error_verdicts_and_the_line_goes_on(exported, tmp_path):
+    cfg = _station(tmp_path, exported["package"], exported["manifest"].root, **{
+        "source.kind": "simulated", "source.limit": 24, "batch.max_size": 4, "queue.policy": "block"})
+    runner = LineRunner(cfg)
+    real, calls = runner.runtime.run_batch, []
+
+    def flaky(x):
+        calls.append(len(x))
+        if len(calls) == 2:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(x)
+    runner.runtime.run_batch = flaky
+    s = runner.run()
+    lines = _lines(tmp_path)
+    errors = [x for x in lines if x["verdict"] == "error"]
+    assert s["frames_total"] == len(lines) == 24 and len(errors) == calls[1]
+    assert all("illegal memory access" in x["error"] for x in errors)
+    assert runner.metrics.get("inference_errors_total") == 1
