@@ -179,7 +179,9 @@ class LineRunner:
         self.source = open_source(cfg.source)
         folder = Path(cfg.log.folder)
         self.store: FailureStore = SQLiteStore(cfg.log.db or folder / "failures.db", folder,
-                                 int(cfg.log.quota_mb * 2**20) if cfg.log.quota_mb else None, cfg.log.fsync)
+                                               int(cfg.log.quota_mb * 2**20) if cfg.log.quota_mb else None,
+                                               cfg.log.fsync)
+        self.store.recover(cfg.station)  # leftovers of a crash of this station's earlier run
         self.mqtt = (MQTTOutput(cfg.mqtt, cfg.station, self.metrics, cfg.source.part_id == "trigger")
                      if cfg.mqtt.host else None)
         self.http = None

@@ -6,9 +6,11 @@
 
 Crash safety (kill -9 at any instant): each file is written to a hidden temporary name, fsynced and renamed,
 and only then is the record committed (SQLite, WAL mode). A record therefore never points at a missing or
-half-written file. A crash between the renames and the commit can leave files without a record; opening the
-store removes those (and stray temporary files) before anything else, so after a restart there is no file
-without its record either. The review station and PostgreSQL (issue 7) use the same interface.
+half-written file. A crash between the renames and the commit can leave files without a record; the runner
+calls `recover(station)` when it starts, before it writes, which removes those (and stray temporary files) in
+its own station's folders, so after a restart there is no file without its record either. Readers (review
+station, `inspection failures`) never recover: a file a live runner has renamed in but not yet committed is
+not theirs to delete. The review station and PostgreSQL (issue 7) use the same interface.
 """
 from __future__ import annotations
 
@@ -93,7 +95,7 @@ class FailureStore(Protocol):
     def count(self, **filters) -> int: ...
     def set_review_status(self, record_id: int, status: str) -> None: ...
     def used_bytes(self) -> int: ...
-    def recover(self) -> dict: ...
+    def recover(self, station: str | None = None) -> dict: ...
     def close(self) -> None: ...
 
 
@@ -113,16 +115,20 @@ class SQLiteStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL" if fsync else "PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
-        self.recovered = self.recover()
+        self.recovered: dict = {}
 
     # -- crash recovery ------------------------------------------------------------------------------------------
-    def recover(self) -> dict:
-        """Delete temporary files and files no record names (left by a crash before the commit)."""
+    def recover(self, station: str | None = None) -> dict:
+        """Delete temporary files and files no record names, in <day>/<station>/ folders (one station or all).
+
+        Only for the writer, at start-up, before it writes: see the module docstring.
+        """
         known = set()
         for (files,) in self.db.execute("SELECT files FROM failures"):
             known.update(json.loads(files).values())
         removed_tmp = removed_orphans = 0
-        for path in self.folder.glob("*/*/*"):  # only the store's own <day>/<station>/<file>: nothing else is touched
+        pattern = f"*/{_safe(station)}/*" if station else "*/*/*"
+        for path in self.folder.glob(pattern):  # only the store's own <day>/<station>/<file>: nothing else
             if not path.is_file() or not DAY.fullmatch(path.parent.parent.name):
                 continue
             rel = path.relative_to(self.folder).as_posix()
@@ -132,7 +138,8 @@ class SQLiteStore:
             elif rel not in known:
                 path.unlink(missing_ok=True)
                 removed_orphans += 1
-        return {"temporary": removed_tmp, "orphans": removed_orphans}
+        self.recovered = {"temporary": removed_tmp, "orphans": removed_orphans}
+        return self.recovered
 
     # -- writing -------------------------------------------------------------------------------------------------
     def add(self, record: FailureRecord, files: dict[str, tuple[str, bytes]]) -> int:
