@@ -44,7 +44,22 @@ CREATE TABLE IF NOT EXISTS failures (
 CREATE INDEX IF NOT EXISTS failures_ts ON failures (ts);
 CREATE INDEX IF NOT EXISTS failures_station_ts ON failures (station, ts);
 CREATE INDEX IF NOT EXISTS failures_review ON failures (review_status, ts);
+CREATE TABLE IF NOT EXISTS reviews (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    failure_id INTEGER NOT NULL REFERENCES failures (id),
+    reviewer TEXT NOT NULL,
+    ts REAL NOT NULL,
+    verdict TEXT NOT NULL,
+    defect_type TEXT,
+    comment TEXT NOT NULL DEFAULT '',
+    files TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS reviews_failure ON reviews (failure_id, id);
+CREATE INDEX IF NOT EXISTS reviews_ts ON reviews (ts);
 """
+# a reviewer's verdict → the failure's review status
+REVIEW_VERDICTS = {"defect": "confirmed", "false_alarm": "false_alarm", "unsure": "unsure"}
+SETTLED = ("confirmed", "false_alarm")  # reviewed for good: the quota may delete these, oldest first
 TMP_MARK = ".tmp-"
 DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
@@ -84,6 +99,22 @@ def write_atomic(path: Path, data: bytes, fsync: bool = True) -> None:
         raise
 
 
+class ReviewError(ValueError):
+    """A review the store refuses (unknown part, verdict, wrong map); the message says what was expected."""
+
+
+@dataclass
+class Review:
+    failure_id: int
+    reviewer: str
+    ts: float
+    verdict: str                  # defect | false_alarm | unsure
+    defect_type: str | None = None
+    comment: str = ""
+    files: dict[str, str] = field(default_factory=dict)  # corrected maps: "map" (model resolution), "map_full"
+    id: int | None = None
+
+
 class FailureStore(Protocol):
     """What the runner, the review station and the retrainer need from a failure log (SQLite here; PostgreSQL next)."""
 
@@ -94,6 +125,9 @@ class FailureStore(Protocol):
     def records(self, limit: int = 100, offset: int = 0, **filters) -> list[FailureRecord]: ...
     def count(self, **filters) -> int: ...
     def set_review_status(self, record_id: int, status: str) -> None: ...
+    def add_review(self, failure_id: int, reviewer: str, verdict: str, defect_type: str | None = None,
+                   comment: str = "", corrected=None) -> int: ...
+    def reviews(self, failure_id: int) -> list[Review]: ...
     def used_bytes(self) -> int: ...
     def recover(self, station: str | None = None) -> dict: ...
     def close(self) -> None: ...
@@ -124,7 +158,7 @@ class SQLiteStore:
         Only for the writer, at start-up, before it writes: see the module docstring.
         """
         known = set()
-        for (files,) in self.db.execute("SELECT files FROM failures"):
+        for (files,) in self.db.execute("SELECT files FROM failures UNION ALL SELECT files FROM reviews"):
             known.update(json.loads(files).values())
         removed_tmp = removed_orphans = 0
         pattern = f"*/{_safe(station)}/*" if station else "*/*/*"
@@ -187,20 +221,92 @@ class SQLiteStore:
             return
         used = self.used_bytes()
         while used + need > self.quota_bytes:
-            row = self.db.execute("SELECT id, files, bytes FROM failures WHERE review_status != 'unreviewed' "
+            row = self.db.execute(f"SELECT id, files, bytes FROM failures WHERE review_status IN {SETTLED} "
                                   "ORDER BY ts LIMIT 1").fetchone()
             if row is None:
                 raise StoreFull(errno.EDQUOT, f"{self.folder}: quota of {self.quota_bytes} bytes is used by "
                                               "unreviewed failures; review them or raise the quota")
+            review_files = [json.loads(f) for (f,) in self.db.execute("SELECT files FROM reviews WHERE failure_id = ?",
+                                                                        (row["id"],))]
             with self.db:
+                self.db.execute("DELETE FROM reviews WHERE failure_id = ?", (row["id"],))
                 self.db.execute("DELETE FROM failures WHERE id = ?", (row["id"],))
-            for rel in json.loads(row["files"]).values():
-                (self.folder / rel).unlink(missing_ok=True)
+            for files in [json.loads(row["files"]), *review_files]:
+                for rel in files.values():
+                    (self.folder / rel).unlink(missing_ok=True)
             used -= row["bytes"]
 
     def set_review_status(self, record_id: int, status: str) -> None:
         with self._lock, self.db:
             self.db.execute("UPDATE failures SET review_status = ? WHERE id = ?", (status, record_id))
+
+    def add_review(self, failure_id: int, reviewer: str, verdict: str, defect_type: str | None = None,
+                   comment: str = "", corrected=None) -> int:
+        """Append a review (history is never overwritten) and set the part's review status from it.
+
+        `corrected`: an operator-corrected attention map in [0, 1], at the model's map resolution or at the
+        frame's; both resolutions are stored (16-bit PNG) and become training targets (L_map).
+        """
+        if verdict not in REVIEW_VERDICTS:
+            raise ReviewError(f"review verdict must be one of {', '.join(REVIEW_VERDICTS)}, got {verdict!r}")
+        if not str(reviewer).strip():
+            raise ReviewError("a review needs the reviewer's name")
+        record = self.get(failure_id)
+        if record is None:
+            raise ReviewError(f"no logged part with id {failure_id}")
+        files = self._corrected_files(record, corrected) if corrected is not None else {}
+        with self._lock:
+            rel_dir = Path(record.files["map"]).parent if files else None  # beside the part's own files
+            token, stored, written = uuid.uuid4().hex[:10], {}, []
+            try:
+                for kind, data in files.items():
+                    path = self.folder / rel_dir / f"{_safe(record.part_id)}-{token}-{kind}.png"
+                    write_atomic(path, data, self.fsync)
+                    written.append(path)
+                    stored[kind] = (rel_dir / path.name).as_posix()
+                with self.db:
+                    cur = self.db.execute(
+                        "INSERT INTO reviews (failure_id, reviewer, ts, verdict, defect_type, comment, files) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)", (failure_id, reviewer, time.time(), verdict,
+                                                         defect_type, comment, json.dumps(stored)))
+                    self.db.execute("UPDATE failures SET review_status = ? WHERE id = ?",
+                                    (REVIEW_VERDICTS[verdict], failure_id))
+            except BaseException:
+                for path in written:
+                    path.unlink(missing_ok=True)
+                raise
+            return cur.lastrowid
+
+    def _corrected_files(self, record: FailureRecord, corrected) -> dict[str, bytes]:
+        import cv2
+        import numpy as np
+
+        att = np.asarray(corrected, np.float32)
+        if "map" not in record.files:
+            raise ReviewError(f"part {record.part_id} has no attention map to correct (verdict {record.verdict})")
+        model = cv2.imread(str(self.folder / record.files["map"]), cv2.IMREAD_UNCHANGED)
+        frame = cv2.imread(str(self.folder / record.files["image"]), cv2.IMREAD_UNCHANGED) \
+            if "image" in record.files else None
+        if model is None:
+            raise ReviewError(f"part {record.part_id}: its attention map file is missing or unreadable")
+        shapes = [model.shape[:2]] + ([frame.shape[:2]] if frame is not None else [])
+        if att.ndim != 2 or att.shape not in shapes:
+            raise ReviewError(f"corrected map for part {record.part_id} has shape {att.shape}; expected "
+                              + " or ".join(f"{h}x{w}" for h, w in shapes) + " (model map or frame)")
+        if not np.isfinite(att).all():
+            raise ReviewError(f"corrected map for part {record.part_id} holds NaN or infinite values")
+        att = np.clip(att, 0, 1)
+        h, w = model.shape[:2]
+        small = att if att.shape == (h, w) else cv2.resize(att, (w, h), interpolation=cv2.INTER_AREA)
+        full = att if frame is None or att.shape == frame.shape[:2] else \
+            cv2.resize(att, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_LINEAR)
+        return {kind: cv2.imencode(".png", (a * 65535 + 0.5).astype(np.uint16))[1].tobytes()
+                for kind, a in (("corrected", small), ("corrected_full", full))}
+
+    def reviews(self, failure_id: int) -> list[Review]:
+        """Every review of a part, oldest first (the last one sets its status)."""
+        rows = self.db.execute("SELECT * FROM reviews WHERE failure_id = ? ORDER BY id", (failure_id,)).fetchall()
+        return [Review(**{**dict(r), "files": json.loads(r["files"])}) for r in rows]
 
     # -- reading -------------------------------------------------------------------------------------------------
     def used_bytes(self) -> int:
