@@ -168,6 +168,10 @@ def cmd_failures(args) -> int:
         print(f"error: {folder / 'failures.db'}: no failure log here", file=sys.stderr)
         return 2
     store = SQLiteStore(folder / "failures.db", folder)
+    if args.export_reviewed:
+        from deploy.reviewed import export_reviewed
+        print(json.dumps({"dataset": args.export_reviewed, **export_reviewed(store, args.export_reviewed)}))
+        return 0
     path = write_review_log(store, args.out or folder, args.limit)
     print(path.read_text())
     return 0
@@ -278,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", default="runs/line/failures", help="the runner's log.folder")
     p.add_argument("--out", help="where review_log.md/.png go (default: the log folder)")
     p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--export-reviewed", metavar="DIR", help="write reviewed parts as a training dataset folder")
     p.set_defaults(func=cmd_failures)
 
     p = sub.add_parser("models", help="model registry: list, add a package, promote, roll back")

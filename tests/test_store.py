@@ -92,3 +92,43 @@ def test_quota_removes_a_settled_part_with_its_reviews_and_keeps_unsure_ones(tmp
     s.add(FailureRecord("c", "s", 3.0, "v", "fail", 0.9, None, []), {"x": (".bin", b"x" * 1000)})
     assert [r.part_id for r in s.records()] == ["c", "b"] and s.reviews(a) == []
     assert len(list((tmp_path / "q").rglob("*.png"))) == 0  # the corrected maps went with their part
+
+
+def test_reviewed_parts_export_to_a_dataset_the_trainer_reads(tmp_path):
+    from deploy.reviewed import export_reviewed
+    from inspection.config import load_config
+    from inspection.data import InspectionDataset, scan_dataset
+
+    s = SQLiteStore(tmp_path / "log" / "failures.db", tmp_path / "log", fsync=False)
+    rng = np.random.default_rng(1)
+    for i in range(10):
+        frame = (rng.random((48, 64, 3)) * 255).astype(np.uint8)
+        att = np.zeros((6, 8), np.uint16)
+        rid = s.add(FailureRecord(f"p{i}", "line 1", time.time() + i, "v1", "fail", 0.9, "scratch", []),
+                    {"image": (".png", cv2.imencode(".png", frame)[1].tobytes()),
+                     "map": (".png", cv2.imencode(".png", att)[1].tobytes())})
+        if i < 4:
+            corrected = np.zeros((6, 8), np.float32)
+            corrected[2:4, 2:5] = 1
+            s.add_review(rid, "ana", "defect", "dent", corrected=corrected)
+        elif i < 9:
+            s.add_review(rid, "ana", "defect", "scratch")
+            if i >= 7:
+                s.add_review(rid, "ben", "false_alarm", comment="benign")  # the latest review decides
+        else:
+            s.add_review(rid, "ana", "unsure")
+    out = tmp_path / "reviewed"
+    counts = export_reviewed(s, out)
+    assert counts == {"good": 2, "defect": 7, "corrected": 4, "skipped": {}}
+    assert export_reviewed(s, out) == counts  # again: same files, nothing duplicated
+    assert len(list(out.rglob("*.png"))) == 13
+    (out / "good" / "extra.png").write_bytes((out / "good").glob("*.png").__next__().read_bytes())
+    cfg = load_config(None, [f"data.root={out}", "data.image_size=[32, 32]"])
+    manifest = scan_dataset(out, cfg.data)
+    assert manifest.classes == ["good", "dent", "scratch"]
+    dents = [it for it in manifest.items if it.defect_type == "dent"]
+    assert len(dents) == 4 and all(it.corrected for it in dents)
+    split = next(sp for sp in ("train", "val", "test") if any(it.corrected for it in manifest.split(sp)))
+    ds = InspectionDataset(manifest, split, cfg.data)
+    item = ds[next(i for i, it in enumerate(ds.items) if it.corrected)]
+    assert item["has_target"] and float(item["target_map"].max()) > 0.5
