@@ -198,6 +198,15 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_gate(args) -> int:
+    from training.gate import gate
+
+    d = gate(args.candidate, args.production, args.golden, args.out)
+    print("\n".join(d["reasons"]), file=sys.stderr)
+    print(json.dumps({"promote": d["promote"], "report": str(Path(args.out) / "report.md")}))
+    return 0 if d["promote"] else 1
+
+
 def cmd_demo(args) -> int:
     from training.demo import run_demo
 
@@ -292,6 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parent", help="add: the version this one was trained from (default: the current one)")
     p.add_argument("--note", help="a reason, kept in the history")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("gate", help="compare a candidate package with production on a golden set (exit 1: reject)")
+    p.add_argument("--candidate", required=True, help="candidate model package")
+    p.add_argument("--production", help="production package or registry pointer (e.g. models/current)")
+    p.add_argument("--golden", required=True, help="golden dataset folder (good/, defect/<type>/, masks/)")
+    p.add_argument("--out", default="runs/gate", help="where decision.json, report.md and roc.png go")
+    p.set_defaults(func=cmd_gate)
 
     p = sub.add_parser("demo", help="generate data, train ours and both baselines, write the report")
     _add_config_args(p)

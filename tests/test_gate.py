@@ -1,0 +1,56 @@
+"""Promotion gate: the same model passes, a worse one is rejected with reasons, and the report is written."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from deploy.export import export_package
+from inspection.model import build_model
+from training.gate import gate
+
+
+def test_an_equal_candidate_is_promoted_with_a_report(exported, tmp_path):
+    root = exported["manifest"].root
+    d = gate(exported["package"], exported["package"], root, tmp_path / "gate")
+    assert d["promote"] and all(r.endswith("ok") for r in d["reasons"])
+    assert d["candidate"]["metrics"]["box_f1@0.3"] >= 0 and d["images"] == len(exported["manifest"].items)
+    for name in ("decision.json", "report.md", "roc.png"):
+        assert (tmp_path / "gate" / name).stat().st_size > 0
+    assert json.loads((tmp_path / "gate" / "decision.json").read_text())["promote"] is True
+    first = gate(exported["package"], None, root, tmp_path / "first")
+    assert first["promote"] and "no production model" in first["reasons"][0]
+
+
+def test_a_candidate_that_misses_defects_is_rejected(exported, tmp_path):
+    lax = tmp_path / "lax"
+    shutil.copytree(exported["package"], lax)
+    meta = json.loads((lax / "metadata.json").read_text())
+    meta["variants"]["fp32"]["threshold"] = 0.999  # passes nearly everything
+    meta["model_version"] = "lax"
+    (lax / "metadata.json").write_text(json.dumps(meta))
+    d = gate(lax, exported["package"], exported["manifest"].root, tmp_path / "gate")
+    assert not d["promote"]
+    assert any(r.startswith("miss") and r.endswith("WORSE") for r in d["reasons"])
+    assert "REJECT lax" in (tmp_path / "gate" / "report.md").read_text()
+
+
+def test_an_untrained_model_is_rejected(exported, tmp_path):
+    cfg = exported["cfg"]
+    torch.manual_seed(123)
+    model = build_model(cfg.model, len(exported["manifest"].classes))
+    ckpt = torch.load(exported["best"], weights_only=True)
+    ckpt["state_dict"] = model.state_dict()
+    run = tmp_path / "random"
+    run.mkdir()
+    torch.save(ckpt, run / "best.pt")
+    pkg = export_package(run / "best.pt", run / "package", exported["manifest"], int8=False, progress=False)
+    d = gate(pkg, exported["package"], exported["manifest"].root, tmp_path / "gate")
+    assert not d["promote"] and any("WORSE" in r for r in d["reasons"])
+
+
+def test_a_golden_set_without_both_classes_is_refused(exported, tmp_path):
+    only_good = tmp_path / "golden"
+    shutil.copytree(exported["manifest"].root + "/good", only_good / "good")
+    with pytest.raises(ValueError, match="both good and defective"):
+        gate(exported["package"], None, only_good, tmp_path / "gate")

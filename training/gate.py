@@ -1,0 +1,147 @@
+"""Promotion gate: a candidate model package against production, on the same frozen golden set, with a report.
+
+    >>> d = gate("runs/new/package", "models/current", "data/golden", "runs/gate")
+    >>> d["promote"], d["reasons"]
+
+The golden set is a dataset folder in the trainer's layout (good/, defect/<type>/, optional masks/) that
+training never sees. Both packages run through the line-side runtime with their own calibrated thresholds,
+exactly as a line would, and the candidate is promoted only when no rule says it is worse beyond its
+tolerance. Writes decision.json, report.md and roc.png.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from deploy.line import resolve_package
+from deploy.runtime import Runtime, read_frame
+from inspection.boxes import mask_to_boxes
+from inspection.imageio import IMAGE_SUFFIXES, read_mask
+from inspection.metrics import box_metrics, image_metrics
+
+# metric, better ("higher" | "lower"), tolerance: the candidate may be worse by at most this much
+RULES = (("auroc", "higher", 0.005), ("false_reject", "lower", 0.02), ("miss", "lower", 0.02),
+         ("false_reject_at_miss_5pct", "lower", 0.02), ("box_f1@0.3", "higher", 0.02))
+
+
+def golden_items(root: str | Path) -> list[dict]:
+    """Every image of a dataset folder: path, defect type ('good' or the folder), mask path or None."""
+    root = Path(root)
+    if not (root / "good").is_dir():
+        raise FileNotFoundError(f"{root}: golden set needs good/ and defect/<type>/ folders")
+    items = []
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+        rel = path.relative_to(root)
+        if rel.parts[0] == "good":
+            items.append({"path": path, "type": "good", "mask": None})
+        elif rel.parts[0] == "defect" and len(rel.parts) > 2:
+            mask = next((m for m in (root / "masks" / rel.parts[1] / Path(*rel.parts[2:])).parent.glob(
+                f"{path.stem}.*")), None)
+            items.append({"path": path, "type": rel.parts[1], "mask": mask})
+    if not any(it["type"] == "good" for it in items) or all(it["type"] == "good" for it in items):
+        raise ValueError(f"{root}: golden set needs both good and defective images")
+    return items
+
+
+def score_package(package: str | Path, items: list[dict], batch: int = 16) -> dict:
+    """Run a package over the golden set as the line would; metrics at the package's own thresholds."""
+    rt = Runtime(resolve_package(package), backend="cpu", max_batch=batch)
+    results = []
+    for i in range(0, len(items), batch):
+        frames = [read_frame(it["path"]) for it in items[i:i + batch]]
+        results += rt.inspect(frames, "BGR")
+    y = np.array([it["type"] != "good" for it in items])
+    scores = np.array([r.score for r in results])
+    flagged = np.array([r.verdict != "pass" for r in results])
+    metrics = image_metrics(y, scores, rt.threshold)
+    metrics["false_reject"] = float(flagged[~y].mean())  # review counts as a reject at the line
+    metrics["miss"] = float((~flagged[y]).mean())
+    located = [k for k, it in enumerate(items) if it["type"] == "good" or it["mask"]]
+    if any(items[k]["mask"] for k in located):
+        pred = [np.array([b.xyxy for b in results[k].boxes]).reshape(-1, 4) for k in located]
+        true = [np.zeros((0, 4)) if items[k]["mask"] is None else
+                np.array([b.xyxy for b in mask_to_boxes(read_mask(items[k]["mask"]))]).reshape(-1, 4)
+                for k in located]
+        metrics["box_f1@0.3"] = box_metrics(pred, true, 0.3)["f1"]
+    metrics["per_type_detection"] = {t: float(flagged[[it["type"] == t for it in items]].mean())
+                                     for t in sorted({it["type"] for it in items} - {"good"})}
+    return {"version": rt.version, "metrics": metrics, "scores": scores.tolist(), "is_defect": y.tolist()}
+
+
+def compare(candidate: dict, production: dict, rules=RULES) -> tuple[bool, list[str]]:
+    """(promote?, one line per rule) from the two score_package results."""
+    promote, reasons = True, []
+    for name, better, tol in rules:
+        c, p = candidate["metrics"].get(name), production["metrics"].get(name)
+        if c is None or p is None or np.isnan(c) or np.isnan(p):
+            reasons.append(f"{name}: not measured on this golden set, not checked")
+            continue
+        worse = (p - c) if better == "higher" else (c - p)
+        ok = worse <= tol
+        promote &= ok
+        reasons.append(f"{name}: candidate {c:.4f} vs production {p:.4f} ({better} is better, tolerance {tol}): "
+                       f"{'ok' if ok else 'WORSE'}")
+    return promote, reasons
+
+
+def gate(candidate: str | Path, production: str | Path | None, golden: str | Path, out_dir: str | Path,
+         rules=RULES) -> dict:
+    """Score both packages on the golden set, decide, and write decision.json, report.md and roc.png."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    items = golden_items(golden)
+    cand = score_package(candidate, items)
+    if production is None:
+        prod, promote, reasons = None, True, ["no production model yet: the first candidate is promoted"]
+    else:
+        prod = score_package(production, items)
+        promote, reasons = compare(cand, prod, rules)
+    decision = {"promote": bool(promote), "reasons": reasons, "golden": str(golden), "images": len(items),
+                "candidate": {"package": str(candidate), "version": cand["version"], "metrics": cand["metrics"]},
+                "production": None if prod is None else {"package": str(production), "version": prod["version"],
+                                                         "metrics": prod["metrics"]}}
+    (out / "decision.json").write_text(json.dumps(decision, indent=1))
+    _plot_roc([("candidate " + cand["version"], cand)] + ([("production " + prod["version"], prod)] if prod else []),
+              out / "roc.png")
+    _report(decision, out / "report.md")
+    return decision
+
+
+def _plot_roc(runs: list, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    for label, r in runs:
+        fpr, tpr, _ = roc_curve(r["is_defect"], r["scores"])
+        ax.plot(fpr, tpr, label=f"{label} (AUROC {r['metrics']['auroc']:.3f})")
+    ax.plot([0, 1], [0, 1], ":", color="gray")
+    ax.set_xlabel("false-reject rate (good parts)")
+    ax.set_ylabel("detection rate (defects)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _report(d: dict, path: Path) -> None:
+    c, p = d["candidate"], d["production"]
+    lines = [f"# Promotion gate: {'PROMOTE' if d['promote'] else 'REJECT'} {c['version']}", "",
+             f"Golden set `{d['golden']}` ({d['images']} images); production: "
+             f"{p['version'] if p else 'none'}.", "", *[f"- {r}" for r in d["reasons"]], "",
+             "| metric | candidate | production |", "|---|---|---|"]
+    names = [r[0] for r in RULES] + ["ap", "f1"]
+    for name in names:
+        cv, pv = c["metrics"].get(name), (p or {}).get("metrics", {}).get(name)
+        if cv is not None:
+            lines.append(f"| {name} | {cv:.4f} | {'' if pv is None else f'{pv:.4f}'} |")
+    lines += ["", "Detection rate per defect type:", "", "| type | candidate | production |", "|---|---|---|"]
+    for t, v in c["metrics"]["per_type_detection"].items():
+        pv = (p or {}).get("metrics", {}).get("per_type_detection", {}).get(t)
+        lines.append(f"| {t} | {v:.3f} | {'' if pv is None else f'{pv:.3f}'} |")
+    lines += ["", "![ROC of both models on the golden set](roc.png)"]
+    path.write_text("\n".join(lines) + "\n")
