@@ -89,8 +89,10 @@ class Registry:
     def path(self, version: str) -> Path:
         return self.versions / version
 
-    def add(self, package: str | Path, parent: str | None = None, note: str = "") -> str:
-        """Copy a checked package in under its model version; return the version."""
+    def add(self, package: str | Path, parent: str | None = None, note: str = "",
+            checkpoint: str | Path | None = None) -> str:
+        """Copy a checked package in under its model version (with its training checkpoint, for later
+        fine-tuning); return the version."""
         meta = load_package(package)
         version = meta["model_version"]
         if "/" in version or version.startswith("."):
@@ -103,6 +105,8 @@ class Registry:
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(package, tmp, ignore=shutil.ignore_patterns("engines"))
             load_package(tmp)  # the copy is complete and intact
+            if checkpoint is not None:
+                shutil.copyfile(checkpoint, tmp / "checkpoint.pt")
             os.replace(tmp, self.path(version))
             index["versions"][version] = {
                 "added": datetime.now(timezone.utc).isoformat(timespec="seconds"), "parent": parent, "note": note,

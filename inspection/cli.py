@@ -182,7 +182,8 @@ def cmd_models(args) -> int:
 
     reg = Registry(args.registry)
     if args.action == "add":
-        print(json.dumps({"added": reg.add(args.target, parent=args.parent or reg.current(), note=args.note or "")}))
+        print(json.dumps({"added": reg.add(args.target, parent=args.parent or reg.current(), note=args.note or "",
+                                           checkpoint=args.checkpoint)}))
     elif args.action == "promote":
         reg.promote(args.target, args.note or "")
         print(json.dumps({"current": reg.current()}))
@@ -205,6 +206,19 @@ def cmd_gate(args) -> int:
     print("\n".join(d["reasons"]), file=sys.stderr)
     print(json.dumps({"promote": d["promote"], "report": str(Path(args.out) / "report.md")}))
     return 0 if d["promote"] else 1
+
+
+def cmd_retrain(args) -> int:
+    from training.retrain import RetrainError, retrain
+
+    try:
+        result = retrain(args.registry, args.log, args.golden, args.out, args.data, args.min_reviews,
+                         list(args.set or []), progress=not args.quiet)
+    except RetrainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -300,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--registry", default="models", help="registry folder (default: models)")
     p.add_argument("--parent", help="add: the version this one was trained from (default: the current one)")
     p.add_argument("--note", help="a reason, kept in the history")
+    p.add_argument("--checkpoint", help="add: the package's best.pt, kept for later fine-tuning (retrain)")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("gate", help="compare a candidate package with production on a golden set (exit 1: reject)")
@@ -308,6 +323,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--golden", required=True, help="golden dataset folder (good/, defect/<type>/, masks/)")
     p.add_argument("--out", default="runs/gate", help="where decision.json, report.md and roc.png go")
     p.set_defaults(func=cmd_gate)
+
+    p = sub.add_parser("retrain", help="fine-tune production on reviewed parts, gate, promote (cron/systemd)")
+    p.add_argument("--registry", default="models")
+    p.add_argument("--log", default="runs/line/failures", help="the failure log holding the reviews")
+    p.add_argument("--golden", required=True, help="golden dataset folder, never trained on")
+    p.add_argument("--data", help="earlier training data replayed with the reviews (dataset folder)")
+    p.add_argument("--out", default="runs/retrain")
+    p.add_argument("--min-reviews", type=int, default=20, help="fewer new reviews: nothing to do")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="training overrides, e.g. --set train.epochs=3 --set train.freeze_features=true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_retrain)
 
     p = sub.add_parser("demo", help="generate data, train ours and both baselines, write the report")
     _add_config_args(p)

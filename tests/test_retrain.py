@@ -1,0 +1,109 @@
+"""Retrain from reviews: line run → scripted reviewer → retrain → gate → registry; and the safety rails."""
+import fcntl
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from deploy.line import LineRunner
+from deploy.registry import Registry
+from deploy.station import load_station
+from deploy.store import SQLiteStore
+from inspection.imageio import read_mask
+from inspection_datasets.synthetic import generate
+from training.retrain import RetrainError, retrain
+
+
+@pytest.fixture(scope="module")
+def plant(exported, tmp_path_factory):
+    """A registry with production v1, a failure log from a line run over the data, and a separate golden set."""
+    root = tmp_path_factory.mktemp("plant")
+    src = root / "v1"
+    shutil.copytree(exported["package"], src)
+    meta = json.loads((src / "metadata.json").read_text())
+    meta["model_version"] = "v1"
+    (src / "metadata.json").write_text(json.dumps(meta))
+    reg = Registry(root / "models")
+    reg.add(src, checkpoint=exported["best"])
+    reg.promote("v1")
+    cfg = load_station(None, [f"package={root / 'models' / 'current'}", f"source.path={exported['manifest'].root}",
+                              "source.kind=simulated", f"log.folder={root / 'log'}", "jsonl=", "reload_s=0",
+                              "log.fsync=false"])
+    LineRunner(cfg).run()
+    golden = root / "golden"
+    generate(golden, n_good=12, n_per_type=4, size=96, seed=11, defect_types=("scratch", "hole", "stain"),
+             progress=False)
+    return {"root": root, "registry": reg, "log": root / "log", "golden": golden, "data": exported["manifest"].root}
+
+
+def scripted_review(log: Path, data: str) -> int:
+    """Judge every logged part from the truth: defect + type + corrected map from the mask, or false alarm."""
+    store = SQLiteStore(log / "failures.db", log, fsync=False)
+    n = 0
+    for r in store.records(limit=10**6, review_status="unreviewed"):
+        if "map" not in r.files:
+            continue
+        source = next(Path(data).rglob(f"{r.part_id}.*"))
+        h, w = cv2.imread(str(store.folder / r.files["map"]), cv2.IMREAD_UNCHANGED).shape
+        if source.parent.name == "good":
+            store.add_review(r.id, "script", "false_alarm", corrected=np.zeros((h, w), np.float32))
+        else:
+            kind = source.parent.name
+            mask = read_mask(Path(data) / "masks" / kind / f"{source.stem}.png").astype(np.float32)
+            store.add_review(r.id, "script", "defect", kind,
+                             corrected=cv2.resize(mask, (w, h), interpolation=cv2.INTER_AREA))
+        n += 1
+    return n
+
+
+def test_retrain_from_reviews_gates_and_updates_the_registry_consistently(plant, tmp_path):
+    reviewed = scripted_review(plant["log"], plant["data"])
+    assert reviewed > 5
+    out = tmp_path / "retrain"
+    result = retrain(plant["registry"].root, plant["log"], plant["golden"], out, plant["data"], min_reviews=3,
+                     overrides=["train.epochs=1", "train.gamma_map=1.0"], progress=False)
+    assert result["status"] in ("promoted", "rejected") and result["new_reviews"] == reviewed
+    run = Path(result["report"]).parent.parent
+    manifest = json.loads((run / "model" / "manifest.json").read_text())
+    with_maps = [it for it in manifest["items"] if it["corrected"]]
+    assert len(with_maps) == result["reviewed"]["corrected"] > 0  # the corrected maps are training targets
+    reg = plant["registry"]
+    if result["status"] == "promoted":
+        assert reg.current() == result["version"] and (reg.path(result["version"]) / "checkpoint.pt").exists()
+        assert reg.list()[-1]["parent"] == "v1"
+    else:
+        assert reg.current() == "v1" and any("WORSE" in r for r in result["reasons"])
+    assert (run / "gate" / "roc.png").exists()
+    again = retrain(reg.root, plant["log"], plant["golden"], out, plant["data"], min_reviews=3, progress=False)
+    assert again["status"] == "nothing to do" and again["new_reviews"] == 0
+
+
+def test_one_retrain_at_a_time_and_an_interrupted_one_changes_nothing(plant, tmp_path, monkeypatch):
+    scripted_review(plant["log"], plant["data"])  # (no-op when an earlier test reviewed them)
+    out = tmp_path / "retrain"
+    out.mkdir()
+    with open(out / ".retrain.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(RetrainError, match="another retrain is running"):
+            retrain(plant["registry"].root, plant["log"], plant["golden"], out, plant["data"], min_reviews=1)
+    before = plant["registry"].current()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    import training.retrain as module
+    monkeypatch.setattr(module, "gate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        retrain(plant["registry"].root, plant["log"], plant["golden"], out, plant["data"], min_reviews=1,
+                overrides=["train.epochs=1"], progress=False)
+    assert plant["registry"].current() == before and not (out / "state.json").exists()
+
+
+def test_retrain_refuses_what_it_cannot_do(plant, tmp_path):
+    empty = Registry(tmp_path / "empty")
+    with pytest.raises(RetrainError, match="no production model"):
+        retrain(empty.root, plant["log"], plant["golden"], tmp_path / "r1")
+    with pytest.raises(RetrainError, match="no failure log"):
+        retrain(plant["registry"].root, tmp_path / "nolog", plant["golden"], tmp_path / "r2")

@@ -1,0 +1,127 @@
+"""Retrain from reviewed parts: export the reviews, merge them with the earlier data, fine-tune the production
+model (L_classify + L_att + W_normal·L_normal + γ·L_map), export, gate on the golden set, promote or not.
+
+    >>> retrain(registry="models", log="runs/line/failures", base_data="data/synthetic", golden="data/golden",
+    ...         out="runs/retrain")
+    {'status': 'promoted', 'version': ..., 'new_reviews': 14, ...}
+
+Safety: one retrain at a time (a lock file in `out`); all work happens under `out/<run>/`, and the registry
+is touched only at the very end (add, then an atomic pointer switch), so an interrupted retrain leaves
+production as it was and can simply be run again. Fewer new reviews than `min_reviews`: nothing to do.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from deploy.export import export_package
+from deploy.registry import Registry
+from deploy.reviewed import export_reviewed
+from deploy.store import SQLiteStore
+from inspection.data import scan_dataset
+from inspection.model import load_checkpoint
+from training.gate import gate
+from training.train import train
+
+CHECKPOINT = "checkpoint.pt"  # kept beside each registered package: the weights later fine-tunes start from
+
+
+class RetrainError(RuntimeError):
+    """Retraining cannot go on; the message says why. Production is untouched."""
+
+
+def _merge(base: Path | None, reviewed: Path, out: Path) -> Path:
+    """A dataset folder of links: the earlier data (replay) plus the reviewed parts; reviewed names win."""
+    for src_root in [p for p in (base, reviewed) if p is not None]:
+        for src in src_root.rglob("*"):
+            if src.is_file() and not src.name.startswith("."):
+                dst = out / src.relative_to(src_root)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                if dst.is_symlink() or dst.exists():
+                    dst.unlink()
+                dst.symlink_to(src.resolve())
+    return out
+
+
+def retrain(registry: str | Path, log: str | Path, golden: str | Path, out: str | Path,
+            base_data: str | Path | None = None, min_reviews: int = 5, overrides: list[str] | None = None,
+            progress: bool = True) -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".retrain.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RetrainError(f"{out}: another retrain is running (lock held); nothing was changed") from None
+        return _retrain(Registry(registry), Path(log), Path(golden), out,
+                        Path(base_data) if base_data else None, min_reviews, overrides or [], progress)
+
+
+def _retrain(reg: Registry, log: Path, golden: Path, out: Path, base: Path | None, min_reviews: int,
+             overrides: list[str], progress: bool) -> dict:
+    say = (lambda m: print(f"retrain: {m}", file=sys.stderr)) if progress else (lambda m: None)
+    production = reg.current()
+    if production is None:
+        raise RetrainError(f"{reg.root}: no production model to fine-tune (promote one first)")
+    ckpt_path = reg.path(production) / CHECKPOINT
+    if not ckpt_path.exists():
+        raise RetrainError(f"{ckpt_path}: production version {production} has no checkpoint to fine-tune from "
+                           "(register packages with --checkpoint)")
+    state_path = out / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {"last_review_ts": 0.0}
+    if not (log / "failures.db").exists():
+        raise RetrainError(f"{log}: no failure log here")
+    store = SQLiteStore(log / "failures.db", log)
+    newest = store.db.execute("SELECT COALESCE(MAX(ts), 0), COUNT(*) FROM reviews WHERE ts > ?",
+                              (state["last_review_ts"],)).fetchone()
+    if newest[1] < min_reviews:
+        say(f"{newest[1]} new review(s) since the last run, fewer than {min_reviews}: nothing to do")
+        return {"status": "nothing to do", "new_reviews": int(newest[1]), "production": production}
+
+    run = out / time.strftime("%Y%m%d-%H%M%S")
+    reviewed = run / "reviewed"
+    counts = export_reviewed(store, reviewed)
+    say(f"{newest[1]} new reviews; reviewed dataset: {counts}")
+    model, cfg, ckpt = load_checkpoint(ckpt_path)
+    data = _merge(base, reviewed, run / "data")
+    for kind in (p.name for p in (data / "defect").iterdir()) if (data / "defect").is_dir() else ():
+        if kind not in ckpt["classes"]:
+            raise RetrainError(f"reviewed defect type {kind!r} is not a class of the production model "
+                               f"{ckpt['classes']}; a new class needs a full training run")
+    import yaml
+
+    from inspection.config import load_config
+
+    base_cfg = cfg.model_dump(mode="json")
+    base_cfg["model"]["pretrained"] = False  # the weights come from production
+    (run / "base_config.yaml").write_text(yaml.safe_dump(base_cfg))
+    cfg = load_config(run / "base_config.yaml", [f"data.root={data}", *overrides])
+    manifest = scan_dataset(data, cfg.data)
+    if manifest.classes != list(ckpt["classes"]):
+        raise RetrainError(f"the merged dataset's classes {manifest.classes} differ from the model's {ckpt['classes']} "
+                           "(label_mode or missing types)")
+    say(f"fine-tuning {production} on {len(manifest.items)} images (manifest {manifest.content_hash[:12]})")
+    best = train(cfg, manifest, run / "model", kind="abn", resume=True, progress=progress,
+                 init_state=ckpt["state_dict"])
+    candidate = export_package(best, run / "package", manifest, version=f"{run.name}-from-{production}"[:60],
+                               force=True, progress=progress)
+    decision = gate(candidate, reg.path(production), golden, run / "gate")
+    result = {"status": "rejected", "new_reviews": int(newest[1]), "production": production,
+              "candidate": json.loads((candidate / "metadata.json").read_text())["model_version"],
+              "manifest_hash": manifest.content_hash, "reasons": decision["reasons"],
+              "report": str(run / "gate" / "report.md"), "reviewed": counts}
+    if decision["promote"]:
+        version = reg.add(candidate, parent=production, note=f"retrain {run.name}", checkpoint=best)
+        reg.promote(version, f"passed the gate ({run / 'gate' / 'report.md'})")
+        result.update(status="promoted", version=version)
+    state["last_review_ts"] = float(newest[0])
+    tmp = state_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, state_path)
+    (run / "result.json").write_text(json.dumps(result, indent=1))
+    say(f"{result['status']}: {result['candidate']} (report {result['report']})")
+    return result
