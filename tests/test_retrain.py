@@ -4,15 +4,12 @@ import json
 import shutil
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 
 from deploy.line import LineRunner
 from deploy.registry import Registry
 from deploy.station import load_station
-from deploy.store import SQLiteStore
-from inspection.imageio import read_mask
+from inspection_datasets.scripted_reviewer import scripted_review
 from inspection_datasets.synthetic import generate
 from training.retrain import RetrainError, retrain
 
@@ -37,26 +34,6 @@ def plant(exported, tmp_path_factory):
     generate(golden, n_good=12, n_per_type=4, size=96, seed=11, defect_types=("scratch", "hole", "stain"),
              progress=False)
     return {"root": root, "registry": reg, "log": root / "log", "golden": golden, "data": exported["manifest"].root}
-
-
-def scripted_review(log: Path, data: str) -> int:
-    """Judge every logged part from the truth: defect + type + corrected map from the mask, or false alarm."""
-    store = SQLiteStore(log / "failures.db", log, fsync=False)
-    n = 0
-    for r in store.records(limit=10**6, review_status="unreviewed"):
-        if "map" not in r.files:
-            continue
-        source = next(Path(data).rglob(f"{r.part_id}.*"))
-        h, w = cv2.imread(str(store.folder / r.files["map"]), cv2.IMREAD_UNCHANGED).shape
-        if source.parent.name == "good":
-            store.add_review(r.id, "script", "false_alarm", corrected=np.zeros((h, w), np.float32))
-        else:
-            kind = source.parent.name
-            mask = read_mask(Path(data) / "masks" / kind / f"{source.stem}.png").astype(np.float32)
-            store.add_review(r.id, "script", "defect", kind,
-                             corrected=cv2.resize(mask, (w, h), interpolation=cv2.INTER_AREA))
-        n += 1
-    return n
 
 
 def test_retrain_from_reviews_gates_and_updates_the_registry_consistently(plant, tmp_path):
