@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--gammas", type=float, nargs="+", default=[1.0, 0.0])
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="fine-tuning overrides, e.g. --set train.lr=0.0005 --set train.freeze_features=true")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "review_rounds.json"))
     args = ap.parse_args()
     ckpt = Path(args.checkpoint)
@@ -60,7 +62,7 @@ def main() -> None:
     rounds = chunks(stream, args.rounds, work / "rounds")
     items = golden_items(golden)
     v0 = score_package(package, items)["metrics"]
-    results = {"golden_images": len(items), "v0": v0, "runs": {}}
+    results = {"golden_images": len(items), "v0": v0, "overrides": args.set, "epochs": args.epochs, "runs": {}}
     for gamma in args.gammas:
         key = f"gamma={gamma:g}"
         reg = Registry(work / key / "models")
@@ -77,13 +79,14 @@ def main() -> None:
             reviewed = scripted_review(log, str(stream))
             res = retrain(reg.root, log, golden, work / key / "retrain", args.data, min_reviews=1,
                           overrides=[f"train.epochs={args.epochs}", f"train.gamma_map={gamma}",
-                                     "train.warmup_epochs=0"], progress=False)
+                                     "train.warmup_epochs=0", *args.set], progress=False)
             prod = score_package(reg.path(reg.current()), items)["metrics"]
             row = {"round": r, "parts": line["frames_total"], "logged": line["log_records_total"],
                    "reviewed": reviewed, "decision": res["status"], "production": reg.current(),
                    "golden_auroc": round(prod["auroc"], 4), "golden_false_reject": round(prod["false_reject"], 4),
                    "golden_miss": round(prod["miss"], 4), "golden_box_f1": round(prod.get("box_f1@0.3", 0), 4),
-                   "seconds": round(time.time() - t, 1), "reasons": res.get("reasons")}
+                   "candidate": res.get("candidate_metrics"), "seconds": round(time.time() - t, 1),
+                   "reasons": res.get("reasons")}
             rows.append(row)
             print(key, {k: v for k, v in row.items() if k != "reasons"}, flush=True)
         results["runs"][key] = rows

@@ -47,6 +47,10 @@ def test_retrain_from_reviews_gates_and_updates_the_registry_consistently(plant,
     manifest = json.loads((run / "model" / "manifest.json").read_text())
     with_maps = [it for it in manifest["items"] if it["corrected"]]
     assert len(with_maps) == result["reviewed"]["corrected"] > 0  # the corrected maps are training targets
+    # the line ran over the training data itself: every reviewed part replaces its replayed copy, none twice
+    merged = result["merged"]
+    assert merged["replaced_by_review"] == merged["reviewed"] == reviewed and merged["repeated_reviews"] == 0
+    assert len(manifest["items"]) == len(exported_items(plant))
     reg = plant["registry"]
     if result["status"] == "promoted":
         assert reg.current() == result["version"] and (reg.path(result["version"]) / "checkpoint.pt").exists()
@@ -56,6 +60,10 @@ def test_retrain_from_reviews_gates_and_updates_the_registry_consistently(plant,
     assert (run / "gate" / "roc.png").exists()
     again = retrain(reg.root, plant["log"], plant["golden"], out, plant["data"], min_reviews=3, progress=False)
     assert again["status"] == "nothing to do" and again["new_reviews"] == 0
+
+
+def exported_items(plant) -> list:
+    return [p for sub in ("good", "defect") for p in (Path(plant["data"]) / sub).rglob("*.*")]
 
 
 def test_one_retrain_at_a_time_and_an_interrupted_one_changes_nothing(plant, tmp_path, monkeypatch):

@@ -34,17 +34,62 @@ class RetrainError(RuntimeError):
     """Retraining cannot go on; the message says why. Production is untouched."""
 
 
-def _merge(base: Path | None, reviewed: Path, out: Path) -> Path:
-    """A dataset folder of links: the earlier data (replay) plus the reviewed parts; reviewed names win."""
-    for src_root in [p for p in (base, reviewed) if p is not None]:
-        for src in src_root.rglob("*"):
-            if src.is_file() and not src.name.startswith("."):
-                dst = out / src.relative_to(src_root)
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                if dst.is_symlink() or dst.exists():
-                    dst.unlink()
-                dst.symlink_to(src.resolve())
-    return out
+def _merge(base: Path | None, reviewed: Path, out: Path) -> dict:
+    """A dataset folder of links: the earlier data (replay) plus the reviewed parts.
+
+    Duplicates by pixel content (SHA-256 of the decoded pixels: the runner re-encodes frames, so file bytes
+    differ): a reviewed part that is also in the earlier data replaces it there (the review is the newer label
+    and may carry a corrected map); the same part reviewed twice is kept once.
+    """
+    def images(root: Path):
+        return sorted(p for sub in ("good", "defect") for p in (root / sub).rglob("*") if p.is_file()
+                      and not p.name.startswith(".")) if root.is_dir() else []
+
+    def link(src: Path, root: Path) -> None:
+        dst = out / src.relative_to(root)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.is_symlink() or dst.exists():
+            dst.unlink()
+        dst.symlink_to(src.resolve())
+
+    seen: dict[str, Path] = {}
+    counts = {"replayed": 0, "reviewed": 0, "replaced_by_review": 0, "repeated_reviews": 0}
+    for src in reversed(images(reviewed)):  # newest record first (names end in the record ID)
+        h = _pixels_hash(src)
+        if h in seen:
+            counts["repeated_reviews"] += 1
+            continue
+        seen[h] = src
+        link(src, reviewed)
+        counts["reviewed"] += 1
+        corrected = (reviewed / "corrected" / src.relative_to(reviewed)).with_suffix(".png")
+        if corrected.exists():
+            link(corrected, reviewed)
+    if base is not None:
+        for src in images(base):
+            if _pixels_hash(src) in seen:
+                counts["replaced_by_review"] += 1
+                continue
+            link(src, base)
+            counts["replayed"] += 1
+            for extra in ("masks", "corrected"):
+                rel = src.relative_to(base)
+                folder = base / extra / (Path(*rel.parts[1:]) if extra == "masks" else rel).parent
+                for m in folder.glob(f"{src.stem}.*") if folder.is_dir() else ():
+                    link(m, base)
+    return counts
+
+
+def _pixels_hash(path: Path) -> str:
+    import hashlib
+
+    import cv2
+    import numpy as np
+
+    img = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        return "unreadable:" + str(path)
+    return hashlib.sha256(repr(img.shape).encode() + img.tobytes()).hexdigest()
 
 
 def retrain(registry: str | Path, log: str | Path, golden: str | Path, out: str | Path,
@@ -87,7 +132,9 @@ def _retrain(reg: Registry, log: Path, golden: Path, out: Path, base: Path | Non
     counts = export_reviewed(store, reviewed)
     say(f"{newest[1]} new reviews; reviewed dataset: {counts}")
     model, cfg, ckpt = load_checkpoint(ckpt_path)
-    data = _merge(base, reviewed, run / "data")
+    data = run / "data"
+    merged = _merge(base, reviewed, data)
+    say(f"merged dataset: {merged}")
     for kind in (p.name for p in (data / "defect").iterdir()) if (data / "defect").is_dir() else ():
         if kind not in ckpt["classes"]:
             raise RetrainError(f"reviewed defect type {kind!r} is not a class of the production model "
@@ -113,7 +160,9 @@ def _retrain(reg: Registry, log: Path, golden: Path, out: Path, base: Path | Non
     result = {"status": "rejected", "new_reviews": int(newest[1]), "production": production,
               "candidate": json.loads((candidate / "metadata.json").read_text())["model_version"],
               "manifest_hash": manifest.content_hash, "reasons": decision["reasons"],
-              "report": str(run / "gate" / "report.md"), "reviewed": counts}
+              "report": str(run / "gate" / "report.md"), "reviewed": counts, "merged": merged,
+              "candidate_metrics": {k: decision["candidate"]["metrics"].get(k)
+                                    for k in ("auroc", "false_reject", "miss", "box_f1@0.3")}}
     if decision["promote"]:
         version = reg.add(candidate, parent=production, note=f"retrain {run.name}", checkpoint=best)
         reg.promote(version, f"passed the gate ({run / 'gate' / 'report.md'})")
