@@ -15,7 +15,7 @@ def test_an_equal_candidate_is_promoted_with_a_report(exported, tmp_path):
     d = gate(exported["package"], exported["package"], root, tmp_path / "gate")
     assert d["promote"] and all(r.endswith("ok") for r in d["reasons"])
     assert d["candidate"]["metrics"]["box_f1@0.3"] >= 0 and d["images"] == len(exported["manifest"].items)
-    for name in ("decision.json", "report.md", "roc.png"):
+    for name in ("decision.json", "report.md", "roc.png", "examples.png"):
         assert (tmp_path / "gate" / name).stat().st_size > 0
     assert json.loads((tmp_path / "gate" / "decision.json").read_text())["promote"] is True
     first = gate(exported["package"], None, root, tmp_path / "first")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from deploy.line import resolve_package
-from deploy.runtime import Runtime, read_frame
+from deploy.runtime import Runtime, frame_to_rgb, read_frame
 from inspection.boxes import mask_to_boxes
 from inspection.imageio import IMAGE_SUFFIXES, read_mask
 from inspection.metrics import box_metrics, image_metrics
@@ -67,7 +67,8 @@ def score_package(package: str | Path, items: list[dict], batch: int = 16) -> di
         metrics["box_f1@0.3"] = box_metrics(pred, true, 0.3)["f1"]
     metrics["per_type_detection"] = {t: float(flagged[[it["type"] == t for it in items]].mean())
                                      for t in sorted({it["type"] for it in items} - {"good"})}
-    return {"version": rt.version, "metrics": metrics, "scores": scores.tolist(), "is_defect": y.tolist()}
+    return {"version": rt.version, "metrics": metrics, "scores": scores.tolist(), "is_defect": y.tolist(),
+            "results": results, "roi": rt.roi}
 
 
 def compare(candidate: dict, production: dict, rules=RULES) -> tuple[bool, list[str]]:
@@ -102,11 +103,43 @@ def gate(candidate: str | Path, production: str | Path | None, golden: str | Pat
                 "candidate": {"package": str(candidate), "version": cand["version"], "metrics": cand["metrics"]},
                 "production": None if prod is None else {"package": str(production), "version": prod["version"],
                                                          "metrics": prod["metrics"]}}
-    (out / "decision.json").write_text(json.dumps(decision, indent=1))
+    if prod is not None:
+        decision["examples"] = _examples(items, cand, prod, out / "examples.png")
     _plot_roc([("candidate " + cand["version"], cand)] + ([("production " + prod["version"], prod)] if prod else []),
               out / "roc.png")
     _report(decision, out / "report.md")
+    (out / "decision.json").write_text(json.dumps(decision, indent=1))
     return decision
+
+
+def _examples(items: list[dict], cand: dict, prod: dict, path: Path, n: int = 8) -> int:
+    """Overlays of production (left) and candidate (right) on golden images, where they disagree most."""
+    import cv2
+
+    from inspection.boxes import upsample_attention
+    from inspection.overlay import overlay
+
+    diff = [abs(c.score - p.score) + (c.verdict != p.verdict) for c, p in zip(cand["results"], prod["results"])]
+    picked = sorted(range(len(items)), key=lambda k: -diff[k])[:n]
+    rows = []
+    for k in picked:
+        rgb = frame_to_rgb(read_frame(items[k]["path"]), "BGR")
+        pair = []
+        for run in (prod, cand):
+            r = run["results"][k]
+            full = upsample_attention(r.attention, rgb.shape[:2], run["roi"])
+            img = overlay(rgb, full, r.boxes, label=f"{r.verdict} {r.score:.2f}")
+            pair.append(cv2.resize(img, (192, round(192 * img.shape[0] / img.shape[1]))))
+        h = max(im.shape[0] for im in pair)
+        pair = [np.pad(im, ((0, h - im.shape[0]), (0, 0), (0, 0)), constant_values=255) for im in pair]
+        row = np.hstack([pair[0], np.full((h, 6, 3), 255, np.uint8), pair[1]])
+        cv2.putText(row, items[k]["type"], (4, h - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
+        rows.append(row)
+    if rows:
+        w = max(r.shape[1] for r in rows)
+        sheet = np.vstack([np.pad(r, ((0, 4), (0, w - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
+        cv2.imwrite(str(path), sheet[..., ::-1])
+    return len(rows)
 
 
 def _plot_roc(runs: list, path: Path) -> None:
@@ -144,4 +177,7 @@ def _report(d: dict, path: Path) -> None:
         pv = (p or {}).get("metrics", {}).get("per_type_detection", {}).get(t)
         lines.append(f"| {t} | {v:.3f} | {'' if pv is None else f'{pv:.3f}'} |")
     lines += ["", "![ROC of both models on the golden set](roc.png)"]
+    if d.get("examples"):
+        lines += ["", "Where the two disagree most (left: production, right: candidate):", "",
+                  "![production vs candidate overlays](examples.png)"]
     path.write_text("\n".join(lines) + "\n")
