@@ -304,33 +304,26 @@ class LineRunner:
 
     # -- judging ---------------------------------------------------------------------------------------------------
     def _judge(self, batch: list[Frame]) -> list[tuple[Frame, Inspection | None, str | None]]:
-        rt, roi = self.runtime, self.cfg.source.roi
-        color = self.cfg.source.color
-        prepared, slots, results = [], [], [None] * len(batch)
+        roi = self.cfg.source.roi
+        results: list = [None] * len(batch)
+        images, slots = [], []
         for i, f in enumerate(batch):
             if f.error or f.image is None:
                 results[i] = (f, None, f.error or "no image")
+            elif roi is not None and (roi[0] + roi[2] > f.image.shape[1] or roi[1] + roi[3] > f.image.shape[0]):
+                results[i] = (f, None, f"frame {f.image.shape[1]}x{f.image.shape[0]} is smaller than the station ROI")
+            else:
+                x, y, w, h = roi or (0, 0, f.image.shape[1], f.image.shape[0])
+                images.append(f.image[y:y + h, x:x + w])
+                slots.append(i)
+        for i, r in zip(slots, self.runtime.inspect_each(images, self.cfg.source.color) if images else []):
+            if isinstance(r, FrameError):
+                results[i] = (batch[i], None, str(r))
                 continue
-            try:
-                image = f.image
-                if roi is not None:
-                    x, y, w, h = roi
-                    if x + w > image.shape[1] or y + h > image.shape[0]:
-                        raise FrameError(f"frame {image.shape[1]}x{image.shape[0]} is smaller than the station ROI")
-                    image = image[y:y + h, x:x + w]
-                prepared.append(rt.prepare(image, color))
-                slots.append((i, image.shape[:2]))
-            except FrameError as exc:
-                results[i] = (f, None, str(exc))
-        if prepared:
-            from inspection.preprocess import to_input
-            probs, scores, maps = rt.run_batch(to_input(prepared, rt.mean, rt.std))
-            for k, (i, hw) in enumerate(slots):
-                r = rt.judge(probs[k], scores[k], maps[k], hw)
-                if roi is not None:
-                    r.boxes = [Box(b.x0 + roi[0], b.y0 + roi[1], b.x1 + roi[0], b.y1 + roi[1], b.score, b.area)
-                               for b in r.boxes]
-                results[i] = (batch[i], r, None)
+            if roi is not None:
+                r.boxes = [Box(b.x0 + roi[0], b.y0 + roi[1], b.x1 + roi[0], b.y1 + roi[1], b.score, b.area)
+                           for b in r.boxes]
+            results[i] = (batch[i], r, None)
         return results
 
     def _emit(self, frame: Frame, result: Inspection | None, error: str | None, done: float) -> str:

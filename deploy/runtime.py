@@ -279,10 +279,28 @@ class Runtime:
                           boxes if verdict != "pass" else [], attention, self.version)
 
     def inspect(self, frames: list[np.ndarray], color: str = "RGB") -> list[Inspection]:
-        """Judge a batch of camera frames (any sizes)."""
-        prepared = [self.prepare(f, color) for f in frames]
-        probs, scores, maps = self.run_batch(to_input(prepared, self.mean, self.std))
-        return [self.judge(probs[i], scores[i], maps[i], frames[i].shape[:2]) for i in range(len(frames))]
+        """Judge a batch of camera frames (any sizes); the first unusable frame raises its FrameError."""
+        results = self.inspect_each(frames, color)
+        for r in results:
+            if isinstance(r, FrameError):
+                raise r
+        return results
+
+    def inspect_each(self, frames: list[np.ndarray], color: str = "RGB") -> list[Inspection | FrameError]:
+        """Judge a batch of frames; an unusable frame gets its FrameError in its place, the others are judged."""
+        results: list = [None] * len(frames)
+        prepared, slots = [], []
+        for i, frame in enumerate(frames):
+            try:
+                prepared.append(self.prepare(frame, color))
+                slots.append(i)
+            except FrameError as exc:
+                results[i] = exc
+        if prepared:
+            probs, scores, maps = self.run_batch(to_input(prepared, self.mean, self.std))
+            for k, i in enumerate(slots):
+                results[i] = self.judge(probs[k], scores[k], maps[k], frames[i].shape[:2])
+        return results
 
     def rescore(self, frame: np.ndarray, attention: np.ndarray, color: str = "RGB") -> dict:
         """Perception-branch probabilities with an operator-corrected attention map (any resolution, [0, 1])."""

@@ -121,18 +121,18 @@ def cmd_predict(args) -> int:
     for i in range(0, len(paths), args.batch):
         lines, frames, slots = [], [], []
         for path in paths[i:i + args.batch]:
-            try:
-                frame = read_frame(path)
-                rt.prepare(frame, "BGR")
-            except FrameError as exc:
-                errors += 1
-                lines.append({"path": str(path), "error": str(exc)})
-                continue
-            frames.append(frame)
-            slots.append(len(lines))
             lines.append({"path": str(path)})
-        for slot, result in zip(slots, rt.inspect(frames, "BGR") if frames else []):
-            lines[slot].update(result.to_dict())
+            try:
+                frames.append(read_frame(path))
+                slots.append(len(lines) - 1)
+            except FrameError as exc:
+                lines[-1]["error"] = str(exc)
+        for slot, result in zip(slots, rt.inspect_each(frames, "BGR") if frames else []):
+            if isinstance(result, FrameError):
+                lines[slot]["error"] = str(result)
+            else:
+                lines[slot].update(result.to_dict())
+        errors += sum("error" in line for line in lines)
         for line in lines:
             print(json.dumps(line))
     if errors:
