@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+from deploy.atomic import write_atomic
 from deploy.package import PackageError, load_package
 
 POINTER = "current"
@@ -31,15 +32,6 @@ POINTER = "current"
 
 class RegistryError(RuntimeError):
     """A registry operation refused; the message says why and what is unchanged."""
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Registry:
@@ -77,7 +69,7 @@ class Registry:
             raise RegistryError(f"{path}: unreadable ({exc}); restore it from backup, nothing was changed") from None
 
     def _save(self, index: dict) -> None:
-        _write_atomic(self.root / "registry.json", json.dumps(index, indent=1))
+        write_atomic(self.root / "registry.json", json.dumps(index, indent=1))
 
     def current(self) -> str | None:
         """The promoted version, or None before the first promotion."""
@@ -123,7 +115,7 @@ class Registry:
             index = self._index()
             self._check(version, index)
             before = self.current()
-            _write_atomic(self.root / POINTER, f"versions/{version}\n")
+            write_atomic(self.root / POINTER, f"versions/{version}\n")
             index["history"].append({"ts": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                      "action": "promote", "from": before, "to": version, "reason": reason})
             self._save(index)
@@ -137,7 +129,7 @@ class Registry:
             if previous is None:
                 raise RegistryError(f"{self.root}: no earlier production version to roll back to (current: {now})")
             self._check(previous, index)
-            _write_atomic(self.root / POINTER, f"versions/{previous}\n")
+            write_atomic(self.root / POINTER, f"versions/{previous}\n")
             index["history"].append({"ts": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                      "action": "rollback", "from": now, "to": previous, "reason": reason})
             self._save(index)

@@ -12,10 +12,9 @@ by station, part and record ID, so exporting again adds only what is new. numpy-
 """
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
+from deploy.atomic import write_atomic
 from deploy.store import FailureStore, _safe
 
 
@@ -60,6 +59,4 @@ def _copy(src: Path, dst: Path) -> None:
     if dst.exists() and dst.stat().st_size == src.stat().st_size:
         return
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    write_atomic(dst, src.read_bytes(), fsync=False)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import re
 import sqlite3
 import threading
@@ -25,6 +24,8 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+from deploy.atomic import TMP_MARK, write_atomic
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS failures (
@@ -60,7 +61,6 @@ CREATE INDEX IF NOT EXISTS reviews_ts ON reviews (ts);
 # a reviewer's verdict → the failure's review status
 REVIEW_VERDICTS = {"defect": "confirmed", "false_alarm": "false_alarm", "unsure": "unsure"}
 SETTLED = ("confirmed", "false_alarm")  # reviewed for good: the quota may delete these, oldest first
-TMP_MARK = ".tmp-"
 DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -82,21 +82,6 @@ class FailureRecord:
     bytes: int = 0
     review_status: str = "unreviewed"
     id: int | None = None
-
-
-def write_atomic(path: Path, data: bytes, fsync: bool = True) -> None:
-    """Write to a hidden temporary file in the same folder, fsync, rename: readers see all or nothing."""
-    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class ReviewError(ValueError):

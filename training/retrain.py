@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
+from deploy.atomic import write_atomic
 from deploy.export import export_package
 from deploy.registry import Registry
 from deploy.reviewed import export_reviewed
@@ -172,9 +172,7 @@ def _retrain(reg: Registry, log: Path, golden: Path, out: Path, base: Path | Non
         reg.promote(version, f"passed the gate ({run / 'gate' / 'report.md'})")
         result.update(status="promoted", version=version)
     state["last_review_ts"] = float(newest[0])
-    tmp = state_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, state_path)
+    write_atomic(state_path, json.dumps(state))
     (run / "result.json").write_text(json.dumps(result, indent=1))
     say(f"{result['status']}: {result['candidate']} (report {result['report']})")
     return result
