@@ -9,7 +9,6 @@ The package is written to a temporary folder and renamed into place, so a failed
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -273,7 +272,7 @@ def _replace(tmp: Path, out: Path) -> None:
     """Move the finished package into place; an existing one (--force) is swapped out, then removed."""
     old = None
     if out.exists():
-        old = out.parent / f".{out.name}.old-{hashlib.sha1(str(time.time()).encode()).hexdigest()[:8]}"
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
         os.replace(out, old)
     os.replace(tmp, out)
     if old is not None:

@@ -113,6 +113,7 @@ class FailureStore(Protocol):
     def add_review(self, failure_id: int, reviewer: str, verdict: str, defect_type: str | None = None,
                    comment: str = "", corrected=None) -> int: ...
     def reviews(self, failure_id: int) -> list[Review]: ...
+    def reviews_since(self, ts: float) -> tuple[int, float]: ...
     def used_bytes(self) -> int: ...
     def recover(self, station: str | None = None) -> dict: ...
     def close(self) -> None: ...
@@ -294,6 +295,11 @@ class SQLiteStore:
         return [Review(**{**dict(r), "files": json.loads(r["files"])}) for r in rows]
 
     # -- reading -------------------------------------------------------------------------------------------------
+    def reviews_since(self, ts: float) -> tuple[int, float]:
+        """(number of reviews written after ts, time of the newest one or ts)."""
+        n, newest = self.db.execute("SELECT COUNT(*), MAX(ts) FROM reviews WHERE ts > ?", (ts,)).fetchone()
+        return int(n), float(newest if newest is not None else ts)
+
     def used_bytes(self) -> int:
         return int(self.db.execute("SELECT COALESCE(SUM(bytes), 0) FROM failures").fetchone()[0])
 

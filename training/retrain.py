@@ -125,16 +125,15 @@ def _retrain(reg: Registry, log: Path, golden: Path, out: Path, base: Path | Non
     if not (log / "failures.db").exists():
         raise RetrainError(f"{log}: no failure log here")
     store = SQLiteStore(log / "failures.db", log)
-    newest = store.db.execute("SELECT COALESCE(MAX(ts), 0), COUNT(*) FROM reviews WHERE ts > ?",
-                              (state["last_review_ts"],)).fetchone()
-    if newest[1] < min_reviews:
-        say(f"{newest[1]} new review(s) since the last run, fewer than {min_reviews}: nothing to do")
-        return {"status": "nothing to do", "new_reviews": int(newest[1]), "production": production}
+    n_new, newest = store.reviews_since(state["last_review_ts"])
+    if n_new < min_reviews:
+        say(f"{n_new} new review(s) since the last run, fewer than {min_reviews}: nothing to do")
+        return {"status": "nothing to do", "new_reviews": int(n_new), "production": production}
 
     run = out / time.strftime("%Y%m%d-%H%M%S")
     reviewed = run / "reviewed"
     counts = export_reviewed(store, reviewed)
-    say(f"{newest[1]} new reviews; reviewed dataset: {counts}")
+    say(f"{n_new} new reviews; reviewed dataset: {counts}")
     model, cfg, ckpt = load_checkpoint(ckpt_path)
     data = run / "data"
     merged = _merge(base, reviewed, data)
@@ -161,7 +160,7 @@ def _retrain(reg: Registry, log: Path, golden: Path, out: Path, base: Path | Non
     candidate = export_package(best, run / "package", manifest, version=f"{run.name}-from-{production}"[:60],
                                force=True, progress=progress)
     decision = gate(candidate, reg.path(production), golden, run / "gate")
-    result = {"status": "rejected", "new_reviews": int(newest[1]), "production": production,
+    result = {"status": "rejected", "new_reviews": int(n_new), "production": production,
               "candidate": json.loads((candidate / "metadata.json").read_text())["model_version"],
               "manifest_hash": manifest.content_hash, "reasons": decision["reasons"],
               "report": str(run / "gate" / "report.md"), "reviewed": counts, "merged": merged,
@@ -171,7 +170,7 @@ def _retrain(reg: Registry, log: Path, golden: Path, out: Path, base: Path | Non
         version = reg.add(candidate, parent=production, note=f"retrain {run.name}", checkpoint=best)
         reg.promote(version, f"passed the gate ({run / 'gate' / 'report.md'})")
         result.update(status="promoted", version=version)
-    state["last_review_ts"] = float(newest[0])
+    state["last_review_ts"] = newest
     write_atomic(state_path, json.dumps(state))
     (run / "result.json").write_text(json.dumps(result, indent=1))
     say(f"{result['status']}: {result['candidate']} (report {result['report']})")
