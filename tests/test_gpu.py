@@ -3,6 +3,7 @@
 Run on a GPU machine with onnxruntime-gpu (and tensorrt + cuda-python for the native path):
     pytest tests/test_gpu.py -v
 """
+import ctypes
 import shutil
 import subprocess
 
@@ -57,6 +58,10 @@ def test_ort_cuda_matches_cpu(exported, batch):
 def test_ort_tensorrt_matches_cpu_and_caches_engines(exported, batch, precision, atol, tmp_path):
     if "TensorrtExecutionProvider" not in _providers():
         pytest.skip("onnxruntime-gpu with the TensorRT provider is not installed")
+    try:  # onnxruntime-gpu lists its TensorRT provider even where TensorRT's own libraries are missing
+        ctypes.CDLL("libnvinfer.so.10")
+    except OSError:
+        pytest.skip("TensorRT's libraries (libnvinfer.so.10, pip install tensorrt-cu13-libs) are not installed")
     rt = Runtime(exported["package"], backend="ort-tensorrt", precision=precision, cache_root=tmp_path)
     assert rt.backend == "ort-tensorrt"
     _compare(rt, batch[0], batch[1], atol)
