@@ -5,12 +5,12 @@ PY := $(VENV)/bin/python
 
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: setup broker demo test bench
+.PHONY: setup broker browser demo test bench
 setup:
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[test,export]'
+	$(PY) -m pip install -q -e '.[test,export,review]'
 
 demo: setup
 	$(VENV)/bin/inspection demo
@@ -21,10 +21,17 @@ broker:
 	  $(SUDO) apt-get install -y -q mosquitto >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q mosquitto >/dev/null; }
 
-test: setup broker
+# The review-station browser tests drive Debian's chromium with Playwright (no browser download).
+browser:
+	command -v chromium >/dev/null || \
+	  $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null; }
+
+test: setup broker browser
 	$(PY) -m pytest tests
 
 bench: setup
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/inference.py
 	$(PY) benchmarks/line_throughput.py
+	$(PY) benchmarks/review_queue.py

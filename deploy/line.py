@@ -32,6 +32,7 @@ from inspection.overlay import overlay
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _END = object()
+TALLY_S = 5.0  # how often the verdict counts reach the store (a crash loses at most this much of them)
 
 
 class Metrics:
@@ -189,6 +190,9 @@ class LineRunner:
         self.source_state = "starting"
         self.last_frame = 0.0
         self.metrics.set("log_disk_full", 0)
+        self._tally: collections.Counter = collections.Counter()  # (day, verdict) → parts, flushed by the writer
+        self._tally_lock = threading.Lock()
+        self._tally_flushed = time.time()
 
     def _load(self, package) -> Runtime:
         rt = Runtime(resolve_package(package), self.cfg.backend, self.cfg.precision, self.cfg.threads,
@@ -342,6 +346,8 @@ class LineRunner:
         if self.mqtt is not None:
             self.mqtt.publish(text)
         self.metrics.inc("frames_total")
+        with self._tally_lock:
+            self._tally[time.strftime("%Y-%m-%d", time.localtime(frame.ts)), verdict] += 1
         self.metrics.inc(f"verdicts_total|verdict=\"{verdict}\"")
         if error:
             self.metrics.inc("frames_error_total")
@@ -362,7 +368,10 @@ class LineRunner:
         files = {}
         if frame.image is not None:
             ext = "." + self.cfg.log.image_format
-            ok, data = cv2.imencode(ext, frame.image)
+            image = frame.image
+            if self.cfg.source.color == "RGB" and image.ndim == 3 and image.shape[2] >= 3:  # files are BGR(A)
+                image = image[..., [2, 1, 0, *range(3, image.shape[2])]]
+            ok, data = cv2.imencode(ext, image)
             if ok:
                 files["image"] = (ext, data.tobytes())
         if result is not None and frame.image is not None:
@@ -419,12 +428,26 @@ class LineRunner:
                         waiting.popleft()
                         self.metrics.inc("log_write_errors_total")
             self.metrics.set("log_waiting_records", len(waiting))
+            if job is _END or time.time() - self._tally_flushed >= TALLY_S:
+                self._flush_tally()
             if job is _END:
                 if waiting:
                     self.metrics.inc("log_records_lost_total", len(waiting))
                     print(f"failure log: {len(waiting)} record(s) could not be written at shutdown (disk full)",
                           file=sys.stderr)
                 return
+
+    def _flush_tally(self) -> None:
+        """Write the verdict counts (the review station's fail-rate denominators); kept for later if that fails."""
+        self._tally_flushed = time.time()
+        with self._tally_lock:
+            counts, self._tally = self._tally, collections.Counter()
+        try:
+            self.store.tally(self.cfg.station, counts)
+        except Exception as exc:  # noqa: BLE001 - statistics must never stop the writer
+            with self._tally_lock:
+                self._tally.update(counts)
+            print(f"failure log: verdict counts not written yet: {exc}", file=sys.stderr)
 
     # -- main loop -------------------------------------------------------------------------------------------------
     def run(self) -> dict:

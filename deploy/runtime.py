@@ -303,13 +303,20 @@ class Runtime:
         return results
 
     def rescore(self, frame: np.ndarray, attention: np.ndarray, color: str = "RGB") -> dict:
-        """Perception-branch probabilities with an operator-corrected attention map (any resolution, [0, 1])."""
+        """Perception-branch probabilities with an operator-corrected attention map in [0, 1].
+
+        The map is at the model's resolution, at the frame's (cropped to the model's ROI here), or any size
+        covering the model's input region.
+        """
         att = np.asarray(attention, np.float32)
         if att.ndim != 2 or min(att.shape) < 1:
             raise FrameError(f"attention map must be 2-D (h, w), got shape {att.shape}")
         if not np.isfinite(att).all():
             raise FrameError("attention map holds NaN or infinite values")
         att = np.clip(att, 0, 1)
+        if self.roi is not None and att.shape == np.asarray(frame).shape[:2]:  # a frame-sized map: the model's part
+            x, y, w, h = self.roi
+            att = att[y:y + h, x:x + w]
         h, w = self.attention_size
         if att.shape != (h, w):
             interp = cv2.INTER_AREA if att.shape[0] > h else cv2.INTER_LINEAR

@@ -57,6 +57,13 @@ CREATE TABLE IF NOT EXISTS reviews (
 );
 CREATE INDEX IF NOT EXISTS reviews_failure ON reviews (failure_id, id);
 CREATE INDEX IF NOT EXISTS reviews_ts ON reviews (ts);
+CREATE TABLE IF NOT EXISTS tallies (
+    day TEXT NOT NULL,
+    station TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (day, station, verdict)
+);
 """
 # a reviewer's verdict → the failure's review status
 REVIEW_VERDICTS = {"defect": "confirmed", "false_alarm": "false_alarm", "unsure": "unsure"}
@@ -107,8 +114,12 @@ class FailureStore(Protocol):
 
     def add(self, record: FailureRecord, files: dict[str, tuple[str, bytes]]) -> int: ...
     def get(self, record_id: int) -> FailureRecord | None: ...
-    def records(self, limit: int = 100, offset: int = 0, **filters) -> list[FailureRecord]: ...
+    def records(self, limit: int = 100, offset: int = 0, before: tuple[float, int] | None = None,
+                **filters) -> list[FailureRecord]: ...
+    def neighbours(self, record: FailureRecord, **filters) -> tuple[int | None, int | None]: ...
     def count(self, **filters) -> int: ...
+    def tally(self, station: str, counts: dict[tuple[str, str], int]) -> None: ...
+    def daily(self, days: int = 30) -> list[dict]: ...
     def set_review_status(self, record_id: int, status: str) -> None: ...
     def add_review(self, failure_id: int, reviewer: str, verdict: str, defect_type: str | None = None,
                    comment: str = "", corrected=None) -> int: ...
@@ -307,12 +318,55 @@ class SQLiteStore:
         where, args = _where(filters)
         return int(self.db.execute(f"SELECT COUNT(*) FROM failures{where}", args).fetchone()[0])
 
-    def records(self, limit: int = 100, offset: int = 0, **filters) -> list[FailureRecord]:
-        """Newest first; filters: station, verdict, review_status (exact values)."""
-        where, args = _where(filters)
+    def records(self, limit: int = 100, offset: int = 0, before: tuple[float, int] | None = None,
+                **filters) -> list[FailureRecord]:
+        """Newest first. `before=(ts, id)` pages by key (fast at any depth); filters: see FILTERS."""
+        where, args = _where(filters, before=before)
         rows = self.db.execute(f"SELECT * FROM failures{where} ORDER BY ts DESC, id DESC LIMIT ? OFFSET ?",
                                [*args, limit, offset]).fetchall()
         return [_record(r) for r in rows]
+
+    def neighbours(self, record: FailureRecord, **filters) -> tuple[int | None, int | None]:
+        """IDs of the next newer and next older part under the same filters (None at either end)."""
+        where, args = _where(filters, before=(record.ts, record.id))
+        older = self.db.execute(f"SELECT id FROM failures{where} ORDER BY ts DESC, id DESC LIMIT 1", args).fetchone()
+        where, args = _where(filters, after=(record.ts, record.id))
+        newer = self.db.execute(f"SELECT id FROM failures{where} ORDER BY ts, id LIMIT 1", args).fetchone()
+        return (newer[0] if newer else None), (older[0] if older else None)
+
+    def tally(self, station: str, counts: dict[tuple[str, str], int]) -> None:
+        """Add the runner's verdict counts, {(day 'YYYY-MM-DD', verdict): n}: the denominators of the fail rates."""
+        with self._lock, self.db:
+            self.db.executemany("INSERT INTO tallies (day, station, verdict, n) VALUES (?, ?, ?, ?) "
+                                "ON CONFLICT (day, station, verdict) DO UPDATE SET n = n + excluded.n",
+                                [(day, station, verdict, n) for (day, verdict), n in counts.items() if n])
+
+    def daily(self, days: int = 30) -> list[dict]:
+        """Per station and day, newest first: parts inspected, failed, logged, confirmed, false alarms, rates."""
+        since = time.strftime("%Y-%m-%d", time.localtime(time.time() - days * 86400))
+        out: dict[tuple[str, str], dict] = {}
+
+        def row(day, station):
+            return out.setdefault((day, station), {"day": day, "station": station, "inspected": 0, "fail": 0,
+                                                   "review": 0, "error": 0, "logged": 0, "confirmed": 0,
+                                                   "false_alarm": 0, "unsure": 0, "unreviewed": 0})
+        for day, station, verdict, n in self.db.execute(
+                "SELECT day, station, verdict, n FROM tallies WHERE day >= ?", (since,)):
+            r = row(day, station)
+            r["inspected"] += n
+            if verdict in ("fail", "review", "error"):
+                r[verdict] += n
+        for day, station, status, n in self.db.execute(
+                "SELECT date(ts, 'unixepoch', 'localtime') AS day, station, review_status, COUNT(*) FROM failures "
+                "WHERE ts >= ? GROUP BY day, station, review_status", (time.mktime(time.strptime(since, "%Y-%m-%d")),)):
+            r = row(day, station)
+            r["logged"] += n
+            r[status] = r.get(status, 0) + n
+        for r in out.values():
+            reviewed = r["confirmed"] + r["false_alarm"]
+            r["fail_rate"] = r["fail"] / r["inspected"] if r["inspected"] else None
+            r["false_alarm_rate"] = r["false_alarm"] / reviewed if reviewed else None
+        return sorted(out.values(), key=lambda r: (r["day"], r["station"]), reverse=True)
 
     def get(self, record_id: int) -> FailureRecord | None:
         row = self.db.execute("SELECT * FROM failures WHERE id = ?", (record_id,)).fetchone()
@@ -325,17 +379,34 @@ class SQLiteStore:
         self.db.close()
 
 
-FILTERS = ("station", "verdict", "review_status", "part_id")
+# filter name → SQL condition; every value travels as a bound parameter, never as SQL text
+FILTERS = {"station": "station = ?", "verdict": "verdict = ?", "review_status": "review_status = ?",
+           "part_id": "part_id = ?", "defect_type": "defect_type = ?", "model_version": "model_version = ?",
+           "ts_from": "ts >= ?", "ts_to": "ts < ?", "score_min": "score >= ?", "score_max": "score <= ?"}
+NUMERIC = ("ts_from", "ts_to", "score_min", "score_max")
 
 
-def _where(filters: dict) -> tuple[str, list]:
+def _where(filters: dict, before: tuple[float, int] | None = None,
+           after: tuple[float, int] | None = None) -> tuple[str, list]:
     unknown = set(filters) - set(FILTERS)
     if unknown:
         raise ValueError(f"unknown filter(s) {sorted(unknown)}; expected {', '.join(FILTERS)}")
-    items = [(k, v) for k, v in filters.items() if v is not None]
-    if not items:
-        return "", []
-    return " WHERE " + " AND ".join(f"{k} = ?" for k, _ in items), [v for _, v in items]
+    conds, args = [], []
+    for k, v in filters.items():
+        if v is None or v == "":
+            continue
+        if k in NUMERIC:
+            try:
+                v = float(v)
+            except (TypeError, ValueError):
+                raise ValueError(f"filter {k} must be a number, got {v!r}") from None
+        conds.append(FILTERS[k])
+        args.append(v)
+    for key, op in ((before, "<"), (after, ">")):
+        if key is not None:
+            conds.append(f"(ts {op} ? OR (ts = ? AND id {op} ?))")
+            args += [float(key[0]), float(key[0]), int(key[1])]
+    return (" WHERE " + " AND ".join(conds) if conds else ""), args
 
 
 def _record(row: sqlite3.Row) -> FailureRecord:

@@ -5,6 +5,7 @@
     inspection eval --checkpoint runs/abn/best.pt --checkpoint runs/plain/best.pt --out runs/report
     inspection export --checkpoint runs/abn/best.pt --out runs/abn/package
     inspection predict --package runs/abn/package part1.png images/
+    inspection review --log runs/line/failures --package runs/abn/package
     inspection demo
 """
 from __future__ import annotations
@@ -177,6 +178,59 @@ def cmd_failures(args) -> int:
     return 0
 
 
+def cmd_review(args) -> int:
+    import uvicorn
+
+    from deploy.line import resolve_package
+    from deploy.review.app import ReviewConfig, create_app
+
+    cfg = ReviewConfig(Path(args.log), resolve_package(args.package) if args.package else None,
+                       secure_cookies=args.secure_cookies)
+    app = create_app(cfg)
+    if not app.state.review.accounts.users():
+        print(f"error: no review accounts yet; create a QA lead first:\n  inspection users add NAME --role lead "
+              f"--log {args.log}", file=sys.stderr)
+        return 2
+    print(f"review station on http://{args.host}:{args.port} (failure log {args.log}, "
+          f"re-scoring {'with ' + str(cfg.package) if cfg.package else 'off'})", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def cmd_users(args) -> int:
+    import getpass
+    import os
+
+    from deploy.review.auth import Accounts, AuthError
+
+    folder = Path(args.log)
+    if not folder.is_dir():
+        print(f"error: {folder}: no such failure-log folder", file=sys.stderr)
+        return 2
+    accounts = Accounts(folder / "review.db")
+    try:
+        if args.action == "list":
+            for u in accounts.users():
+                print(f"{u['name']}\t{u['role']}\t{'active' if u['active'] else 'disabled'}")
+            return 0
+        if not args.name:
+            print(f"error: users {args.action} needs a user name", file=sys.stderr)
+            return 2
+        if args.action in ("add", "passwd"):
+            password = os.environ.get("REVIEW_PASSWORD") or getpass.getpass(f"password for {args.name}: ")
+            if args.action == "add":
+                accounts.add_user(args.name, password, args.role, by="cli")
+            else:
+                accounts.set_password(args.name, password, by="cli")
+        else:
+            accounts.set_active(args.name, args.action == "enable", by="cli")
+    except AuthError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.action}: {args.name} done")
+    return 0
+
+
 def cmd_models(args) -> int:
     from deploy.registry import Registry
 
@@ -308,6 +362,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export-reviewed", metavar="DIR", help="write reviewed parts as a training dataset folder")
     p.set_defaults(func=cmd_failures)
 
+    p = sub.add_parser("review", help="serve the review station (browser) on a failure log (torch-free)")
+    p.add_argument("--log", default="runs/line/failures", help="the runner's log.folder")
+    p.add_argument("--package", help="model package or registry pointer for re-scoring (default: re-scoring off)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0: the whole network)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--secure-cookies", action="store_true", help="behind HTTPS: cookies only over TLS")
+    p.set_defaults(func=cmd_review)
+
+    p = sub.add_parser("users", help="review-station accounts: list, add, passwd, disable, enable")
+    p.add_argument("action", choices=["list", "add", "passwd", "disable", "enable"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("--role", default="operator", choices=["operator", "lead"])
+    p.add_argument("--log", default="runs/line/failures", help="the failure-log folder (accounts: review.db in it)")
+    p.set_defaults(func=cmd_users)
+
     p = sub.add_parser("models", help="model registry: list, add a package, promote, roll back")
     p.add_argument("action", choices=["list", "add", "promote", "rollback"])
     p.add_argument("target", nargs="?", help="add: a package folder; promote: a version")
@@ -359,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: models {args.action} needs a {'package folder' if args.action == 'add' else 'version'}",
               file=sys.stderr)
         return 2
-    if args.command not in ("predict", "run", "failures", "models"):  # these run on the line PC: no torch, no pydantic
+    if args.command not in ("predict", "run", "failures", "models", "review", "users"):  # these run on the line PC: no torch, no pydantic
         from deploy.export import ExportError
         from inspection.config import ConfigError
         from inspection.data import DatasetError

@@ -95,3 +95,32 @@ def test_line_runner_runs_without_torch(exported, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip().splitlines()[-1] == "ok"
     assert (tmp_path / "log" / "review_log.md").exists()
+
+
+REVIEW = RUNNER.replace('"pydantic", ', "").split("from inspection.cli import main")[0] + """
+from pathlib import Path
+from fastapi.testclient import TestClient
+from deploy.review.app import ReviewConfig, create_app
+
+package, log = sys.argv[1:3]
+app = create_app(ReviewConfig(Path(log), Path(package)))
+app.state.review.accounts.add_user("lead", "lead-password", "lead")
+client = TestClient(app)
+assert client.post("/login", data={"user": "lead", "password": "lead-password"}).status_code == 200
+assert client.get("/").status_code == client.get("/stats").status_code == 200
+assert client.get("/api/stats").json()["days"][0]["inspected"] == 12
+loaded = sorted({m.split(".")[0] for m in sys.modules} & set(BLOCKED))
+assert not loaded, loaded
+print("ok")
+"""
+
+
+def test_review_station_runs_without_torch(exported, tmp_path):
+    """The review server needs FastAPI (hence pydantic) but no torch, PIL, SciPy or training code."""
+    r = subprocess.run([sys.executable, "-c", RUNNER, str(exported["package"]), str(exported["manifest"].root),
+                        str(tmp_path / "log")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = subprocess.run([sys.executable, "-c", REVIEW, str(exported["package"]), str(tmp_path / "log")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == "ok"

@@ -1,0 +1,511 @@
+"""The review station: QA engineers judge flagged parts, correct attention maps and re-score them, in a browser.
+
+    inspection users add ana --role lead --log runs/demo/line/failures   # once: the first QA lead
+    inspection review --log runs/demo/line/failures --package runs/demo/ours/package
+
+Pages (server-rendered, plain HTML + one small script per page): the queue (filters, counts, key-based paging),
+a part (overlay with opacity, boxes, verdict buttons and keyboard shortcuts, brush correction, re-score),
+statistics (fail and false-alarm rates per station and day), and admin (users, defect types, audit, dataset
+export; QA leads only). Reviews go through the failure store's interface (append-only history); accounts,
+sessions and the audit trail live in `review.db` beside it. Torch-free: re-scoring runs the package's
+`rescore.onnx` through the runtime.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import io
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import cv2
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from deploy.review.auth import ROLES, Accounts, AuthError, User
+from deploy.reviewed import export_reviewed
+from deploy.runtime import FrameError, Runtime, read_frame
+from deploy.store import FILTERS, REVIEW_VERDICTS, FailureRecord, FailureStore, ReviewError, SQLiteStore
+from inspection.boxes import upsample_attention
+
+HERE = Path(__file__).parent
+COOKIE = "review_session"
+PAGE = 50
+FILES = ("image", "overlay", "map")          # kinds of a part's own files that the browser may fetch
+QUERY_KEYS = ("station", "verdict", "review_status", "defect_type", "model_version", "date_from", "date_to",
+              "score_min", "score_max")
+
+
+@dataclass
+class ReviewConfig:
+    log: Path                                # failure-log folder (failures.db + files)
+    package: Path | None = None              # model package for re-scoring (None: re-scoring is off)
+    accounts: Path | None = None             # default: <log>/review.db
+    secure_cookies: bool = False             # set behind HTTPS
+    defect_types: list[str] = field(default_factory=list)
+
+
+class ReviewApp:
+    """State shared by the routes: the store, the accounts, the re-scoring runtime."""
+
+    def __init__(self, cfg: ReviewConfig, store: FailureStore | None = None):
+        self.cfg = cfg
+        if not (cfg.log / "failures.db").exists() and store is None:
+            raise FileNotFoundError(f"{cfg.log}: no failures.db here; point --log at a line runner's log folder")
+        self.store = store or SQLiteStore(cfg.log / "failures.db", cfg.log)
+        self.accounts = Accounts(cfg.accounts or cfg.log / "review.db")
+        self.runtime = Runtime(cfg.package, backend="cpu", threads=2) if cfg.package else None
+
+    def defect_types(self) -> list[str]:
+        default = self.cfg.defect_types or ([c for c in self.runtime.classes if c != "good"] if self.runtime else [])
+        return self.accounts.setting("defect_types", default)
+
+
+def create_app(cfg: ReviewConfig, store: FailureStore | None = None) -> FastAPI:
+    state = ReviewApp(cfg, store)
+    app = FastAPI(title="Inspection review station", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.review = state
+    templates = Jinja2Templates(directory=HERE / "templates")
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    # -- sessions, CSRF, roles -----------------------------------------------------------------------------------
+    def user(request: Request) -> User:
+        u = state.accounts.session(request.cookies.get(COOKIE))
+        if u is None:
+            raise HTTPException(401, "log in first")
+        return u
+
+    async def csrf(request: Request, u: User = Depends(user)) -> User:
+        """Every state-changing request carries the session's CSRF token (header or form field)."""
+        token = request.headers.get("x-csrf-token") or (await _form(request)).get("csrf", "")
+        if not token or not hmac.compare_digest(str(token), u.csrf):
+            raise HTTPException(403, "missing or wrong CSRF token; reload the page")
+        return u
+
+    def lead(u: User = Depends(csrf)) -> User:
+        if not u.lead:
+            raise HTTPException(403, "QA leads only")
+        return u
+
+    def lead_view(u: User = Depends(user)) -> User:
+        if not u.lead:
+            raise HTTPException(403, "QA leads only")
+        return u
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        return response
+
+    @app.exception_handler(HTTPException)
+    async def refused(request: Request, exc: HTTPException):
+        wants_html = request.method == "GET" and "text/html" in request.headers.get("accept", "")
+        if exc.status_code == 401 and wants_html:
+            return RedirectResponse(f"/login?next={request.url.path}", 303)
+        if wants_html:
+            return HTMLResponse(f"<h1>{exc.status_code}</h1><p>{_esc(exc.detail)}</p><a href='/'>back</a>",
+                                exc.status_code)
+        return JSONResponse({"error": exc.detail}, exc.status_code)
+
+    def page(request: Request, name: str, u: User | None, **ctx) -> HTMLResponse:
+        return templates.TemplateResponse(request, name, {"user": u, **ctx})
+
+    # -- login -----------------------------------------------------------------------------------------------
+    @app.get("/login", response_class=HTMLResponse)
+    def login_form(request: Request, next: str = "/"):
+        return page(request, "login.html", None, next=_local(next), error=None)
+
+    @app.post("/login")
+    async def login(request: Request):
+        form = await _form(request)
+        nxt = _local(form.get("next", "/"))
+        try:
+            token, _ = state.accounts.login(str(form.get("user", "")), str(form.get("password", "")))
+        except AuthError as exc:
+            return page(request, "login.html", None, next=nxt, error=str(exc))
+        resp = RedirectResponse(nxt, 303)
+        resp.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=cfg.secure_cookies,
+                        max_age=12 * 3600)
+        return resp
+
+    @app.post("/logout")
+    def logout(request: Request, u: User = Depends(csrf)):
+        state.accounts.logout(request.cookies.get(COOKIE))
+        resp = RedirectResponse("/login", 303)
+        resp.delete_cookie(COOKIE)
+        return resp
+
+    # -- the queue -------------------------------------------------------------------------------------------
+    def queue(request: Request) -> dict:
+        q = {k: request.query_params.get(k, "") for k in QUERY_KEYS}
+        try:
+            filters = _filters(q)
+            before = _cursor(request.query_params.get("before"))
+            limit = min(max(int(request.query_params.get("limit", PAGE)), 1), 500)
+            rows = state.store.records(limit=limit + 1, before=before, **filters)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        more = len(rows) > limit
+        rows = rows[:limit]
+        status_counts = {s: state.store.count(**{**filters, "review_status": s})
+                         for s in ("unreviewed", "confirmed", "false_alarm", "unsure")}
+        return {"query": q, "filters": filters, "rows": rows, "total": state.store.count(**filters),
+                "status_counts": status_counts, "next": f"{rows[-1].ts!r}:{rows[-1].id}" if more else None}
+
+    @app.get("/", response_class=HTMLResponse)
+    def queue_page(request: Request, u: User = Depends(user)):
+        started = time.perf_counter()
+        qs = queue(request)
+        return page(request, "queue.html", u, **qs, qs=_qs(qs["query"]), stations=_stations(state.store),
+                    verdicts=("fail", "review", "error"), statuses=("unreviewed", "confirmed", "false_alarm", "unsure"),
+                    defect_types=state.defect_types(), ms=1000 * (time.perf_counter() - started))
+
+    @app.get("/api/parts")
+    def queue_api(request: Request, u: User = Depends(user)):
+        qs = queue(request)
+        return {"total": qs["total"], "status_counts": qs["status_counts"], "next": qs["next"],
+                "parts": [_part_json(r) for r in qs["rows"]]}
+
+    # -- one part --------------------------------------------------------------------------------------------
+    def record(part_id: int) -> FailureRecord:
+        r = state.store.get(part_id)
+        if r is None:
+            raise HTTPException(404, f"no logged part with id {part_id}")
+        return r
+
+    @app.get("/parts/{part_id}", response_class=HTMLResponse)
+    def part_page(request: Request, part_id: int, u: User = Depends(user)):
+        r = record(part_id)
+        q = {k: request.query_params.get(k, "") for k in QUERY_KEYS}
+        try:
+            newer, older = state.store.neighbours(r, **_filters(q))
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        image = _file(state.store, r, "image")
+        size = _image_size(image) if image else None
+        return page(request, "part.html", u, r=r, qs=_qs(q), newer=newer, older=older,
+                    history=state.store.reviews(r.id), image_ok=size is not None, size=size,
+                    image_missing=r.files.get("image", "(none logged)") if size is None else None,
+                    defect_types=state.defect_types(), can_rescore=state.runtime is not None,
+                    package_version=state.runtime.version if state.runtime else None)
+
+    @app.get("/parts/{part_id}/file/{kind}")
+    def part_file(part_id: int, kind: str, u: User = Depends(user)):
+        path = _file(state.store, record(part_id), kind) if kind in FILES else None
+        if path is None:
+            raise HTTPException(404, f"part {part_id} has no {kind[:20]!r} file")
+        return Response(path.read_bytes(), media_type=_media(path), headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/parts/{part_id}/attention.png")
+    def attention_png(part_id: int, corrected: int = 0, u: User = Depends(user)):
+        """The map to paint on, 8-bit at the frame's size: the latest correction, or the model's map upsampled."""
+        r = record(part_id)
+        att = _attention(state, r, corrected=bool(corrected))
+        if att is None:
+            raise HTTPException(404, f"part {part_id} has no attention map")
+        return Response(cv2.imencode(".png", (att * 255 + 0.5).astype(np.uint8))[1].tobytes(), media_type="image/png",
+                        headers={"Cache-Control": "no-store"})
+
+    @app.post("/api/parts/{part_id}/review")
+    async def review(request: Request, part_id: int, u: User = Depends(csrf)):
+        body = await _json(request)
+        r = record(part_id)
+        verdict = body.get("verdict")
+        if verdict not in REVIEW_VERDICTS:
+            raise HTTPException(400, f"verdict must be one of {', '.join(REVIEW_VERDICTS)}, got {verdict!r}")
+        defect_type = (body.get("defect_type") or None) if verdict == "defect" else None
+        corrected = _decode_map(body.get("corrected"), state.store, r)
+        try:
+            rid = state.store.add_review(r.id, u.name, verdict, defect_type, str(body.get("comment", ""))[:2000],
+                                         corrected=corrected)
+        except ReviewError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return {"review_id": rid, "history": [_review_json(v) for v in state.store.reviews(r.id)]}
+
+    @app.post("/api/parts/{part_id}/rescore")
+    async def rescore(request: Request, part_id: int, u: User = Depends(csrf)):
+        if state.runtime is None:
+            raise HTTPException(409, "re-scoring is off: start the review station with --package")
+        body = await _json(request)
+        r = record(part_id)
+        image = _file(state.store, r, "image")
+        if image is None:
+            raise HTTPException(409, f"part {part_id}: its image file is missing, so it cannot be re-scored")
+        corrected = _decode_map(body.get("corrected"), state.store, r)
+        if corrected is None:
+            raise HTTPException(400, "send the corrected map (field 'corrected', a PNG data URL)")
+        try:
+            frame = read_frame(image)
+            shapes = (frame.shape[:2], tuple(state.runtime.attention_size))
+            if corrected.shape not in shapes:
+                raise HTTPException(400, f"corrected map for part {r.part_id} has shape {corrected.shape}; expected "
+                                         + " or ".join(f"{h}x{w}" for h, w in shapes) + " (frame or model map)")
+            after = state.runtime.rescore(frame, corrected, color="BGR")
+            before = state.runtime.rescore(frame, _attention(state, r, corrected=False), color="BGR")
+        except FrameError as exc:
+            raise HTTPException(400, str(exc)) from None
+        state.accounts.audit(u.name, "rescore", {"part": part_id, "score": after["defect_score"]})
+        return {"before": before, "after": after, "logged_score": r.score, "model_version": state.runtime.version,
+                "part_model_version": r.model_version}
+
+    # -- statistics ------------------------------------------------------------------------------------------
+    @app.get("/stats", response_class=HTMLResponse)
+    def stats(request: Request, days: int = 30, u: User = Depends(user)):
+        rows = state.store.daily(min(max(days, 1), 366))
+        return page(request, "stats.html", u, rows=rows, days=days, chart=_chart(rows))
+
+    @app.get("/api/stats")
+    def stats_api(days: int = 30, u: User = Depends(user)):
+        return {"days": state.store.daily(min(max(days, 1), 366))}
+
+    # -- QA lead: users, settings, audit, export ------------------------------------------------------------
+    @app.get("/admin", response_class=HTMLResponse)
+    def admin(request: Request, u: User = Depends(lead_view), message: str = ""):
+        return page(request, "admin.html", u, users=state.accounts.users(), roles=ROLES, message=message,
+                    defect_types=", ".join(state.defect_types()), audit=state.accounts.audit_log(100))
+
+    @app.post("/admin/users")
+    async def admin_users(request: Request, u: User = Depends(lead)):
+        f = await _form(request)
+        try:
+            if f.get("action") == "add":
+                state.accounts.add_user(str(f.get("name", "")), str(f.get("password", "")), str(f.get("role", "")),
+                                        by=u.name)
+            elif f.get("action") == "password":
+                state.accounts.set_password(str(f.get("name", "")), str(f.get("password", "")), by=u.name)
+            elif f.get("action") in ("disable", "enable"):
+                if f.get("name") == u.name:
+                    raise AuthError("you cannot disable your own account")
+                state.accounts.set_active(str(f.get("name", "")), f.get("action") == "enable", by=u.name)
+            else:
+                raise AuthError(f"unknown action {f.get('action')!r}")
+        except AuthError as exc:
+            return RedirectResponse(f"/admin?message={_url(str(exc))}", 303)
+        return RedirectResponse("/admin?message=saved", 303)
+
+    @app.post("/admin/settings")
+    async def admin_settings(request: Request, u: User = Depends(lead)):
+        types = [t.strip() for t in str((await _form(request)).get("defect_types", "")).split(",") if t.strip()]
+        bad = [t for t in types if not all(c.isalnum() or c in "-_" for c in t)]
+        if bad or not types:
+            return RedirectResponse(f"/admin?message={_url(f'defect types: letters, digits, - and _ only; got {bad or types}')}", 303)
+        state.accounts.set_setting("defect_types", types, by=u.name)
+        return RedirectResponse("/admin?message=saved", 303)
+
+    @app.post("/admin/export")
+    def admin_export(u: User = Depends(lead)):
+        """The reviewed parts as a dataset folder in the trainer's layout, zipped (good/, defect/<type>/, corrected/)."""
+        buf = io.BytesIO()
+        with TemporaryDirectory() as tmp:
+            counts = export_reviewed(state.store, Path(tmp) / "reviewed")
+            with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+                for path in sorted((Path(tmp) / "reviewed").rglob("*")):
+                    if path.is_file():
+                        z.write(path, path.relative_to(tmp).as_posix())
+        state.accounts.audit(u.name, "export", counts)
+        name = f"reviewed-{time.strftime('%Y%m%d-%H%M%S')}.zip"
+        return Response(buf.getvalue(), media_type="application/zip",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    @app.get("/health")
+    def health():
+        return {"ok": True, "rescore": state.runtime is not None}
+
+    return app
+
+
+# -- helpers -------------------------------------------------------------------------------------------------------
+def _filters(q: dict) -> dict:
+    """Query parameters → store filters; dates are local days, the end day included."""
+    f = {k: q[k] or None for k in ("station", "verdict", "review_status", "defect_type", "model_version", "score_min",
+                                   "score_max")}
+    for key, name, plus in (("date_from", "ts_from", 0), ("date_to", "ts_to", 86400)):
+        if q.get(key):
+            try:
+                f[name] = time.mktime(time.strptime(q[key], "%Y-%m-%d")) + plus
+            except ValueError:
+                raise ValueError(f"{key} must be a date YYYY-MM-DD, got {q[key]!r}") from None
+    assert set(f) <= set(FILTERS)
+    return f
+
+
+def _cursor(text: str | None) -> tuple[float, int] | None:
+    if not text:
+        return None
+    try:
+        ts, rid = text.split(":")
+        return float(ts), int(rid)
+    except ValueError:
+        raise ValueError(f"before must be <ts>:<id> from the previous page, got {text!r}") from None
+
+
+def _qs(q: dict) -> str:
+    from urllib.parse import urlencode
+    return urlencode({k: v for k, v in q.items() if v})
+
+
+def _url(text: str) -> str:
+    from urllib.parse import quote
+    return quote(text)
+
+
+def _local(path: str) -> str:
+    """Only same-site paths after login (no open redirect)."""
+    return path if path.startswith("/") and not path.startswith("//") and "\\" not in path else "/"
+
+
+def _esc(text) -> str:
+    from html import escape
+    return escape(str(text))
+
+
+def _stations(store) -> list[str]:
+    db = getattr(store, "db", None)
+    return [s for (s,) in db.execute("SELECT DISTINCT station FROM failures ORDER BY station")] if db else []
+
+
+def _file(store: FailureStore, r: FailureRecord, kind: str) -> Path | None:
+    return _inside(store, r.files.get(kind))
+
+
+def _inside(store: FailureStore, rel: str | None) -> Path | None:
+    """The path of a stored file, only inside the store's folder and only if it exists."""
+    if not rel:
+        return None
+    root = store.folder.resolve()
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        return None
+    return path
+
+
+def _media(path: Path) -> str:
+    return {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".bmp": "image/bmp",
+            ".tif": "image/tiff", ".tiff": "image/tiff"}.get(path.suffix.lower(), "application/octet-stream")
+
+
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) of a stored frame, or None when it cannot be read."""
+    try:
+        frame = read_frame(path)
+    except FrameError:
+        return None
+    return frame.shape[1], frame.shape[0]
+
+
+def _attention(state: ReviewApp, r: FailureRecord, corrected: bool) -> np.ndarray | None:
+    """[0, 1] map at the frame's size (the model's size when the image is missing)."""
+    if corrected:
+        for review in reversed(state.store.reviews(r.id)):
+            path = _inside(state.store, review.files.get("corrected_full"))
+            if path is not None:
+                return cv2.imread(str(path), cv2.IMREAD_UNCHANGED).astype(np.float32) / 65535
+    path = _file(state.store, r, "map")
+    if path is None:
+        return None
+    att = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    att = att.astype(np.float32) / (65535 if att.dtype == np.uint16 else 255)
+    image = _file(state.store, r, "image")
+    size = _image_size(image) if image else None
+    if size is None:
+        return att
+    return upsample_attention(att, (size[1], size[0]), state.runtime.roi if state.runtime else None)
+
+
+def _decode_map(data, store: FailureStore, r: FailureRecord) -> np.ndarray | None:
+    """A corrected map from the browser: a PNG data URL (gray or RGBA, value in the red channel) → [0, 1]."""
+    if data in (None, ""):
+        return None
+    if not isinstance(data, str):
+        raise HTTPException(400, "corrected map must be a PNG data URL string")
+    try:
+        raw = base64.b64decode(data.split(",", 1)[1] if data.startswith("data:") else data, validate=True)
+    except (binascii.Error, IndexError):
+        raise HTTPException(400, "corrected map is not valid base64") from None
+    img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED) if raw else None
+    if img is None:
+        raise HTTPException(400, "corrected map is not a readable PNG")
+    if img.ndim == 3:
+        img = img[..., 2]  # OpenCV decodes to BGR(A): the red channel
+    scale = 65535 if img.dtype == np.uint16 else 255
+    att = img.astype(np.float32) / scale
+    image = _file(store, r, "image")
+    size = _image_size(image) if image else None
+    if size is not None and att.shape != (size[1], size[0]) and \
+            abs(att.shape[1] / att.shape[0] - size[0] / size[1]) < 0.02 * size[0] / size[1]:
+        att = cv2.resize(att, size, interpolation=cv2.INTER_LINEAR)  # painted on a scaled-down canvas
+    return att
+
+
+async def _form(request: Request) -> dict:
+    """The posted form (cached by Starlette, so a dependency and the route may both read it); {} for JSON."""
+    if not request.headers.get("content-type", "").startswith(("application/x-www-form-urlencoded",
+                                                                "multipart/form-data")):
+        return {}
+    return dict(await request.form())
+
+
+async def _json(request: Request) -> dict:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise HTTPException(400, "request body must be JSON") from None
+    if not isinstance(body, dict):
+        raise HTTPException(400, "request body must be a JSON object")
+    return body
+
+
+def _part_json(r: FailureRecord) -> dict:
+    return {"id": r.id, "part_id": r.part_id, "station": r.station, "ts": r.ts, "verdict": r.verdict,
+            "score": r.score, "defect_type": r.defect_type, "review_status": r.review_status,
+            "model_version": r.model_version, "boxes": r.boxes}
+
+
+def _review_json(v) -> dict:
+    return {"id": v.id, "reviewer": v.reviewer, "ts": v.ts, "verdict": v.verdict, "defect_type": v.defect_type,
+            "comment": v.comment, "corrected": "corrected_full" in v.files}
+
+
+def _chart(rows: list[dict], width: int = 760, height: int = 220) -> str:
+    """An inline SVG: fail rate and false-alarm rate per day (all stations together)."""
+    days: dict[str, list[int]] = {}
+    for r in rows:
+        d = days.setdefault(r["day"], [0, 0, 0, 0])
+        d[0] += r["inspected"]
+        d[1] += r["fail"]
+        d[2] += r["false_alarm"]
+        d[3] += r["false_alarm"] + r["confirmed"]
+    if not days:
+        return "<p>No parts inspected in this period.</p>"
+    order = sorted(days)
+    series = {"fail rate": ([days[d][1] / days[d][0] if days[d][0] else None for d in order], "#d62728"),
+              "false-alarm rate": ([days[d][2] / days[d][3] if days[d][3] else None for d in order], "#1f77b4")}
+    pad, n = 40, len(order)
+    x = (lambda i: pad + (width - 2 * pad) * (i / (n - 1) if n > 1 else 0.5))
+    y = (lambda v: height - pad - (height - 2 * pad) * v)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+             f'aria-label="fail and false-alarm rate per day">',
+             f'<line x1="{pad}" y1="{y(0)}" x2="{width - pad}" y2="{y(0)}" stroke="#999"/>',
+             f'<line x1="{pad}" y1="{y(1)}" x2="{width - pad}" y2="{y(1)}" stroke="#eee"/>',
+             f'<text x="4" y="{y(1) + 4}" font-size="11">100%</text><text x="12" y="{y(0) + 4}" font-size="11">0%</text>']
+    for i, d in enumerate(order):
+        if n <= 14 or i % max(1, n // 10) == 0:
+            parts.append(f'<text x="{x(i)}" y="{height - 12}" font-size="10" text-anchor="middle">{d[5:]}</text>')
+    for k, (name, (vals, color)) in enumerate(series.items()):
+        pts = [(x(i), y(v)) for i, v in enumerate(vals) if v is not None]
+        if pts:
+            parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="'
+                         + " ".join(f"{a:.1f},{b:.1f}" for a, b in pts) + '"/>')
+            parts += [f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3" fill="{color}"/>' for a, b in pts]
+        parts.append(f'<text x="{pad + 160 * k}" y="14" font-size="12" fill="{color}">■ {name}</text>')
+    return "".join(parts) + "</svg>"

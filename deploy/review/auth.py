@@ -1,0 +1,188 @@
+"""Review-station accounts, sessions and the audit trail, in their own SQLite file beside the failure log.
+
+    >>> users = Accounts("failures/review.db")
+    >>> users.add_user("ana", "a long passphrase", role="lead")
+    >>> token, csrf = users.login("ana", "a long passphrase")
+
+Passwords are stored as scrypt hashes (salted, stdlib); a session is a random token whose SHA-256 alone is
+stored, with its own CSRF token and an expiry. Roles: `operator` reviews; `lead` also manages users and
+settings and exports datasets. Five failed logins in a row lock an account for five minutes.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROLES = ("operator", "lead")
+SESSION_S = 12 * 3600          # a shift
+LOCK_AFTER, LOCK_S = 5, 300    # failed logins in a row → locked for LOCK_S
+MIN_PASSWORD = 8
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY, role TEXT NOT NULL, pw_hash TEXT NOT NULL, created REAL NOT NULL,
+    failed INTEGER NOT NULL DEFAULT 0, locked_until REAL NOT NULL DEFAULT 0, active INTEGER NOT NULL DEFAULT 1);
+CREATE TABLE IF NOT EXISTS sessions (
+    token_hash TEXT PRIMARY KEY, user TEXT NOT NULL REFERENCES users (name), csrf TEXT NOT NULL,
+    created REAL NOT NULL, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, user TEXT, action TEXT NOT NULL, detail TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class AuthError(ValueError):
+    """A refused login or account change; the message is safe to show."""
+
+
+@dataclass
+class User:
+    name: str
+    role: str
+    csrf: str = ""
+
+    @property
+    def lead(self) -> bool:
+        return self.role == "lead"
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    n, r, p = 2**14, 8, 1
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=32)
+    return f"scrypt${n}${r}${p}${salt.hex()}${digest.hex()}"
+
+
+def check_password(password: str, stored: str) -> bool:
+    try:
+        _, n, r, p, salt, digest = stored.split("$")
+        got = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p), dklen=32)
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got.hex(), digest)
+
+
+def _sha(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Accounts:
+    def __init__(self, db_path: str | Path):
+        self.db = sqlite3.connect(db_path, check_same_thread=False, timeout=30)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    # -- users ---------------------------------------------------------------------------------------------------
+    def add_user(self, name: str, password: str, role: str = "operator", by: str | None = None) -> None:
+        name = name.strip()
+        if not name or len(name) > 64 or not all(c.isalnum() or c in "._-@" for c in name):
+            raise AuthError(f"user name {name!r}: 1-64 letters, digits or . _ - @")
+        if role not in ROLES:
+            raise AuthError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        if len(password) < MIN_PASSWORD:
+            raise AuthError(f"password for {name}: at least {MIN_PASSWORD} characters")
+        with self._lock, self.db:
+            if self.db.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
+                raise AuthError(f"user {name} exists already")
+            self.db.execute("INSERT INTO users (name, role, pw_hash, created) VALUES (?, ?, ?, ?)",
+                            (name, role, hash_password(password), time.time()))
+            self._audit(by, "add user", {"user": name, "role": role})
+
+    def set_password(self, name: str, password: str, by: str | None = None) -> None:
+        if len(password) < MIN_PASSWORD:
+            raise AuthError(f"password for {name}: at least {MIN_PASSWORD} characters")
+        with self._lock, self.db:
+            if not self.db.execute("UPDATE users SET pw_hash = ?, failed = 0, locked_until = 0 WHERE name = ?",
+                                   (hash_password(password), name)).rowcount:
+                raise AuthError(f"no user {name}")
+            self.db.execute("DELETE FROM sessions WHERE user = ?", (name,))
+            self._audit(by, "set password", {"user": name})
+
+    def set_active(self, name: str, active: bool, by: str | None = None) -> None:
+        with self._lock, self.db:
+            if not self.db.execute("UPDATE users SET active = ? WHERE name = ?", (int(active), name)).rowcount:
+                raise AuthError(f"no user {name}")
+            if not active:
+                self.db.execute("DELETE FROM sessions WHERE user = ?", (name,))
+            self._audit(by, "enable user" if active else "disable user", {"user": name})
+
+    def users(self) -> list[dict]:
+        rows = self.db.execute("SELECT name, role, created, active, locked_until FROM users ORDER BY name")
+        return [dict(zip(("name", "role", "created", "active", "locked_until"), r)) for r in rows]
+
+    # -- sessions ------------------------------------------------------------------------------------------------
+    def login(self, name: str, password: str) -> tuple[str, str]:
+        """(session token, CSRF token); AuthError with one message for any wrong name or password."""
+        row = self.db.execute("SELECT pw_hash, failed, locked_until, active FROM users WHERE name = ?",
+                              (name,)).fetchone()
+        now = time.time()
+        if row is None:
+            check_password(password, hash_password("x" * MIN_PASSWORD))  # same time as a known user
+            raise AuthError("wrong user name or password")
+        pw_hash, failed, locked_until, active = row
+        if locked_until > now:
+            raise AuthError(f"account locked after {LOCK_AFTER} failed logins; try again in "
+                            f"{int(locked_until - now) // 60 + 1} min or ask a QA lead")
+        if not active or not check_password(password, pw_hash):
+            with self._lock, self.db:
+                failed += 1
+                self.db.execute("UPDATE users SET failed = ?, locked_until = ? WHERE name = ?",
+                                (failed, now + LOCK_S if failed >= LOCK_AFTER else 0, name))
+                self._audit(name, "login refused", {"failed": failed})
+            raise AuthError("wrong user name or password")
+        token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        with self._lock, self.db:
+            self.db.execute("UPDATE users SET failed = 0, locked_until = 0 WHERE name = ?", (name,))
+            self.db.execute("DELETE FROM sessions WHERE expires < ?", (now,))
+            self.db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?)", (_sha(token), name, csrf, now, now + SESSION_S))
+            self._audit(name, "login", {})
+        return token, csrf
+
+    def session(self, token: str | None) -> User | None:
+        if not token:
+            return None
+        row = self.db.execute("SELECT u.name, u.role, s.csrf FROM sessions s JOIN users u ON u.name = s.user "
+                              "WHERE s.token_hash = ? AND s.expires > ? AND u.active = 1",
+                              (_sha(token), time.time())).fetchone()
+        return None if row is None else User(*row)
+
+    def logout(self, token: str | None) -> None:
+        if token:
+            with self._lock, self.db:
+                user = self.db.execute("SELECT user FROM sessions WHERE token_hash = ?", (_sha(token),)).fetchone()
+                self.db.execute("DELETE FROM sessions WHERE token_hash = ?", (_sha(token),))
+                if user:
+                    self._audit(user[0], "logout", {})
+
+    # -- settings and audit --------------------------------------------------------------------------------------
+    def setting(self, key: str, default=None):
+        row = self.db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def set_setting(self, key: str, value, by: str) -> None:
+        with self._lock, self.db:
+            self.db.execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                            (key, json.dumps(value)))
+            self._audit(by, "setting", {key: value})
+
+    def audit(self, user: str | None, action: str, detail: dict) -> None:
+        with self._lock, self.db:
+            self._audit(user, action, detail)
+
+    def _audit(self, user, action, detail) -> None:
+        self.db.execute("INSERT INTO audit (ts, user, action, detail) VALUES (?, ?, ?, ?)",
+                        (time.time(), user, action, json.dumps(detail)))
+
+    def audit_log(self, limit: int = 200) -> list[dict]:
+        rows = self.db.execute("SELECT ts, user, action, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+        return [{"ts": ts, "user": u, "action": a, "detail": json.loads(d)} for ts, u, a, d in rows]
+
+    def close(self) -> None:
+        self.db.close()

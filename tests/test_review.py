@@ -1,0 +1,407 @@
+"""Review station: a real failure log written by the line runner, the app over HTTP, and headless Chromium."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import sqlite3
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+
+from deploy.line import LineRunner
+from deploy.review.app import ReviewConfig, create_app
+from deploy.station import load_station
+from deploy.store import SQLiteStore
+
+LEAD, OPERATOR = ("lea", "lead-password"), ("otto", "operator-pw")
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "runs" / "test-artifacts"))
+
+
+@pytest.fixture(scope="module")
+def line_log(exported, tmp_path_factory):
+    """The tiny test set through the real runner with a package that fails every part: every part is logged."""
+    tmp = tmp_path_factory.mktemp("review")
+    pkg = tmp / "pkg"
+    shutil.copytree(exported["package"], pkg)
+    meta = json.loads((pkg / "metadata.json").read_text())
+    meta["variants"]["fp32"]["threshold"] = 0.0
+    meta["decision"]["review_band"] = 0.0
+    (pkg / "metadata.json").write_text(json.dumps(meta))
+    sets = {"package": pkg, "source.kind": "simulated", "source.path": exported["manifest"].root,
+            "jsonl": tmp / "verdicts.jsonl", "log.folder": tmp / "log", "reload_s": 0, "log.fsync": False,
+            "station": "line-a", "queue.policy": "block"}
+    summary = LineRunner(load_station(None, [f"{k}={v}" for k, v in sets.items()])).run()
+    return {"folder": tmp / "log", "package": exported["package"], "frames": summary["frames_total"]}
+
+
+@pytest.fixture
+def log(line_log, tmp_path):
+    """A private copy of the log (tests write reviews), with one lead and one operator."""
+    folder = tmp_path / "log"
+    shutil.copytree(line_log["folder"], folder)
+    return folder
+
+
+def _app(log: Path, package) -> TestClient:
+    app = create_app(ReviewConfig(log, Path(package)))
+    if not app.state.review.accounts.users():
+        app.state.review.accounts.add_user(*LEAD, role="lead")
+        app.state.review.accounts.add_user(*OPERATOR, role="operator")
+    return TestClient(app)
+
+
+def _login(client: TestClient, who=LEAD) -> str:
+    r = client.post("/login", data={"user": who[0], "password": who[1]}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    return re.search(r'name="csrf" value="([^"]+)"', client.get("/").text).group(1)
+
+
+@pytest.fixture
+def client(log, line_log):
+    return _app(log, line_log["package"])
+
+
+def _png(a: np.ndarray) -> str:
+    return "data:image/png;base64," + base64.b64encode(cv2.imencode(".png", a)[1].tobytes()).decode()
+
+
+def _store(log: Path) -> SQLiteStore:
+    return SQLiteStore(log / "failures.db", log, fsync=False)
+
+
+# -- access control ------------------------------------------------------------------------------------------------
+def test_every_page_and_api_refuses_an_unauthenticated_request(client, log):
+    part = _store(log).records(limit=1)[0]
+    open_routes = {"/login", "/health"}
+    checked = 0
+    for route in client.app.routes:
+        if not isinstance(route, APIRoute) or route.path in open_routes:
+            continue
+        path = route.path.replace("{part_id}", str(part.id)).replace("{kind}", "image")
+        for method in route.methods:
+            r = client.request(method, path, follow_redirects=False, json={"verdict": "defect"},
+                               headers={"accept": "text/html"} if method == "GET" else {})
+            assert r.status_code in (401, 303), f"{method} {path} answered {r.status_code} without a session"
+            if r.status_code == 303:
+                assert r.headers["location"].startswith("/login")
+            assert part.part_id not in r.text
+            checked += 1
+    assert checked >= 14
+    assert _store(log).reviews(part.id) == []
+
+
+def test_wrong_password_is_refused_and_five_in_a_row_lock_the_account(client):
+    for _ in range(5):
+        r = client.post("/login", data={"user": LEAD[0], "password": "wrong-password"}, follow_redirects=False)
+        assert r.status_code == 200 and "wrong user name or password" in r.text and "review_session" not in r.cookies
+    r = client.post("/login", data={"user": LEAD[0], "password": LEAD[1]}, follow_redirects=False)
+    assert r.status_code == 200 and "locked" in r.text
+    r = client.post("/login", data={"user": "nobody", "password": "whatever1"}, follow_redirects=False)
+    assert "wrong user name or password" in r.text  # the same answer as a wrong password
+    db = sqlite3.connect(client.app.state.review.cfg.log / "review.db")
+    (stored,) = db.execute("SELECT pw_hash FROM users WHERE name = ?", (LEAD[0],)).fetchone()
+    assert stored.startswith("scrypt$") and LEAD[1] not in stored
+
+
+def test_missing_or_wrong_csrf_token_is_refused(client, log):
+    csrf = _login(client)
+    part = _store(log).records(limit=1)[0]
+    for headers in ({}, {"X-CSRF-Token": "forged"}, {"X-CSRF-Token": csrf[:-1]}):
+        r = client.post(f"/api/parts/{part.id}/review", json={"verdict": "defect"}, headers=headers)
+        assert r.status_code == 403 and "CSRF" in r.json()["error"]
+    r = client.post("/admin/users", data={"action": "add", "name": "mallory", "password": "12345678", "role": "lead"})
+    assert r.status_code == 403
+    r = client.post("/logout", data={}, follow_redirects=False)
+    assert r.status_code == 403 and client.get("/api/parts").status_code == 200  # still logged in
+    assert _store(log).reviews(part.id) == []
+    assert "mallory" not in {u["name"] for u in client.app.state.review.accounts.users()}
+
+
+def test_an_operator_cannot_call_qa_lead_actions(client):
+    csrf = _login(client, OPERATOR)
+    assert client.get("/admin").status_code == 403
+    for path, data in (("/admin/users", {"action": "add", "name": "eve", "password": "12345678", "role": "lead"}),
+                       ("/admin/settings", {"defect_types": "x"}), ("/admin/export", {})):
+        r = client.post(path, data={**data, "csrf": csrf}, follow_redirects=False)
+        assert r.status_code == 403, path
+    assert "eve" not in {u["name"] for u in client.app.state.review.accounts.users()}
+    assert client.app.state.review.accounts.setting("defect_types") is None
+
+
+def test_path_traversal_in_image_urls_is_refused(client, log):
+    _login(client)
+    store = _store(log)
+    part = store.records(limit=1)[0]
+    for kind in ("..%2F..%2Ffailures.db", "..%2Freview.db", "%2Fetc%2Fpasswd", "files", "corrected_full"):
+        r = client.get(f"/parts/{part.id}/file/{kind}")
+        assert r.status_code == 404 and b"SQLite" not in r.content
+    assert client.get("/static/../review.db").status_code == 404
+    assert client.get("/static/%2e%2e/app.py").status_code == 404
+    # a record whose stored path points outside the log (a tampered database) is not served either
+    with store.db:
+        store.db.execute("UPDATE failures SET files = ? WHERE id = ?", (json.dumps({"image": "../../etc/passwd"}),
+                                                                         part.id))
+    r = client.get(f"/parts/{part.id}/file/image")
+    assert r.status_code == 404 and b"root:" not in r.content
+
+
+def test_sql_injection_in_filters_matches_nothing_and_breaks_nothing(client, log):
+    _login(client)
+    total = client.get("/api/parts").json()["total"]
+    assert total > 0
+    for station in ("' OR 1=1 --", "line-a' OR '1'='1", "x'; DROP TABLE failures; --"):
+        assert client.get("/api/parts", params={"station": station}).json()["total"] == 0
+    r = client.get("/api/parts", params={"score_min": "0 OR 1=1"})
+    assert r.status_code == 400 and "score_min must be a number" in r.json()["error"]
+    r = client.get("/api/parts", params={"date_from": "2026-13-45"})
+    assert r.status_code == 400 and "date_from" in r.json()["error"]
+    assert client.get("/api/parts").json()["total"] == total == _store(log).count()
+
+
+# -- queue ---------------------------------------------------------------------------------------------------------
+def test_queue_filters_and_key_paging_cover_every_part_once_newest_first(client, log):
+    _login(client)
+    store = _store(log)
+    seen, cursor = [], None
+    while True:
+        page = client.get("/api/parts", params={"limit": 7, **({"before": cursor} if cursor else {})}).json()
+        seen += page["parts"]
+        cursor = page["next"]
+        if not cursor:
+            break
+    assert [p["id"] for p in seen] == [r.id for r in store.records(limit=10**6)]
+    assert [p["ts"] for p in seen] == sorted((p["ts"] for p in seen), reverse=True)
+    scores = sorted(p["score"] for p in seen if p["score"] is not None)
+    mid = scores[len(scores) // 2]
+    hi = client.get("/api/parts", params={"score_min": mid, "limit": 500}).json()
+    assert hi["total"] == sum(s >= mid for s in scores) and all(p["score"] >= mid for p in hi["parts"])
+    dtype = next(p["defect_type"] for p in seen if p["defect_type"])
+    typed = client.get("/api/parts", params={"defect_type": dtype, "limit": 500}).json()
+    assert typed["total"] == sum(p["defect_type"] == dtype for p in seen) > 0
+    today = time.strftime("%Y-%m-%d")
+    assert client.get("/api/parts", params={"date_from": today, "date_to": today}).json()["total"] == len(seen)
+    assert client.get("/api/parts", params={"date_to": "2000-01-01"}).json()["total"] == 0
+    assert client.get("/api/parts", params={"station": "line-a"}).json()["status_counts"]["unreviewed"] == len(seen)
+
+
+# -- reviews -------------------------------------------------------------------------------------------------------
+def test_two_reviewers_at_once_lose_neither_review(log, line_log):
+    a, b = _app(log, line_log["package"]), _app(log, line_log["package"])
+    tokens = [(a, _login(a, LEAD)), (b, _login(b, OPERATOR))]
+    part = _store(log).records(limit=1)[0]
+    errors = []
+
+    def hammer(client, csrf, verdict):
+        for i in range(15):
+            r = client.post(f"/api/parts/{part.id}/review", json={"verdict": verdict, "comment": f"{verdict} {i}"},
+                            headers={"X-CSRF-Token": csrf})
+            if r.status_code != 200:
+                errors.append(r.text)
+
+    threads = [threading.Thread(target=hammer, args=(c, t, v)) for (c, t), v in zip(tokens, ("defect", "false_alarm"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    history = _store(log).reviews(part.id)
+    assert len(history) == 30
+    assert {h.reviewer for h in history} == {LEAD[0], OPERATOR[0]}
+    assert sorted(h.comment for h in history) == sorted([f"defect {i}" for i in range(15)] +
+                                                        [f"false_alarm {i}" for i in range(15)])
+    last = history[-1]
+    assert _store(log).get(part.id).review_status == {"defect": "confirmed", "false_alarm": "false_alarm"}[last.verdict]
+
+
+def test_a_corrected_map_rescores_at_once_and_is_saved_as_a_training_target(client, log):
+    csrf = _login(client)
+    part = _store(log).records(limit=1)[0]
+    att = client.get(f"/parts/{part.id}/attention.png")
+    model_map = cv2.imdecode(np.frombuffer(att.content, np.uint8), cv2.IMREAD_GRAYSCALE)
+    image = cv2.imread(str(_store(log).path(part, "image")), cv2.IMREAD_UNCHANGED)
+    assert model_map.shape == image.shape[:2]
+    r = client.post(f"/api/parts/{part.id}/rescore", json={"corrected": _png(np.zeros_like(model_map))},
+                    headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert abs(sum(out["after"]["probs"].values()) - 1) < 1e-4
+    assert out["after"]["probs"] != out["before"]["probs"]
+    assert abs(out["before"]["defect_score"] - part.score) < 0.05  # the model's own map gives the logged score back
+    erased = np.zeros_like(model_map)
+    erased[: erased.shape[0] // 3] = 255
+    r = client.post(f"/api/parts/{part.id}/review", json={"verdict": "false_alarm", "corrected": _png(erased)},
+                    headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 200 and r.json()["history"][-1]["corrected"]
+    again = cv2.imdecode(np.frombuffer(client.get(f"/parts/{part.id}/attention.png?corrected=1").content, np.uint8),
+                         cv2.IMREAD_GRAYSCALE)
+    assert np.abs(again.astype(int) - erased).max() <= 1
+    z = zipfile.ZipFile(io.BytesIO(client.post("/admin/export", data={"csrf": csrf}).content))
+    names = z.namelist()
+    assert any(n.startswith("reviewed/good/") for n in names)
+    corrected = [n for n in names if n.startswith("reviewed/corrected/good/")]
+    assert len(corrected) == 1
+    target = cv2.imdecode(np.frombuffer(z.read(corrected[0]), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert target.shape == image.shape[:2] and target.dtype == np.uint16
+    actions = [a["action"] for a in client.app.state.review.accounts.audit_log()]
+    assert "export" in actions and "rescore" in actions and "login" in actions
+
+
+def test_a_map_of_the_wrong_shape_is_rejected_with_a_message(client, log):
+    csrf = _login(client)
+    part = _store(log).records(limit=1)[0]
+    for path in (f"/api/parts/{part.id}/review", f"/api/parts/{part.id}/rescore"):
+        r = client.post(path, json={"verdict": "defect", "defect_type": "hole",
+                                    "corrected": _png(np.zeros((7, 40), np.uint8))}, headers={"X-CSRF-Token": csrf})
+        assert r.status_code == 400, r.text
+        assert "shape" in r.json()["error"] or "aspect" in r.json()["error"]
+        r = client.post(path, json={"verdict": "defect", "corrected": "data:image/png;base64,bm90IGEgcG5n"},
+                        headers={"X-CSRF-Token": csrf})
+        assert r.status_code == 400 and "PNG" in r.json()["error"]
+    assert _store(log).reviews(part.id) == []
+
+
+def test_a_part_whose_image_is_missing_shows_a_placeholder_and_can_still_be_judged(client, log):
+    csrf = _login(client)
+    store = _store(log)
+    part = store.records(limit=1)[0]
+    store.path(part, "image").unlink()
+    page = client.get(f"/parts/{part.id}")
+    assert page.status_code == 200 and 'id="placeholder"' in page.text and part.files["image"] in page.text
+    r = client.post(f"/api/parts/{part.id}/rescore", json={"corrected": _png(np.zeros((8, 8), np.uint8))},
+                    headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 409 and "image file is missing" in r.json()["error"]
+    r = client.post(f"/api/parts/{part.id}/review", json={"verdict": "defect", "defect_type": "hole"},
+                    headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 200 and store.get(part.id).review_status == "confirmed"
+
+
+def test_statistics_count_inspected_parts_and_false_alarms(client, log, line_log):
+    csrf = _login(client)
+    parts = _store(log).records(limit=4)
+    for p, verdict in zip(parts, ("false_alarm", "false_alarm", "defect", "unsure")):
+        assert client.post(f"/api/parts/{p.id}/review", json={"verdict": verdict},
+                           headers={"X-CSRF-Token": csrf}).status_code == 200
+    (day,) = client.get("/api/stats").json()["days"]
+    assert day["station"] == "line-a" and day["inspected"] == line_log["frames"]
+    assert day["fail"] == day["logged"] == _store(log).count()
+    assert (day["confirmed"], day["false_alarm"], day["unsure"]) == (1, 2, 1)
+    assert day["false_alarm_rate"] == pytest.approx(2 / 3) and day["fail_rate"] == pytest.approx(1.0)
+    page = client.get("/stats").text
+    assert "<svg" in page and "polyline" in page
+
+
+def test_lead_manages_users_and_the_new_operator_can_log_in(client):
+    csrf = _login(client)
+    r = client.post("/admin/users", data={"csrf": csrf, "action": "add", "name": "nina", "password": "short",
+                                          "role": "operator"})
+    assert r.status_code == 200 and "at least 8 characters" in r.text  # the redirect shows the message
+    client.post("/admin/users", data={"csrf": csrf, "action": "add", "name": "nina", "password": "nina-password",
+                                      "role": "operator"})
+    other = TestClient(client.app)
+    _login(other, ("nina", "nina-password"))
+    client.post("/admin/users", data={"csrf": csrf, "action": "disable", "name": "nina"})
+    assert other.get("/api/parts").status_code == 401  # her session ends with the account
+    assert any(a["action"] == "disable user" for a in client.app.state.review.accounts.audit_log())
+
+
+# -- the browser -----------------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(log, line_log):
+    import uvicorn
+
+    app = _app(log, line_log["package"]).app
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 10
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(5)
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def test_browser_login_filter_open_confirm_paint_rescore_logout(server, log):
+    from playwright.sync_api import expect, sync_playwright
+
+    assert Path(CHROMIUM).exists(), "Debian's chromium is needed for the browser tests: `make browser` installs it"
+    store = _store(log)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(server + "/")
+        expect(page).to_have_url(re.compile(r"/login"))
+        page.fill("input[name=user]", OPERATOR[0])
+        page.fill("input[name=password]", OPERATOR[1])
+        page.press("input[name=password]", "Enter")
+        expect(page.locator("#queue")).to_be_visible()
+        # filter: the parts of one defect type
+        dtype = store.records(limit=1)[0].defect_type
+        page.select_option("select[name=defect_type]", dtype)
+        page.click("#apply")
+        expect(page.locator("#counts")).to_contain_text(f"{store.count(defect_type=dtype)} part(s)")
+        assert page.locator("#queue tbody tr").count() == min(50, store.count(defect_type=dtype))
+        assert "station=" not in page.url and f"defect_type={dtype}" in page.url  # empty filters stay out of the URL
+        # open the first part with the keyboard
+        page.keyboard.press("j")
+        page.keyboard.press("Enter")
+        expect(page.locator("#heat")).to_be_visible()
+        part_id = int(page.locator("#part").get_attribute("data-id"))
+        # paint: the erase brush at full size across the whole image, then re-score
+        page.keyboard.press("e")
+        page.evaluate("document.getElementById('brush').value = 200")
+        box = page.locator("#heat").bounding_box()
+        page.mouse.move(box["x"] + 2, box["y"] + 2)
+        page.mouse.down()
+        for k in range(12):
+            for x in (2, box["width"] - 2):
+                page.mouse.move(box["x"] + x, box["y"] + box["height"] * k / 11, steps=6)
+        page.mouse.up()
+        expect(page.locator("#edited")).to_contain_text("edited")
+        page.keyboard.press("r")
+        expect(page.locator("#rescored")).to_be_visible()
+        before = float(page.locator("#rescore-result tr.total td").nth(1).inner_text())
+        after = float(page.locator("#rescored").inner_text().split()[0])
+        assert after != before
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "review_part.png"), full_page=True)
+        # confirm with the keyboard: the review (with the painted map) lands in the store
+        page.keyboard.press("d")
+        deadline = time.time() + 10
+        while not store.reviews(part_id) and time.time() < deadline:
+            time.sleep(0.1)
+        (review,) = store.reviews(part_id)
+        assert (review.reviewer, review.verdict, review.defect_type) == (OPERATOR[0], "defect", dtype)
+        painted = cv2.imread(str(log / review.files["corrected_full"]), cv2.IMREAD_UNCHANGED)
+        assert painted.max() < 0.2 * 65535  # erased
+        page.wait_for_url(re.compile(r"/parts/\d+"))
+        page.click("#logout")
+        expect(page).to_have_url(re.compile(r"/login"))
+        page.goto(server + "/")
+        expect(page).to_have_url(re.compile(r"/login"))
+        browser.close()
+    assert (ARTIFACTS / "review_part.png").stat().st_size > 10_000
