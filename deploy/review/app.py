@@ -157,16 +157,15 @@ def create_app(cfg: ReviewConfig, store: FailureStore | None = None) -> FastAPI:
             raise HTTPException(400, str(exc)) from None
         more = len(rows) > limit
         rows = rows[:limit]
-        status_counts = {s: state.store.count(**{**filters, "review_status": s})
-                         for s in ("unreviewed", "confirmed", "false_alarm", "unsure")}
-        return {"query": q, "filters": filters, "rows": rows, "total": state.store.count(**filters),
+        status_counts = state.store.count_by_status(**filters)
+        return {"query": q, "filters": filters, "rows": rows, "total": sum(status_counts.values()),
                 "status_counts": status_counts, "next": f"{rows[-1].ts!r}:{rows[-1].id}" if more else None}
 
     @app.get("/", response_class=HTMLResponse)
     def queue_page(request: Request, u: User = Depends(user)):
         started = time.perf_counter()
         qs = queue(request)
-        return page(request, "queue.html", u, **qs, qs=_qs(qs["query"]), stations=_stations(state.store),
+        return page(request, "queue.html", u, **qs, qs=_qs(qs["query"]), stations=state.store.stations(),
                     verdicts=("fail", "review", "error"), statuses=("unreviewed", "confirmed", "false_alarm", "unsure"),
                     defect_types=state.defect_types(), ms=1000 * (time.perf_counter() - started))
 
@@ -367,11 +366,6 @@ def _local(path: str) -> str:
 def _esc(text) -> str:
     from html import escape
     return escape(str(text))
-
-
-def _stations(store) -> list[str]:
-    db = getattr(store, "db", None)
-    return [s for (s,) in db.execute("SELECT DISTINCT station FROM failures ORDER BY station")] if db else []
 
 
 def _file(store: FailureStore, r: FailureRecord, kind: str) -> Path | None:
