@@ -1,7 +1,9 @@
 """Shared fixtures: a tiny synthetic dataset with mixed formats, sizes and channels, and a tiny config."""
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +48,13 @@ def exported(tiny_dataset, tmp_path_factory):
     cnn = train(tiny_config(tiny_dataset, **{"train.epochs": 1}), manifest, runs / "cnn", kind="cnn", progress=False)
     package = export_package(best, runs / "package", progress=False)
     return {"best": best, "cnn": cnn, "package": package, "manifest": manifest, "cfg": cfg, "root": runs}
+
+
+def always_fail(package, dst: Path) -> Path:
+    """A copy of a package whose threshold fails every part (the runner then logs every frame)."""
+    shutil.copytree(package, dst)
+    meta = json.loads((dst / "metadata.json").read_text())
+    meta["variants"]["fp32"]["threshold"] = 0.0
+    meta["decision"]["review_band"] = 0.0
+    (dst / "metadata.json").write_text(json.dumps(meta))
+    return dst

@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import always_fail
 
 from deploy.line import LineRunner
 from deploy.sources import SourceError
@@ -128,13 +129,7 @@ def load_package_size(package):
 
 
 def _always_fail(exported, tmp_path) -> Path:
-    pkg = tmp_path / "pkg-fail"
-    shutil.copytree(exported["package"], pkg)
-    meta = json.loads((pkg / "metadata.json").read_text())
-    meta["variants"]["fp32"]["threshold"] = 0.0
-    meta["decision"]["review_band"] = 0.0
-    (pkg / "metadata.json").write_text(json.dumps(meta))
-    return pkg
+    return always_fail(exported["package"], tmp_path / "pkg-fail")
 
 
 def _write_yaml(path: Path, cfg_values: dict) -> Path:

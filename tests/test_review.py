@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import always_fail
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
@@ -33,12 +34,7 @@ ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().paren
 def line_log(exported, tmp_path_factory):
     """The tiny test set through the real runner with a package that fails every part: every part is logged."""
     tmp = tmp_path_factory.mktemp("review")
-    pkg = tmp / "pkg"
-    shutil.copytree(exported["package"], pkg)
-    meta = json.loads((pkg / "metadata.json").read_text())
-    meta["variants"]["fp32"]["threshold"] = 0.0
-    meta["decision"]["review_band"] = 0.0
-    (pkg / "metadata.json").write_text(json.dumps(meta))
+    pkg = always_fail(exported["package"], tmp / "pkg")
     sets = {"package": pkg, "source.kind": "simulated", "source.path": exported["manifest"].root,
             "jsonl": tmp / "verdicts.jsonl", "log.folder": tmp / "log", "reload_s": 0, "log.fsync": False,
             "station": "line-a", "queue.policy": "block"}
