@@ -70,7 +70,9 @@ def run_demo(cfg: Config, out_dir: str | Path, generate_kwargs: dict | None = No
     report = write_report(results, out / "report", cfg.eval.overlays, extra, curves)
     (out / "report" / "timings.json").write_text(json.dumps(timings, indent=1))
     print(f"report: {report}\nmodel package: {package}\nline run: {json.dumps(line['summary'])}\n"
-          f"review log: {line['review_log']}", file=sys.stderr)
+          f"review log: {line['review_log']}\n"
+          f"review in the browser: inspection users add NAME --role lead --log {out / 'line' / 'failures'}; "
+          f"inspection review --log {out / 'line' / 'failures'} --package {package}", file=sys.stderr)
     return {"report": str(report), "timings": timings, "results": results, "package": str(package), "line": line}
 
 
