@@ -401,3 +401,43 @@ def test_browser_login_filter_open_confirm_paint_rescore_logout(server, log):
         expect(page).to_have_url(re.compile(r"/login"))
         browser.close()
     assert (ARTIFACTS / "review_part.png").stat().st_size > 10_000
+
+
+def test_cli_creates_accounts_and_serves_the_station(line_log, log, tmp_path):
+    """`inspection users` and `inspection review` as an operator would run them, in their own process."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    import httpx
+
+    from inspection.cli import main
+
+    env = {**os.environ, "REVIEW_PASSWORD": "cli-password"}
+    run = [sys.executable, "-m", "inspection.cli"]
+    assert subprocess.run(run + ["review", "--log", str(log)], env=env, capture_output=True,
+                          text=True).stderr.count("no review accounts yet") == 1
+    r = subprocess.run(run + ["users", "add", "cli-lead", "--role", "lead", "--log", str(log)], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(run + ["users", "add", "x", "--log", str(log)], env={**env, "REVIEW_PASSWORD": "short"},
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "at least 8 characters" in r.stderr
+    assert main(["users", "list", "--log", str(log)]) == 0
+    port = _free_port()
+    server = subprocess.Popen(run + ["review", "--log", str(log), "--package", str(line_log["package"]),
+                                     "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, health = time.time() + 30, None
+        while time.time() < deadline and health is None:
+            try:
+                health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read())
+            except OSError:
+                time.sleep(0.2)
+        assert health == {"ok": True, "rescore": True}
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+        r = client.post("/login", data={"user": "cli-lead", "password": "cli-password"})
+        assert r.status_code == 303 and client.get("/api/parts").json()["total"] == _store(log).count()
+    finally:
+        server.terminate()
+        server.wait(10)
