@@ -190,8 +190,7 @@ class LineRunner:
         self.source_state = "starting"
         self.last_frame = 0.0
         self.metrics.set("log_disk_full", 0)
-        self._tally: collections.Counter = collections.Counter()  # (day, verdict) → parts, flushed by the writer
-        self._tally_lock = threading.Lock()
+        self._tallied: dict[str, float] = {}  # verdict counters already written to the store's daily tallies
         self._tally_flushed = time.time()
 
     def _load(self, package) -> Runtime:
@@ -346,8 +345,6 @@ class LineRunner:
         if self.mqtt is not None:
             self.mqtt.publish(text)
         self.metrics.inc("frames_total")
-        with self._tally_lock:
-            self._tally[time.strftime("%Y-%m-%d", time.localtime(frame.ts)), verdict] += 1
         self.metrics.inc(f"verdicts_total|verdict=\"{verdict}\"")
         if error:
             self.metrics.inc("frames_error_total")
@@ -438,16 +435,21 @@ class LineRunner:
                 return
 
     def _flush_tally(self) -> None:
-        """Write the verdict counts (the review station's fail-rate denominators); kept for later if that fails."""
+        """Add the verdict counters' growth since the last flush to today's tallies (fail-rate denominators).
+
+        Read from the same counters as /metrics, so the line loop counts each verdict once. Parts judged in
+        the last TALLY_S seconds before midnight count for the new day. A failed write is retried next time.
+        """
         self._tally_flushed = time.time()
-        with self._tally_lock:
-            counts, self._tally = self._tally, collections.Counter()
+        with self.metrics.lock:
+            now = {k.split('"')[1]: v for k, v in self.metrics.counters.items() if k.startswith("verdicts_total|")}
+        day = time.strftime("%Y-%m-%d")
         try:
-            self.store.tally(self.cfg.station, counts)
+            self.store.tally(self.cfg.station, {(day, v): int(n - self._tallied.get(v, 0)) for v, n in now.items()})
         except Exception as exc:  # noqa: BLE001 - statistics must never stop the writer
-            with self._tally_lock:
-                self._tally.update(counts)
             print(f"failure log: verdict counts not written yet: {exc}", file=sys.stderr)
+            return
+        self._tallied = now
 
     # -- main loop -------------------------------------------------------------------------------------------------
     def run(self) -> dict:

@@ -2,6 +2,17 @@
 import subprocess
 import sys
 
+import pytest
+
+
+def _python(code: str, *args) -> str:
+    """Run code in a fresh interpreter (its import blocker in place); it must print "ok" last."""
+    r = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == "ok"
+    return r.stdout
+
+
 CODE = """
 import sys
 
@@ -25,9 +36,7 @@ print("ok")
 
 
 def test_line_side_helpers_import_without_torch():
-    r = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "ok"
+    assert _python(CODE).strip() == "ok"
 
 
 LINE_SIDE = """
@@ -59,10 +68,7 @@ print("ok")
 
 def test_runtime_and_predict_run_with_only_onnxruntime_numpy_opencv(exported):
     image = f"{exported['manifest'].root}/{exported['manifest'].split('test')[0].path}"
-    r = subprocess.run([sys.executable, "-c", LINE_SIDE, str(exported["package"]), image], capture_output=True,
-                       text=True)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().splitlines()[-1] == "ok"
+    _python(LINE_SIDE, exported["package"], image)
 
 
 RUNNER = """
@@ -89,12 +95,16 @@ print("ok")
 """
 
 
-def test_line_runner_runs_without_torch(exported, tmp_path):
-    r = subprocess.run([sys.executable, "-c", RUNNER, str(exported["package"]), str(exported["manifest"].root),
-                        str(tmp_path / "log")], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.strip().splitlines()[-1] == "ok"
-    assert (tmp_path / "log" / "review_log.md").exists()
+@pytest.fixture(scope="module")
+def torch_free_log(exported, tmp_path_factory):
+    """A failure log written by the runner with torch & co. blocked (shared by the runner and review tests)."""
+    log = tmp_path_factory.mktemp("torch-free") / "log"
+    _python(RUNNER, exported["package"], exported["manifest"].root, log)
+    return log
+
+
+def test_line_runner_runs_without_torch(torch_free_log):
+    assert (torch_free_log / "review_log.md").exists()
 
 
 REVIEW = RUNNER.replace('"pydantic", ', "").split("from inspection.cli import main")[0] + """
@@ -115,12 +125,6 @@ print("ok")
 """
 
 
-def test_review_station_runs_without_torch(exported, tmp_path):
+def test_review_station_runs_without_torch(exported, torch_free_log):
     """The review server needs FastAPI (hence pydantic) but no torch, PIL, SciPy or training code."""
-    r = subprocess.run([sys.executable, "-c", RUNNER, str(exported["package"]), str(exported["manifest"].root),
-                        str(tmp_path / "log")], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
-    r = subprocess.run([sys.executable, "-c", REVIEW, str(exported["package"]), str(tmp_path / "log")],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.strip().splitlines()[-1] == "ok"
+    _python(REVIEW, exported["package"], torch_free_log)

@@ -19,6 +19,8 @@ import io
 import time
 import zipfile
 from dataclasses import dataclass, field
+from html import escape
+from urllib.parse import quote, urlencode
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -190,8 +192,8 @@ def create_app(cfg: ReviewConfig, store: FailureStore | None = None) -> FastAPI:
             newer, older = state.store.neighbours(r, **_filters(q))
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from None
-        image = _file(state.store, r, "image")
-        size = _image_size(image) if image else None
+        frame = _frame(state.store, r)
+        size = None if frame is None else (frame.shape[1], frame.shape[0])
         return page(request, "part.html", u, r=r, qs=_qs(q), newer=newer, older=older,
                     history=state.store.reviews(r.id), image_ok=size is not None, size=size,
                     image_missing=r.files.get("image", "(none logged)") if size is None else None,
@@ -209,7 +211,7 @@ def create_app(cfg: ReviewConfig, store: FailureStore | None = None) -> FastAPI:
     def attention_png(part_id: int, corrected: int = 0, u: User = Depends(user)):
         """The map to paint on, 8-bit at the frame's size: the latest correction, or the model's map upsampled."""
         r = record(part_id)
-        att = _attention(state, r, corrected=bool(corrected))
+        att = _attention(state, r, bool(corrected), _hw(_frame(state.store, r)))
         if att is None:
             raise HTTPException(404, f"part {part_id} has no attention map")
         return Response(cv2.imencode(".png", (att * 255 + 0.5).astype(np.uint8))[1].tobytes(), media_type="image/png",
@@ -223,7 +225,7 @@ def create_app(cfg: ReviewConfig, store: FailureStore | None = None) -> FastAPI:
         if verdict not in REVIEW_VERDICTS:
             raise HTTPException(400, f"verdict must be one of {', '.join(REVIEW_VERDICTS)}, got {verdict!r}")
         defect_type = (body.get("defect_type") or None) if verdict == "defect" else None
-        corrected = _decode_map(body.get("corrected"), state.store, r)
+        corrected = _decode_map(body.get("corrected"), _hw(_frame(state.store, r)))
         try:
             rid = state.store.add_review(r.id, u.name, verdict, defect_type, str(body.get("comment", ""))[:2000],
                                          corrected=corrected)
@@ -237,20 +239,20 @@ def create_app(cfg: ReviewConfig, store: FailureStore | None = None) -> FastAPI:
             raise HTTPException(409, "re-scoring is off: start the review station with --package")
         body = await _json(request)
         r = record(part_id)
-        image = _file(state.store, r, "image")
-        if image is None:
-            raise HTTPException(409, f"part {part_id}: its image file is missing, so it cannot be re-scored")
-        corrected = _decode_map(body.get("corrected"), state.store, r)
+        frame = _frame(state.store, r)
+        if frame is None:
+            raise HTTPException(409, f"part {part_id}: its image file is missing or unreadable, so it cannot be "
+                                     "re-scored")
+        corrected = _decode_map(body.get("corrected"), frame.shape[:2])
         if corrected is None:
             raise HTTPException(400, "send the corrected map (field 'corrected', a PNG data URL)")
         try:
-            frame = read_frame(image)
             shapes = (frame.shape[:2], tuple(state.runtime.attention_size))
             if corrected.shape not in shapes:
                 raise HTTPException(400, f"corrected map for part {r.part_id} has shape {corrected.shape}; expected "
                                          + " or ".join(f"{h}x{w}" for h, w in shapes) + " (frame or model map)")
             after = state.runtime.rescore(frame, corrected, color="BGR")
-            before = state.runtime.rescore(frame, _attention(state, r, corrected=False), color="BGR")
+            before = state.runtime.rescore(frame, _attention(state, r, False, frame.shape[:2]), color="BGR")
         except FrameError as exc:
             raise HTTPException(400, str(exc)) from None
         state.accounts.audit(u.name, "rescore", {"part": part_id, "score": after["defect_score"]})
@@ -349,12 +351,10 @@ def _cursor(text: str | None) -> tuple[float, int] | None:
 
 
 def _qs(q: dict) -> str:
-    from urllib.parse import urlencode
     return urlencode({k: v for k, v in q.items() if v})
 
 
 def _url(text: str) -> str:
-    from urllib.parse import quote
     return quote(text)
 
 
@@ -364,7 +364,6 @@ def _local(path: str) -> str:
 
 
 def _esc(text) -> str:
-    from html import escape
     return escape(str(text))
 
 
@@ -388,17 +387,21 @@ def _media(path: Path) -> str:
             ".tif": "image/tiff", ".tiff": "image/tiff"}.get(path.suffix.lower(), "application/octet-stream")
 
 
-def _image_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) of a stored frame, or None when it cannot be read."""
+def _frame(store: FailureStore, r: FailureRecord) -> np.ndarray | None:
+    """The part's stored frame as the camera gave it, or None when it is missing or unreadable."""
+    path = _file(store, r, "image")
     try:
-        frame = read_frame(path)
+        return None if path is None else read_frame(path)
     except FrameError:
         return None
-    return frame.shape[1], frame.shape[0]
 
 
-def _attention(state: ReviewApp, r: FailureRecord, corrected: bool) -> np.ndarray | None:
-    """[0, 1] map at the frame's size (the model's size when the image is missing)."""
+def _hw(frame: np.ndarray | None) -> tuple[int, int] | None:
+    return None if frame is None else frame.shape[:2]
+
+
+def _attention(state: ReviewApp, r: FailureRecord, corrected: bool, hw: tuple[int, int] | None) -> np.ndarray | None:
+    """[0, 1] map at the frame's size hw (the model's size when the frame is missing)."""
     if corrected:
         for review in reversed(state.store.reviews(r.id)):
             path = _inside(state.store, review.files.get("corrected_full"))
@@ -409,14 +412,12 @@ def _attention(state: ReviewApp, r: FailureRecord, corrected: bool) -> np.ndarra
         return None
     att = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     att = att.astype(np.float32) / (65535 if att.dtype == np.uint16 else 255)
-    image = _file(state.store, r, "image")
-    size = _image_size(image) if image else None
-    if size is None:
+    if hw is None:
         return att
-    return upsample_attention(att, (size[1], size[0]), state.runtime.roi if state.runtime else None)
+    return upsample_attention(att, hw, state.runtime.roi if state.runtime else None)
 
 
-def _decode_map(data, store: FailureStore, r: FailureRecord) -> np.ndarray | None:
+def _decode_map(data, hw: tuple[int, int] | None) -> np.ndarray | None:
     """A corrected map from the browser: a PNG data URL (gray or RGBA, value in the red channel) → [0, 1]."""
     if data in (None, ""):
         return None
@@ -433,11 +434,8 @@ def _decode_map(data, store: FailureStore, r: FailureRecord) -> np.ndarray | Non
         img = img[..., 2]  # OpenCV decodes to BGR(A): the red channel
     scale = 65535 if img.dtype == np.uint16 else 255
     att = img.astype(np.float32) / scale
-    image = _file(store, r, "image")
-    size = _image_size(image) if image else None
-    if size is not None and att.shape != (size[1], size[0]) and \
-            abs(att.shape[1] / att.shape[0] - size[0] / size[1]) < 0.02 * size[0] / size[1]:
-        att = cv2.resize(att, size, interpolation=cv2.INTER_LINEAR)  # painted on a scaled-down canvas
+    if hw is not None and att.shape != hw and abs(att.shape[1] / att.shape[0] - hw[1] / hw[0]) < 0.02 * hw[1] / hw[0]:
+        att = cv2.resize(att, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)  # painted on a scaled-down canvas
     return att
 
 
