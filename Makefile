@@ -5,12 +5,12 @@ PY := $(VENV)/bin/python
 
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: setup broker browser demo test bench
+.PHONY: setup broker browser postgres demo test bench
 setup:
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[test,export,review]'
+	$(PY) -m pip install -q -e '.[test,export,review,postgres]'
 
 demo: setup
 	$(VENV)/bin/inspection demo
@@ -27,7 +27,13 @@ browser:
 	  $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null; }
 
-test: setup broker browser
+# The store tests run on SQLite and on a real PostgreSQL server (Debian's postgresql; each test run starts its own).
+postgres:
+	test -n "$$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null)" || \
+	  $(SUDO) apt-get install -y -q postgresql >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q postgresql >/dev/null; }
+
+test: setup broker browser postgres
 	$(PY) -m pytest tests
 
 bench: setup

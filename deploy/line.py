@@ -26,7 +26,7 @@ import numpy as np
 from deploy.runtime import FrameError, Inspection, Runtime, frame_to_rgb
 from deploy.sources import Frame, open_source
 from deploy.station import StationConfig
-from deploy.store import FailureRecord, FailureStore, SQLiteStore, StoreFull
+from deploy.store import FailureRecord, FailureStore, StoreFull, StoreUnavailable, open_store
 from inspection.boxes import Box, upsample_attention
 from inspection.overlay import overlay
 
@@ -179,9 +179,9 @@ class LineRunner:
         self._next_runtime: Runtime | None = None
         self.source = open_source(cfg.source)
         folder = Path(cfg.log.folder)
-        self.store: FailureStore = SQLiteStore(cfg.log.db or folder / "failures.db", folder,
-                                               int(cfg.log.quota_mb * 2**20) if cfg.log.quota_mb else None,
-                                               cfg.log.fsync)
+        self.store: FailureStore = open_store(cfg.log.db, folder,
+                                              int(cfg.log.quota_mb * 2**20) if cfg.log.quota_mb else None,
+                                              cfg.log.fsync)
         self.store.recover(cfg.station)  # leftovers of a crash of this station's earlier run
         self.mqtt = (MQTTOutput(cfg.mqtt, cfg.station, self.metrics, cfg.source.part_id == "trigger")
                      if cfg.mqtt.host else None)
@@ -190,6 +190,7 @@ class LineRunner:
         self.source_state = "starting"
         self.last_frame = 0.0
         self.metrics.set("log_disk_full", 0)
+        self.metrics.set("log_db_unavailable", 0)
         self._tallied: dict[str, float] = {}  # verdict counters already written to the store's daily tallies
         self._tally_flushed = time.time()
 
@@ -394,7 +395,7 @@ class LineRunner:
         self.metrics.inc("log_records_total")
 
     def _writer(self) -> None:
-        waiting: collections.deque = collections.deque()  # records the disk had no room for, oldest first
+        waiting: collections.deque = collections.deque()  # records the store could not take yet, oldest first
         last_try = 0.0
         while True:
             try:
@@ -404,17 +405,18 @@ class LineRunner:
             if job is not None and job is not _END:
                 waiting.append(job)
             if waiting and (job is not None or time.time() - last_try >= self.cfg.log.retry_s or
-                            not self.metrics.get("log_disk_full")):
+                            not self._store_blocked()):
                 last_try = time.time()
                 while waiting:
                     try:
                         self._write(waiting[0])
                         waiting.popleft()
                         self.metrics.set("log_disk_full", 0)
-                    except StoreFull as exc:
-                        if not self.metrics.get("log_disk_full"):
+                        self.metrics.set("log_db_unavailable", 0)
+                    except StoreUnavailable as exc:  # disk full or database down: keep the records, retry
+                        if not self._store_blocked():
                             print(f"failure log: {exc}; verdicts continue, records wait in memory", file=sys.stderr)
-                        self.metrics.set("log_disk_full", 1)
+                        self.metrics.set("log_disk_full" if isinstance(exc, StoreFull) else "log_db_unavailable", 1)
                         while len(waiting) > self.cfg.log.queue:
                             waiting.popleft()
                             self.metrics.inc("log_records_lost_total")
@@ -430,9 +432,12 @@ class LineRunner:
             if job is _END:
                 if waiting:
                     self.metrics.inc("log_records_lost_total", len(waiting))
-                    print(f"failure log: {len(waiting)} record(s) could not be written at shutdown (disk full)",
-                          file=sys.stderr)
+                    print(f"failure log: {len(waiting)} record(s) could not be written at shutdown "
+                          "(disk full or database unavailable)", file=sys.stderr)
                 return
+
+    def _store_blocked(self) -> bool:
+        return bool(self.metrics.get("log_disk_full") or self.metrics.get("log_db_unavailable"))
 
     def _flush_tally(self) -> None:
         """Add the verdict counters' growth since the last flush to today's tallies (fail-rate denominators).
@@ -505,12 +510,13 @@ class LineRunner:
         return out
 
     def health(self) -> dict:
-        ok = self.source_state in ("connected", "ended") and not self.metrics.get("log_disk_full")
+        ok = self.source_state in ("connected", "ended") and not self._store_blocked()
         return {"status": "ok" if ok else "degraded", "station": self.cfg.station,
                 "model_version": self.runtime.version, "backend": self.runtime.backend,
                 "uptime_s": round(time.time() - self.started, 1), "source": self.source_state,
                 "frames": int(self.metrics.get("frames_total")), "queue_depth": self.frames.qsize(),
                 "log_disk_full": bool(self.metrics.get("log_disk_full")),
+                "log_db_unavailable": bool(self.metrics.get("log_db_unavailable")),
                 "last_frame_age_s": round(time.time() - self.last_frame, 2) if self.last_frame else None}
 
 

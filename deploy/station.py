@@ -66,7 +66,7 @@ class HTTPConfig:
 @dataclass
 class LogConfig:
     folder: str = "runs/line/failures"   # images, maps and overlays
-    db: str = ""                     # SQLite file (default: <folder>/failures.db)
+    db: str = ""                     # SQLite file (default: <folder>/failures.db) or postgresql://user@host/db
     verdicts: list = field(default_factory=lambda: ["fail", "review", "error"])  # which parts are logged
     quota_mb: float = 0.0            # 0 = no quota; else oldest reviewed records are deleted to stay under it
     image_format: str = "png"        # png (lossless) | jpg

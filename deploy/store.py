@@ -1,6 +1,7 @@
 """The failure log: every failed or review-band part's image, attention map and overlay, and a record of it.
 
-    >>> store = SQLiteStore("failures/failures.db", "failures")     # opens, recovers from a crash
+    >>> store = open_store("", "failures")                        # SQLite: failures/failures.db (embedded default)
+    >>> store = open_store("postgresql://inspection@db/inspection", "/mnt/failures")  # many stations, one database
     >>> store.add(record, files={"image": (".png", png_bytes), "map": (".png", map_png), "overlay": (".jpg", jpg)})
     >>> store.records(station="line1", review_status="unreviewed", limit=50)
 
@@ -10,7 +11,11 @@ half-written file. A crash between the renames and the commit can leave files wi
 calls `recover(station)` when it starts, before it writes, which removes those (and stray temporary files) in
 its own station's folders, so after a restart there is no file without its record either. Readers (review
 station, `inspection failures`) never recover: a file a live runner has renamed in but not yet committed is
-not theirs to delete. The review station and PostgreSQL (issue 7) use the same interface.
+not theirs to delete. On PostgreSQL the files go to a folder every station and the review station mount (NFS,
+SMB); each station writes only under its own <day>/<station>/ folders.
+
+The schema is plain versioned SQL (MIGRATIONS), applied on open under a lock, so an older log is upgraded in
+place and several stations starting at once migrate it once; a log newer than the program is refused.
 """
 from __future__ import annotations
 
@@ -21,39 +26,39 @@ import sqlite3
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from deploy.atomic import TMP_MARK, write_atomic
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS failures (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id {id},
     part_id TEXT NOT NULL,
     station TEXT NOT NULL,
-    ts REAL NOT NULL,
+    ts {real} NOT NULL,
     model_version TEXT NOT NULL,
     verdict TEXT NOT NULL,
-    score REAL,
+    score {real},
     defect_type TEXT,
     boxes TEXT NOT NULL,
     files TEXT NOT NULL,
-    bytes INTEGER NOT NULL,
+    bytes {big} NOT NULL,
     review_status TEXT NOT NULL DEFAULT 'unreviewed'
 );
 CREATE INDEX IF NOT EXISTS failures_ts ON failures (ts);
 CREATE INDEX IF NOT EXISTS failures_station_ts ON failures (station, ts);
 CREATE INDEX IF NOT EXISTS failures_review ON failures (review_status, ts);
 CREATE TABLE IF NOT EXISTS reviews (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    failure_id INTEGER NOT NULL REFERENCES failures (id),
+    id {id},
+    failure_id {big} NOT NULL REFERENCES failures (id),
     reviewer TEXT NOT NULL,
-    ts REAL NOT NULL,
+    ts {real} NOT NULL,
     verdict TEXT NOT NULL,
     defect_type TEXT,
     comment TEXT NOT NULL DEFAULT '',
-    files TEXT NOT NULL DEFAULT '{}'
+    files TEXT NOT NULL DEFAULT '{{}}'
 );
 CREATE INDEX IF NOT EXISTS reviews_failure ON reviews (failure_id, id);
 CREATE INDEX IF NOT EXISTS reviews_ts ON reviews (ts);
@@ -61,17 +66,29 @@ CREATE TABLE IF NOT EXISTS tallies (
     day TEXT NOT NULL,
     station TEXT NOT NULL,
     verdict TEXT NOT NULL,
-    n INTEGER NOT NULL,
+    n {big} NOT NULL,
     PRIMARY KEY (day, station, verdict)
-);
+)
 """
+# Versioned schema changes, applied in order on open; never edit a released one, append a new one.
+# 1 is the schema from before versioning (IF NOT EXISTS: such a log passes through it unchanged).
+MIGRATIONS = [
+    (1, SCHEMA),
+    (2, """ALTER TABLE failures ADD COLUMN day TEXT;
+UPDATE failures SET day = {day_of_ts} WHERE day IS NULL;
+CREATE INDEX IF NOT EXISTS failures_day ON failures (day)"""),  # the station's local day: per-day statistics
+]
 # a reviewer's verdict → the failure's review status
 REVIEW_VERDICTS = {"defect": "confirmed", "false_alarm": "false_alarm", "unsure": "unsure"}
 SETTLED = ("confirmed", "false_alarm")  # reviewed for good: the quota may delete these, oldest first
 DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
-class StoreFull(OSError):
+class StoreUnavailable(OSError):
+    """The store cannot take records now (database unreachable); the writer keeps them and retries."""
+
+
+class StoreFull(StoreUnavailable):
     """The disk (or the quota, with only unreviewed records left) has no room for this record."""
 
 
@@ -107,48 +124,53 @@ class Review:
     id: int | None = None
 
 
-class FailureStore(Protocol):
-    """What the runner, the review station and the retrainer need from a failure log (SQLite here; PostgreSQL next)."""
+class SQLStore:
+    """The failure log's logic in portable SQL ("?" parameters); subclasses supply a connection and a dialect.
+
+    The interface the runner, the review station and the retrainer use (FailureStore): add, get, records,
+    neighbours, count, count_by_status, stations, tally, daily, set_review_status, add_review, reviews,
+    reviews_since, used_bytes, recover, close.
+    """
 
     folder: Path
+    quota_bytes: int | None
+    fsync: bool
+    DIALECT: dict[str, str] = {}
+    DB_ERRORS: tuple = ()
 
-    def add(self, record: FailureRecord, files: dict[str, tuple[str, bytes]]) -> int: ...
-    def get(self, record_id: int) -> FailureRecord | None: ...
-    def records(self, limit: int = 100, offset: int = 0, before: tuple[float, int] | None = None,
-                **filters) -> list[FailureRecord]: ...
-    def neighbours(self, record: FailureRecord, **filters) -> tuple[int | None, int | None]: ...
-    def count(self, **filters) -> int: ...
-    def count_by_status(self, **filters) -> dict[str, int]: ...
-    def stations(self) -> list[str]: ...
-    def tally(self, station: str, counts: dict[tuple[str, str], int]) -> None: ...
-    def daily(self, days: int = 30) -> list[dict]: ...
-    def set_review_status(self, record_id: int, status: str) -> None: ...
-    def add_review(self, failure_id: int, reviewer: str, verdict: str, defect_type: str | None = None,
-                   comment: str = "", corrected=None) -> int: ...
-    def reviews(self, failure_id: int) -> list[Review]: ...
-    def reviews_since(self, ts: float) -> tuple[int, float]: ...
-    def used_bytes(self) -> int: ...
-    def recover(self, station: str | None = None) -> dict: ...
-    def close(self) -> None: ...
-
-
-class SQLiteStore:
-    """Failure log on SQLite (WAL) with the files under `folder`. One writer thread; readers may be many."""
-
-    def __init__(self, db_path: str | Path, folder: str | Path, quota_bytes: int | None = None, fsync: bool = True):
+    def _setup(self, folder, quota_bytes, fsync) -> None:
         self.folder = Path(folder)
-        self.db_path = Path(db_path)
         self.quota_bytes = quota_bytes
         self.fsync = fsync
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self.db = sqlite3.connect(self.db_path, check_same_thread=False, timeout=30)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL" if fsync else "PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
         self.recovered: dict = {}
+
+    # -- what a dialect provides: reads, a write transaction, the migration lock ---------------------------------
+    def _rows(self, sql: str, args=()) -> list[dict]:
+        raise NotImplementedError
+
+    def _transaction(self):
+        """Context manager: a write transaction; yields execute(sql, args) → cursor."""
+        raise NotImplementedError
+
+    def _migrate(self, ex) -> None:
+        """Inside a transaction that holds the migration lock: bring the schema up to date."""
+        ex("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        current = ex("SELECT MAX(version) AS v FROM schema_version").fetchone()
+        current = (current["v"] if current is not None else None) or 0
+        if current > MIGRATIONS[-1][0]:
+            raise RuntimeError(f"{self}: the failure log's schema is version {current}, newer than this program "
+                               f"knows ({MIGRATIONS[-1][0]}); upgrade the program (or restore the older database)")
+        for version, sql in MIGRATIONS:
+            if version > current:
+                for statement in sql.format(**self.DIALECT).split(";"):
+                    if statement.strip():
+                        ex(statement)
+                ex("INSERT INTO schema_version (version) VALUES (?)", (version,))
+
+    def schema_version(self) -> int:
+        return int(self._rows("SELECT MAX(version) AS v FROM schema_version")[0]["v"])
 
     # -- crash recovery ------------------------------------------------------------------------------------------
     def recover(self, station: str | None = None) -> dict:
@@ -157,8 +179,13 @@ class SQLiteStore:
         Only for the writer, at start-up, before it writes: see the module docstring.
         """
         known = set()
-        for (files,) in self.db.execute("SELECT files FROM failures UNION ALL SELECT files FROM reviews"):
-            known.update(json.loads(files).values())
+        sql, args = "SELECT files FROM failures UNION ALL SELECT files FROM reviews", ()
+        if station:
+            sql = ("SELECT files FROM failures WHERE station = ? UNION ALL SELECT r.files FROM reviews r "
+                   "JOIN failures f ON f.id = r.failure_id WHERE f.station = ?")
+            args = (station, station)
+        for row in self._rows(sql, args):
+            known.update(json.loads(row["files"]).values())
         removed_tmp = removed_orphans = 0
         pattern = f"*/{_safe(station)}/*" if station else "*/*/*"
         for path in self.folder.glob(pattern):  # only the store's own <day>/<station>/<file>: nothing else
@@ -198,11 +225,11 @@ class SQLiteStore:
                 record.bytes = need
                 row = asdict(record)
                 row.pop("id")
-                row["boxes"], row["files"] = json.dumps(row["boxes"]), json.dumps(row["files"])
-                with self.db:
-                    cur = self.db.execute(f"INSERT INTO failures ({', '.join(row)}) VALUES "
-                                          f"({', '.join('?' * len(row))})", list(row.values()))
-            except (OSError, sqlite3.OperationalError) as exc:
+                row["boxes"], row["files"], row["day"] = json.dumps(row["boxes"]), json.dumps(row["files"]), day
+                with self._transaction() as ex:
+                    new_id = ex(f"INSERT INTO failures ({', '.join(row)}) VALUES ({', '.join('?' * len(row))}) "
+                                "RETURNING id", list(row.values())).fetchone()["id"]
+            except (OSError, *self.DB_ERRORS) as exc:
                 for path in written:
                     path.unlink(missing_ok=True)
                 record.files = {}
@@ -211,7 +238,7 @@ class SQLiteStore:
                     raise StoreFull(errno.ENOSPC, f"{self.folder}: disk full, record of part {record.part_id} "
                                                   "not written") from None
                 raise
-            record.id = cur.lastrowid
+            record.id = new_id
             return record.id
 
     def _make_room(self, need: int) -> None:
@@ -220,24 +247,25 @@ class SQLiteStore:
             return
         used = self.used_bytes()
         while used + need > self.quota_bytes:
-            row = self.db.execute(f"SELECT id, files, bytes FROM failures WHERE review_status IN {SETTLED} "
-                                  "ORDER BY ts LIMIT 1").fetchone()
-            if row is None:
+            rows = self._rows(f"SELECT id, files, bytes FROM failures WHERE review_status IN {SETTLED} "
+                              "ORDER BY ts LIMIT 1")
+            if not rows:
                 raise StoreFull(errno.EDQUOT, f"{self.folder}: quota of {self.quota_bytes} bytes is used by "
                                               "unreviewed failures; review them or raise the quota")
-            review_files = [json.loads(f) for (f,) in self.db.execute("SELECT files FROM reviews WHERE failure_id = ?",
-                                                                        (row["id"],))]
-            with self.db:
-                self.db.execute("DELETE FROM reviews WHERE failure_id = ?", (row["id"],))
-                self.db.execute("DELETE FROM failures WHERE id = ?", (row["id"],))
+            row = rows[0]
+            review_files = [json.loads(r["files"]) for r in self._rows("SELECT files FROM reviews WHERE failure_id = ?",
+                                                                         (row["id"],))]
+            with self._transaction() as ex:
+                ex("DELETE FROM reviews WHERE failure_id = ?", (row["id"],))
+                ex("DELETE FROM failures WHERE id = ?", (row["id"],))
             for files in [json.loads(row["files"]), *review_files]:
                 for rel in files.values():
                     (self.folder / rel).unlink(missing_ok=True)
             used -= row["bytes"]
 
     def set_review_status(self, record_id: int, status: str) -> None:
-        with self._lock, self.db:
-            self.db.execute("UPDATE failures SET review_status = ? WHERE id = ?", (status, record_id))
+        with self._lock, self._transaction() as ex:
+            ex("UPDATE failures SET review_status = ? WHERE id = ?", (status, record_id))
 
     def add_review(self, failure_id: int, reviewer: str, verdict: str, defect_type: str | None = None,
                    comment: str = "", corrected=None) -> int:
@@ -263,18 +291,17 @@ class SQLiteStore:
                     write_atomic(path, data, self.fsync)
                     written.append(path)
                     stored[kind] = (rel_dir / path.name).as_posix()
-                with self.db:
-                    cur = self.db.execute(
-                        "INSERT INTO reviews (failure_id, reviewer, ts, verdict, defect_type, comment, files) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)", (failure_id, reviewer, time.time(), verdict,
-                                                         defect_type, comment, json.dumps(stored)))
-                    self.db.execute("UPDATE failures SET review_status = ? WHERE id = ?",
-                                    (REVIEW_VERDICTS[verdict], failure_id))
+                with self._transaction() as ex:
+                    review_id = ex("INSERT INTO reviews (failure_id, reviewer, ts, verdict, defect_type, comment, files) "
+                                   "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                                   (failure_id, reviewer, time.time(), verdict, defect_type, comment,
+                                    json.dumps(stored))).fetchone()["id"]
+                    ex("UPDATE failures SET review_status = ? WHERE id = ?", (REVIEW_VERDICTS[verdict], failure_id))
             except BaseException:
                 for path in written:
                     path.unlink(missing_ok=True)
                 raise
-            return cur.lastrowid
+            return review_id
 
     def _corrected_files(self, record: FailureRecord, corrected) -> dict[str, bytes]:
         import cv2
@@ -304,53 +331,55 @@ class SQLiteStore:
 
     def reviews(self, failure_id: int) -> list[Review]:
         """Every review of a part, oldest first (the last one sets its status)."""
-        rows = self.db.execute("SELECT * FROM reviews WHERE failure_id = ? ORDER BY id", (failure_id,)).fetchall()
-        return [Review(**{**dict(r), "files": json.loads(r["files"])}) for r in rows]
+        rows = self._rows("SELECT * FROM reviews WHERE failure_id = ? ORDER BY id", (failure_id,))
+        return [Review(**{**r, "files": json.loads(r["files"])}) for r in rows]
 
     # -- reading -------------------------------------------------------------------------------------------------
     def reviews_since(self, ts: float) -> tuple[int, float]:
         """(number of reviews written after ts, time of the newest one or ts)."""
-        n, newest = self.db.execute("SELECT COUNT(*), MAX(ts) FROM reviews WHERE ts > ?", (ts,)).fetchone()
-        return int(n), float(newest if newest is not None else ts)
+        row = self._rows("SELECT COUNT(*) AS n, MAX(ts) AS newest FROM reviews WHERE ts > ?", (ts,))[0]
+        return int(row["n"]), float(row["newest"] if row["newest"] is not None else ts)
 
     def used_bytes(self) -> int:
-        return int(self.db.execute("SELECT COALESCE(SUM(bytes), 0) FROM failures").fetchone()[0])
+        return int(self._rows("SELECT COALESCE(SUM(bytes), 0) AS n FROM failures")[0]["n"])
 
     def count(self, **filters) -> int:
         where, args = _where(filters)
-        return int(self.db.execute(f"SELECT COUNT(*) FROM failures{where}", args).fetchone()[0])
+        return int(self._rows(f"SELECT COUNT(*) AS n FROM failures{where}", args)[0]["n"])
 
     def count_by_status(self, **filters) -> dict[str, int]:
         """Matching parts per review status, in one pass (the queue's counts)."""
         where, args = _where(filters)
-        rows = self.db.execute(f"SELECT review_status, COUNT(*) FROM failures{where} GROUP BY review_status", args)
-        return {"unreviewed": 0, "confirmed": 0, "false_alarm": 0, "unsure": 0, **dict(rows.fetchall())}
+        rows = self._rows(f"SELECT review_status, COUNT(*) AS n FROM failures{where} GROUP BY review_status", args)
+        return {"unreviewed": 0, "confirmed": 0, "false_alarm": 0, "unsure": 0,
+                **{r["review_status"]: int(r["n"]) for r in rows}}
 
     def stations(self) -> list[str]:
-        return [s for (s,) in self.db.execute("SELECT DISTINCT station FROM failures ORDER BY station")]
+        return [r["station"] for r in self._rows("SELECT DISTINCT station FROM failures ORDER BY station")]
 
     def records(self, limit: int = 100, offset: int = 0, before: tuple[float, int] | None = None,
                 **filters) -> list[FailureRecord]:
         """Newest first. `before=(ts, id)` pages by key (fast at any depth); filters: see FILTERS."""
         where, args = _where(filters, before=before)
-        rows = self.db.execute(f"SELECT * FROM failures{where} ORDER BY ts DESC, id DESC LIMIT ? OFFSET ?",
-                               [*args, limit, offset]).fetchall()
+        rows = self._rows(f"SELECT * FROM failures{where} ORDER BY ts DESC, id DESC LIMIT ? OFFSET ?",
+                          [*args, int(limit), int(offset)])
         return [_record(r) for r in rows]
 
     def neighbours(self, record: FailureRecord, **filters) -> tuple[int | None, int | None]:
         """IDs of the next newer and next older part under the same filters (None at either end)."""
         where, args = _where(filters, before=(record.ts, record.id))
-        older = self.db.execute(f"SELECT id FROM failures{where} ORDER BY ts DESC, id DESC LIMIT 1", args).fetchone()
+        older = self._rows(f"SELECT id FROM failures{where} ORDER BY ts DESC, id DESC LIMIT 1", args)
         where, args = _where(filters, after=(record.ts, record.id))
-        newer = self.db.execute(f"SELECT id FROM failures{where} ORDER BY ts, id LIMIT 1", args).fetchone()
-        return (newer[0] if newer else None), (older[0] if older else None)
+        newer = self._rows(f"SELECT id FROM failures{where} ORDER BY ts, id LIMIT 1", args)
+        return (newer[0]["id"] if newer else None), (older[0]["id"] if older else None)
 
     def tally(self, station: str, counts: dict[tuple[str, str], int]) -> None:
         """Add the runner's verdict counts, {(day 'YYYY-MM-DD', verdict): n}: the denominators of the fail rates."""
-        with self._lock, self.db:
-            self.db.executemany("INSERT INTO tallies (day, station, verdict, n) VALUES (?, ?, ?, ?) "
-                                "ON CONFLICT (day, station, verdict) DO UPDATE SET n = n + excluded.n",
-                                [(day, station, verdict, n) for (day, verdict), n in counts.items() if n])
+        with self._lock, self._transaction() as ex:
+            for (day, verdict), n in counts.items():
+                if n:
+                    ex("INSERT INTO tallies (day, station, verdict, n) VALUES (?, ?, ?, ?) ON CONFLICT "
+                       "(day, station, verdict) DO UPDATE SET n = tallies.n + excluded.n", (day, station, verdict, n))
 
     def daily(self, days: int = 30) -> list[dict]:
         """Per station and day, newest first: parts inspected, failed, logged, confirmed, false alarms, rates."""
@@ -361,18 +390,16 @@ class SQLiteStore:
             return out.setdefault((day, station), {"day": day, "station": station, "inspected": 0, "fail": 0,
                                                    "review": 0, "error": 0, "logged": 0, "confirmed": 0,
                                                    "false_alarm": 0, "unsure": 0, "unreviewed": 0})
-        for day, station, verdict, n in self.db.execute(
-                "SELECT day, station, verdict, n FROM tallies WHERE day >= ?", (since,)):
-            r = row(day, station)
-            r["inspected"] += n
-            if verdict in ("fail", "review", "error"):
-                r[verdict] += n
-        for day, station, status, n in self.db.execute(
-                "SELECT date(ts, 'unixepoch', 'localtime') AS day, station, review_status, COUNT(*) FROM failures "
-                "WHERE ts >= ? GROUP BY day, station, review_status", (time.mktime(time.strptime(since, "%Y-%m-%d")),)):
-            r = row(day, station)
-            r["logged"] += n
-            r[status] = r.get(status, 0) + n
+        for t in self._rows("SELECT day, station, verdict, n FROM tallies WHERE day >= ?", (since,)):
+            r = row(t["day"], t["station"])
+            r["inspected"] += int(t["n"])
+            if t["verdict"] in ("fail", "review", "error"):
+                r[t["verdict"]] += int(t["n"])
+        for f in self._rows("SELECT day, station, review_status, COUNT(*) AS n FROM failures WHERE day >= ? "
+                            "GROUP BY day, station, review_status", (since,)):
+            r = row(f["day"], f["station"])
+            r["logged"] += int(f["n"])
+            r[f["review_status"]] = r.get(f["review_status"], 0) + int(f["n"])
         for r in out.values():
             reviewed = r["confirmed"] + r["false_alarm"]
             r["fail_rate"] = r["fail"] / r["inspected"] if r["inspected"] else None
@@ -380,14 +407,140 @@ class SQLiteStore:
         return sorted(out.values(), key=lambda r: (r["day"], r["station"]), reverse=True)
 
     def get(self, record_id: int) -> FailureRecord | None:
-        row = self.db.execute("SELECT * FROM failures WHERE id = ?", (record_id,)).fetchone()
-        return None if row is None else _record(row)
+        rows = self._rows("SELECT * FROM failures WHERE id = ?", (int(record_id),))
+        return _record(rows[0]) if rows else None
 
     def path(self, record: FailureRecord, kind: str) -> Path:
         return self.folder / record.files[kind]
 
+
+
+class SQLiteStore(SQLStore):
+    """Failure log on SQLite (WAL) with the files under `folder`: the embedded default, one station per file."""
+
+    DIALECT = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "real": "REAL", "big": "INTEGER",
+               "day_of_ts": "date(ts, 'unixepoch', 'localtime')"}
+    DB_ERRORS = (sqlite3.OperationalError,)
+
+    def __init__(self, db_path: str | Path, folder: str | Path, quota_bytes: int | None = None, fsync: bool = True):
+        self._setup(folder, quota_bytes, fsync)
+        self.db_path = Path(db_path)
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.db_path, check_same_thread=False, timeout=30)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL" if fsync else "PRAGMA synchronous=NORMAL")
+        self.db.execute("BEGIN IMMEDIATE")  # the write lock: two processes opening an old log migrate it once
+        try:
+            self._migrate(self.db.execute)
+            self.db.commit()
+        except BaseException:
+            self.db.rollback()
+            self.db.close()
+            raise
+
+    def __str__(self) -> str:
+        return str(self.db_path)
+
+    def _rows(self, sql: str, args=()) -> list[dict]:
+        return [dict(r) for r in self.db.execute(sql, args)]
+
+    @contextmanager
+    def _transaction(self):
+        with self.db:
+            yield self.db.execute
+
     def close(self) -> None:
         self.db.close()
+
+
+class PostgresStore(SQLStore):
+    """Failure log on PostgreSQL: many stations write to one database, one review station serves them all.
+
+    `url`: a libpq connection string (postgresql://user@host:5432/db; the password from PGPASSWORD or
+    ~/.pgpass rather than the URL). Each thread has its own connection, re-opened after a server restart;
+    while the server is unreachable, calls raise StoreUnavailable (the runner keeps its records and retries).
+    """
+
+    DIALECT = {"id": "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY", "real": "DOUBLE PRECISION",
+               "big": "BIGINT", "day_of_ts": "to_char(to_timestamp(ts), 'YYYY-MM-DD')"}
+    MIGRATION_LOCK = 0x1F5A11  # pg_advisory_xact_lock key: one migrating process at a time
+
+    def __init__(self, url: str, folder: str | Path, quota_bytes: int | None = None, fsync: bool = True,
+                 connect_timeout: float = 5):
+        try:
+            import psycopg
+        except ImportError:
+            raise ImportError("a postgresql:// failure log needs psycopg: pip install 'inspection[postgres]'") from None
+        self._psycopg = psycopg
+        self.DB_ERRORS = (psycopg.OperationalError,)
+        self._setup(folder, quota_bytes, fsync)
+        self.url, self.connect_timeout = url, connect_timeout
+        self._local = threading.local()
+        self._conns: list = []
+        with self._transaction() as ex:
+            ex("SELECT pg_advisory_xact_lock(?)", (self.MIGRATION_LOCK,))
+            self._migrate(ex)
+
+    def __str__(self) -> str:
+        return _redact(self.url)
+
+    def _conn(self):
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.broken:
+            from psycopg.rows import dict_row
+            try:
+                conn = self._psycopg.connect(self.url, autocommit=True, row_factory=dict_row,
+                                             connect_timeout=max(1, int(self.connect_timeout)))
+            except self._psycopg.OperationalError as exc:
+                raise StoreUnavailable(errno.ECONNREFUSED, f"failure log database {self}: {exc}".strip()) from None
+            self._local.conn = conn
+            with self._lock:
+                self._conns.append(conn)
+        return conn
+
+    def _rows(self, sql: str, args=()) -> list[dict]:
+        try:
+            return self._conn().execute(sql.replace("?", "%s"), args).fetchall()
+        except self._psycopg.OperationalError as exc:
+            raise StoreUnavailable(errno.ECONNRESET, f"failure log database {self}: {exc}".strip()) from None
+
+    @contextmanager
+    def _transaction(self):
+        conn = self._conn()
+        try:
+            with conn.transaction():
+                yield lambda sql, args=(): conn.execute(sql.replace("?", "%s"), args)
+        except self._psycopg.OperationalError as exc:
+            raise StoreUnavailable(errno.ECONNRESET, f"failure log database {self}: {exc}".strip()) from None
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._conns:
+                conn.close()
+            self._conns.clear()
+
+
+FailureStore = SQLStore
+
+
+def open_store(db: str | Path, folder: str | Path, quota_bytes: int | None = None, fsync: bool = True,
+               create: bool = True) -> SQLStore:
+    """`db`: "" (SQLite at <folder>/failures.db), a SQLite file, or a postgresql:// URL.
+
+    create=False (readers: review station, reports, retrain): a SQLite log that does not exist is an error."""
+    if str(db).startswith(("postgresql://", "postgres://")):
+        return PostgresStore(str(db), folder, quota_bytes, fsync)
+    path = Path(db or Path(folder) / "failures.db")
+    if not create and not path.is_file():
+        raise FileNotFoundError(f"{path}: no failure log here; point --log at a line runner's log.folder "
+                                "(or --db at its database)")
+    return SQLiteStore(path, folder, quota_bytes, fsync)
+
+
+def _redact(url: str) -> str:
+    """A connection URL without its password, for messages and logs."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
 # filter name → SQL condition; every value travels as a bound parameter, never as SQL text
@@ -420,8 +573,9 @@ def _where(filters: dict, before: tuple[float, int] | None = None,
     return (" WHERE " + " AND ".join(conds) if conds else ""), args
 
 
-def _record(row: sqlite3.Row) -> FailureRecord:
+def _record(row: dict) -> FailureRecord:
     d = dict(row)
+    d.pop("day", None)
     d["boxes"], d["files"] = json.loads(d["boxes"]), json.loads(d["files"])
     return FailureRecord(**d)
 

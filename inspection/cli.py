@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -162,13 +163,10 @@ def cmd_run(args) -> int:
 
 def cmd_failures(args) -> int:
     from deploy.review_log import write_review_log
-    from deploy.store import SQLiteStore
+    from deploy.store import open_store
 
     folder = Path(args.log)
-    if not (folder / "failures.db").exists():
-        print(f"error: {folder / 'failures.db'}: no failure log here", file=sys.stderr)
-        return 2
-    store = SQLiteStore(folder / "failures.db", folder)
+    store = open_store(args.db, folder, create=False)
     if args.export_reviewed:
         from deploy.reviewed import export_reviewed
         print(json.dumps({"dataset": args.export_reviewed, **export_reviewed(store, args.export_reviewed)}))
@@ -185,7 +183,7 @@ def cmd_review(args) -> int:
     from deploy.review.app import ReviewConfig, create_app
 
     cfg = ReviewConfig(Path(args.log), resolve_package(args.package) if args.package else None,
-                       secure_cookies=args.secure_cookies)
+                       Path(args.accounts) if args.accounts else None, args.secure_cookies, db=args.db)
     app = create_app(cfg)
     if not app.state.review.accounts.users():
         print(f"error: no review accounts yet; create a QA lead first:\n  inspection users add NAME --role lead "
@@ -199,7 +197,6 @@ def cmd_review(args) -> int:
 
 def cmd_users(args) -> int:
     import getpass
-    import os
 
     from deploy.review.auth import Accounts, AuthError
 
@@ -207,7 +204,7 @@ def cmd_users(args) -> int:
     if not folder.is_dir():
         print(f"error: {folder}: no such failure-log folder", file=sys.stderr)
         return 2
-    accounts = Accounts(folder / "review.db")
+    accounts = Accounts(args.accounts or folder / "review.db")
     try:
         if args.action == "list":
             for u in accounts.users():
@@ -267,7 +264,7 @@ def cmd_retrain(args) -> int:
 
     try:
         result = retrain(args.registry, args.log, args.golden, args.out, args.data, args.min_reviews,
-                         list(args.set or []), progress=not args.quiet)
+                         list(args.set or []), progress=not args.quiet, db=args.db)
     except RetrainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -360,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="where review_log.md/.png go (default: the log folder)")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--export-reviewed", metavar="DIR", help="write reviewed parts as a training dataset folder")
+    _add_db_arg(p)
     p.set_defaults(func=cmd_failures)
 
     p = sub.add_parser("review", help="serve the review station (browser) on a failure log (torch-free)")
@@ -368,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0: the whole network)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--secure-cookies", action="store_true", help="behind HTTPS: cookies only over TLS")
+    p.add_argument("--accounts", help="accounts/audit SQLite file (default: review.db in the --log folder)")
+    _add_db_arg(p)
     p.set_defaults(func=cmd_review)
 
     p = sub.add_parser("users", help="review-station accounts: list, add, passwd, disable, enable")
@@ -375,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?")
     p.add_argument("--role", default="operator", choices=["operator", "lead"])
     p.add_argument("--log", default="runs/line/failures", help="the failure-log folder (accounts: review.db in it)")
+    p.add_argument("--accounts", help="accounts SQLite file (default: review.db in the --log folder)")
     p.set_defaults(func=cmd_users)
 
     p = sub.add_parser("models", help="model registry: list, add a package, promote, roll back")
@@ -400,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="earlier training data replayed with the reviews (dataset folder)")
     p.add_argument("--out", default="runs/retrain")
     p.add_argument("--min-reviews", type=int, default=20, help="fewer new reviews: nothing to do")
+    _add_db_arg(p)
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="training overrides, e.g. --set train.epochs=3 --set train.freeze_features=true")
     p.add_argument("--quiet", action="store_true")
@@ -413,6 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_db_arg(p) -> None:
+    p.add_argument("--db", default=os.environ.get("INSPECTION_DB", ""),
+                   help="failure-log database: a SQLite file or postgresql://user@host/db (default: "
+                        "$INSPECTION_DB, else failures.db in the --log folder); password from PGPASSWORD")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from deploy.package import PackageError
@@ -423,7 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     from deploy.sources import SourceError
     from deploy.station import StationConfigError
 
-    errors = (PackageError, FrameError, ImageError, SourceError, StationConfigError, RegistryError)
+    from deploy.store import StoreUnavailable
+
+    errors = (PackageError, FrameError, ImageError, SourceError, StationConfigError, RegistryError, StoreUnavailable,
+              FileNotFoundError)
     if args.command in ("models",) and args.action in ("add", "promote") and not args.target:
         print(f"error: models {args.action} needs a {'package folder' if args.action == 'add' else 'version'}",
               file=sys.stderr)

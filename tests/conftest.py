@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,87 @@ def always_fail(package, dst: Path) -> Path:
     meta["decision"]["review_band"] = 0.0
     (dst / "metadata.json").write_text(json.dumps(meta))
     return dst
+
+
+class PostgresServer:
+    """A real PostgreSQL server (Debian's `postgresql`, installed by `make postgres`) in a temporary folder.
+
+    Runs as the `postgres` user when the tests run as root (initdb refuses root), on a free loopback port.
+    """
+
+    def __init__(self):
+        import glob
+        import os
+        import socket
+        import subprocess
+
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb")]
+        if not found[-1]:
+            raise RuntimeError("PostgreSQL server not installed: run `make postgres` (Debian's postgresql)")
+        self.bin = Path(found[-1]).parent
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        folder = self.folder = Path(tempfile.mkdtemp(prefix="inspection-pg-"))  # pytest's tmp is root-only
+        if self.as_user:
+            shutil.chown(folder, "postgres")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.data, self.run = folder / "data", subprocess.run
+        self._pg("initdb", "-D", self.data, "-U", "inspection", "--auth=trust", "-E", "UTF8")
+        self._pg("pg_ctl", "-D", self.data, "-w", "-l", folder / "server.log", "-o",
+                 f"-c listen_addresses=127.0.0.1 -p {self.port} -k {folder} -c fsync=off -c max_connections=200",
+                 "start")
+        self.n = 0
+
+    def _pg(self, tool, *args):
+        r = self.run([*self.as_user, str(self.bin / tool), *map(str, args)], capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(f"{tool} failed: {r.stderr[-2000:]}")
+
+    def url(self, db="inspection") -> str:
+        return f"postgresql://inspection@127.0.0.1:{self.port}/{db}"
+
+    def new_database(self) -> str:
+        import psycopg
+
+        self.n += 1
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE t{self.n}")
+        return self.url(f"t{self.n}")
+
+    def stop(self):
+        self._pg("pg_ctl", "-D", self.data, "-m", "fast", "stop")
+
+    def remove(self):
+        self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def start(self):
+        self._pg("pg_ctl", "-D", self.data, "-w", "-l", self.data.parent / "server.log", "start")
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    server = PostgresServer()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_log(request, tmp_path):
+    """open_log(name, **kw): a failure log in tmp_path/name, on SQLite or on a new PostgreSQL database.
+
+    The same name opens the same log again (a second process's view)."""
+    from deploy.store import open_store
+
+    dbs, stores = {}, []
+
+    def open_(name="log", **kw):
+        if name not in dbs:
+            dbs[name] = "" if request.param == "sqlite" else request.getfixturevalue("postgres").new_database()
+        stores.append(open_store(dbs[name], tmp_path / name, fsync=False, **kw))
+        return stores[-1]
+    open_.backend = request.param
+    yield open_
+    for s in stores:
+        s.close()

@@ -1,4 +1,5 @@
-"""Reviews in the failure log: history kept, status follows the latest review, corrected maps checked and stored."""
+"""The failure log, on SQLite and on a real PostgreSQL server (same tests): records, paging, reviews, corrected
+maps, quota, statistics, crash recovery, schema migration, concurrent writers."""
 import threading
 import time
 
@@ -10,8 +11,8 @@ from deploy.store import FailureRecord, ReviewError, SQLiteStore
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = SQLiteStore(tmp_path / "log" / "failures.db", tmp_path / "log", fsync=False)
+def store(open_log):
+    s = open_log("log")
     frame = np.full((60, 80, 3), 100, np.uint8)
     att = (np.random.default_rng(0).random((8, 10)) * 65535).astype(np.uint16)
     files = {"image": (".png", cv2.imencode(".png", frame)[1].tobytes()),
@@ -40,9 +41,9 @@ def test_reviews_keep_history_and_set_the_status(store):
             store.add_review(**args)
 
 
-def test_two_reviewers_at_once_lose_neither(tmp_path, store):
+def test_two_reviewers_at_once_lose_neither(open_log, store):
     rid = store.records(part_id="p1")[0].id
-    other = SQLiteStore(tmp_path / "log" / "failures.db", tmp_path / "log", fsync=False)  # a second process's view
+    other = open_log("log")  # a second process's view
     barrier = threading.Barrier(2)
 
     def review(s, name):
@@ -81,8 +82,8 @@ def test_corrected_maps_at_map_or_frame_resolution_are_stored_at_both(store):
     assert len(store.reviews(rid)) == 2
 
 
-def test_quota_removes_a_settled_part_with_its_reviews_and_keeps_unsure_ones(tmp_path):
-    s = SQLiteStore(tmp_path / "q.db", tmp_path / "q", quota_bytes=2500, fsync=False)
+def test_quota_removes_a_settled_part_with_its_reviews_and_keeps_unsure_ones(open_log, tmp_path):
+    s = open_log("q", quota_bytes=2500)
     att = cv2.imencode(".png", np.zeros((4, 4), np.uint16))[1].tobytes()
     a = s.add(FailureRecord("a", "s", 1.0, "v", "fail", 0.9, None, []),
               {"map": (".png", att), "x": (".bin", b"x" * 900)})
@@ -94,12 +95,12 @@ def test_quota_removes_a_settled_part_with_its_reviews_and_keeps_unsure_ones(tmp
     assert len(list((tmp_path / "q").rglob("*.png"))) == 0  # the corrected maps went with their part
 
 
-def test_reviewed_parts_export_to_a_dataset_the_trainer_reads(tmp_path):
+def test_reviewed_parts_export_to_a_dataset_the_trainer_reads(open_log, tmp_path):
     from deploy.reviewed import export_reviewed
     from inspection.config import load_config
     from inspection.data import InspectionDataset, scan_dataset
 
-    s = SQLiteStore(tmp_path / "log" / "failures.db", tmp_path / "log", fsync=False)
+    s = open_log("log")
     rng = np.random.default_rng(1)
     for i in range(10):
         frame = (rng.random((48, 64, 3)) * 255).astype(np.uint8)
@@ -132,3 +133,105 @@ def test_reviewed_parts_export_to_a_dataset_the_trainer_reads(tmp_path):
     ds = InspectionDataset(manifest, split, cfg.data)
     item = ds[next(i for i, it in enumerate(ds.items) if it.corrected)]
     assert item["has_target"] and float(item["target_map"].max()) > 0.5
+
+
+def _add(s, part, station="line-1", ts=None, verdict="fail", score=0.9, defect_type="scratch"):
+    return s.add(FailureRecord(part, station, ts or time.time(), "v1", verdict, score, defect_type, []),
+                 {"x": (".bin", part.encode())})
+
+
+def test_queries_page_filter_count_and_tally_alike_on_every_backend(open_log):
+    s = open_log("q")
+    t0 = time.mktime(time.strptime("2026-11-20 12:00", "%Y-%m-%d %H:%M"))
+    ids = [_add(s, f"p{i}", station=f"line-{i % 2}", ts=t0 + i * 3600 * 8, score=i / 10,
+                defect_type=("scratch", "hole")[i % 2]) for i in range(10)]  # 8 h apart: 4 days
+    for part in ("same-ts-a", "same-ts-b"):  # equal timestamps: paging breaks ties by id
+        _add(s, part, station="line-0", ts=t0, score=0.1)
+    assert s.count() == 12 and s.stations() == ["line-0", "line-1"]
+    pages, before = [], None
+    while page := s.records(limit=5, before=before):
+        pages += page
+        before = (page[-1].ts, page[-1].id)
+    assert [r.id for r in pages] == [r.id for r in s.records(limit=100)] and len(pages) == 12
+    assert [r.part_id for r in s.records(station="line-1", score_min=0.5)] == ["p9", "p7", "p5"]
+    assert s.count(defect_type="hole", ts_from=t0 + 1, ts_to=t0 + 3600 * 8 * 6) == 3  # p1, p3, p5
+    mid = s.get(ids[5])
+    assert s.neighbours(mid) == (ids[6], ids[4]) and s.neighbours(mid, station="line-1") == (ids[7], ids[3])
+    assert s.neighbours(s.get(ids[9])) == (None, ids[8])
+    s.add_review(ids[0], "ana", "defect")
+    s.add_review(ids[1], "ana", "false_alarm")
+    assert s.count_by_status() == {"unreviewed": 10, "confirmed": 1, "false_alarm": 1, "unsure": 0}
+    assert s.count_by_status(station="line-0") == {"unreviewed": 6, "confirmed": 1, "false_alarm": 0, "unsure": 0}
+    n, newest = s.reviews_since(0)
+    assert n == 2 and newest > t0 and s.reviews_since(newest) == (0, newest)
+    with pytest.raises(ValueError, match="score_min must be a number"):
+        s.records(score_min="high")
+    assert s.records(station="x' OR '1'='1") == []  # values are bound, never SQL text
+    today = time.strftime("%Y-%m-%d")
+    s.tally("line-0", {(today, "pass"): 90, (today, "fail"): 10})
+    s.tally("line-0", {(today, "pass"): 100})
+    row = next(r for r in s.daily(3650) if r["day"] == today and r["station"] == "line-0")
+    assert row["inspected"] == 200 and row["fail_rate"] == pytest.approx(10 / 200)
+    first_day = next(r for r in s.daily(3650) if r["day"] == "2026-11-20" and r["station"] == "line-0")
+    assert first_day["logged"] == 3 and first_day["confirmed"] == 1  # p0 and the two tie-break parts
+    assert s.used_bytes() == sum(len(r.part_id) for r in s.records(limit=100))
+
+
+def test_recovery_removes_only_files_no_record_names(open_log):
+    s = open_log("r")
+    rid = _add(s, "kept")
+    folder = (s.folder / s.get(rid).files["x"]).parent
+    (folder / "orphan-x.bin").write_bytes(b"a crash between rename and commit")
+    (folder / ".half.bin.tmp-123").write_bytes(b"a crash while writing")
+    assert s.recover("line-1") == {"temporary": 1, "orphans": 1}
+    assert (s.folder / s.get(rid).files["x"]).is_file() and len(list(folder.iterdir())) == 1
+
+
+def _write_many(db, folder, station, n):
+    from deploy.store import open_store
+    s = open_store(db, folder, fsync=False)
+    for i in range(n):
+        _add(s, f"{station}-{i}", station=station)
+    s.close()
+
+
+def test_writers_in_several_processes_lose_no_record(open_log):
+    import multiprocessing
+
+    s = open_log("shared")
+    db = "" if open_log.backend == "sqlite" else s.url
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_write_many, args=(db, s.folder, f"line-{k}", 60)) for k in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * 4
+    records = s.records(limit=1000)
+    assert len(records) == 240 and len({r.id for r in records}) == 240
+    assert {r.part_id for r in records} == {f"line-{k}-{i}" for k in range(4) for i in range(60)}
+    assert all((s.folder / r.files["x"]).read_bytes() == r.part_id.encode() for r in records)
+
+
+def test_a_log_newer_than_the_program_is_refused(open_log):
+    s = open_log("new")
+    with s._transaction() as ex:
+        ex("INSERT INTO schema_version (version) VALUES (?)", (99,))
+    with pytest.raises(RuntimeError, match="schema is version 99, newer than this program"):
+        open_log("new")
+
+
+def test_a_log_from_before_versioning_is_migrated_in_place(tmp_path):
+    import sqlite3
+
+    from deploy.store import MIGRATIONS
+
+    old = sqlite3.connect(tmp_path / "failures.db")  # the first release's schema, one record in it
+    old.executescript(MIGRATIONS[0][1].format(**SQLiteStore.DIALECT))
+    old.execute("INSERT INTO failures (part_id, station, ts, model_version, verdict, score, boxes, files, bytes) "
+                "VALUES ('p1', 'line-1', ?, 'v1', 'fail', 0.9, '[]', '{}', 0)", (time.time(),))
+    old.commit()
+    old.close()
+    s = SQLiteStore(tmp_path / "failures.db", tmp_path)
+    assert s.schema_version() == len(MIGRATIONS) and s.records()[0].part_id == "p1"
+    assert s.daily(1)[0]["logged"] == 1  # the new per-day column was filled from the timestamps

@@ -21,7 +21,7 @@ from deploy.atomic import write_atomic
 from deploy.export import export_package
 from deploy.registry import Registry
 from deploy.reviewed import export_reviewed
-from deploy.store import SQLiteStore
+from deploy.store import StoreUnavailable, open_store
 from inspection.data import scan_dataset
 from inspection.model import load_checkpoint
 from training.gate import gate
@@ -98,7 +98,8 @@ def _pixels_hash(path: Path) -> str:
 
 def retrain(registry: str | Path, log: str | Path, golden: str | Path, out: str | Path,
             base_data: str | Path | None = None, min_reviews: int = 5, overrides: list[str] | None = None,
-            progress: bool = True) -> dict:
+            progress: bool = True, db: str = "") -> dict:
+    """`db`: the failure log's database when not <log>/failures.db (a SQLite file or a postgresql:// URL)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / ".retrain.lock", "w") as lock:
@@ -107,11 +108,11 @@ def retrain(registry: str | Path, log: str | Path, golden: str | Path, out: str 
         except BlockingIOError:
             raise RetrainError(f"{out}: another retrain is running (lock held); nothing was changed") from None
         return _retrain(Registry(registry), Path(log), Path(golden), out,
-                        Path(base_data) if base_data else None, min_reviews, overrides or [], progress)
+                        Path(base_data) if base_data else None, min_reviews, overrides or [], progress, db)
 
 
 def _retrain(reg: Registry, log: Path, golden: Path, out: Path, base: Path | None, min_reviews: int,
-             overrides: list[str], progress: bool) -> dict:
+             overrides: list[str], progress: bool, db: str) -> dict:
     say = (lambda m: print(f"retrain: {m}", file=sys.stderr)) if progress else (lambda m: None)
     production = reg.current()
     if production is None:
@@ -122,9 +123,10 @@ def _retrain(reg: Registry, log: Path, golden: Path, out: Path, base: Path | Non
                            "(register packages with --checkpoint)")
     state_path = out / "state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {"last_review_ts": 0.0}
-    if not (log / "failures.db").exists():
-        raise RetrainError(f"{log}: no failure log here")
-    store = SQLiteStore(log / "failures.db", log)
+    try:
+        store = open_store(db, log, create=False)
+    except (FileNotFoundError, StoreUnavailable) as exc:
+        raise RetrainError(str(exc)) from None
     n_new, newest = store.reviews_since(state["last_review_ts"])
     if n_new < min_reviews:
         say(f"{n_new} new review(s) since the last run, fewer than {min_reviews}: nothing to do")

@@ -34,7 +34,7 @@ from fastapi.templating import Jinja2Templates
 from deploy.review.auth import ROLES, Accounts, AuthError, User
 from deploy.reviewed import export_reviewed
 from deploy.runtime import FrameError, Runtime, read_frame
-from deploy.store import FILTERS, REVIEW_VERDICTS, FailureRecord, FailureStore, ReviewError, SQLiteStore
+from deploy.store import FILTERS, REVIEW_VERDICTS, FailureRecord, FailureStore, ReviewError, open_store
 from inspection.boxes import upsample_attention
 
 HERE = Path(__file__).parent
@@ -52,6 +52,7 @@ class ReviewConfig:
     accounts: Path | None = None             # default: <log>/review.db
     secure_cookies: bool = False             # set behind HTTPS
     defect_types: list[str] = field(default_factory=list)
+    db: str = ""                             # failure-log database: "" = <log>/failures.db, or postgresql://...
 
 
 class ReviewApp:
@@ -59,9 +60,7 @@ class ReviewApp:
 
     def __init__(self, cfg: ReviewConfig, store: FailureStore | None = None):
         self.cfg = cfg
-        if not (cfg.log / "failures.db").exists() and store is None:
-            raise FileNotFoundError(f"{cfg.log}: no failures.db here; point --log at a line runner's log folder")
-        self.store = store or SQLiteStore(cfg.log / "failures.db", cfg.log)
+        self.store = store or open_store(cfg.db, cfg.log, create=False)
         self.accounts = Accounts(cfg.accounts or cfg.log / "review.db")
         self.runtime = Runtime(cfg.package, backend="cpu", threads=2) if cfg.package else None
 
