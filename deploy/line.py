@@ -181,8 +181,10 @@ class LineRunner:
         folder = Path(cfg.log.folder)
         self.store: FailureStore = open_store(cfg.log.db, folder,
                                               int(cfg.log.quota_mb * 2**20) if cfg.log.quota_mb else None,
-                                              cfg.log.fsync)
-        self.store.recover(cfg.station)  # leftovers of a crash of this station's earlier run
+                                              cfg.log.fsync, offline_ok=True)
+        if cfg.log.outbox:
+            self.store.outbox = Path(cfg.log.outbox)
+        self._outbox = len(self.store.spooled(cfg.station))  # records from an earlier outage, replayed first
         self.mqtt = (MQTTOutput(cfg.mqtt, cfg.station, self.metrics, cfg.source.part_id == "trigger")
                      if cfg.mqtt.host else None)
         self.http = None
@@ -191,6 +193,12 @@ class LineRunner:
         self.last_frame = 0.0
         self.metrics.set("log_disk_full", 0)
         self.metrics.set("log_db_unavailable", 0)
+        self.metrics.set("log_outbox_records", self._outbox)
+        try:
+            self.store.recover(cfg.station)  # leftovers of a crash of this station's earlier run
+        except StoreUnavailable as exc:  # the database is down: start anyway, records go to the outbox
+            print(f"failure log: {exc}; starting with records in the outbox {self.store.outbox}", file=sys.stderr)
+            self.metrics.set("log_db_unavailable", 1)
         self._tallied: dict[str, float] = {}  # verdict counters already written to the store's daily tallies
         self._tally_flushed = time.time()
 
@@ -211,8 +219,11 @@ class LineRunner:
         probe = Path(self.cfg.log.folder) / f".write-probe.tmp-{id(self)}"
         probe.write_bytes(b"ok")
         probe.unlink()
-        report["log"] = (f"{self.cfg.log.folder}: writable, {self.store.count()} records, "
-                         f"recovered {self.store.recovered}")
+        try:
+            report["log"] = (f"{self.store}: writable, {self.store.count()} records, "
+                             f"recovered {getattr(self.store, 'recovered', None)}")
+        except StoreUnavailable as exc:
+            report["log"] = f"{exc}; records wait in the outbox {self.store.outbox}"
         if self.cfg.http.port:
             self.http = _serve_http(self)
             report["http"] = f"http://{self.cfg.http.host}:{self.http.server_address[1]}"
@@ -382,7 +393,7 @@ class LineRunner:
             files["overlay"] = (".jpg", cv2.imencode(".jpg", vis, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
         return files
 
-    def _write(self, job) -> None:
+    def _record(self, job) -> tuple[FailureRecord, dict]:
         frame, result, error, version = job
         record = FailureRecord(frame.part_id, self.cfg.station, frame.ts, version,
                                "error" if result is None else result.verdict,
@@ -391,11 +402,13 @@ class LineRunner:
                                [] if result is None else [b.to_dict() for b in result.boxes])
         if error:
             record.boxes = [{"error": error}]
-        self.store.add(record, self._files(frame, result))
-        self.metrics.inc("log_records_total")
+        return record, self._files(frame, result)
 
     def _writer(self) -> None:
-        waiting: collections.deque = collections.deque()  # records the store could not take yet, oldest first
+        """Write the records to the store, oldest first. While the database is unreachable they go to the
+        outbox on disk (kept across restarts) and are replayed when it is back; while the disk is full they
+        wait in memory (up to log.queue). Retried every log.retry_s."""
+        waiting: collections.deque = collections.deque()  # (record, files) the store has not taken yet
         last_try = 0.0
         while True:
             try:
@@ -403,38 +416,76 @@ class LineRunner:
             except queue.Empty:
                 job = None
             if job is not None and job is not _END:
-                waiting.append(job)
-            if waiting and (job is not None or time.time() - last_try >= self.cfg.log.retry_s or
-                            not self._store_blocked()):
+                try:
+                    waiting.append(self._record(job))
+                except Exception as exc:  # noqa: BLE001 - one bad record must not stop the writer
+                    print(f"failure log: record of part {job[0].part_id} not written: {exc}", file=sys.stderr)
+                    self.metrics.inc("log_write_errors_total")
+            blocked = self._store_blocked()
+            if (waiting or self._outbox) and (not blocked or time.time() - last_try >= self.cfg.log.retry_s):
                 last_try = time.time()
-                while waiting:
-                    try:
-                        self._write(waiting[0])
-                        waiting.popleft()
-                        self.metrics.set("log_disk_full", 0)
-                        self.metrics.set("log_db_unavailable", 0)
-                    except StoreUnavailable as exc:  # disk full or database down: keep the records, retry
-                        if not self._store_blocked():
-                            print(f"failure log: {exc}; verdicts continue, records wait in memory", file=sys.stderr)
-                        self.metrics.set("log_disk_full" if isinstance(exc, StoreFull) else "log_db_unavailable", 1)
-                        while len(waiting) > self.cfg.log.queue:
-                            waiting.popleft()
-                            self.metrics.inc("log_records_lost_total")
-                        break
-                    except Exception as exc:  # noqa: BLE001 - one bad record must not stop the writer
-                        print(f"failure log: record of part {waiting[0][0].part_id} not written: {exc}",
-                              file=sys.stderr)
-                        waiting.popleft()
-                        self.metrics.inc("log_write_errors_total")
+                try:
+                    self._drain(waiting)
+                    self.metrics.set("log_disk_full", 0)
+                    self.metrics.set("log_db_unavailable", 0)
+                except StoreUnavailable as exc:
+                    if not blocked:
+                        print(f"failure log: {exc}; verdicts continue, records wait", file=sys.stderr)
+                    self.metrics.set("log_disk_full" if isinstance(exc, StoreFull) else "log_db_unavailable", 1)
+            if self.metrics.get("log_db_unavailable"):
+                self._spool(waiting)
+            while len(waiting) > self.cfg.log.queue:
+                waiting.popleft()
+                self.metrics.inc("log_records_lost_total")
             self.metrics.set("log_waiting_records", len(waiting))
+            self.metrics.set("log_outbox_records", self._outbox)
             if job is _END or time.time() - self._tally_flushed >= TALLY_S:
                 self._flush_tally()
             if job is _END:
                 if waiting:
                     self.metrics.inc("log_records_lost_total", len(waiting))
                     print(f"failure log: {len(waiting)} record(s) could not be written at shutdown "
-                          "(disk full or database unavailable)", file=sys.stderr)
+                          "(disk full)", file=sys.stderr)
+                if self._outbox:
+                    print(f"failure log: {self._outbox} record(s) wait in the outbox {self.store.outbox}; "
+                          "the next start writes them", file=sys.stderr)
                 return
+
+    def _drain(self, waiting: collections.deque) -> None:
+        """The outbox first, then the waiting records; raises StoreUnavailable where the store stops taking them."""
+        if self._outbox:
+            before = self._outbox
+            try:
+                self.store.replay(self.cfg.station)
+            finally:
+                self._outbox = len(self.store.spooled(self.cfg.station))
+                self.metrics.inc("log_records_total", max(0, before - self._outbox))
+        while waiting:
+            record, files = waiting[0]
+            try:
+                self.store.add(record, files)
+                self.metrics.inc("log_records_total")
+            except StoreUnavailable:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one bad record must not stop the writer
+                print(f"failure log: record of part {record.part_id} not written: {exc}", file=sys.stderr)
+                self.metrics.inc("log_write_errors_total")
+            waiting.popleft()
+
+    def _spool(self, waiting: collections.deque) -> None:
+        """Database down: move the waiting records to the outbox on disk (in memory still if that fails too)."""
+        while waiting:
+            try:
+                self.store.spool(*waiting[0])
+            except OSError as exc:
+                if not self.metrics.get("log_outbox_unwritable"):
+                    print(f"failure log: outbox {self.store.outbox} not writable either ({exc}); records wait "
+                          "in memory", file=sys.stderr)
+                self.metrics.set("log_outbox_unwritable", 1)
+                return
+            self.metrics.set("log_outbox_unwritable", 0)
+            waiting.popleft()
+            self._outbox += 1
 
     def _store_blocked(self) -> bool:
         return bool(self.metrics.get("log_disk_full") or self.metrics.get("log_db_unavailable"))
@@ -517,6 +568,7 @@ class LineRunner:
                 "frames": int(self.metrics.get("frames_total")), "queue_depth": self.frames.qsize(),
                 "log_disk_full": bool(self.metrics.get("log_disk_full")),
                 "log_db_unavailable": bool(self.metrics.get("log_db_unavailable")),
+                "log_outbox_records": int(self.metrics.get("log_outbox_records")),
                 "last_frame_age_s": round(time.time() - self.last_frame, 2) if self.last_frame else None}
 
 

@@ -72,7 +72,9 @@ class LogConfig:
     image_format: str = "png"        # png (lossless) | jpg
     fsync: bool = True
     queue: int = 256                 # records waiting for the writer; when full the line waits (no record is lost)
-    retry_s: float = 5.0             # after a full disk, retry the oldest waiting record this often
+    retry_s: float = 5.0             # while the disk is full or the database down, retry this often
+    outbox: str = ""                 # records waiting for the database: "" = <folder>/outbox; a local folder
+                                     # when folder is a network share
 
 
 @dataclass

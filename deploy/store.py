@@ -14,15 +14,23 @@ station, `inspection failures`) never recover: a file a live runner has renamed 
 not theirs to delete. On PostgreSQL the files go to a folder every station and the review station mount (NFS,
 SMB); each station writes only under its own <day>/<station>/ folders.
 
+While the database is unreachable (PostgreSQL down, network cut) the runner keeps each record in an outbox on
+local disk, <folder>/outbox/<station>/ (`spool`), and writes it to the log when the database is back
+(`replay`, oldest first, also at the next start), so a database outage, a restart of the runner or both lose
+no record. A record already committed (a crash between the commit and the outbox file's removal) is not
+written twice.
+
 The schema is plain versioned SQL (MIGRATIONS), applied on open under a lock, so an older log is upgraded in
 place and several stations starting at once migrate it once; a log newer than the program is refused.
 """
 from __future__ import annotations
 
+import base64
 import errno
 import json
 import re
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -31,6 +39,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from deploy.atomic import TMP_MARK, write_atomic
+
+OUTBOX = "outbox"  # <folder>/outbox/<station>/: records waiting for the database (see the module docstring)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS failures (
@@ -143,6 +153,7 @@ class SQLStore:
         self.quota_bytes = quota_bytes
         self.fsync = fsync
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.outbox = self.folder / OUTBOX  # the runner may put it on a local disk (log.outbox)
         self._lock = threading.Lock()
         self.recovered: dict = {}
 
@@ -237,9 +248,59 @@ class SQLStore:
                 if full:
                     raise StoreFull(errno.ENOSPC, f"{self.folder}: disk full, record of part {record.part_id} "
                                                   "not written") from None
-                raise
+                if isinstance(exc, StoreUnavailable):
+                    raise
+                # a share that went away, a locked or unwritable log: the record waits (outbox) and is retried
+                raise StoreUnavailable(getattr(exc, "errno", None) or errno.EIO,
+                                       f"{self.folder}: record of part {record.part_id} not written: {exc}") from None
             record.id = new_id
             return record.id
+
+    # -- the outbox: records waiting on local disk for the database --------------------------------------------
+    def spool(self, record: FailureRecord, files: dict[str, tuple[str, bytes]]) -> Path:
+        """Keep a record (and its files' bytes) in the station's outbox until `replay` can write it."""
+        folder = self.outbox / _safe(record.station)
+        folder.mkdir(parents=True, exist_ok=True)
+        row = {k: v for k, v in asdict(record).items() if k not in ("id", "files", "bytes", "review_status")}
+        blob = {"record": row, "files": {k: [suffix, base64.b64encode(data).decode()]
+                                         for k, (suffix, data) in files.items()}}
+        path = folder / f"{time.time_ns():020d}-{uuid.uuid4().hex[:6]}.json"
+        write_atomic(path, json.dumps(blob), self.fsync)
+        return path
+
+    def spooled(self, station: str) -> list[Path]:
+        """The station's outbox, oldest first."""
+        return sorted(p for p in (self.outbox / _safe(station)).glob("*.json") if TMP_MARK not in p.name)
+
+    def replay(self, station: str) -> int:
+        """Write the station's outbox to the log, oldest first; return how many were written.
+
+        Raises StoreUnavailable (the rest stays in the outbox) when the database is down again. An unreadable
+        outbox file is renamed to *.bad and reported, never deleted.
+        """
+        done = 0
+        for path in self.spooled(station):
+            try:
+                blob = json.loads(path.read_bytes())
+                record = FailureRecord(**blob["record"])
+                files = {k: (suffix, base64.b64decode(data)) for k, (suffix, data) in blob["files"].items()}
+            except (ValueError, TypeError, KeyError) as exc:
+                path.rename(path.with_suffix(".bad"))
+                print(f"failure log: outbox file {path} is unreadable ({exc}); kept as .bad", file=sys.stderr)
+                continue
+            try:
+                if not self._rows("SELECT id FROM failures WHERE station = ? AND part_id = ? AND ts = ?",
+                                  (record.station, record.part_id, record.ts)):
+                    self.add(record, files)
+            except StoreUnavailable:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a record the log refuses must not block the others
+                path.rename(path.with_suffix(".bad"))
+                print(f"failure log: outbox file {path} not written ({exc}); kept as .bad", file=sys.stderr)
+                continue
+            path.unlink()
+            done += 1
+        return done
 
     def _make_room(self, need: int) -> None:
         """Under a quota: delete the oldest reviewed records until `need` bytes fit; never unreviewed ones."""
@@ -460,6 +521,8 @@ class PostgresStore(SQLStore):
     `url`: a libpq connection string (postgresql://user@host:5432/db; the password from PGPASSWORD or
     ~/.pgpass rather than the URL). Each thread has its own connection, re-opened after a server restart;
     while the server is unreachable, calls raise StoreUnavailable (the runner keeps its records and retries).
+    `offline_ok`: open even when the server is down (the runner starts and spools); the schema is migrated
+    on the first connection.
     """
 
     DIALECT = {"id": "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY", "real": "DOUBLE PRECISION",
@@ -467,7 +530,7 @@ class PostgresStore(SQLStore):
     MIGRATION_LOCK = 0x1F5A11  # pg_advisory_xact_lock key: one migrating process at a time
 
     def __init__(self, url: str, folder: str | Path, quota_bytes: int | None = None, fsync: bool = True,
-                 connect_timeout: float = 5):
+                 connect_timeout: float = 5, offline_ok: bool = False):
         try:
             import psycopg
         except ImportError:
@@ -477,10 +540,14 @@ class PostgresStore(SQLStore):
         self._setup(folder, quota_bytes, fsync)
         self.url, self.connect_timeout = url, connect_timeout
         self._local = threading.local()
-        self._conns: list = []
-        with self._transaction() as ex:
-            ex("SELECT pg_advisory_xact_lock(?)", (self.MIGRATION_LOCK,))
-            self._migrate(ex)
+        self._conns: list = []  # every thread's connection, for close(); its own lock, as _conn runs under _lock
+        self._conns_lock = threading.Lock()
+        self._migrated = False
+        try:
+            self._conn()
+        except StoreUnavailable:
+            if not offline_ok:
+                raise
 
     def __str__(self) -> str:
         return _redact(self.url)
@@ -494,16 +561,33 @@ class PostgresStore(SQLStore):
                                              connect_timeout=max(1, int(self.connect_timeout)))
             except self._psycopg.OperationalError as exc:
                 raise StoreUnavailable(errno.ECONNREFUSED, f"failure log database {self}: {exc}".strip()) from None
+            if not self._migrated:
+                try:
+                    with conn.transaction():
+                        ex = lambda sql, args=(): conn.execute(sql.replace("?", "%s"), args)  # noqa: E731
+                        ex("SELECT pg_advisory_xact_lock(?)", (self.MIGRATION_LOCK,))
+                        self._migrate(ex)
+                except BaseException as exc:
+                    conn.close()
+                    if isinstance(exc, self._psycopg.OperationalError):
+                        raise StoreUnavailable(errno.ECONNRESET, f"failure log database {self}: {exc}") from None
+                    raise
+                self._migrated = True
             self._local.conn = conn
-            with self._lock:
-                self._conns.append(conn)
+            with self._conns_lock:
+                self._conns = [c for c in self._conns if not c.closed] + [conn]
         return conn
 
     def _rows(self, sql: str, args=()) -> list[dict]:
-        try:
-            return self._conn().execute(sql.replace("?", "%s"), args).fetchall()
-        except self._psycopg.OperationalError as exc:
-            raise StoreUnavailable(errno.ECONNRESET, f"failure log database {self}: {exc}".strip()) from None
+        """A read; on a connection the server dropped (it restarted), retried once on a new one."""
+        for attempt in (1, 2):
+            conn = self._conn()
+            try:
+                return conn.execute(sql.replace("?", "%s"), args).fetchall()
+            except self._psycopg.OperationalError as exc:
+                if attempt == 1 and conn.broken:
+                    continue
+                raise StoreUnavailable(errno.ECONNRESET, f"failure log database {self}: {exc}".strip()) from None
 
     @contextmanager
     def _transaction(self):
@@ -515,7 +599,7 @@ class PostgresStore(SQLStore):
             raise StoreUnavailable(errno.ECONNRESET, f"failure log database {self}: {exc}".strip()) from None
 
     def close(self) -> None:
-        with self._lock:
+        with self._conns_lock:
             for conn in self._conns:
                 conn.close()
             self._conns.clear()
@@ -525,12 +609,14 @@ FailureStore = SQLStore
 
 
 def open_store(db: str | Path, folder: str | Path, quota_bytes: int | None = None, fsync: bool = True,
-               create: bool = True) -> SQLStore:
+               create: bool = True, offline_ok: bool = False) -> SQLStore:
     """`db`: "" (SQLite at <folder>/failures.db), a SQLite file, or a postgresql:// URL.
 
-    create=False (readers: review station, reports, retrain): a SQLite log that does not exist is an error."""
+    create=False (readers: review station, reports, retrain): a SQLite log that does not exist is an error.
+    offline_ok (the runner): a database server that is down does not stop the opening; calls raise
+    StoreUnavailable until it is back."""
     if str(db).startswith(("postgresql://", "postgres://")):
-        return PostgresStore(str(db), folder, quota_bytes, fsync)
+        return PostgresStore(str(db), folder, quota_bytes, fsync, offline_ok=offline_ok)
     path = Path(db or Path(folder) / "failures.db")
     if not create and not path.is_file():
         raise FileNotFoundError(f"{path}: no failure log here; point --log at a line runner's log.folder "

@@ -86,9 +86,8 @@ class PostgresServer:
             self.port = s.getsockname()[1]
         self.data, self.run = folder / "data", subprocess.run
         self._pg("initdb", "-D", self.data, "-U", "inspection", "--auth=trust", "-E", "UTF8")
-        self._pg("pg_ctl", "-D", self.data, "-w", "-l", folder / "server.log", "-o",
-                 f"-c listen_addresses=127.0.0.1 -p {self.port} -k {folder} -c fsync=off -c max_connections=200",
-                 "start")
+        self.options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {folder} -c fsync=off -c max_connections=200"
+        self.start()
         self.n = 0
 
     def _pg(self, tool, *args):
@@ -115,7 +114,7 @@ class PostgresServer:
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def start(self):
-        self._pg("pg_ctl", "-D", self.data, "-w", "-l", self.data.parent / "server.log", "start")
+        self._pg("pg_ctl", "-D", self.data, "-w", "-l", self.folder / "server.log", "-o", self.options, "start")
 
 
 @pytest.fixture(scope="session")

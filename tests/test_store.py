@@ -235,3 +235,19 @@ def test_a_log_from_before_versioning_is_migrated_in_place(tmp_path):
     s = SQLiteStore(tmp_path / "failures.db", tmp_path)
     assert s.schema_version() == len(MIGRATIONS) and s.records()[0].part_id == "p1"
     assert s.daily(1)[0]["logged"] == 1  # the new per-day column was filled from the timestamps
+
+
+def test_the_outbox_is_replayed_oldest_first_once_and_keeps_what_it_cannot_read(open_log, capsys):
+    s = open_log("log")
+    png = cv2.imencode(".png", np.full((6, 8), 7, np.uint8))[1].tobytes()
+    records = [FailureRecord(f"q{i}", "line-2", 1000.0 + i, "v1", "fail", 0.9, None, [{"x": i}]) for i in range(3)]
+    paths = [s.spool(r, {"image": (".png", png)}) for r in records]
+    s.add(FailureRecord("q0", "line-2", 1000.0, "v1", "fail", 0.9, None, [{"x": 0}]), {"image": (".png", png)})
+    (s.outbox / "line-2" / "zz-broken.json").write_text('{"record": ')  # a torn file from a dying disk
+    assert s.spooled("line-2")[:3] == paths and s.spooled("line-1") == []
+    assert s.replay("line-2") == 3  # q0 was committed before a crash left its outbox file: not written twice
+    got = sorted(s.records(station="line-2"), key=lambda r: r.ts)
+    assert [r.part_id for r in got] == ["q0", "q1", "q2"] and got[2].boxes == [{"x": 2}]
+    assert _read(s, got[1].files["image"]).max() == 7
+    assert s.spooled("line-2") == [] and (s.outbox / "line-2" / "zz-broken.bad").is_file()
+    assert "zz-broken.json is unreadable" in capsys.readouterr().err

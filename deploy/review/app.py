@@ -34,7 +34,8 @@ from fastapi.templating import Jinja2Templates
 from deploy.review.auth import ROLES, Accounts, AuthError, User
 from deploy.reviewed import export_reviewed
 from deploy.runtime import FrameError, Runtime, read_frame
-from deploy.store import FILTERS, REVIEW_VERDICTS, FailureRecord, FailureStore, ReviewError, open_store
+from deploy.store import (FILTERS, REVIEW_VERDICTS, FailureRecord, FailureStore, ReviewError, StoreUnavailable,
+                          open_store)
 from inspection.boxes import upsample_attention
 
 HERE = Path(__file__).parent
@@ -60,7 +61,7 @@ class ReviewApp:
 
     def __init__(self, cfg: ReviewConfig, store: FailureStore | None = None):
         self.cfg = cfg
-        self.store = store or open_store(cfg.db, cfg.log, create=False)
+        self.store = store or open_store(cfg.db, cfg.log, create=False, offline_ok=True)
         self.accounts = Accounts(cfg.accounts or cfg.log / "review.db")
         self.runtime = Runtime(cfg.package, backend="cpu", threads=2) if cfg.package else None
 
@@ -117,6 +118,10 @@ def create_app(cfg: ReviewConfig, store: FailureStore | None = None) -> FastAPI:
             return HTMLResponse(f"<h1>{exc.status_code}</h1><p>{_esc(exc.detail)}</p><a href='/'>back</a>",
                                 exc.status_code)
         return JSONResponse({"error": exc.detail}, exc.status_code)
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_down(request: Request, exc: StoreUnavailable):  # database restarting: try again shortly
+        return await refused(request, HTTPException(503, f"the failure log is unavailable: {exc}"))
 
     def page(request: Request, name: str, u: User | None, **ctx) -> HTMLResponse:
         return templates.TemplateResponse(request, name, {"user": u, **ctx})
@@ -319,6 +324,10 @@ def create_app(cfg: ReviewConfig, store: FailureStore | None = None) -> FastAPI:
 
     @app.get("/health")
     def health():
+        try:
+            state.store.count(review_status="unreviewed")
+        except StoreUnavailable as exc:
+            return JSONResponse({"ok": False, "error": f"the failure log is unavailable: {exc}"}, 503)
         return {"ok": True, "rescore": state.runtime is not None}
 
     return app
