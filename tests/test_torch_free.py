@@ -1,4 +1,5 @@
 """The line-side helpers must import and work without torch (the line PC has no PyTorch)."""
+import re
 import subprocess
 import sys
 
@@ -91,6 +92,7 @@ assert code == 0, code
 assert main(["failures", "--log", log]) == 0
 loaded = sorted({m.split(".")[0] for m in sys.modules} & set(BLOCKED))
 assert not loaded, loaded
+print(" ".join(sorted({m.split(".")[0] for m in sys.modules})))
 print("ok")
 """
 
@@ -99,12 +101,27 @@ print("ok")
 def torch_free_log(exported, tmp_path_factory):
     """A failure log written by the runner with torch & co. blocked (shared by the runner and review tests)."""
     log = tmp_path_factory.mktemp("torch-free") / "log"
-    _python(RUNNER, exported["package"], exported["manifest"].root, log)
-    return log
+    out = _python(RUNNER, exported["package"], exported["manifest"].root, log)
+    return log, out.splitlines()[-2].split()
 
 
 def test_line_runner_runs_without_torch(torch_free_log):
-    assert (torch_free_log / "review_log.md").exists()
+    assert (torch_free_log[0] / "review_log.md").exists()
+
+
+def _declared(*extras) -> set[str]:
+    """Distributions pyproject.toml installs for the core plus `extras` (lower case, no version)."""
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
+    specs = project["dependencies"] + [d for e in extras for d in project["optional-dependencies"][e]]
+    return {re.split(r"[<>=\[ ]", d)[0].lower().replace("_", "-") for d in specs}
+
+
+def test_the_line_extra_declares_every_package_the_runner_imports(torch_free_log):
+    """`pip install inspection[line]` (the slim runner image) is enough for `inspection run`."""
+    _assert_declared(torch_free_log[1], "line")
 
 
 REVIEW = RUNNER.replace('"pydantic", ', "").split("from inspection.cli import main")[0] + """
@@ -121,10 +138,56 @@ assert client.get("/").status_code == client.get("/stats").status_code == 200
 assert client.get("/api/stats").json()["days"][0]["inspected"] == 12
 loaded = sorted({m.split(".")[0] for m in sys.modules} & set(BLOCKED))
 assert not loaded, loaded
+print(" ".join(sorted({m.split(".")[0] for m in sys.modules})))
 print("ok")
 """
 
 
 def test_review_station_runs_without_torch(exported, torch_free_log):
     """The review server needs FastAPI (hence pydantic) but no torch, PIL, SciPy or training code."""
-    _python(REVIEW, exported["package"], torch_free_log)
+    out = _python(REVIEW, exported["package"], torch_free_log[0])
+    # httpx and what it imports come with the TestClient the test drives the app with, not with the app
+    _assert_declared(out.splitlines()[-2].split(), "review", ignore={"httpx", "httpx2", "anyio", "sniffio", "pygments"})
+
+
+def _assert_declared(modules: list[str], *extras, ignore=()) -> None:
+    from importlib.metadata import PackageNotFoundError, packages_distributions
+    from importlib.metadata import requires as requires_installed
+
+    def requires(dist):  # a dependency for another Python or platform is not installed here
+        try:
+            return requires_installed(dist)
+        except PackageNotFoundError:
+            return []
+
+    owners = packages_distributions()
+    modules = set(modules) - {"_distutils_hack"}  # setuptools' .pth hook in every venv, not an import of ours
+    used = {d.lower().replace("_", "-") for m in modules for d in owners.get(m, [])} - {"inspection", *ignore}
+    declared = _declared(*extras)
+    # what the declared distributions pull in themselves is installed with them
+    pulled, todo = set(), list(declared)
+    while todo:
+        for r in requires(todo.pop()) or []:
+            name = re.split(r"[<>=!~;\[ (]", r)[0].lower().replace("_", "-")
+            if "extra ==" not in r and name not in pulled | declared:
+                pulled.add(name)
+                todo.append(name)
+    assert used and used <= declared | pulled, used - declared - pulled
+    assert not {"torch", "pillow", "scipy", "scikit-learn", "matplotlib"} & (declared | pulled)
+
+
+TRAIN_WITHOUT_TORCH = RUNNER.split("from inspection.cli import main")[0].replace(  # as Python says it
+    'raise ImportError(f"{name} is not installed on the line side")',
+    'raise ModuleNotFoundError(f"No module named {name!r}", name=name)') + """
+import contextlib, io
+from inspection.cli import main
+err = io.StringIO()
+with contextlib.redirect_stderr(err):
+    code = main(["train", "--data", sys.argv[1], "--quiet"])
+assert code == 2 and "pip install 'inspection[train]'" in err.getvalue(), (code, err.getvalue())
+print("ok")
+"""
+
+
+def test_training_on_a_line_side_install_says_which_extra_to_install(tiny_dataset):
+    _python(TRAIN_WITHOUT_TORCH, tiny_dataset)
