@@ -213,6 +213,9 @@ def cmd_users(args) -> int:
         if not args.name:
             print(f"error: users {args.action} needs a user name", file=sys.stderr)
             return 2
+        if args.action == "add" and args.if_missing and any(u["name"] == args.name for u in accounts.users()):
+            print(f"add: {args.name} exists, left as it is")
+            return 0
         if args.action in ("add", "passwd"):
             password = os.environ.get("REVIEW_PASSWORD") or getpass.getpass(f"password for {args.name}: ")
             if args.action == "add":
@@ -233,8 +236,11 @@ def cmd_models(args) -> int:
 
     reg = Registry(args.registry)
     if args.action == "add":
-        print(json.dumps({"added": reg.add(args.target, parent=args.parent or reg.current(), note=args.note or "",
-                                           checkpoint=args.checkpoint)}))
+        version = reg.add(args.target, parent=args.parent or reg.current(), note=args.note or "",
+                          checkpoint=args.checkpoint)
+        if args.promote:
+            reg.promote(version, args.note or "added and promoted")
+        print(json.dumps({"added": version, "current": reg.current()}))
     elif args.action == "promote":
         reg.promote(args.target, args.note or "")
         print(json.dumps({"current": reg.current()}))
@@ -376,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", default="operator", choices=["operator", "lead"])
     p.add_argument("--log", default="runs/line/failures", help="the failure-log folder (accounts: review.db in it)")
     p.add_argument("--accounts", help="accounts SQLite file (default: review.db in the --log folder)")
+    p.add_argument("--if-missing", action="store_true", help="add: leave an existing user as it is (scripts)")
     p.set_defaults(func=cmd_users)
 
     p = sub.add_parser("models", help="model registry: list, add a package, promote, roll back")
@@ -385,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parent", help="add: the version this one was trained from (default: the current one)")
     p.add_argument("--note", help="a reason, kept in the history")
     p.add_argument("--checkpoint", help="add: the package's best.pt, kept for later fine-tuning (retrain)")
+    p.add_argument("--promote", action="store_true", help="add: promote it at once (a station's first model)")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("gate", help="compare a candidate package with production on a golden set (exit 1: reject)")

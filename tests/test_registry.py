@@ -87,3 +87,5 @@ def test_models_cli(exported, tmp_path, capsys):
     assert main(["models", "rollback", *args]) == 2
     assert "no earlier production version" in capsys.readouterr().err
     assert main(["models", "promote", *args]) == 2
+    assert main(["models", "add", str(_version(exported, tmp_path, "v2")), "--promote", *args]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"added": "v2", "current": "v2"}

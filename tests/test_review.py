@@ -423,6 +423,11 @@ def test_cli_creates_accounts_and_serves_the_station(line_log, log, tmp_path):
     r = subprocess.run(run + ["users", "add", "x", "--log", str(log)], env={**env, "REVIEW_PASSWORD": "short"},
                        capture_output=True, text=True)
     assert r.returncode == 2 and "at least 8 characters" in r.stderr
+    r = subprocess.run(run + ["users", "add", "cli-lead", "--log", str(log)], env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "exists" in r.stderr  # a second add of the same name is an error...
+    r = subprocess.run(run + ["users", "add", "cli-lead", "--log", str(log), "--if-missing"],
+                       env={**env, "REVIEW_PASSWORD": "other-password"}, capture_output=True, text=True)
+    assert r.returncode == 0 and "left as it is" in r.stdout  # ...except for scripts (the compose file)
     assert main(["users", "list", "--log", str(log)]) == 0
     port = _free_port()
     server = subprocess.Popen(run + ["review", "--log", str(log), "--package", str(line_log["package"]),
