@@ -296,12 +296,20 @@ class InspectionDataset(Dataset):
 class BalancedBatchSampler(Sampler):
     """Batches with half normal and half defective images (each pool reshuffled when used up)."""
 
-    def __init__(self, is_good: list[bool], batch_size: int, steps: int, seed: int = 0):
+    def __init__(self, is_good: list[bool], batch_size: int, steps: int, seed: int = 0, rank: int = 0,
+                 world: int = 1):
+        """Under DDP (`world` processes) every rank draws the same global batch and yields its `rank`-th
+        share: batch_size / world images, half good and half defective like the whole batch."""
         self.good = [i for i, g in enumerate(is_good) if g]
         self.defect = [i for i, g in enumerate(is_good) if not g]
+        self.is_good = set(self.good)
         if not self.good or not self.defect:
             raise DatasetError("balanced sampling needs both good and defective training images")
+        if world > 1 and batch_size % (2 * world):
+            raise DatasetError(f"train.batch_size {batch_size} is the global batch: with {world} processes it "
+                               f"must be a multiple of {2 * world} (as many good as defective images each)")
         self.batch_size, self.steps, self.seed, self.epoch = batch_size, steps, seed, 0
+        self.rank, self.world = rank, world
 
     def __len__(self) -> int:
         return self.steps
@@ -321,6 +329,9 @@ class BalancedBatchSampler(Sampler):
             batch = [take("good", self.good) for _ in range(n_good)]
             batch += [take("defect", self.defect) for _ in range(self.batch_size - n_good)]
             rng.shuffle(batch)
+            if self.world > 1:
+                good = [i for i in batch if i in self.is_good]
+                batch = good[self.rank::self.world] + [i for i in batch if i not in self.is_good][self.rank::self.world]
             yield batch
 
 

@@ -4,12 +4,19 @@
 
 Writes to out_dir: config.yaml, manifest.json, last.pt (resumable), best.pt (by validation),
 history.csv / history.json (loss terms per epoch) and training_curves.png.
+
+Several GPUs or machines: the same command under torchrun (DDP, NCCL on GPUs, gloo on CPUs), e.g.
+`torchrun --nproc_per_node 4 -m inspection.cli train --config ...`. train.batch_size stays the global batch
+(each process takes its share) so one config means the same training on any number of processes; BatchNorm
+is synchronized across GPUs (SyncBatchNorm; on CPUs each process keeps its own statistics). Rank 0 writes
+the files and shows the progress.
 """
 from __future__ import annotations
 
 import csv
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -150,25 +157,45 @@ def plot_history(history: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank): under torchrun joins the process group; (0, 1, 0) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world, local
+
+
 def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn", resume: bool = True,
           progress: bool = True, init_state: dict | None = None) -> Path:
     """Train and return the path of best.pt. `kind`: 'abn' or 'cnn' (plain classifier, Grad-CAM baseline)."""
     from tqdm import tqdm
 
+    rank, world, local = _distributed()
+    lead = rank == 0  # writes files, shows progress
+    progress = progress and lead
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(dump_config(cfg))
-    manifest.save(out / "manifest.json")
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(dump_config(cfg))
+        manifest.save(out / "manifest.json")
     seed_everything(cfg.train.seed)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     use_amp = device.type == "cuda" and cfg.train.amp != "off"
 
     train_set = InspectionDataset(manifest, "train", cfg.data, augment=True)
     val_set = InspectionDataset(manifest, "val", cfg.data, augment=False)
     steps = cfg.train.steps_per_epoch or default_steps(len(train_set), cfg.train.batch_size)
-    sampler = BalancedBatchSampler([lb == 0 for lb in train_set.labels], cfg.train.batch_size, steps, cfg.train.seed)
+    sampler = BalancedBatchSampler([lb == 0 for lb in train_set.labels], cfg.train.batch_size, steps, cfg.train.seed,
+                                   rank, world)
     train_loader = DataLoader(train_set, batch_sampler=sampler)
     val_loader = DataLoader(val_set, batch_size=cfg.train.batch_size)
 
@@ -178,7 +205,13 @@ def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn
     if cfg.train.freeze_features:
         for p in model.features.parameters():
             p.requires_grad_(False)
-    optimizer = _make_optimizer(model, cfg)
+    core = model  # the module itself: checkpoints, validation, freezing
+    if world > 1:
+        if device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            core = model
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local] if device.type == "cuda" else None)
+    optimizer = _make_optimizer(core, cfg)
     scheduler = _make_scheduler(optimizer, cfg, steps)
     scaler = torch.amp.GradScaler(enabled=use_amp)
     history: list[dict] = []
@@ -189,7 +222,7 @@ def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn
         if state.get("kind") != kind or state.get("manifest_hash") != manifest.content_hash:
             raise RuntimeError(f"{last}: checkpoint is for another model kind or dataset; use a new out_dir "
                                f"or delete it to start over")
-        model.load_state_dict(state["state_dict"])
+        core.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history, best, stale, start = state["history"], state["best"], state["stale"], state["epoch"] + 1
@@ -200,7 +233,7 @@ def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn
     for epoch in range(start, cfg.train.epochs):
         model.train()
         if cfg.train.freeze_features:
-            model.features.eval()
+            core.features.eval()
         sums: dict[str, float] = {}
         t0, seen = time.time(), 0
         bar = tqdm(train_loader, desc=f"{kind} {out.name} epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
@@ -217,14 +250,23 @@ def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn
                 sums[k] = sums.get(k, 0.0) + v
             seen += len(batch["label"])
             bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items() if k != "map" or v})
+        if world > 1:  # the epoch's terms over all processes (each a mean over its share of the batch)
+            import torch.distributed as dist
+
+            keys = sorted(sums)
+            total = torch.tensor([sums[k] for k in keys] + [seen], dtype=torch.float64, device=device)
+            dist.all_reduce(total)
+            sums = {k: v / world for k, v in zip(keys, total.tolist())}
+            seen = int(total[-1])
         row = {"epoch": epoch + 1, **{f"train_{k}": v / len(train_loader) for k, v in sums.items()},
                "lr": scheduler.get_last_lr()[-1], "images_per_s": seen / (time.time() - t0)}
-        row.update(validate(model, val_loader, kind, cfg, device))
+        row.update(validate(core, val_loader, kind, cfg, device))
         history.append(row)
         improved = _is_better(row, best)
         if improved:
             best, stale = row, 0
-            save_checkpoint(out / "best.pt", model, cfg, manifest, kind, {"epoch": epoch + 1, "val": row})
+            if lead:
+                save_checkpoint(out / "best.pt", core, cfg, manifest, kind, {"epoch": epoch + 1, "val": row})
         else:
             stale += 1
         if progress:
@@ -232,15 +274,24 @@ def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn
                   f"(normal {row['train_normal']:.3f}) val AUROC {row['val_auroc']:.4f} "
                   f"val att(good) {row['val_att_good']:.3f} {row['images_per_s']:.1f} img/s"
                   f"{' *' if improved else ''}", file=sys.stderr)
-        save_checkpoint(last, model, cfg, manifest, kind, {
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-            "history": history, "best": best, "stale": stale, "torch_rng": torch.get_rng_state()})
-        _write_history(history, out)
-        if cfg.train.early_stopping and stale >= cfg.train.early_stopping:
+        if lead:
+            save_checkpoint(last, core, cfg, manifest, kind, {
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+                "history": history, "best": best, "stale": stale, "torch_rng": torch.get_rng_state()})
+            _write_history(history, out)
+        stop = bool(cfg.train.early_stopping and stale >= cfg.train.early_stopping)
+        if world > 1:  # rank 0 decides for all (BatchNorm statistics may differ per process on CPUs)
+            import torch.distributed as dist
+
+            flag = torch.tensor([int(stop)], device=device)
+            dist.broadcast(flag, 0)
+            stop = bool(flag.item())
+        if stop:
             print(f"early stop after epoch {epoch + 1}: no validation gain in {stale} epochs", file=sys.stderr)
             break
-    _write_history(history, out)
-    plot_history(history, out / "training_curves.png", f"{kind} ({out.name})")
+    if lead:
+        _write_history(history, out)
+        plot_history(history, out / "training_curves.png", f"{kind} ({out.name})")
     return out / "best.pt"
 
 
