@@ -221,7 +221,7 @@ class LineRunner:
         probe.unlink()
         try:
             report["log"] = (f"{self.store}: writable, {self.store.count()} records, "
-                             f"recovered {getattr(self.store, 'recovered', None)}")
+                             f"recovered {self.store.recovered}")
         except StoreUnavailable as exc:
             report["log"] = f"{exc}; records wait in the outbox {self.store.outbox}"
         if self.cfg.http.port:

@@ -475,7 +475,6 @@ class SQLStore:
         return self.folder / record.files[kind]
 
 
-
 class SQLiteStore(SQLStore):
     """Failure log on SQLite (WAL) with the files under `folder`: the embedded default, one station per file."""
 
@@ -560,17 +559,16 @@ class PostgresStore(SQLStore):
                 conn = self._psycopg.connect(self.url, autocommit=True, row_factory=dict_row,
                                              connect_timeout=max(1, int(self.connect_timeout)))
             except self._psycopg.OperationalError as exc:
-                raise StoreUnavailable(errno.ECONNREFUSED, f"failure log database {self}: {exc}".strip()) from None
+                raise self._down(exc, errno.ECONNREFUSED) from None
             if not self._migrated:
                 try:
                     with conn.transaction():
-                        ex = lambda sql, args=(): conn.execute(sql.replace("?", "%s"), args)  # noqa: E731
-                        ex("SELECT pg_advisory_xact_lock(?)", (self.MIGRATION_LOCK,))
-                        self._migrate(ex)
+                        self._execute(conn)("SELECT pg_advisory_xact_lock(?)", (self.MIGRATION_LOCK,))
+                        self._migrate(self._execute(conn))
                 except BaseException as exc:
                     conn.close()
                     if isinstance(exc, self._psycopg.OperationalError):
-                        raise StoreUnavailable(errno.ECONNRESET, f"failure log database {self}: {exc}") from None
+                        raise self._down(exc) from None
                     raise
                 self._migrated = True
             self._local.conn = conn
@@ -578,25 +576,33 @@ class PostgresStore(SQLStore):
                 self._conns = [c for c in self._conns if not c.closed] + [conn]
         return conn
 
+    @staticmethod
+    def _execute(conn):
+        """execute(sql with "?" parameters, args) → cursor, on this connection."""
+        return lambda sql, args=(): conn.execute(sql.replace("?", "%s"), args)
+
+    def _down(self, exc, code: int = errno.ECONNRESET) -> StoreUnavailable:
+        return StoreUnavailable(code, f"failure log database {self}: {exc}".strip())
+
     def _rows(self, sql: str, args=()) -> list[dict]:
         """A read; on a connection the server dropped (it restarted), retried once on a new one."""
         for attempt in (1, 2):
             conn = self._conn()
             try:
-                return conn.execute(sql.replace("?", "%s"), args).fetchall()
+                return self._execute(conn)(sql, args).fetchall()
             except self._psycopg.OperationalError as exc:
                 if attempt == 1 and conn.broken:
                     continue
-                raise StoreUnavailable(errno.ECONNRESET, f"failure log database {self}: {exc}".strip()) from None
+                raise self._down(exc) from None
 
     @contextmanager
     def _transaction(self):
         conn = self._conn()
         try:
             with conn.transaction():
-                yield lambda sql, args=(): conn.execute(sql.replace("?", "%s"), args)
+                yield self._execute(conn)
         except self._psycopg.OperationalError as exc:
-            raise StoreUnavailable(errno.ECONNRESET, f"failure log database {self}: {exc}".strip()) from None
+            raise self._down(exc) from None
 
     def close(self) -> None:
         with self._conns_lock:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
@@ -162,8 +163,6 @@ def _distributed() -> tuple[int, int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1, 0
-    import torch.distributed as dist
-
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -251,8 +250,6 @@ def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn
             seen += len(batch["label"])
             bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items() if k != "map" or v})
         if world > 1:  # the epoch's terms over all processes (each a mean over its share of the batch)
-            import torch.distributed as dist
-
             keys = sorted(sums)
             total = torch.tensor([sums[k] for k in keys] + [seen], dtype=torch.float64, device=device)
             dist.all_reduce(total)
@@ -281,8 +278,6 @@ def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn
             _write_history(history, out)
         stop = bool(cfg.train.early_stopping and stale >= cfg.train.early_stopping)
         if world > 1:  # rank 0 decides for all (BatchNorm statistics may differ per process on CPUs)
-            import torch.distributed as dist
-
             flag = torch.tensor([int(stop)], device=device)
             dist.broadcast(flag, 0)
             stop = bool(flag.item())
