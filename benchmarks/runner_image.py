@@ -38,10 +38,8 @@ def build(venv: Path, extras: list[str]) -> dict:
     t0 = time.time()
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "-q", "--disable-pip-version-check", "--no-cache-dir"]
-    import tomllib
-
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    reqs = project["dependencies"] + [d for e in extras for d in project["optional-dependencies"][e]]
+    reqs = subprocess.run([sys.executable, str(ROOT / "docker" / "requirements.py"), *extras], check=True,
+                          capture_output=True, text=True).stdout.split()
     subprocess.run([*pip, "install", *reqs], check=True)
     subprocess.run([*pip, "install", "--no-deps", str(ROOT)], check=True, cwd=tempfile.gettempdir())
     subprocess.run(["sh", str(ROOT / "docker" / "trim-venv.sh"), str(venv)], check=True)

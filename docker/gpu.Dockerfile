@@ -20,11 +20,10 @@ RUN apt-get update && apt-get install -y --no-install-recommends python3-venv \
     && python3 -m venv /opt/inspection
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY docker/requirements.py docker/
 ARG EXTRAS="gpu tensorrt postgres"
 # TensorRT's libraries are published on NVIDIA's package index
-RUN python3 -c "import sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + [d for e in sys.argv[1:] for d in p['optional-dependencies'][e]]))" \
-        $EXTRAS > requirements.txt \
+RUN python3 docker/requirements.py $EXTRAS > requirements.txt \
     && /opt/inspection/bin/pip install --extra-index-url https://pypi.nvidia.com -r requirements.txt
 COPY inspection inspection
 COPY deploy deploy

@@ -9,11 +9,10 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/inspection
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY docker/requirements.py docker/
 # dependencies first, read from pyproject.toml (core + [line] + [postgres]): rebuilt only when it changes
 ARG EXTRAS="line postgres"
-RUN python -c "import sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + [d for e in sys.argv[1:] for d in p['optional-dependencies'][e]]))" \
-        $EXTRAS > requirements.txt \
+RUN python docker/requirements.py $EXTRAS > requirements.txt \
     && /opt/inspection/bin/pip install -r requirements.txt
 COPY inspection inspection
 COPY deploy deploy

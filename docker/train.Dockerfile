@@ -14,10 +14,9 @@ RUN python -m venv /opt/inspection \
     && /opt/inspection/bin/pip install --index-url "$TORCH_INDEX" torch==2.14.1 torchvision==0.29.1
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY docker/requirements.py docker/
 ARG EXTRAS="train line export postgres"
-RUN python -c "import sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + [d for e in sys.argv[1:] for d in p['optional-dependencies'][e]]))" \
-        $EXTRAS > requirements.txt \
+RUN python docker/requirements.py $EXTRAS > requirements.txt \
     && /opt/inspection/bin/pip install -r requirements.txt
 COPY inspection inspection
 COPY training training
