@@ -262,11 +262,15 @@ class Runtime:
         return tuple(np.concatenate([o[k] for o in outs]).astype(np.float32) for k in range(3))
 
     def decide(self, score: float, threshold: float | None = None) -> str:
-        """fail above the threshold's review band, pass below it, review inside it (never a silent pass)."""
+        """fail above the threshold's review band, pass below it, review inside it (never a silent pass).
+
+        The band reaches at most half-way to 0 and to 1: with a threshold of 0.95 and a band of 0.1 a sure
+        defect (score 1.0) would otherwise never fail, only wait for review.
+        """
         t = self.threshold if threshold is None else threshold
-        if score >= t + self.review_band:
+        if score >= t + min(self.review_band, (1 - t) / 2):
             return "fail"
-        if score >= t - self.review_band:
+        if score >= t - min(self.review_band, t / 2):
             return "review"
         return "pass"
 

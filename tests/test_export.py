@@ -71,10 +71,13 @@ def _input(rt, frame):
 
 def test_decision_has_a_review_band_around_the_threshold(exported):
     rt = Runtime(exported["package"], backend="cpu")
-    t, band = rt.threshold, rt.review_band
-    assert rt.decide(t + band) == "fail" and rt.decide(min(1.0, t + band + 0.01)) == "fail"
-    assert rt.decide(t) == "review" and rt.decide(t - band) == "review"
-    assert rt.decide(t - band - 1e-6) == "pass"
+    band = rt.review_band
+    assert band == 0.1 and rt.decide(1.0) == "fail" and rt.decide(0.0) == "pass"
+    assert rt.decide(0.6, 0.5) == "fail" and rt.decide(0.5, 0.5) == "review" and rt.decide(0.4, 0.5) == "review"
+    assert rt.decide(0.4 - 1e-6, 0.5) == "pass"
+    # near the ends the band is clipped half-way, so a sure defect still fails and a clean part still passes
+    assert rt.decide(1.0, 0.95) == "fail" and rt.decide(0.97, 0.95) == "review" and rt.decide(0.84, 0.95) == "pass"
+    assert rt.decide(0.0, 0.04) == "pass" and rt.decide(0.03, 0.04) == "review" and rt.decide(0.15, 0.04) == "fail"
 
 
 def test_int8_variant_runs_with_its_own_calibration(exported):

@@ -20,7 +20,9 @@ def test_image_metrics_known_values():
 def test_threshold_calibration():
     y = np.array([0] * 100 + [1] * 10)
     s = np.concatenate([np.linspace(0, 0.5, 100), np.linspace(0.6, 1.0, 10)])
-    assert 0.5 < calibrate_threshold(y, s, "max_f1") <= 0.6
+    assert calibrate_threshold(y, s, "max_f1") == pytest.approx(0.55)  # half-way between 0.5 (good) and 0.6
+    # the best split flags the defects scored 0.7 and 0.9 and passes 0.2: the threshold lies half-way, not on 0.7
+    assert calibrate_threshold([0, 0, 1, 1, 0], [0.1, 0.2, 0.7, 0.9, 0.2]) == pytest.approx(0.45)
     t = calibrate_threshold(y, s, "false_reject", 0.05)
     assert np.mean(s[y == 0] >= t) <= 0.05 and np.mean(s[y == 0] >= np.nextafter(t, 0) - 0.006) > 0.05
     with pytest.raises(ValueError, match="both good and defective"):
