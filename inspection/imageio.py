@@ -98,3 +98,16 @@ def read_map(path: Path | str) -> np.ndarray:
             raise ImageError(f"{path}: attention map must be 2-D, got shape {arr.shape}")
         return np.clip(arr.astype(np.float32), 0.0, 1.0)
     return read_image(path)[..., 0]
+
+
+def read_truth(mask: Path | str | None, corrected: Path | str | None, hw: tuple[int, int]) -> np.ndarray | None:
+    """Where a defect image's defect is, HxW bool: its mask; else its corrected attention map (a reviewer's
+    brush, >= 0.5, resized to the image), the only pixel truth a factory usually has; else None."""
+    if mask:
+        return read_mask(mask)
+    if corrected:
+        import cv2
+
+        m = cv2.resize(read_map(corrected), (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR) >= 0.5
+        return m if m.any() else None
+    return None

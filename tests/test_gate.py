@@ -1,6 +1,7 @@
 """Promotion gate: the same model passes, a worse one is rejected with reasons, and the report is written."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -54,3 +55,31 @@ def test_a_golden_set_without_both_classes_is_refused(exported, tmp_path):
     shutil.copytree(exported["manifest"].root + "/good", only_good / "good")
     with pytest.raises(ValueError, match="both good and defective"):
         gate(exported["package"], None, only_good, tmp_path / "gate")
+
+
+def test_corrected_maps_stand_in_for_masks(exported, tmp_path):
+    """Factory data has no masks: the reviewers' corrected maps are the pixel truth for box F1 and calibration."""
+    import cv2
+
+    from inspection.data import scan_dataset
+    from inspection.imageio import read_mask
+    from inspection.model import load_checkpoint
+    from training.evaluate import evaluate
+    from training.gate import golden_items, score_package
+
+    root = exported["manifest"].root
+    reviewed = tmp_path / "reviewed"
+    shutil.copytree(root, reviewed, ignore=shutil.ignore_patterns("masks"))
+    for mask in (Path(root) / "masks").rglob("*.png"):
+        rel = mask.relative_to(Path(root) / "masks")
+        dst = reviewed / "corrected" / "defect" / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(dst), read_mask(mask).astype("uint8") * 255)
+    with_masks, with_maps = golden_items(root), golden_items(reviewed)
+    assert not any(it["mask"] for it in with_maps) and sum(bool(it["corrected"]) for it in with_maps) > 10
+    f1 = [score_package(exported["package"], items)["metrics"]["box_f1@0.3"] for items in (with_masks, with_maps)]
+    assert f1[0] == pytest.approx(f1[1])
+    model, cfg, _ = load_checkpoint(exported["best"])
+    results = [evaluate(model, "abn", scan_dataset(r, cfg.data), cfg, "x") for r in (root, reviewed)]
+    assert results[1]["box_threshold"] == pytest.approx(results[0]["box_threshold"])
+    assert results[1]["metrics"]["box@0.3"] == pytest.approx(results[0]["metrics"]["box@0.3"])

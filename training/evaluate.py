@@ -18,7 +18,7 @@ import torch
 
 from inspection.boxes import Box, components_to_boxes, full_roi, mask_to_boxes
 from inspection.data import GOOD, InspectionDataset, Manifest
-from inspection.imageio import read_mask
+from inspection.imageio import read_truth
 from inspection.metrics import aupro, box_metrics, calibrate_threshold, image_metrics, pixel_auroc
 from inspection.model import load_checkpoint
 
@@ -71,13 +71,27 @@ def _upsampled(amap: np.ndarray, item, roi) -> tuple[np.ndarray, tuple[int, int]
     return cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR), (x, y)
 
 
+def _truth(root: Path, item) -> np.ndarray | None:
+    """A defect image's pixel truth: its mask, else its corrected map (all-False for good images)."""
+    if item.defect_type == GOOD:
+        return np.zeros((item.height, item.width), bool)
+    return read_truth(item.mask and root / item.mask, item.corrected and root / item.corrected,
+                      (item.height, item.width))
+
+
 def _true_boxes(root: Path, item) -> list[Box]:
-    return [] if item.defect_type == GOOD else mask_to_boxes(read_mask(root / item.mask))
+    return [] if item.defect_type == GOOD else mask_to_boxes(_truth(root, item))
 
 
-def _localizable(items) -> list[int]:
-    """Indices of items usable for localization: good images and defect images with masks."""
-    return [i for i, it in enumerate(items) if it.defect_type == GOOD or it.mask]
+def _localizable(items, root: Path) -> list[int]:
+    """Indices of items usable for localization: good images, and defect images with a mask or a non-empty
+    corrected map (on factory data, where nobody draws masks, the reviewers' corrected maps are the pixel truth)."""
+    return [i for i, it in enumerate(items) if it.defect_type == GOOD or it.mask
+            or (it.corrected and _truth(root, it) is not None)]
+
+
+def _has_truth(items, idx) -> bool:
+    return any(items[i].defect_type != GOOD for i in idx)
 
 
 def calibrate_box_threshold(pred: Predictions, items, root: Path, cfg) -> float:
@@ -88,8 +102,8 @@ def calibrate_box_threshold(pred: Predictions, items, root: Path, cfg) -> float:
     """
     if cfg.eval.boxes.threshold is not None:
         return cfg.eval.boxes.threshold
-    idx = _localizable(items)
-    if not any(items[i].mask for i in idx):
+    idx = _localizable(items, root)
+    if not _has_truth(items, idx):
         return 0.5
     ups = [_upsampled(pred.maps[i], items[i], cfg.data.roi) for i in idx]
     truth = [np.array([b.xyxy for b in _true_boxes(root, items[i])]).reshape(-1, 4) for i in idx]
@@ -107,7 +121,7 @@ def calibrate_box_threshold(pred: Predictions, items, root: Path, cfg) -> float:
 def _pixel_pair(up: np.ndarray, off, item, root: Path) -> tuple[np.ndarray, np.ndarray]:
     full = np.zeros((item.height, item.width), np.float32)
     full[off[1]:off[1] + up.shape[0], off[0]:off[0] + up.shape[1]] = up
-    mask = np.zeros_like(full, dtype=bool) if item.defect_type == GOOD else read_mask(root / item.mask)
+    mask = _truth(root, item)
     s = PIXEL_SIDE / max(item.height, item.width)
     size = (max(1, round(item.width * s)), max(1, round(item.height * s)))
     return (cv2.resize(full, size, interpolation=cv2.INTER_AREA),
@@ -149,7 +163,7 @@ def evaluate_predictions(pv: Predictions, pt: Predictions, manifest: Manifest, c
         for t in sorted({it.defect_type for it in test_items} - {GOOD})}
 
     per_image, pred_boxes, true_boxes, pix_maps, pix_masks = [], [], [], [], []
-    loc = set(_localizable(test_items))
+    loc = set(_localizable(test_items, root))
     for i, it in enumerate(test_items):
         up, off = _upsampled(pt.maps[i], it, cfg.data.roi)
         boxes = components_to_boxes(up >= box_t, up, cfg.eval.boxes.min_area, cfg.eval.boxes.score, offset=off)
@@ -163,8 +177,7 @@ def evaluate_predictions(pv: Predictions, pt: Predictions, manifest: Manifest, c
             m, k = _pixel_pair(up, off, it, root)
             pix_maps.append(m)
             pix_masks.append(k)
-    has_masks = any(test_items[i].mask for i in loc)
-    if has_masks:
+    if _has_truth(test_items, loc):
         for iou in (0.3, 0.5):
             metrics[f"box@{iou}"] = box_metrics(pred_boxes, true_boxes, iou)
         metrics["pixel_auroc"] = pixel_auroc(pix_maps, pix_masks)

@@ -18,7 +18,7 @@ import numpy as np
 from deploy.line import resolve_package
 from deploy.runtime import Runtime, frame_to_rgb, read_frame
 from inspection.boxes import mask_to_boxes
-from inspection.imageio import IMAGE_SUFFIXES, read_mask
+from inspection.imageio import IMAGE_SUFFIXES, read_truth
 from inspection.metrics import box_metrics, image_metrics
 
 # metric, better ("higher" | "lower"), tolerance: the candidate may be worse by at most this much
@@ -27,7 +27,9 @@ RULES = (("auroc", "higher", 0.005), ("false_reject", "lower", 0.02), ("miss", "
 
 
 def golden_items(root: str | Path) -> list[dict]:
-    """Every image of a dataset folder: path, defect type ('good' or the folder), mask path or None."""
+    """Every image of a dataset folder: path, defect type ('good' or the folder), mask and corrected-map paths
+    or None (masks/<type>/..., corrected/<good|defect/<type>>/...: a golden set built from reviewed parts has
+    the reviewers' maps instead of masks)."""
     root = Path(root)
     if not (root / "good").is_dir():
         raise FileNotFoundError(f"{root}: golden set needs good/ and defect/<type>/ folders")
@@ -35,11 +37,12 @@ def golden_items(root: str | Path) -> list[dict]:
     for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
         rel = path.relative_to(root)
         if rel.parts[0] == "good":
-            items.append({"path": path, "type": "good", "mask": None})
+            items.append({"path": path, "type": "good", "mask": None, "corrected": None})
         elif rel.parts[0] == "defect" and len(rel.parts) > 2:
-            mask = next((m for m in (root / "masks" / rel.parts[1] / Path(*rel.parts[2:])).parent.glob(
-                f"{path.stem}.*")), None)
-            items.append({"path": path, "type": rel.parts[1], "mask": mask})
+            mask = next((root / "masks" / rel.parts[1] / Path(*rel.parts[2:])).parent.glob(f"{path.stem}.*"), None)
+            corrected = next((m for m in (root / "corrected" / rel).parent.glob(f"{path.stem}.*")
+                              if m.suffix.lower() in (".png", ".npy")), None)
+            items.append({"path": path, "type": rel.parts[1], "mask": mask, "corrected": corrected})
     if not any(it["type"] == "good" for it in items) or all(it["type"] == "good" for it in items):
         raise ValueError(f"{root}: golden set needs both good and defective images")
     return items
@@ -48,22 +51,24 @@ def golden_items(root: str | Path) -> list[dict]:
 def score_package(package: str | Path, items: list[dict], batch: int = 16) -> dict:
     """Run a package over the golden set as the line would; metrics at the package's own thresholds."""
     rt = Runtime(resolve_package(package), backend="cpu", max_batch=batch)
-    results = []
+    results, shapes = [], []
     for i in range(0, len(items), batch):
         frames = [read_frame(it["path"]) for it in items[i:i + batch]]
         results += rt.inspect(frames, "BGR")
+        shapes += [f.shape[:2] for f in frames]
     y = np.array([it["type"] != "good" for it in items])
     scores = np.array([r.score for r in results])
     flagged = np.array([r.verdict != "pass" for r in results])
     metrics = image_metrics(y, scores, rt.threshold)
     metrics["false_reject"] = float(flagged[~y].mean())  # review counts as a reject at the line
     metrics["miss"] = float((~flagged[y]).mean())
-    located = [k for k, it in enumerate(items) if it["type"] == "good" or it["mask"]]
-    if any(items[k]["mask"] for k in located):
+    truth = {k: read_truth(it["mask"], it["corrected"], shapes[k])
+             for k, it in enumerate(items) if it["type"] != "good" and (it["mask"] or it["corrected"])}
+    located = [k for k, it in enumerate(items) if it["type"] == "good" or truth.get(k) is not None]
+    if any(truth.get(k) is not None for k in located):  # box F1 where masks or corrected maps exist
         pred = [np.array([b.xyxy for b in results[k].boxes]).reshape(-1, 4) for k in located]
-        true = [np.zeros((0, 4)) if items[k]["mask"] is None else
-                np.array([b.xyxy for b in mask_to_boxes(read_mask(items[k]["mask"]))]).reshape(-1, 4)
-                for k in located]
+        true = [np.zeros((0, 4)) if k not in truth else
+                np.array([b.xyxy for b in mask_to_boxes(truth[k])]).reshape(-1, 4) for k in located]
         metrics["box_f1@0.3"] = box_metrics(pred, true, 0.3)["f1"]
     metrics["per_type_detection"] = {t: float(flagged[[it["type"] == t for it in items]].mean())
                                      for t in sorted({it["type"] for it in items} - {"good"})}
