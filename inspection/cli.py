@@ -260,7 +260,7 @@ def cmd_gate(args) -> int:
     from training.gate import gate
 
     d = gate(args.candidate, args.production, args.golden, args.out)
-    print("\n".join(d["reasons"]), file=sys.stderr)
+    print("\n".join(d["reasons"] + [f"note: {n}" for n in d["notes"]]), file=sys.stderr)
     print(json.dumps({"promote": d["promote"], "report": str(Path(args.out) / "report.md")}))
     return 0 if d["promote"] else 1
 

@@ -19,6 +19,9 @@ def test_an_equal_candidate_is_promoted_with_a_report(exported, tmp_path):
     for name in ("decision.json", "report.md", "roc.png", "examples.png"):
         assert (tmp_path / "gate" / name).stat().st_size > 0
     assert json.loads((tmp_path / "gate" / "decision.json").read_text())["promote"] is True
+    # 24 golden defects: one miss is 0.042, coarser than the 0.02 tolerance; the report says so
+    assert any(n.startswith("miss: one part is 0.042 of the golden set's 24 defects") for n in d["notes"])
+    assert "- note: miss: one part" in (tmp_path / "gate" / "report.md").read_text()
     first = gate(exported["package"], None, root, tmp_path / "first")
     assert first["promote"] and "no production model" in first["reasons"][0]
 

@@ -104,7 +104,8 @@ def gate(candidate: str | Path, production: str | Path | None, golden: str | Pat
     else:
         prod = score_package(production, items)
         promote, reasons = compare(cand, prod, rules)
-    decision = {"promote": bool(promote), "reasons": reasons, "golden": str(golden), "images": len(items),
+    decision = {"promote": bool(promote), "reasons": reasons, "notes": _granularity(items, rules),
+                "golden": str(golden), "images": len(items),
                 "candidate": {"package": str(candidate), "version": cand["version"], "metrics": cand["metrics"]},
                 "production": None if prod is None else {"package": str(production), "version": prod["version"],
                                                          "metrics": prod["metrics"]}}
@@ -115,6 +116,18 @@ def gate(candidate: str | Path, production: str | Path | None, golden: str | Pat
     _report(decision, out / "report.md")
     (out / "decision.json").write_text(json.dumps(decision, indent=1))
     return decision
+
+
+def _granularity(items: list[dict], rules=RULES) -> list[str]:
+    """Rate rules whose tolerance is finer than one golden part: there, a single part more rejects."""
+    n = {"defects": sum(it["type"] != "good" for it in items), "good parts": sum(it["type"] == "good" for it in items)}
+    notes = []
+    for name, _, tol in rules:
+        of = "defects" if name == "miss" else "good parts" if name.startswith("false_reject") else None
+        if of and tol < 1 / n[of]:
+            notes.append(f"{name}: one part is {1 / n[of]:.3f} of the golden set's {n[of]} {of}, more than the "
+                         f"tolerance {tol}: a single part more rejects (add golden images for a finer gate)")
+    return notes
 
 
 def _examples(items: list[dict], cand: dict, prod: dict, path: Path, n: int = 8) -> int:
@@ -170,7 +183,8 @@ def _report(d: dict, path: Path) -> None:
     c, p = d["candidate"], d["production"]
     lines = [f"# Promotion gate: {'PROMOTE' if d['promote'] else 'REJECT'} {c['version']}", "",
              f"Golden set `{d['golden']}` ({d['images']} images); production: "
-             f"{p['version'] if p else 'none'}.", "", *[f"- {r}" for r in d["reasons"]], "",
+             f"{p['version'] if p else 'none'}.", "", *[f"- {r}" for r in d["reasons"]],
+             *[f"- note: {n}" for n in d["notes"]], "",
              "| metric | candidate | production |", "|---|---|---|"]
     names = [r[0] for r in RULES] + ["ap", "f1"]
     for name in names:

@@ -165,6 +165,7 @@ def _retrain(reg: Registry, log: Path, golden: Path, out: Path, base: Path | Non
     result = {"status": "rejected", "new_reviews": int(n_new), "production": production,
               "candidate": json.loads((candidate / "metadata.json").read_text())["model_version"],
               "manifest_hash": manifest.content_hash, "reasons": decision["reasons"],
+              "notes": decision["notes"],
               "report": str(run / "gate" / "report.md"), "reviewed": counts, "merged": merged,
               "candidate_metrics": {k: decision["candidate"]["metrics"].get(k)
                                     for k in ("auroc", "false_reject", "miss", "box_f1@0.3")}}
