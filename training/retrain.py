@@ -27,11 +27,11 @@ from inspection.model import load_checkpoint
 from training.gate import gate
 from training.train import train
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = "checkpoint.pt"  # kept beside each registered package: the weights later fine-tunes start from
 # the fine-tuning recipe, before the caller's overrides. Measured (benchmarks/review_rounds.py): at the
 # training lr (0.003, all layers) every candidate of 6 rounds regressed on the golden set and was rejected;
 # at lr 0.0005 with the feature extractor frozen (the patent's fine-tuning), round 2 was promoted.
-FINE_TUNE = ["train.lr=0.0005", "train.freeze_features=true", "train.warmup_epochs=0", "train.epochs=2"]  # kept beside each registered package: the weights later fine-tunes start from
+FINE_TUNE = ["train.lr=0.0005", "train.freeze_features=true", "train.warmup_epochs=0", "train.epochs=2"]
 
 
 class RetrainError(RuntimeError):
