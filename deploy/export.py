@@ -246,7 +246,7 @@ def export_package(checkpoint: str | Path, out_dir: str | Path, manifest: Manife
                         "attention": "(B, h, w) attention map in [0, 1]"},
             "attention": {"name": "attention", "size": att_hw},
             "decision": {"review_band": cfg.eval.review_band, "threshold_mode": cfg.eval.threshold_mode,
-                         "target_false_reject": cfg.eval.target_false_reject,
+                         "target_false_reject": cfg.eval.target_false_reject, "target_miss": cfg.eval.target_miss,
                          "rule": "fail if score >= threshold + band; review if within the band; else pass; "
                                  "the band reaches at most half-way to 0 and to 1"},
             "boxes": {"min_area": cfg.eval.boxes.min_area, "score": cfg.eval.boxes.score,

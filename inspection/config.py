@@ -109,8 +109,9 @@ class BoxConfig(_Section):
 
 
 class EvalConfig(_Section):
-    threshold_mode: Literal["max_f1", "false_reject"] = "max_f1"
+    threshold_mode: Literal["max_f1", "false_reject", "miss"] = "max_f1"
     target_false_reject: float = Field(0.01, ge=0, lt=1)
+    target_miss: float = Field(0.0, ge=0, lt=1, description="for threshold_mode miss: allowed share of defects missed")
     review_band: float = Field(0.1, ge=0, lt=1, description="scores within this of the threshold go to review")
     boxes: BoxConfig = BoxConfig()
     overlays: int = Field(16, ge=0)

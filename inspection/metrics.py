@@ -11,7 +11,8 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 
-def calibrate_threshold(is_defect, scores, mode: str = "max_f1", target_false_reject: float = 0.01) -> float:
+def calibrate_threshold(is_defect, scores, mode: str = "max_f1", target_false_reject: float = 0.01,
+                        target_miss: float = 0.0) -> float:
     """Decision threshold (fail when score >= t) from validation scores.
 
     max_f1: the split of best F1, placed half-way between the two validation scores it separates (the
@@ -19,6 +20,8 @@ def calibrate_threshold(is_defect, scores, mode: str = "max_f1", target_false_re
     that score is one defect's, and a threshold right on it misses every slightly weaker defect (measured
     on the golden sets of 19 small models: misses fell in 17, e.g. 0.41 → 0.09). false_reject: the lowest threshold
     whose false-reject rate on good parts is at most the target, the most sensitive setting the line tolerates.
+    miss: the highest threshold whose miss rate on defects is at most the target (the fewest false rejects
+    that still catch the share of defects QA asks for), half-way below the lowest defect it must flag.
     """
     y, s = np.asarray(is_defect, bool), np.asarray(scores, float)
     if y.all() or not y.any():
@@ -33,7 +36,12 @@ def calibrate_threshold(is_defect, scores, mode: str = "max_f1", target_false_re
         good = np.sort(s[~y])
         k = int(np.floor(target_false_reject * len(good)))  # at most k good parts may reach the threshold
         return float(np.nextafter(good[len(good) - 1 - k], np.inf)) if k < len(good) else float(good[0])
-    raise ValueError(f"eval.threshold_mode: expected 'max_f1' or 'false_reject', got {mode!r}")
+    if mode == "miss":
+        defects = np.sort(s[y])
+        lowest = defects[int(np.floor(target_miss * len(defects)))]  # the ones below it may be missed
+        passed = s[s < lowest]
+        return float((lowest + passed.max()) / 2 if len(passed) else lowest)
+    raise ValueError(f"eval.threshold_mode: expected 'max_f1', 'false_reject' or 'miss', got {mode!r}")
 
 
 def false_reject_at_miss(is_defect, scores, miss_rate: float = 0.0) -> float:

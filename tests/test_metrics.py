@@ -25,6 +25,10 @@ def test_threshold_calibration():
     assert calibrate_threshold([0, 0, 1, 1, 0], [0.1, 0.2, 0.7, 0.9, 0.2]) == pytest.approx(0.45)
     t = calibrate_threshold(y, s, "false_reject", 0.05)
     assert np.mean(s[y == 0] >= t) <= 0.05 and np.mean(s[y == 0] >= np.nextafter(t, 0) - 0.006) > 0.05
+    # miss: flag every defect but the allowed share, half-way below the lowest one it must flag
+    y2, s2 = [0, 0, 0, 1, 1, 1, 1], [0.1, 0.3, 0.5, 0.2, 0.6, 0.8, 0.9]
+    assert calibrate_threshold(y2, s2, "miss", target_miss=0.0) == pytest.approx(0.15)  # catches 0.2 too
+    assert calibrate_threshold(y2, s2, "miss", target_miss=0.25) == pytest.approx(0.55)  # may pass the 0.2 one
     with pytest.raises(ValueError, match="both good and defective"):
         calibrate_threshold([0, 0], [0.1, 0.2])
 

@@ -150,7 +150,8 @@ def evaluate_predictions(pv: Predictions, pt: Predictions, manifest: Manifest, c
     val_items, test_items = manifest.split("val"), manifest.split("test")
     val_defect = np.array([it.defect_type != GOOD for it in val_items])
     test_defect = np.array([it.defect_type != GOOD for it in test_items])
-    threshold = calibrate_threshold(val_defect, pv.scores, cfg.eval.threshold_mode, cfg.eval.target_false_reject)
+    threshold = calibrate_threshold(val_defect, pv.scores, cfg.eval.threshold_mode, cfg.eval.target_false_reject,
+                                    cfg.eval.target_miss)
     box_t = calibrate_box_threshold(pv, val_items, root, cfg)
 
     metrics = {"image": image_metrics(test_defect, pt.scores, threshold)}
