@@ -419,8 +419,7 @@ class LineRunner:
                 try:
                     waiting.append(self._record(job))
                 except Exception as exc:  # noqa: BLE001 - one bad record must not stop the writer
-                    print(f"failure log: record of part {job[0].part_id} not written: {exc}", file=sys.stderr)
-                    self.metrics.inc("log_write_errors_total")
+                    self._write_error(job[0].part_id, exc)
             blocked = self._store_blocked()
             if (waiting or self._outbox) and (not blocked or time.time() - last_try >= self.cfg.log.retry_s):
                 last_try = time.time()
@@ -468,9 +467,12 @@ class LineRunner:
             except StoreUnavailable:
                 raise
             except Exception as exc:  # noqa: BLE001 - one bad record must not stop the writer
-                print(f"failure log: record of part {record.part_id} not written: {exc}", file=sys.stderr)
-                self.metrics.inc("log_write_errors_total")
+                self._write_error(record.part_id, exc)
             waiting.popleft()
+
+    def _write_error(self, part_id: str, exc: Exception) -> None:
+        print(f"failure log: record of part {part_id} not written: {exc}", file=sys.stderr)
+        self.metrics.inc("log_write_errors_total")
 
     def _spool(self, waiting: collections.deque) -> None:
         """Database down: move the waiting records to the outbox on disk (in memory still if that fails too)."""

@@ -29,19 +29,21 @@ def calibrate_threshold(is_defect, scores, mode: str = "max_f1", target_false_re
     if mode == "max_f1":
         p, r, t = precision_recall_curve(y, s)
         f1 = 2 * p[:-1] * r[:-1] / np.maximum(p[:-1] + r[:-1], 1e-12)
-        best = t[int(np.argmax(f1))]
-        passed = s[s < best]
-        return float((best + passed.max()) / 2 if len(passed) else best)
+        return _half_way_below(s, t[int(np.argmax(f1))])
     if mode == "false_reject":
         good = np.sort(s[~y])
         k = int(np.floor(target_false_reject * len(good)))  # at most k good parts may reach the threshold
         return float(np.nextafter(good[len(good) - 1 - k], np.inf)) if k < len(good) else float(good[0])
     if mode == "miss":
         defects = np.sort(s[y])
-        lowest = defects[int(np.floor(target_miss * len(defects)))]  # the ones below it may be missed
-        passed = s[s < lowest]
-        return float((lowest + passed.max()) / 2 if len(passed) else lowest)
+        return _half_way_below(s, defects[int(np.floor(target_miss * len(defects)))])  # those below: missed
     raise ValueError(f"eval.threshold_mode: expected 'max_f1', 'false_reject' or 'miss', got {mode!r}")
+
+
+def _half_way_below(scores: np.ndarray, lowest_flagged: float) -> float:
+    """The threshold half-way between the lowest score to flag and the highest score below it."""
+    passed = scores[scores < lowest_flagged]
+    return float((lowest_flagged + passed.max()) / 2 if len(passed) else lowest_flagged)
 
 
 def false_reject_at_miss(is_defect, scores, miss_rate: float = 0.0) -> float:

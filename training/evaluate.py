@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import torch
 
-from inspection.boxes import Box, components_to_boxes, full_roi, mask_to_boxes
+from inspection.boxes import components_to_boxes, full_roi, mask_to_boxes
 from inspection.data import GOOD, InspectionDataset, Manifest
 from inspection.imageio import read_truth
 from inspection.metrics import aupro, box_metrics, calibrate_threshold, image_metrics, pixel_auroc
@@ -71,27 +71,18 @@ def _upsampled(amap: np.ndarray, item, roi) -> tuple[np.ndarray, tuple[int, int]
     return cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR), (x, y)
 
 
-def _truth(root: Path, item) -> np.ndarray | None:
-    """A defect image's pixel truth: its mask, else its corrected map (all-False for good images)."""
-    if item.defect_type == GOOD:
-        return np.zeros((item.height, item.width), bool)
-    return read_truth(item.mask and root / item.mask, item.corrected and root / item.corrected,
-                      (item.height, item.width))
-
-
-def _true_boxes(root: Path, item) -> list[Box]:
-    return [] if item.defect_type == GOOD else mask_to_boxes(_truth(root, item))
-
-
-def _localizable(items, root: Path) -> list[int]:
-    """Indices of items usable for localization: good images, and defect images with a mask or a non-empty
-    corrected map (on factory data, where nobody draws masks, the reviewers' corrected maps are the pixel truth)."""
-    return [i for i, it in enumerate(items) if it.defect_type == GOOD or it.mask
-            or (it.corrected and _truth(root, it) is not None)]
-
-
-def _has_truth(items, idx) -> bool:
-    return any(items[i].defect_type != GOOD for i in idx)
+def _truths(items, root: Path) -> dict[int, np.ndarray]:
+    """Pixel truth (HxW bool) of the items usable for localization, each file read once: good images (all
+    False), and defect images with a mask or a non-empty corrected map (on factory data, where nobody draws
+    masks, the reviewers' corrected maps are the pixel truth)."""
+    truths = {}
+    for i, it in enumerate(items):
+        if it.defect_type == GOOD:
+            truths[i] = np.zeros((it.height, it.width), bool)
+        elif (m := read_truth(it.mask and root / it.mask, it.corrected and root / it.corrected,
+                              (it.height, it.width))) is not None:
+            truths[i] = m
+    return truths
 
 
 def calibrate_box_threshold(pred: Predictions, items, root: Path, cfg) -> float:
@@ -102,11 +93,11 @@ def calibrate_box_threshold(pred: Predictions, items, root: Path, cfg) -> float:
     """
     if cfg.eval.boxes.threshold is not None:
         return cfg.eval.boxes.threshold
-    idx = _localizable(items, root)
-    if not _has_truth(items, idx):
+    truths = _truths(items, root)
+    if all(items[i].defect_type == GOOD for i in truths):
         return 0.5
-    ups = [_upsampled(pred.maps[i], items[i], cfg.data.roi) for i in idx]
-    truth = [np.array([b.xyxy for b in _true_boxes(root, items[i])]).reshape(-1, 4) for i in idx]
+    ups = [_upsampled(pred.maps[i], items[i], cfg.data.roi) for i in truths]
+    truth = [np.array([b.xyxy for b in mask_to_boxes(m)]).reshape(-1, 4) for m in truths.values()]
     values = np.concatenate([up[::4, ::4].ravel() for up, _ in ups])
     best, best_t = -1.0, 0.5
     for t in np.unique(np.quantile(values, BOX_QUANTILES)):
@@ -118,10 +109,9 @@ def calibrate_box_threshold(pred: Predictions, items, root: Path, cfg) -> float:
     return best_t
 
 
-def _pixel_pair(up: np.ndarray, off, item, root: Path) -> tuple[np.ndarray, np.ndarray]:
+def _pixel_pair(up: np.ndarray, off, item, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     full = np.zeros((item.height, item.width), np.float32)
     full[off[1]:off[1] + up.shape[0], off[0]:off[0] + up.shape[1]] = up
-    mask = _truth(root, item)
     s = PIXEL_SIDE / max(item.height, item.width)
     size = (max(1, round(item.width * s)), max(1, round(item.height * s)))
     return (cv2.resize(full, size, interpolation=cv2.INTER_AREA),
@@ -164,21 +154,21 @@ def evaluate_predictions(pv: Predictions, pt: Predictions, manifest: Manifest, c
         for t in sorted({it.defect_type for it in test_items} - {GOOD})}
 
     per_image, pred_boxes, true_boxes, pix_maps, pix_masks = [], [], [], [], []
-    loc = set(_localizable(test_items, root))
+    truths = _truths(test_items, root)
     for i, it in enumerate(test_items):
         up, off = _upsampled(pt.maps[i], it, cfg.data.roi)
         boxes = components_to_boxes(up >= box_t, up, cfg.eval.boxes.min_area, cfg.eval.boxes.score, offset=off)
-        truth = _true_boxes(root, it) if i in loc else None
+        truth = mask_to_boxes(truths[i]) if i in truths else None
         per_image.append({"path": it.path, "defect_type": it.defect_type, "score": float(pt.scores[i]),
                           "fail": bool(pt.scores[i] >= threshold), "boxes": [b.to_dict() for b in boxes],
                           "true_boxes": None if truth is None else [b.xyxy for b in truth], "map_index": i})
-        if i in loc:
+        if i in truths:
             pred_boxes.append(np.array([b.xyxy for b in boxes]).reshape(-1, 4))
             true_boxes.append(np.array([b.xyxy for b in truth]).reshape(-1, 4))
-            m, k = _pixel_pair(up, off, it, root)
+            m, k = _pixel_pair(up, off, it, truths[i])
             pix_maps.append(m)
             pix_masks.append(k)
-    if _has_truth(test_items, loc):
+    if any(test_items[i].defect_type != GOOD for i in truths):
         for iou in (0.3, 0.5):
             metrics[f"box@{iou}"] = box_metrics(pred_boxes, true_boxes, iou)
         metrics["pixel_auroc"] = pixel_auroc(pix_maps, pix_masks)
