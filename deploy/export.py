@@ -159,6 +159,7 @@ def _evaluate_variant(path: Path, val: InspectionDataset, test: InspectionDatase
     result = evaluate_predictions(_ort_predictions(session, val), _ort_predictions(session, test), manifest, cfg,
                                   path.name)
     return {"file": path.name, "threshold": float(result["threshold"]), "box_threshold": float(result["box_threshold"]),
+            "box_rule": result["box_rule"],
             "metrics": result["metrics"]}
 
 
@@ -250,7 +251,12 @@ def export_package(checkpoint: str | Path, out_dir: str | Path, manifest: Manife
                          "rule": "fail if score >= threshold + band; review if within the band; else pass; "
                                  "the band reaches at most half-way to 0 and to 1"},
             "boxes": {"min_area": cfg.eval.boxes.min_area, "score": cfg.eval.boxes.score,
-                      "calibrated": cfg.eval.boxes.threshold is None},
+                      "calibrated": cfg.eval.boxes.threshold is None,
+                      "rule": "on parts that fail or go to review (variants.*.box_rule): upsample the map to the "
+                              "ROI (bilinear); seed level = threshold, or peak_share * the map's peak when lower "
+                              "(0: off); regions reaching it, grown down to low * seed level, each boxed where its "
+                              "log-odds are at least relative of the way from that foot to its peak; boxes closer "
+                              "than merge * the ROI's longer side merged; regions under min_area px dropped"},
             "variants": variants,
             "parity": {"images": len(sample), "tolerance": tolerance, "max_abs_diff": parity},
             "int8": int8_info,

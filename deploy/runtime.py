@@ -19,12 +19,12 @@ import cv2
 import numpy as np
 
 from deploy.package import PackageError, load_package
-from inspection.boxes import Box, attention_to_boxes, full_roi
+from inspection.boxes import Box, BoxRule, attention_to_boxes, full_roi
+from inspection.decision import VERDICTS, verdict
 from inspection.preprocess import prepare, to_input
 
 BACKENDS = ("auto", "tensorrt", "ort-tensorrt", "cuda", "cpu")  # tensorrt: native API; ort-*: onnxruntime providers
 PRECISIONS = ("fp32", "fp16", "int8")
-VERDICTS = ("pass", "review", "fail")
 
 
 class FrameError(ValueError):
@@ -216,9 +216,14 @@ class Runtime:
         self.version = self.meta["model_version"]
         self.threshold = float(self.variant["threshold"])
         self.review_band = float(self.meta["decision"]["review_band"])
-        self.box_threshold = float(self.variant["box_threshold"])
-        self.min_area = int(self.meta["boxes"]["min_area"])
-        self.box_score = self.meta["boxes"]["score"]
+        # the box rule calibrated for this variant; packages written before its other levels: threshold only
+        try:
+            self.box_rule = BoxRule.from_dict({**self.variant.get("box_rule", {}),
+                                               "threshold": float(self.variant["box_threshold"]),
+                                               "min_area": int(self.meta["boxes"]["min_area"]),
+                                               "score": self.meta["boxes"]["score"]})
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise PackageError(f"{self.root / 'metadata.json'}: variants.{variant_name}.box_rule: {exc}") from None
 
     def _native_tensorrt(self, cache: Path, max_batch: int, precision: str, required: bool):
         """A native TensorRT session, or None (auto) / TensorRTUnavailable (required) when it cannot run here."""
@@ -262,25 +267,16 @@ class Runtime:
         return tuple(np.concatenate([o[k] for o in outs]).astype(np.float32) for k in range(3))
 
     def decide(self, score: float, threshold: float | None = None) -> str:
-        """fail above the threshold's review band, pass below it, review inside it (never a silent pass).
-
-        The band reaches at most half-way to 0 and to 1: with a threshold of 0.95 and a band of 0.1 a sure
-        defect (score 1.0) would otherwise never fail, only wait for review.
-        """
-        t = self.threshold if threshold is None else threshold
-        if score >= t + min(self.review_band, (1 - t) / 2):
-            return "fail"
-        if score >= t - min(self.review_band, t / 2):
-            return "review"
-        return "pass"
+        """pass / review / fail by the package's threshold and review band (inspection.decision.verdict)."""
+        return verdict(score, self.threshold if threshold is None else threshold, self.review_band)
 
     def judge(self, probs: np.ndarray, score: float, attention: np.ndarray, frame_hw: tuple[int, int]) -> Inspection:
         """Verdict, defect type and boxes (in frame pixels) from one image's model outputs."""
         verdict = self.decide(float(score))
-        boxes = attention_to_boxes(attention, frame_hw, self.box_threshold, self.min_area, self.roi, self.box_score)
+        boxes = attention_to_boxes(attention, frame_hw, self.box_rule, self.roi) if verdict != "pass" else []
         defect = None if verdict == "pass" else self.classes[1 + int(np.argmax(probs[1:]))]
         return Inspection(verdict, float(score), {c: float(p) for c, p in zip(self.classes, probs)}, defect,
-                          boxes if verdict != "pass" else [], attention, self.version)
+                          boxes, attention, self.version)
 
     def inspect(self, frames: list[np.ndarray], color: str = "RGB") -> list[Inspection]:
         """Judge a batch of camera frames (any sizes); the first unusable frame raises its FrameError."""

@@ -1,14 +1,21 @@
 """Attention map → defect boxes in original-image pixels (numpy/OpenCV only; shared by eval and line side).
 
-The rule of METHOD.md: upsample A to the image (bilinear), threshold, connected components, drop
-components under a minimum area, box each one and score it by the peak (or mean) attention inside.
+The rule (a `BoxRule`): upsample A to the image (bilinear); a defect is a connected region where A reaches the
+seed level, `threshold`, or on a map that never gets there `peak_share` of the map's own peak (a part the
+classifier fails is boxed where its map points, however faint); each region grows down to its foot, `low`
+times the seed level (hysteresis: a faint part of a defect joins its region), and is boxed where its log-odds
+lie at least `relative` of the way from the foot to the region's peak (a soft blob around a small defect is
+boxed near its tip, a plateau whole); boxes closer than `merge` (a share of the longer side of the region
+the model saw) become one (a crack that the map breaks into beads is one defect); regions under `min_area`
+pixels are dropped; each box is scored by the peak (or mean) attention inside.
 
-    >>> boxes = attention_to_boxes(att, frame_hw=(480, 640), threshold=0.5, min_area=20)
+    >>> boxes = attention_to_boxes(att, frame_hw=(480, 640), threshold=0.5, low=0.5, relative=0.5, min_area=20)
+    >>> boxes = attention_to_boxes(att, frame_hw=(480, 640), rule=BoxRule.from_dict(package_variant["box_rule"]))
     >>> boxes[0].xyxy, boxes[0].score
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import cv2
 import numpy as np
@@ -31,6 +38,40 @@ class Box:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class BoxRule:
+    """The levels of the box rule (module docstring); calibrated on validation and stored per model variant."""
+
+    threshold: float = 0.5
+    low: float = 1.0          # foot = low * seed level
+    relative: float = 0.0     # box where log-odds are this share of the way from foot to peak
+    merge: float = 0.0        # merge gap, share of the longer side of the region the model saw
+    peak_share: float = 0.0   # seed level on a map under the threshold: this share of its peak (0: none)
+    min_area: int = 0
+    score: str = "peak"
+
+    def __post_init__(self):
+        checks = {"threshold": 0 <= self.threshold <= 1, "low": 0 < self.low <= 1, "relative": 0 <= self.relative < 1,
+                  "merge": 0 <= self.merge <= 1, "peak_share": 0 <= self.peak_share <= 1, "min_area": self.min_area >= 0,
+                  "score": self.score in ("peak", "mean")}
+        expected = {"threshold": "in [0, 1]", "low": "in (0, 1] (a share of the seed level)",
+                    "relative": "in [0, 1) (a share of the way from a region's foot to its peak)",
+                    "merge": "in [0, 1] (a share of the region's longer side)",
+                    "peak_share": "in [0, 1] (a share of the map's peak; 0 = off)", "min_area": ">= 0 pixels",
+                    "score": "'peak' or 'mean'"}
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"box rule: {name} must be {expected[name]}, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BoxRule":
+        """From stored levels; a level that is missing (an older package) keeps its neutral default."""
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
 def full_roi(frame_hw: tuple[int, int], roi: tuple[int, int, int, int] | None) -> tuple[int, int, int, int]:
@@ -57,34 +98,90 @@ def upsample_attention(attention: np.ndarray, frame_hw: tuple[int, int],
 
 
 def components_to_boxes(binary: np.ndarray, values: np.ndarray | None = None, min_area: int = 0,
-                        score: str = "peak", offset: tuple[int, int] = (0, 0)) -> list[Box]:
-    """Boxes of the 8-connected components of a bool image, scored by `values` inside each one."""
+                        score: str = "peak", offset: tuple[int, int] = (0, 0), seed: float | None = None,
+                        merge_gap: float = 0.0, relative: float = 0.0, foot: float = 0.0) -> list[Box]:
+    """Boxes of the 8-connected components of a bool image, scored by `values` inside each one.
+
+    seed: keep only components where `values` reach it (hysteresis); relative: box only the pixels of each
+    component whose log-odds lie at least this share of the way from `foot` (the level that cut the component)
+    to the component's peak (log-odds, because a map near 1 saturates: 0.9998 and 0.99998 are 8.5 and 10.8 in
+    log-odds); merge_gap: merge boxes whose gap in x and in y is at most this many pixels (their areas add up,
+    the score is the peak or the area-weighted mean).
+    """
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
-    boxes = []
+    parts = []  # [x0, y0, x1, y1, peak, sum, area]
     for i in range(1, n):
         x, y, w, h, area = (int(v) for v in stats[i])
+        if values is None:
+            parts.append([x, y, x + w, y + h, float(area), float(area), area])
+            continue
+        window = values[y:y + h, x:x + w]
+        member = labels[y:y + h, x:x + w] == i
+        inside = window[member]
+        peak = float(inside.max())
+        if seed is not None and peak < seed:
+            continue
+        if relative > 0:
+            z_foot, z_peak = _log_odds(foot), _log_odds(peak)
+            level = 1 / (1 + np.exp(-(z_foot + relative * (z_peak - z_foot))))  # back to the map's scale
+            ys, xs = np.nonzero(member & (window >= min(level, peak)))
+            x, y, w, h = x + int(xs.min()), y + int(ys.min()), int(xs.max() - xs.min()) + 1, int(ys.max() - ys.min()) + 1
+        parts.append([x, y, x + w, y + h, peak, float(inside.sum()), area])
+    if merge_gap > 0:
+        parts = _merge_near(parts, merge_gap)
+    boxes = []
+    for x0, y0, x1, y1, peak, total, area in parts:
         if area < min_area:
             continue
-        if values is None:
-            s = 1.0
-        else:
-            inside = values[y:y + h, x:x + w][labels[y:y + h, x:x + w] == i]
-            s = float(inside.max() if score == "peak" else inside.mean())
-        boxes.append(Box(x + offset[0], y + offset[1], x + w + offset[0], y + h + offset[1], s, area))
+        s = 1.0 if values is None else peak if score == "peak" else total / area
+        boxes.append(Box(x0 + offset[0], y0 + offset[1], x1 + offset[0], y1 + offset[1], s, area))
     return sorted(boxes, key=lambda b: -b.score)
 
 
-def attention_to_boxes(attention: np.ndarray, frame_hw: tuple[int, int], threshold: float = 0.5,
-                       min_area: int = 0, roi: tuple[int, int, int, int] | None = None,
-                       score: str = "peak") -> list[Box]:
-    """Defect boxes from an attention map that covers `roi` of a frame of size `frame_hw` (H, W)."""
+def _log_odds(p: float) -> float:
+    p = min(max(float(p), 1e-6), 1 - 1e-6)
+    return float(np.log(p / (1 - p)))
+
+
+def _merge_near(parts: list[list], gap: float) -> list[list]:
+    """Union of boxes whose gaps in x and in y are both at most `gap`, repeated until none is left."""
+    merged = True
+    while merged and len(parts) > 1:
+        merged = False
+        for i in range(len(parts)):
+            for j in range(i + 1, len(parts)):
+                a, b = parts[i], parts[j]
+                if max(a[0], b[0]) - min(a[2], b[2]) <= gap and max(a[1], b[1]) - min(a[3], b[3]) <= gap:
+                    parts[i] = [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]),
+                                max(a[4], b[4]), a[5] + b[5], a[6] + b[6]]
+                    del parts[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return parts
+
+
+def map_boxes(up: np.ndarray, rule: BoxRule, offset: tuple[int, int] = (0, 0)) -> list[Box]:
+    """The box rule on a map already upsampled to the region the model saw (`offset`: its corner in the frame)."""
+    seed = rule.threshold
+    if rule.peak_share > 0 and up.size:
+        seed = min(seed, rule.peak_share * float(up.max()))
+    foot = seed * rule.low
+    return components_to_boxes(up >= foot, up, rule.min_area, rule.score, offset, seed=seed,
+                               merge_gap=rule.merge * max(up.shape), relative=rule.relative, foot=foot)
+
+
+def attention_to_boxes(attention: np.ndarray, frame_hw: tuple[int, int], rule: BoxRule | None = None,
+                       roi: tuple[int, int, int, int] | None = None, **levels) -> list[Box]:
+    """Defect boxes from an attention map that covers `roi` of a frame of size `frame_hw` (H, W); the rule's
+    levels as a BoxRule or as keywords (threshold=0.5, low=..., ...)."""
     if attention.ndim != 2:
         raise ValueError(f"attention map must be 2-D (h, w), got shape {attention.shape}")
-    if score not in ("peak", "mean"):
-        raise ValueError(f"box score must be 'peak' or 'mean', got {score!r}")
+    rule = rule if rule is not None else BoxRule(**levels)
     x, y, w, h = full_roi(frame_hw, roi)
     up = cv2.resize(np.asarray(attention, np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-    return components_to_boxes(up >= threshold, up, min_area, score, offset=(x, y))
+    return map_boxes(up, rule, offset=(x, y))
 
 
 def mask_to_boxes(mask: np.ndarray, min_area: int = 0) -> list[Box]:

@@ -49,11 +49,11 @@ def cmd_generate(args) -> int:
 
 def cmd_train(args) -> int:
     from inspection.data import scan_dataset
-    from training.train import train
+    from training.train import plain_abn, train
 
     cfg = _config(args)
     if args.kind == "abn0":
-        cfg.train.w_normal = 0.0
+        cfg = plain_abn(cfg)
     manifest = scan_dataset(cfg.data.root, cfg.data, progress=not args.quiet)
     _report_skipped(manifest)
     out = args.out or cfg.train.out_dir
@@ -321,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--out", help="run folder (default: train.out_dir)")
     p.add_argument("--kind", choices=["abn", "abn0", "cnn"], default="abn",
-                   help="abn: ours; abn0: plain ABN (W_normal=0); cnn: plain CNN for Grad-CAM")
+                   help="abn: ours; abn0: plain ABN (W_normal = W_defect = 0); cnn: plain CNN for Grad-CAM")
     p.add_argument("--restart", action="store_true", help="ignore last.pt in the run folder")
     p.set_defaults(func=cmd_train)
 

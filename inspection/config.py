@@ -75,8 +75,10 @@ class ModelConfig(_Section):
     pretrained: bool = True
     weights: Optional[str] = Field(None, description="local state-dict file for torchvision backbones")
     attention_stride: Literal[4, 8, 16] = 8
-    residual: bool = False
+    residual: float = Field(0.3, ge=0, le=1, description="synthesis G = F*A + residual*F (true = 1: ABN's form)")
     att_pool: Literal["avg", "max"] = Field("max", description="pooling of the attention branch's class evidence")
+    attention_head: Literal["conv", "evidence", "bn"] = Field(
+        "conv", description="map head: 1x1 conv with bias, the defect log-odds of the class evidence, or conv + BN")
 
 
 class TrainConfig(_Section):
@@ -91,9 +93,13 @@ class TrainConfig(_Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     scheduler: Literal["cosine", "none"] = "cosine"
     warmup_epochs: int = Field(1, ge=0)
-    w_normal: float = Field(0.2, ge=0)
+    w_normal: float = Field(3.0, ge=0)
     strict: bool = Field(False, description="patent variant: classification loss on defect images only")
+    w_defect: float = Field(1.0, ge=0, description="weight of L_defect (top-k attention as the defect probability)")
+    defect_topk: float = Field(0.02, gt=0, le=1, description="share of map cells in L_defect's top-k mean")
+    defect_on_good: bool = Field(True, description="L_defect also asks the top-k to be low on good images")
     gamma_map: float = Field(1.0, ge=0, description="weight of L_map for images with a corrected map")
+    mask_supervision: int = Field(0, ge=0, description="masked defect training images used as L_map targets")
     freeze_features: bool = False
     early_stopping: int = Field(0, ge=0, description="stop after this many epochs without val gain; 0 = off")
     steps_per_epoch: Optional[int] = Field(None, ge=1)
@@ -104,6 +110,15 @@ class TrainConfig(_Section):
 
 class BoxConfig(_Section):
     threshold: Optional[float] = Field(None, ge=0, le=1, description="None = calibrate on validation")
+    low: Optional[float] = Field(None, gt=0, le=1, description="hysteresis: regions reaching the threshold grow "
+                                                               "down to threshold * low; None = calibrate")
+    relative: Optional[float] = Field(None, ge=0, lt=1, description="box the part of each region at or above this "
+                                                                    "share of its peak; None = calibrate")
+    merge: Optional[float] = Field(None, ge=0, le=1, description="merge boxes closer than this share of the ROI's "
+                                                                 "longer side; None = calibrate")
+    peak_share: Optional[float] = Field(None, ge=0, le=1, description="on a map under the threshold, seed regions "
+                                                                      "at this share of its peak; 0 = off; "
+                                                                      "None = calibrate")
     min_area: int = Field(16, ge=0, description="minimum component area in original pixels")
     score: Literal["peak", "mean"] = "peak"
 
@@ -115,6 +130,8 @@ class EvalConfig(_Section):
     review_band: float = Field(0.1, ge=0, lt=1, description="scores within this of the threshold go to review")
     boxes: BoxConfig = BoxConfig()
     overlays: int = Field(16, ge=0)
+    gradcam_layer: Literal["last", "features"] = Field(
+        "last", description="Grad-CAM of the CNN baseline on its last conv block or on the branch-point features")
 
 
 class Config(_Section):

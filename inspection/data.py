@@ -223,11 +223,32 @@ def scan_dataset(root: str | Path, data_cfg, progress: bool = False) -> Manifest
     return manifest
 
 
-class InspectionDataset(Dataset):
-    """Items of one split as normalized tensors; decoded+resized images are cached in memory."""
+def mask_targets(manifest: Manifest, n: int, seed: int = 0) -> set[str]:
+    """The `n` defect training images (a seeded pick) whose pixel masks serve as L_map targets (mixed
+    supervision, `train.mask_supervision`); all of them when fewer have masks. Empty for n = 0."""
+    if n <= 0:
+        return set()
+    masked = sorted((it for it in manifest.split("train") if it.defect_type != GOOD and it.mask),
+                    key=lambda it: _rank(seed, it.path))
+    if not masked:
+        raise DatasetError(f"train.mask_supervision={n}: the train split of {manifest.root} has no defect image "
+                           f"with a mask (masks/<type>/<same path as the image>); set it to 0 to train on image "
+                           f"labels only")
+    if len(masked) < n:
+        print(f"train.mask_supervision={n}: only {len(masked)} masked defect images in the train split; "
+              f"using all of them", file=sys.stderr)
+    return {it.path for it in masked[:n]}
 
-    def __init__(self, manifest: Manifest, split: str, data_cfg, augment: bool = False):
+
+class InspectionDataset(Dataset):
+    """Items of one split as normalized tensors; decoded+resized images are cached in memory.
+
+    Training targets for L_map: an item's corrected map, else its mask when its path is in `mask_targets`."""
+
+    def __init__(self, manifest: Manifest, split: str, data_cfg, augment: bool = False,
+                 mask_targets: set[str] | frozenset = frozenset()):
         self.manifest, self.cfg, self.augment = manifest, data_cfg, augment
+        self.mask_targets = mask_targets
         self.items = manifest.split(split)
         if not self.items:
             raise DatasetError(f"dataset {manifest.root}: the {split} split is empty")
@@ -248,8 +269,8 @@ class InspectionDataset(Dataset):
         img = prepare(read_image(self.root / it.path), self.cfg.image_size, self.cfg.roi)
         image = torch.from_numpy(img).permute(2, 0, 1).to(torch.float16)
         target = None
-        if it.corrected:
-            m = read_map(self.root / it.corrected)
+        if it.corrected or it.path in self.mask_targets:
+            m = read_map(self.root / it.corrected) if it.corrected else read_mask(self.root / it.mask).astype(np.float32)
             full = np.zeros((it.height, it.width), np.float32)
             if m.shape != full.shape:  # maps may be stored at the model's map resolution: stretch to the image
                 import cv2

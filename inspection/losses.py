@@ -1,7 +1,11 @@
-"""The training losses of METHOD.md: L = L_classify + L_att + W_normal · L_normal (+ γ · L_map).
+"""The training losses: L = L_classify + L_att + W_normal · L_normal + W_defect · L_defect (+ γ · L_map).
 
-    >>> total, terms = abn_loss(out, labels, good_index=0, w_normal=1.0)
-    >>> terms   # {'classify': ..., 'att': ..., 'normal': ..., 'map': ..., 'total': ...}
+L_normal (the Toshiba patent's) asks the map to be low on good images; L_defect, its counterpart, asks the
+map's few highest cells to be high on defective images: without it nothing makes the map rise where the
+defect is, and on real parts the map went flat at a low level, defects included.
+
+    >>> total, terms = abn_loss(out, labels, good_index=0, w_normal=1.0, w_defect=1.0)
+    >>> terms   # {'classify': ..., 'att': ..., 'normal': ..., 'defect': ..., 'map': ..., 'total': ...}
 """
 from __future__ import annotations
 
@@ -16,13 +20,41 @@ def normal_loss(attention: torch.Tensor, is_normal: torch.Tensor) -> torch.Tenso
     return attention[is_normal].mean(dim=(1, 2)).mean()
 
 
+def defect_loss(attention: torch.Tensor, is_defect: torch.Tensor, topk: float = 0.02,
+                on_good: bool = True) -> torch.Tensor:
+    """L_defect: the mean of the k highest map cells (k = topk · h·w, at least 1) read as the image's defect
+    probability, with binary cross-entropy against the label: high on defective images (−log p), and with
+    `on_good` low on good ones (−log(1 − p)), averaged over the images it applies to.
+
+    The good side matters: L_normal, a mean over all cells, barely feels a small hot spot (an image border, a
+    bright edge) that is hot on every part; the top-k of a defective image then settles on that spot instead of
+    the defect. The log keeps a gradient where the map starts near 0 or 1.
+    """
+    use = torch.ones_like(is_defect) if on_good else is_defect
+    if not bool(use.any()):
+        return attention.sum() * 0.0
+    a = attention[use].flatten(1)
+    k = max(1, round(topk * a.shape[1]))
+    p = a.topk(k, dim=1).values.mean(1).clamp(1e-6, 1 - 1e-6)
+    return F.binary_cross_entropy(p, is_defect[use].float())
+
+
+def resize_target(target: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, H, W) target maps at the map's size: a cell takes the highest value inside it when shrinking (a
+    painted or masked defect marks every cell it touches, however thin), bilinear when growing."""
+    if tuple(target.shape[-2:]) == tuple(size):
+        return target
+    t = target[:, None].float()
+    if t.shape[-2] >= size[0] and t.shape[-1] >= size[1]:
+        return F.adaptive_max_pool2d(t, size)[:, 0]
+    return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
 def map_loss(attention: torch.Tensor, target: torch.Tensor, has_target: torch.Tensor) -> torch.Tensor:
     """L_map: mean squared difference to corrected maps (resized to A), over images that have one."""
     if not bool(has_target.any()):
         return attention.sum() * 0.0
-    t = target[has_target]
-    if t.shape[-2:] != attention.shape[-2:]:
-        t = F.interpolate(t[:, None].float(), size=attention.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    t = resize_target(target[has_target], attention.shape[-2:])
     return ((attention[has_target] - t) ** 2).mean()
 
 
@@ -37,7 +69,8 @@ def classify_loss(logits: torch.Tensor, labels: torch.Tensor, use: torch.Tensor 
 
 def abn_loss(out, labels: torch.Tensor, good_index: int, w_normal: float, strict: bool = False,
              target_maps: torch.Tensor | None = None, has_target: torch.Tensor | None = None,
-             gamma_map: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+             gamma_map: float = 0.0, w_defect: float = 0.0, defect_topk: float = 0.02,
+             defect_on_good: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
     """Total ABN loss and its terms. `strict`: classification terms on defective images only."""
     logits, att_logits, attention = out
     is_normal = labels == good_index
@@ -45,11 +78,13 @@ def abn_loss(out, labels: torch.Tensor, good_index: int, w_normal: float, strict
     l_cls = classify_loss(logits, labels, use)
     l_att = classify_loss(att_logits, labels, use)
     l_norm = normal_loss(attention, is_normal)
-    total = l_cls + l_att + w_normal * l_norm
+    l_def = defect_loss(attention, ~is_normal, defect_topk, defect_on_good)
+    total = l_cls + l_att + w_normal * l_norm + w_defect * l_def
     l_map = torch.zeros((), device=attention.device)
     if target_maps is not None and has_target is not None and gamma_map > 0:
         l_map = map_loss(attention, target_maps, has_target)
         total = total + gamma_map * l_map
     terms = {k: v.item() for k, v in
-             {"classify": l_cls, "att": l_att, "normal": l_norm, "map": l_map, "total": total}.items()}
+             {"classify": l_cls, "att": l_att, "normal": l_norm, "defect": l_def, "map": l_map,
+              "total": total}.items()}
     return total, terms

@@ -104,6 +104,28 @@ def box_metrics(pred_per_image, true_per_image, iou: float = 0.3) -> dict:
     return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "n_pred": n_pred, "n_true": n_true}
 
 
+def hit_rate(masks: list[np.ndarray], maps: list[np.ndarray], offsets: list[tuple[int, int]], boxes: list) -> float:
+    """Share of true defect regions (8-connected components of each image's mask) that hold the map's peak
+    inside their bounding box or that a predicted box touches (overlaps a pixel of the region).
+
+    masks: full-frame bool masks; maps: each map upsampled to the region the model saw, whose corner in the
+    frame is `offsets`; boxes: each image's predicted Box list (frame pixels, exclusive x1/y1).
+    """
+    import cv2
+
+    hits = total = 0
+    for mask, up, (ox, oy), pred in zip(masks, maps, offsets, boxes):
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+        py, px = np.unravel_index(int(np.argmax(up)), up.shape)
+        py, px = py + oy, px + ox
+        for i in range(1, n):
+            x, y, w, h = (int(v) for v in stats[i][:4])
+            hit = x <= px < x + w and y <= py < y + h
+            hit = hit or any((labels[b.y0:b.y1, b.x0:b.x1] == i).any() for b in pred)
+            hits, total = hits + hit, total + 1
+    return hits / total if total else float("nan")
+
+
 def pixel_auroc(maps: list[np.ndarray], masks: list[np.ndarray]) -> float:
     s = np.concatenate([m.ravel() for m in maps])
     y = np.concatenate([m.ravel() for m in masks]).astype(bool)

@@ -2,8 +2,11 @@
 
     features  F = trunk.features(image)                                    (B, C, h, w)
     attention branch: E = conv1x1(next backbone stage at stride 1 (F))     K class-evidence maps
-                      z_att = maxpool or GAP (E),  A = sigmoid(BN(conv1x1(E)))   (B, h, w) in [0, 1]
-    synthesis G = F * A  (+ F when residual)
+                      z_att = maxpool or GAP (E)
+                      A = sigmoid(a · (logsumexp_k>0 E_k − E_good) + b)     (B, h, w) in [0, 1]
+                          (head "evidence": the defect log-odds of the evidence; "conv": sigmoid(conv1x1(E));
+                           "bn": sigmoid(BN(conv1x1(E))), the ABN reference)
+    synthesis G = F * A  (+ r · F, r = model.residual)
     perception z_per = FC(GAP(trunk.perception(G)))
 
     >>> model = build_model(cfg.model, num_classes=6)
@@ -29,42 +32,64 @@ class ABNOutput(NamedTuple):
 
 
 class AttentionBranch(nn.Module):
-    """F → (K class logits via GAP, 1-channel sigmoid attention map).
+    """F → (K class logits via pooled class evidence, 1-channel sigmoid attention map).
 
     The body is a copy of the backbone's next stage run at stride 1 (as in the ABN reference), so the
     class-evidence maps are as deep as the perception branch's first stage and keep F's resolution.
+
+    The map head: "evidence" reads A off the class evidence itself, as the defect log-odds at each place
+    (logsumexp of the defect classes' evidence minus the good class's), through one learnt scale and bias;
+    the map cannot stay flat while the evidence localizes, and its level means something in absolute terms
+    (no BatchNorm re-centring it per batch). "conv" is a free 1x1 conv with bias; "bn" the ABN reference's
+    1x1 conv → BN, whose per-batch re-centring lets L_normal move only the BN bias.
     """
 
-    def __init__(self, stage: nn.Module, stage_channels: int, num_classes: int, pool: str = "avg"):
+    def __init__(self, stage: nn.Module, stage_channels: int, num_classes: int, pool: str = "max",
+                 head: str = "evidence"):
         super().__init__()
-        self.pool = pool
+        self.pool, self.head = pool, head
         self.body = nn.Sequential(
             stage, nn.BatchNorm2d(stage_channels),
             nn.Conv2d(stage_channels, num_classes, 1, bias=False), nn.BatchNorm2d(num_classes), nn.ReLU(inplace=True))
         self.classify = nn.Conv2d(num_classes, num_classes, 1)
-        self.to_map = nn.Sequential(nn.Conv2d(num_classes, 1, 1, bias=False), nn.BatchNorm2d(1))
+        if head == "evidence":
+            self.to_map = nn.Conv2d(1, 1, 1)  # a · log-odds + b
+            nn.init.ones_(self.to_map.weight)
+            nn.init.zeros_(self.to_map.bias)
+        elif head == "conv":
+            self.to_map = nn.Conv2d(num_classes, 1, 1)
+        elif head == "bn":
+            self.to_map = nn.Sequential(nn.Conv2d(num_classes, 1, 1, bias=False), nn.BatchNorm2d(1))
+        else:
+            raise ValueError(f"model.attention_head: expected evidence, conv or bn, got {head!r}")
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.body(features)
         evidence = self.classify(h)
         att_logits = evidence.amax(dim=(2, 3)) if self.pool == "max" else evidence.mean(dim=(2, 3))
-        attention = torch.sigmoid(self.to_map(h))[:, 0]
+        if self.head == "evidence":
+            log_odds = torch.logsumexp(evidence[:, 1:], dim=1, keepdim=True) - evidence[:, :1]
+            attention = torch.sigmoid(self.to_map(log_odds))[:, 0]
+        else:
+            attention = torch.sigmoid(self.to_map(h))[:, 0]
         return att_logits, attention
 
 
 class ABN(nn.Module):
-    def __init__(self, trunk: Trunk, num_classes: int, residual: bool = True, att_pool: str = "avg"):
+    def __init__(self, trunk: Trunk, num_classes: int, residual: float = 1.0, att_pool: str = "avg",
+                 head: str = "bn"):
         super().__init__()
         self.features = trunk.features
-        self.attention_branch = AttentionBranch(trunk.attention_stage(), trunk.next_channels, num_classes, att_pool)
+        self.attention_branch = AttentionBranch(trunk.attention_stage(), trunk.next_channels, num_classes, att_pool,
+                                                head)
         self.perception = trunk.perception
         self.fc = nn.Linear(trunk.out_channels, num_classes)
-        self.residual = residual
+        self.residual = float(residual)
 
     def perceive(self, features: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
         """Perception logits from F and an attention map (B, h, w) at F's resolution."""
         a = attention[:, None]
-        g = features * a + features if self.residual else features * a
+        g = features * a + self.residual * features if self.residual else features * a
         return self.fc(self.perception(g).mean(dim=(2, 3)))
 
     def forward(self, images: torch.Tensor) -> ABNOutput:
@@ -101,7 +126,11 @@ def build_model(model_cfg, num_classes: int, kind: str = "abn") -> nn.Module:
     trunk = build_trunk(model_cfg.backbone, model_cfg.attention_stride, model_cfg.pretrained, model_cfg.weights)
     if kind == "cnn":
         return Classifier(trunk, num_classes)
-    return ABN(trunk, num_classes, model_cfg.residual, model_cfg.att_pool)
+    return ABN(trunk, num_classes, model_cfg.residual, model_cfg.att_pool, model_cfg.attention_head)
+
+
+# What a checkpoint meant by a setting it does not name: the behaviour before that setting was added.
+LEGACY = {"model": {"attention_head": "bn"}, "train": {"w_defect": 0.0}}
 
 
 class CheckpointError(ValueError):
@@ -121,7 +150,11 @@ def load_checkpoint(path, map_location="cpu"):
                               "`inspection train`; the file is damaged or of another kind)") from None
     if not isinstance(ckpt, dict) or not {"kind", "config", "classes", "state_dict"} <= set(ckpt):
         raise CheckpointError(f"{path}: not an inspection checkpoint (expected kind, config, classes, state_dict)")
-    cfg = config_from_dict(ckpt["config"], str(path))
+    stored = dict(ckpt["config"])
+    for section, values in LEGACY.items():  # checkpoints written before a setting existed keep their behaviour
+        if isinstance(stored.get(section), dict):
+            stored[section] = {**values, **stored[section]}
+    cfg = config_from_dict(stored, str(path))
     cfg.model.pretrained = False  # the weights come from the checkpoint
     model = build_model(cfg.model, len(ckpt["classes"]), ckpt["kind"])
     try:

@@ -59,3 +59,84 @@ def test_upsample_and_mask_boxes():
     mask[5:10, 7:9] = True
     mask[30:31, 40:50] = True
     assert sorted(b.xyxy for b in mask_to_boxes(mask)) == [(7, 5, 9, 10), (40, 30, 50, 31)]
+
+
+def _soft_map():
+    """A 10x20 map shown 1:1 on the ROI (x=5, y=10, 20x10) of a 30x40 frame: no interpolation, exact pixels."""
+    att = np.zeros((10, 20), np.float32)
+    att[2:5, 2:8] = 0.4    # the foot of a blob ...
+    att[3, 4:6] = 0.9      # ... and its tip
+    att[7:9, 12:15] = 0.45  # a weak blob: no cell reaches the box level
+    return att
+
+
+def test_hysteresis_grows_boxes_from_the_tip_to_the_foot_and_drops_weak_blobs():
+    roi = (5, 10, 20, 10)
+    tip = attention_to_boxes(_soft_map(), (30, 40), threshold=0.8, roi=roi)
+    assert [(b.xyxy, b.area) for b in tip] == [((9, 13, 11, 14), 2)]
+    grown = attention_to_boxes(_soft_map(), (30, 40), threshold=0.8, roi=roi, low=0.5)
+    assert [(b.xyxy, b.area, b.score) for b in grown] == [((7, 12, 13, 15), 18, pytest.approx(0.9))]
+    # at the low level alone the weak blob would be a box too; hysteresis keeps only blobs with a tip
+    assert len(attention_to_boxes(_soft_map(), (30, 40), threshold=0.4, roi=roi)) == 2
+    with pytest.raises(ValueError, match="low"):
+        attention_to_boxes(_soft_map(), (30, 40), threshold=0.8, low=1.5)
+
+
+def test_nearby_regions_merge_into_one_box():
+    att = np.zeros((10, 20), np.float32)
+    att[4:6, 2:6] = 0.9    # a crack the map breaks into two beads, 2 px apart ...
+    att[5:7, 8:12] = 0.7
+    att[4, 18:20] = 0.6    # ... and a separate mark 6 px further
+    apart = attention_to_boxes(att, (10, 20), threshold=0.5)
+    assert [b.xyxy for b in apart] == [(2, 4, 6, 6), (8, 5, 12, 7), (18, 4, 20, 5)]
+    # merge = 0.1 of the longer side (20 px) = 2 px: the beads join, the mark 6 px away stays apart
+    merged = attention_to_boxes(att, (10, 20), threshold=0.5, merge=0.1)
+    assert [(b.xyxy, b.area, b.score) for b in merged] == [((2, 4, 12, 7), 16, pytest.approx(0.9)),
+                                                          ((18, 4, 20, 5), 2, pytest.approx(0.6))]
+    mean = attention_to_boxes(att, (10, 20), threshold=0.5, merge=0.1, score="mean")
+    assert mean[0].score == pytest.approx((8 * 0.9 + 8 * 0.7) / 16)
+    # merged areas count for min_area: the beads (8 px each) pass 10 px together, the mark does not
+    assert [b.xyxy for b in attention_to_boxes(att, (10, 20), threshold=0.5, merge=0.1, min_area=10)] == [(2, 4, 12, 7)]
+
+
+def test_relative_level_boxes_each_region_near_its_own_peak():
+    att = np.zeros((12, 24), np.float32)
+    att[2:9, 2:9] = 0.3     # a soft blob around a small defect ...
+    att[4:7, 4:7] = 0.6
+    att[5, 5] = 0.9         # ... peaking on it
+    att[3:6, 14:22] = 0.5   # a weaker, flat region
+    att[4, 15] = 0.55
+    whole = attention_to_boxes(att, (12, 24), threshold=0.25)
+    assert [b.xyxy for b in whole] == [(2, 2, 9, 9), (14, 3, 22, 6)]
+    # log-odds: foot 0.25 -> -1.10, blob peak 0.9 -> 2.20, plateau tip 0.55 -> 0.20. At 0.4 of the way the
+    # blob is boxed at 0.555 (its 0.6 core), the plateau at 0.359 (whole); areas stay the regions'
+    tight = attention_to_boxes(att, (12, 24), threshold=0.25, relative=0.4)
+    assert [(b.xyxy, b.area) for b in tight] == [((4, 4, 7, 7), 49), ((14, 3, 22, 6), 24)]
+    # 0.95 of the way: 0.884 for the blob (its peak cell), 0.534 for the plateau (its tip)
+    assert [b.xyxy for b in attention_to_boxes(att, (12, 24), threshold=0.25, relative=0.95)] == [(5, 5, 6, 6),
+                                                                                                 (15, 4, 16, 5)]
+    # a saturated blob (0.9998 around a 0.99998 peak) is still boxed at its peak in log-odds (8.5 vs 10.8)
+    sat = np.zeros((12, 24), np.float32)
+    sat[3:8, 3:8], sat[5, 5] = 0.9998, 0.99998
+    assert [b.xyxy for b in attention_to_boxes(sat, (12, 24), threshold=0.5, relative=0.9)] == [(5, 5, 6, 6)]
+    with pytest.raises(ValueError, match="relative"):
+        attention_to_boxes(att, (12, 24), threshold=0.25, relative=1.0)
+
+
+def test_a_faint_map_is_boxed_at_its_own_peak_when_asked():
+    from inspection.boxes import BoxRule
+
+    att = np.zeros((10, 20), np.float32)
+    att[3:6, 4:8] = 0.3    # a faint region: the model failed the part but its map stays under the threshold
+    att[4, 5:7] = 0.4
+    att[8, 15] = 0.2       # fainter still
+    assert attention_to_boxes(att, (10, 20), threshold=0.8) == []
+    # seed at 0.9 of the peak (0.36): the 0.4 cells; foot at 0.5 of the seed (0.18): both regions, one seeded
+    rule = BoxRule(threshold=0.8, peak_share=0.9, low=0.5)
+    assert [b.xyxy for b in attention_to_boxes(att, (10, 20), rule)] == [(4, 3, 8, 6)]
+    strong = att.copy()
+    strong[8, 15] = 0.95   # a map that reaches the threshold keeps the threshold: only that region is seeded
+    assert [b.xyxy for b in attention_to_boxes(strong, (10, 20), rule)] == [(15, 8, 16, 9)]
+    assert BoxRule.from_dict({"threshold": 0.7, "unknown": 1}) == BoxRule(threshold=0.7)  # older packages: defaults
+    with pytest.raises(ValueError, match="peak_share"):
+        BoxRule(peak_share=1.5)

@@ -152,3 +152,27 @@ def test_balanced_batches_hold_both_kinds():
     assert list(sampler) != batches  # reshuffled every epoch
     with pytest.raises(DatasetError):
         BalancedBatchSampler([True] * 5, 4, 1)
+
+
+def test_mask_supervision_picks_masked_defect_images_as_map_targets(dataset_copy):
+    import shutil
+
+    from inspection.data import mask_targets
+
+    cfg = tiny_config(dataset_copy)
+    m = scan_dataset(dataset_copy, cfg.data)
+    picked = mask_targets(m, 3, seed=0)
+    assert len(picked) == 3 and picked == mask_targets(m, 3, seed=0) != mask_targets(m, 3, seed=1)
+    train = {it.path: it for it in m.split("train")}
+    assert all(p in train and train[p].defect_type != "good" and train[p].mask for p in picked)
+    assert mask_targets(m, 0) == set()
+    assert len(mask_targets(m, 1000)) == sum(1 for it in train.values() if it.mask)  # more than exist: all
+    ds = InspectionDataset(m, "train", cfg.data, mask_targets=picked)
+    with_target = [i for i in range(len(ds)) if ds[i]["has_target"]]
+    assert sorted(ds.items[i].path for i in with_target) == sorted(picked)
+    t = ds[with_target[0]]["target_map"]
+    assert t.shape == (64, 64) and t.max() == 1 and t.min() == 0  # the mask, at the model's input size
+
+    shutil.rmtree(dataset_copy / "masks")
+    with pytest.raises(DatasetError, match=r"train.mask_supervision=5: .* no defect image with a mask"):
+        mask_targets(scan_dataset(dataset_copy, cfg.data), 5)

@@ -59,8 +59,12 @@ def test_eval_compares_checkpoints_and_writes_report(trained, tiny_dataset, tmp_
     for m in metrics.values():
         assert 0 <= m["metrics"]["image"]["auroc"] <= 1
         assert 0 <= m["metrics"]["box@0.3"]["f1"] <= 1 and 0 <= m["metrics"]["aupro"] <= 1
-        assert 0 <= m["box_threshold"] <= 1
-    assert "box F1@0.3" in (out / "results.md").read_text()
+        rule = m["box_rule"]
+        assert 0 <= rule["threshold"] <= 1 and 0 < rule["low"] <= 1 and 0 <= rule["relative"] < 1
+        assert 0 <= m["metrics"]["hit_rate"] <= 1 and m["metrics"]["boxes_per_failed_good"] >= 0
+        assert set(m["metrics"]["per_type_localization"]) == {"hole", "scratch", "stain"}
+    text = (out / "results.md").read_text()
+    assert "box F1@0.3" in text and "### Per defect type" in text and "| abn | hole |" in text
 
 
 def test_errors_exit_with_a_message(tmp_path, capsys):

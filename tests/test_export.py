@@ -48,20 +48,22 @@ def test_round_trip_gives_the_pytorch_evaluators_decisions_and_boxes(exported):
     result = evaluate(model, "abn", exported["manifest"], cfg, "torch")
     rt = Runtime(exported["package"], backend="cpu")
     assert rt.threshold == pytest.approx(result["threshold"], abs=1e-6)
-    assert rt.box_threshold == pytest.approx(result["box_threshold"], abs=1e-6)
+    assert rt.box_rule.to_dict() == pytest.approx(result["box_rule"], abs=1e-6)
     root = exported["manifest"].root
     for ref in result["images"]:
         frame = read_image(f"{root}/{ref['path']}")
         probs, scores, att = rt.run_batch(_input(rt, frame))
         assert scores[0] == pytest.approx(ref["score"], abs=2e-3)
         assert (scores[0] >= rt.threshold) == ref["fail"]
-        boxes = attention_to_boxes(att[0], frame.shape[:2], rt.box_threshold, rt.min_area, rt.roi, rt.box_score)
-        assert len(boxes) == len(ref["boxes"])
-        for b, r in zip(boxes, ref["boxes"]):
-            assert max(abs(p - q) for p, q in zip(b.xyxy, (r["x0"], r["y0"], r["x1"], r["y1"]))) <= 1
         verdict = rt.inspect([frame])[0]
         assert verdict.score == pytest.approx(float(scores[0]), abs=1e-5)
-        assert verdict.verdict == rt.decide(float(scores[0]))
+        assert verdict.verdict == rt.decide(float(scores[0])) and (verdict.verdict != "pass") == ref["flagged"]
+        assert len(verdict.boxes) == len(ref["boxes"])  # boxes only on parts that fail or go to review
+        for b, r in zip(verdict.boxes, ref["boxes"]):
+            assert max(abs(p - q) for p, q in zip(b.xyxy, (r["x0"], r["y0"], r["x1"], r["y1"]))) <= 1
+        if verdict.verdict != "pass":  # the runtime's boxes: the shared rule on its map, with the package's levels
+            assert [b.xyxy for b in verdict.boxes] == [b.xyxy for b in attention_to_boxes(att[0], frame.shape[:2],
+                                                                                          rt.box_rule, rt.roi)]
 
 
 def _input(rt, frame):

@@ -84,5 +84,5 @@ def test_corrected_maps_stand_in_for_masks(exported, tmp_path):
     assert f1[0] == pytest.approx(f1[1])
     model, cfg, _ = load_checkpoint(exported["best"])
     results = [evaluate(model, "abn", scan_dataset(r, cfg.data), cfg, "x") for r in (root, reviewed)]
-    assert results[1]["box_threshold"] == pytest.approx(results[0]["box_threshold"])
+    assert results[1]["box_rule"] == pytest.approx(results[0]["box_rule"])
     assert results[1]["metrics"]["box@0.3"] == pytest.approx(results[0]["metrics"]["box@0.3"])

@@ -365,7 +365,7 @@ def test_corrupt_and_wrong_frames_get_an_error_verdict_never_a_pass(exported, tm
 def test_station_roi_crops_before_the_model_and_boxes_come_back_in_frame_pixels(exported, tmp_path):
     pkg = _always_fail(exported, tmp_path)
     meta = json.loads((pkg / "metadata.json").read_text())
-    meta["variants"]["fp32"]["box_threshold"] = 0.0  # every pixel in a box: the box is the whole crop
+    meta["variants"]["fp32"].update(box_threshold=0.0, box_rule={})  # every pixel boxed: the box is the crop
     (pkg / "metadata.json").write_text(json.dumps(meta))
     folder = tmp_path / "frames"
     folder.mkdir()

@@ -1,6 +1,10 @@
+import math
+
 import torch
 
-from inspection.losses import abn_loss, map_loss, normal_loss
+import pytest
+
+from inspection.losses import abn_loss, defect_loss, map_loss, normal_loss, resize_target
 from inspection.model import ABNOutput
 
 
@@ -62,3 +66,42 @@ def test_map_loss_on_images_with_targets_only():
     out = ABNOutput(torch.randn(3, 2), torch.randn(3, 2), att)
     _, t = abn_loss(out, torch.tensor([0, 1, 0]), 0, 1.0, target_maps=target, has_target=has, gamma_map=2.0)
     assert abs(t["map"] - 0.25) < 1e-6 and abs(t["total"] - (t["classify"] + t["att"] + t["normal"] + 0.5)) < 1e-5
+
+
+def test_defect_loss_is_cross_entropy_of_the_top_k_mean():
+    att = torch.full((3, 10, 10), 0.01)
+    att[1, 2, 3], att[1, 5, 5] = 0.9, 0.5      # defect image: two high cells
+    att[2, 0, :] = 0.8                          # a good image with a bright row
+    is_defect = torch.tensor([False, True, False])
+    # k = 2 of 100 cells: defect image -log(0.7); good images -log(1 - 0.01) and -log(1 - 0.8)
+    expected = -(math.log(0.7) + math.log(0.99) + math.log(0.2)) / 3
+    assert defect_loss(att, is_defect, topk=0.02).item() == pytest.approx(expected, rel=1e-5)
+    assert defect_loss(att, is_defect, topk=0.02, on_good=False).item() == pytest.approx(-math.log(0.7), rel=1e-5)
+    assert defect_loss(att, is_defect, topk=0.01, on_good=False).item() == pytest.approx(-math.log(0.9), rel=1e-5)
+    assert defect_loss(att, is_defect, topk=0.001, on_good=False).item() == pytest.approx(-math.log(0.9), rel=1e-5)
+    assert defect_loss(att, torch.zeros(3, dtype=torch.bool), on_good=False).item() == 0.0
+
+
+def test_defect_loss_pulls_a_dark_map_up_where_it_peaks():
+    logits = torch.full((1, 6, 6), -6.0)        # sigmoid ~0.0025 everywhere, as after L_normal alone
+    logits[0, 2, 3] = -5.0
+    logits.requires_grad_(True)
+    defect_loss(torch.sigmoid(logits), torch.tensor([True]), topk=1 / 36).backward()  # a defect image
+    g = logits.grad[0]
+    assert g[2, 3] < -0.9                       # about -(1 - A): the log keeps the pull where A is ~0
+    assert float(g.abs().sum() - g[2, 3].abs()) == 0.0   # only the top cell is pulled
+    out = _out()
+    labels = torch.tensor([0, 1, 0, 2])
+    total, t = abn_loss(out, labels, 0, w_normal=1.0, w_defect=0.5, defect_topk=0.04)
+    assert t["defect"] == pytest.approx(defect_loss(out.attention, labels != 0, 0.04).item())
+    assert total.item() == pytest.approx(t["classify"] + t["att"] + t["normal"] + 0.5 * t["defect"], abs=1e-5)
+
+
+def test_targets_shrink_by_cell_maximum_so_thin_defects_mark_every_cell_they_touch():
+    target = torch.zeros(1, 40, 40)
+    target[0, 13, 5:30] = 1.0                   # a one-pixel crack across cells of 8x8 pixels
+    small = resize_target(target, (5, 5))
+    expected = torch.zeros(5, 5)
+    expected[1, 0:4] = 1.0                      # row 13 is in cell row 1; columns 5..29 touch cell columns 0..3
+    assert torch.equal(small[0], expected)
+    assert resize_target(torch.ones(1, 2, 2), (4, 4)).shape == (1, 4, 4)  # growing: bilinear

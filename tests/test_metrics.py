@@ -63,3 +63,20 @@ def test_pixel_metrics():
     rng = np.random.default_rng(0)
     noise = [rng.random((20, 20)) for _ in range(2)]
     assert 0.05 < aupro(noise, [mask, good]) < 0.3  # chance level: PRO ~ FPR, area ~ 0.15 of 0.3
+
+
+def test_hit_rate_counts_regions_holding_the_peak_or_touched_by_a_box():
+    from inspection.boxes import Box
+    from inspection.metrics import hit_rate
+
+    mask = np.zeros((40, 60), bool)
+    mask[5:9, 5:20] = True      # region A
+    mask[30:35, 40:50] = True   # region B
+    up = np.zeros((20, 30), np.float32)  # the map over the ROI x=30, y=20 (30x20) of the frame
+    up[12, 15] = 1.0            # peak at frame (x=45, y=32): inside B's box
+    assert hit_rate([mask], [up], [(30, 20)], [[]]) == 0.5
+    touching = Box(18, 8, 25, 12, 1.0, 10)  # overlaps A's pixels at x 18..19, y 8
+    near = Box(20, 5, 25, 9, 1.0, 10)       # next to A, touching none of its pixels
+    assert hit_rate([mask], [up], [(30, 20)], [[touching]]) == 1.0
+    assert hit_rate([mask], [up], [(30, 20)], [[near]]) == 0.5
+    assert hit_rate([mask], [np.roll(up, -10, axis=1)], [(30, 20)], [[]]) == 0.0  # peak moved off B

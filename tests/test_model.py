@@ -103,3 +103,40 @@ def test_attention_branch_starts_from_the_next_pretrained_stage():
     assert torch.equal(stage[0]._expand_conv.weight, model.perception[0]._expand_conv.weight)
     assert stage[0]._depthwise_conv.stride == (1, 1) and model.perception[0]._depthwise_conv.stride == (2, 2)
     assert stage[0]._expand_conv.weight.data_ptr() != model.perception[0]._expand_conv.weight.data_ptr()
+
+
+def test_attention_heads():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ev = _tiny(attention_head="evidence").eval()
+        branch = ev.attention_branch
+        evidence = branch.classify(branch.body(ev.features(x)))
+        log_odds = torch.logsumexp(evidence[:, 1:], 1) - evidence[:, 0]
+        assert torch.allclose(ev(x).attention, torch.sigmoid(log_odds), atol=1e-6)  # scale 1, bias 0 at start
+        conv = _tiny(attention_head="conv").eval()
+        h = conv.attention_branch.body(conv.features(x))
+        assert torch.allclose(conv(x).attention, torch.sigmoid(conv.attention_branch.to_map(h))[:, 0], atol=1e-6)
+        bn = _tiny(attention_head="bn").eval()
+        assert isinstance(bn.attention_branch.to_map[1], torch.nn.BatchNorm2d)
+    from inspection.backbones import build_trunk
+
+    with pytest.raises(ValueError, match="attention_head"):
+        ABN(build_trunk("tiny", 8, False), 3, head="softmax")
+
+
+def test_checkpoints_written_before_a_setting_existed_keep_their_behaviour(tmp_path):
+    from inspection.config import Config
+    from inspection.model import load_checkpoint
+
+    cfg = Config(model=ModelConfig(backbone="tiny", pretrained=False, attention_head="bn"))
+    model = build_model(cfg.model, 3)
+    stored = cfg.model_dump(mode="json")
+    del stored["model"]["attention_head"], stored["train"]["w_defect"]  # as an older version wrote them
+    torch.save({"kind": "abn", "config": stored, "classes": ["good", "a", "b"], "state_dict": model.state_dict()},
+               tmp_path / "old.pt")
+    loaded, loaded_cfg, _ = load_checkpoint(tmp_path / "old.pt")
+    assert loaded_cfg.model.attention_head == "bn" and loaded_cfg.train.w_defect == 0.0
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x).attention, model.eval()(x).attention)

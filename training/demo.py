@@ -21,7 +21,7 @@ from inspection.config import Config
 from inspection.data import scan_dataset
 from training.evaluate import evaluate_checkpoint
 from training.report import write_report
-from training.train import train
+from training.train import plain_abn, train
 
 DEMO_DATA = {"n_good": 200, "n_per_type": 30, "size": 192, "seed": 0}
 
@@ -43,9 +43,7 @@ def run_demo(cfg: Config, out_dir: str | Path, generate_kwargs: dict | None = No
 
     runs = [("ours", "ABN + L_normal (ours)", "abn", cfg)]
     if baselines:
-        plain = cfg.model_copy(deep=True)
-        plain.train.w_normal = 0.0
-        runs += [("plain_abn", "plain ABN (W_normal=0)", "abn", plain), ("gradcam", "CNN + Grad-CAM", "cnn", cfg)]
+        runs += [("plain_abn", "plain ABN (W_normal=0)", "abn", plain_abn(cfg)), ("gradcam", "CNN + Grad-CAM", "cnn", cfg)]
     results, curves = [], {}
     for key, name, kind, run_cfg in runs:
         t = time.time()

@@ -31,8 +31,18 @@ COLUMNS = [  # (header, getter)
     ("box F1@0.5", lambda m: m.get("box@0.5", {}).get("f1")),
     ("pixel AUROC", lambda m: m.get("pixel_auroc")),
     ("AUPRO", lambda m: m.get("aupro")),
+    ("hit rate", lambda m: m.get("hit_rate")),
+    ("boxes per failed good part", lambda m: m.get("boxes_per_failed_good")),
     ("att. mean good", lambda m: m["attention_mean_good"]),
-    ("att. mean defect", lambda m: m["attention_mean_defect"]),
+    ("att. inside defects", lambda m: m.get("attention_inside_defects")),
+]
+TYPE_COLUMNS = [
+    ("box F1@0.3", lambda m: m["box@0.3"]["f1"]),
+    ("box P@0.3", lambda m: m["box@0.3"]["precision"]),
+    ("box R@0.3", lambda m: m["box@0.3"]["recall"]),
+    ("true regions", lambda m: m["box@0.3"]["n_true"]),
+    ("hit rate", lambda m: m["hit_rate"]),
+    ("pixel AUROC", lambda m: m["pixel_auroc"]),
 ]
 
 
@@ -46,6 +56,34 @@ def markdown_table(results: list[dict]) -> str:
     rows = ["| " + r["name"] + " | " + " | ".join(_fmt(get(r["metrics"])) for _, get in COLUMNS) + " |"
             for r in results]
     return "\n".join([head, rule, *rows])
+
+
+def describe_rule(rule: dict) -> str:
+    """The calibrated box rule in words."""
+    seed = f"regions reaching {rule['threshold']:.3f}"
+    if rule["peak_share"]:
+        seed += f" (or {rule['peak_share']:g} of the map's peak when that is lower)"
+    parts = [f"boxes on {seed}"]
+    if rule["low"] < 1:
+        parts.append(f"grown down to {rule['low']:g} of that level")
+    if rule["relative"]:
+        parts.append(f"boxed where {rule['relative']:g} of the way from foot to peak (log-odds)")
+    if rule["merge"]:
+        parts.append(f"boxes closer than {rule['merge']:g} of the image side merged")
+    return ", ".join(parts)
+
+
+def per_type_table(results: list[dict]) -> str:
+    """Markdown: localization per defect type (rows: model and type), where the test split has pixel truth."""
+    head = "| model | defect type | detected | " + " | ".join(h for h, _ in TYPE_COLUMNS) + " |"
+    rows = []
+    for r in results:
+        detected = r["metrics"].get("per_type_detection", {})
+        for t, m in r["metrics"].get("per_type_localization", {}).items():
+            rows.append(f"| {r['name']} | {t} | {_fmt(detected.get(t))} | " +
+                        " | ".join(str(get(m)) if h == "true regions" else _fmt(get(m)) for h, get in TYPE_COLUMNS)
+                        + " |")
+    return "\n".join([head, "|---" * (len(TYPE_COLUMNS) + 3) + "|", *rows]) if rows else ""
 
 
 def plot_curves(results: list[dict], path: Path) -> None:
@@ -85,47 +123,54 @@ def pick_examples(result: dict, n: int) -> list[int]:
     return (picked + goods)[:n]
 
 
-def overlay_grid(results: list[dict], indices: list[int], path: Path, tile: int = 160) -> None:
-    """Rows: test images; columns: models. Red boxes predicted, green boxes true."""
+def overlay_grid(results: list[dict], indices: list[int], path: Path, tile_area: int = 220 * 220,
+                 width: int = 1500) -> None:
+    """One block per model, each a grid of the same test images in the same places, tiles shaped like the
+    parts (a tall part gets a tall tile); each tile is labelled with verdict, score and number of boxes.
+    Red boxes predicted, green boxes true."""
     import cv2
 
     root = Path(results[0]["root"])
-    rows = []
-    for i in indices:
-        item = results[0]["images"][i]
-        image = read_image(root / item["path"])
-        cells = []
-        for r in results:
+    images = [read_image(root / results[0]["images"][i]["path"]) for i in indices]
+    aspect = float(np.median([im.shape[1] / im.shape[0] for im in images])) if images else 1.0
+    tw, th = round(math.sqrt(tile_area * aspect)), round(math.sqrt(tile_area / aspect))
+    cols = max(1, min(len(indices), width // (tw + 4)))
+    blocks = []
+    for r in results:
+        tiles = []
+        for i, image in zip(indices, images):
             im = r["images"][i]
             full = upsample_attention(r["maps"][im["map_index"]], image.shape[:2], r["roi"])
-            boxes = [Box(**b) for b in im["boxes"]]
-            label = f"{'FAIL' if im['fail'] else 'pass'} {im['score']:.2f}"
-            ov = overlay(image, full, boxes, im["true_boxes"] or [], label=None)
-            s = tile / max(ov.shape[:2])
-            ov = cv2.resize(ov, (round(ov.shape[1] * s), round(ov.shape[0] * s)), interpolation=cv2.INTER_AREA)
-            canvas = np.full((tile, tile, 3), 255, np.uint8)
-            canvas[:ov.shape[0], :ov.shape[1]] = ov
-            cv2.putText(canvas, label, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (255, 255, 255), 1, cv2.LINE_AA)
-            cells.append(canvas)
-        rows.append(np.concatenate([_side_label(item["defect_type"], tile)] + cells, axis=1))
-    header = np.concatenate([_side_label("", tile, 28)] + [_head_label(r["name"], tile) for r in results], axis=1)
-    grid = np.concatenate([header] + rows, axis=0)
-    cv2.imwrite(str(path), grid[..., ::-1])
+            ov = overlay(image, full, [Box(**b) for b in im["boxes"]], im["true_boxes"] or [])
+            verdict = "FAIL" if im["fail"] else "review" if im.get("flagged") else "pass"
+            tiles.append(_tile(ov, (tw, th), f"{im['defect_type']}  {verdict} {im['score']:.2f}",
+                               f"{len(im['boxes'])} box{'es' if len(im['boxes']) != 1 else ''}"))
+        tiles += [np.full_like(tiles[0], 255)] * (-len(tiles) % cols)
+        rows = [np.concatenate(tiles[k:k + cols], axis=1) for k in range(0, len(tiles), cols)]
+        grid = np.concatenate(rows, axis=0)
+        blocks += [_head_label(r["name"], grid.shape[1]), grid]
+    cv2.imwrite(str(path), np.concatenate(blocks, axis=0)[..., ::-1])
 
 
-def _side_label(text: str, h: int, height: int | None = None) -> np.ndarray:
+def _tile(ov: np.ndarray, size: tuple[int, int], line1: str, line2: str) -> np.ndarray:
+    """An overlay fitted into a (w, h) tile with two caption lines above it and a white margin."""
     import cv2
 
-    cell = np.full((height or h, 70, 3), 255, np.uint8)
-    cv2.putText(cell, text, (3, (height or h) // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    return cell
+    tw, th = size
+    s = min(tw / ov.shape[1], th / ov.shape[0])
+    ov = cv2.resize(ov, (max(1, round(ov.shape[1] * s)), max(1, round(ov.shape[0] * s))), interpolation=cv2.INTER_AREA)
+    tile = np.full((th + 30, tw + 4, 3), 255, np.uint8)
+    tile[30:30 + ov.shape[0], 2:2 + ov.shape[1]] = ov
+    for k, text in enumerate((line1, line2)):
+        cv2.putText(tile, text, (3, 12 + 13 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.36, (0, 0, 0), 1, cv2.LINE_AA)
+    return tile
 
 
 def _head_label(text: str, w: int) -> np.ndarray:
     import cv2
 
     cell = np.full((28, w, 3), 255, np.uint8)
-    cv2.putText(cell, text[:28], (3, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(cell, text, (3, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     return cell
 
 
@@ -137,7 +182,7 @@ def write_report(results: list[dict], out_dir: str | Path, n_overlays: int = 16,
     plot_curves(results, out / "roc_pr.png")
     if n_overlays:
         overlay_grid(results, pick_examples(results[0], n_overlays), out / "overlays.png")
-    summary = {r["name"]: {"metrics": r["metrics"], "threshold": r["threshold"], "box_threshold": r["box_threshold"]}
+    summary = {r["name"]: {"metrics": r["metrics"], "threshold": r["threshold"], "box_rule": r["box_rule"]}
                for r in results}
     (out / "metrics.json").write_text(json.dumps(summary, indent=1))
     curve_md = ""
@@ -146,9 +191,11 @@ def write_report(results: list[dict], out_dir: str | Path, n_overlays: int = 16,
             dst = out / f"curves_{name}.png"
             shutil.copyfile(src, dst)
             curve_md += f"\n### Training curves: {name}\n\n![]({dst.name})\n"
-    thresholds = "\n".join(f"- {r['name']}: fail at score ≥ {r['threshold']:.3f}; boxes at attention ≥ "
-                           f"{r['box_threshold']:.2f}" for r in results)
-    md = (f"# Inspection report\n\n{extra_md}\n## Test split\n\n{markdown_table(results)}\n\n"
+    thresholds = "\n".join(f"- {r['name']}: fail at score ≥ {r['threshold']:.3f}; {describe_rule(r['box_rule'])}"
+                           for r in results)
+    types = per_type_table(results)
+    types = f"### Per defect type\n\n{types}\n\n" if types else ""
+    md = (f"# Inspection report\n\n{extra_md}\n## Test split\n\n{markdown_table(results)}\n\n{types}"
           f"Thresholds calibrated on the validation split:\n{thresholds}\n\n"
           f"![ROC and PR](roc_pr.png)\n\n## Attention overlays (red: predicted boxes, green: true boxes)\n\n"
           f"![overlays](overlays.png)\n{curve_md}")

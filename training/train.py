@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from inspection.config import Config, dump_config
-from inspection.data import BalancedBatchSampler, InspectionDataset, Manifest, default_steps
+from inspection.data import BalancedBatchSampler, InspectionDataset, Manifest, default_steps, mask_targets
 from inspection.losses import abn_loss
 from inspection.metrics import image_metrics
 from inspection.model import build_model
@@ -39,6 +39,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def plain_abn(cfg: Config) -> Config:
+    """The plain-ABN baseline of a config: the same model and schedule without the map losses
+    (W_normal = W_defect = 0), i.e. the attention branch learns from classification alone."""
+    plain = cfg.model_copy(deep=True)
+    plain.train.w_normal = 0.0
+    plain.train.w_defect = 0.0
+    return plain
 
 
 def _param_groups(model, cfg: Config) -> list[dict]:
@@ -88,10 +97,12 @@ def forward_loss(model, batch, kind: str, cfg: Config, device) -> tuple[torch.Te
     out = model(batch["image"].to(device))
     if kind == "cnn":
         loss = F.cross_entropy(out, labels)
-        return loss, {"classify": loss.item(), "att": 0.0, "normal": 0.0, "map": 0.0, "total": loss.item()}, out
+        return loss, {"classify": loss.item(), "att": 0.0, "normal": 0.0, "defect": 0.0, "map": 0.0,
+                      "total": loss.item()}, out
     loss, terms = abn_loss(out, labels, good_index=0, w_normal=cfg.train.w_normal, strict=cfg.train.strict,
                            target_maps=batch["target_map"].to(device), has_target=batch["has_target"].to(device),
-                           gamma_map=cfg.train.gamma_map)
+                           gamma_map=cfg.train.gamma_map, w_defect=cfg.train.w_defect,
+                           defect_topk=cfg.train.defect_topk, defect_on_good=cfg.train.defect_on_good)
     return loss, terms, out
 
 
@@ -142,7 +153,7 @@ def plot_history(history: list[dict], path: Path, title: str) -> None:
 
     ep = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for key in ("total", "classify", "att", "normal", "map"):
+    for key in ("total", "classify", "att", "normal", "defect", "map"):
         if any(h.get(f"train_{key}", 0) for h in history):
             axes[0].plot(ep, [h[f"train_{key}"] for h in history], label=f"train {key}")
     axes[0].plot(ep, [h["val_total"] for h in history], "k--", label="val total")
@@ -190,7 +201,8 @@ def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn
         torch.cuda.set_device(device)
     use_amp = device.type == "cuda" and cfg.train.amp != "off"
 
-    train_set = InspectionDataset(manifest, "train", cfg.data, augment=True)
+    train_set = InspectionDataset(manifest, "train", cfg.data, augment=True,
+                                  mask_targets=mask_targets(manifest, cfg.train.mask_supervision, cfg.train.seed))
     val_set = InspectionDataset(manifest, "val", cfg.data, augment=False)
     steps = cfg.train.steps_per_epoch or default_steps(len(train_set), cfg.train.batch_size)
     sampler = BalancedBatchSampler([lb == 0 for lb in train_set.labels], cfg.train.batch_size, steps, cfg.train.seed,
