@@ -92,3 +92,23 @@ def test_retrain_refuses_what_it_cannot_do(plant, tmp_path):
         retrain(empty.root, plant["log"], plant["golden"], tmp_path / "r1")
     with pytest.raises(RetrainError, match="no failure log"):
         retrain(plant["registry"].root, tmp_path / "nolog", plant["golden"], tmp_path / "r2")
+
+
+def test_a_model_trained_with_a_split_file_still_learns_from_its_reviews(plant, exported, tmp_path):
+    """The merged data is split afresh: the earlier data's split file names none of the reviewed parts."""
+    import torch
+
+    scripted_review(plant["log"], plant["data"])  # (no-op when an earlier test reviewed them)
+    split = tmp_path / "split.json"
+    items = exported["manifest"].items
+    split.write_text(json.dumps({s: [it.path for it in items if it.split == s] for s in ("train", "val", "test")}))
+    ckpt = torch.load(exported["best"], weights_only=False)
+    ckpt["config"]["data"]["split_file"] = str(split)  # production was trained with a split file
+    torch.save(ckpt, tmp_path / "best.pt")
+    reg = Registry(tmp_path / "models")
+    reg.add(plant["registry"].path("v1"), checkpoint=tmp_path / "best.pt")
+    reg.promote("v1")
+    result = retrain(reg.root, plant["log"], plant["golden"], tmp_path / "retrain", plant["data"], min_reviews=1,
+                     overrides=["train.epochs=1"], progress=False)
+    manifest = json.loads((Path(result["report"]).parent.parent / "model" / "manifest.json").read_text())
+    assert sum(bool(it["corrected"]) for it in manifest["items"]) == result["reviewed"]["corrected"] > 0

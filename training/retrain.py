@@ -151,7 +151,9 @@ def _retrain(reg: Registry, log: Path, golden: Path, out: Path, base: Path | Non
     base_cfg = cfg.model_dump(mode="json")
     base_cfg["model"]["pretrained"] = False  # the weights come from production
     (run / "base_config.yaml").write_text(yaml.safe_dump(base_cfg))
-    cfg = load_config(run / "base_config.yaml", [f"data.root={data}", *FINE_TUNE, *overrides])
+    # the merged folder is split afresh: a split file of the earlier data names none of the reviewed parts (it
+    # would drop them all) and belongs to another folder
+    cfg = load_config(run / "base_config.yaml", [f"data.root={data}", "data.split_file=null", *FINE_TUNE, *overrides])
     manifest = scan_dataset(data, cfg.data)
     if manifest.classes != list(ckpt["classes"]):
         raise RetrainError(f"the merged dataset's classes {manifest.classes} differ from the model's {ckpt['classes']} "
