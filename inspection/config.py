@@ -77,8 +77,9 @@ class ModelConfig(_Section):
     attention_stride: Literal[4, 8, 16] = 8
     residual: float = Field(0.3, ge=0, le=1, description="synthesis G = F*A + residual*F (true = 1: ABN's form)")
     att_pool: Literal["avg", "max"] = Field("max", description="pooling of the attention branch's class evidence")
-    attention_head: Literal["conv", "evidence", "bn"] = Field(
-        "conv", description="map head: 1x1 conv with bias, the defect log-odds of the class evidence, or conv + BN")
+    attention_head: Literal["stage", "conv", "evidence", "bn"] = Field(
+        "stage", description="map head: 1x1 conv with bias on the branch's conv stage or on its class-channel "
+                             "bottleneck, the defect log-odds of the class evidence, or conv + BN")
 
 
 class TrainConfig(_Section):
@@ -116,9 +117,8 @@ class BoxConfig(_Section):
                                                                     "share of its peak; None = calibrate")
     merge: Optional[float] = Field(None, ge=0, le=1, description="merge boxes closer than this share of the ROI's "
                                                                  "longer side; None = calibrate")
-    peak_share: Optional[float] = Field(None, ge=0, le=1, description="on a map under the threshold, seed regions "
-                                                                      "at this share of its peak; 0 = off; "
-                                                                      "None = calibrate")
+    peak_share: Optional[float] = Field(None, ge=0, le=1, description="seeds must also reach this share of the "
+                                                                      "map's peak; 0 = off; None = calibrate")
     min_area: int = Field(16, ge=0, description="minimum component area in original pixels")
     score: Literal["peak", "mean"] = "peak"
 

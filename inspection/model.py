@@ -52,7 +52,9 @@ class AttentionBranch(nn.Module):
             stage, nn.BatchNorm2d(stage_channels),
             nn.Conv2d(stage_channels, num_classes, 1, bias=False), nn.BatchNorm2d(num_classes), nn.ReLU(inplace=True))
         self.classify = nn.Conv2d(num_classes, num_classes, 1)
-        if head == "evidence":
+        if head == "stage":
+            self.to_map = nn.Conv2d(stage_channels, 1, 1)
+        elif head == "evidence":
             self.to_map = nn.Conv2d(1, 1, 1)  # a · log-odds + b
             nn.init.ones_(self.to_map.weight)
             nn.init.zeros_(self.to_map.bias)
@@ -61,17 +63,18 @@ class AttentionBranch(nn.Module):
         elif head == "bn":
             self.to_map = nn.Sequential(nn.Conv2d(num_classes, 1, 1, bias=False), nn.BatchNorm2d(1))
         else:
-            raise ValueError(f"model.attention_head: expected evidence, conv or bn, got {head!r}")
+            raise ValueError(f"model.attention_head: expected stage, conv, evidence or bn, got {head!r}")
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.body(features)
+        stage = self.body[1](self.body[0](features))  # the stage copy, before the K-channel bottleneck
+        h = self.body[4](self.body[3](self.body[2](stage)))
         evidence = self.classify(h)
         att_logits = evidence.amax(dim=(2, 3)) if self.pool == "max" else evidence.mean(dim=(2, 3))
         if self.head == "evidence":
             log_odds = torch.logsumexp(evidence[:, 1:], dim=1, keepdim=True) - evidence[:, :1]
             attention = torch.sigmoid(self.to_map(log_odds))[:, 0]
         else:
-            attention = torch.sigmoid(self.to_map(h))[:, 0]
+            attention = torch.sigmoid(self.to_map(stage if self.head == "stage" else h))[:, 0]
         return att_logits, attention
 
 

@@ -117,6 +117,11 @@ def test_attention_heads():
         conv = _tiny(attention_head="conv").eval()
         h = conv.attention_branch.body(conv.features(x))
         assert torch.allclose(conv(x).attention, torch.sigmoid(conv.attention_branch.to_map(h))[:, 0], atol=1e-6)
+        stage = _tiny(attention_head="stage").eval()
+        body = stage.attention_branch.body
+        before_bottleneck = body[1](body[0](stage.features(x)))  # the stage copy's own channels, not the K classes
+        assert torch.allclose(stage(x).attention, torch.sigmoid(stage.attention_branch.to_map(before_bottleneck))[:, 0],
+                              atol=1e-6)
         bn = _tiny(attention_head="bn").eval()
         assert isinstance(bn.attention_branch.to_map[1], torch.nn.BatchNorm2d)
     from inspection.backbones import build_trunk
