@@ -253,7 +253,7 @@ def export_package(checkpoint: str | Path, out_dir: str | Path, manifest: Manife
             "boxes": {"min_area": cfg.eval.boxes.min_area, "score": cfg.eval.boxes.score,
                       "calibrated": cfg.eval.boxes.threshold is None,
                       "rule": "on parts that fail or go to review (variants.*.box_rule): upsample the map to the "
-                              "ROI (bilinear); seed level = threshold, or peak_share * the map's peak when lower "
+                              "ROI (bilinear); seed level = threshold, or peak_share * the map's peak when higher "
                               "(0: off); regions reaching it, grown down to low * seed level, each boxed where its "
                               "log-odds are at least relative of the way from that foot to its peak; boxes closer "
                               "than merge * the ROI's longer side merged; regions under min_area px dropped"},

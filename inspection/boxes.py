@@ -1,9 +1,9 @@
 """Attention map → defect boxes in original-image pixels (numpy/OpenCV only; shared by eval and line side).
 
 The rule (a `BoxRule`): upsample A to the image (bilinear); a defect is a connected region where A reaches the
-seed level, `threshold`, or on a map that never gets there `peak_share` of the map's own peak (a part the
-classifier fails is boxed where its map points, however faint); each region grows down to its foot, `low`
-times the seed level (hysteresis: a faint part of a defect joins its region), and is boxed where its log-odds
+seed level: `threshold`, and `peak_share` of the map's own peak (a faint blob beside a strong defect is not a
+second defect); each region grows down to its foot, `low` times the seed level (hysteresis: a faint part of a
+defect joins its region), and is boxed where its log-odds
 lie at least `relative` of the way from the foot to the region's peak (a soft blob around a small defect is
 boxed near its tip, a plateau whole); boxes closer than `merge` (a share of the longer side of the region
 the model saw) become one (a crack that the map breaks into beads is one defect); regions under `min_area`
@@ -48,7 +48,7 @@ class BoxRule:
     low: float = 1.0          # foot = low * seed level
     relative: float = 0.0     # box where log-odds are this share of the way from foot to peak
     merge: float = 0.0        # merge gap, share of the longer side of the region the model saw
-    peak_share: float = 0.0   # seed level on a map under the threshold: this share of its peak (0: none)
+    peak_share: float = 0.0   # seeds must also reach this share of the map's peak (0: off)
     min_area: int = 0
     score: str = "peak"
 
@@ -166,7 +166,7 @@ def map_boxes(up: np.ndarray, rule: BoxRule, offset: tuple[int, int] = (0, 0)) -
     """The box rule on a map already upsampled to the region the model saw (`offset`: its corner in the frame)."""
     seed = rule.threshold
     if rule.peak_share > 0 and up.size:
-        seed = min(seed, rule.peak_share * float(up.max()))
+        seed = max(seed, rule.peak_share * float(up.max()))
     foot = seed * rule.low
     return components_to_boxes(up >= foot, up, rule.min_area, rule.score, offset, seed=seed,
                                merge_gap=rule.merge * max(up.shape), relative=rule.relative, foot=foot)

@@ -123,20 +123,18 @@ def test_relative_level_boxes_each_region_near_its_own_peak():
         attention_to_boxes(att, (12, 24), threshold=0.25, relative=1.0)
 
 
-def test_a_faint_map_is_boxed_at_its_own_peak_when_asked():
+def test_a_faint_blob_beside_a_strong_defect_is_not_a_second_defect():
     from inspection.boxes import BoxRule
 
     att = np.zeros((10, 20), np.float32)
-    att[3:6, 4:8] = 0.3    # a faint region: the model failed the part but its map stays under the threshold
-    att[4, 5:7] = 0.4
-    att[8, 15] = 0.2       # fainter still
-    assert attention_to_boxes(att, (10, 20), threshold=0.8) == []
-    # seed at 0.9 of the peak (0.36): the 0.4 cells; foot at 0.5 of the seed (0.18): both regions, one seeded
-    rule = BoxRule(threshold=0.8, peak_share=0.9, low=0.5)
+    att[3:6, 4:8] = 0.95   # the defect
+    att[8, 15:17] = 0.55   # a faint blob: over the threshold, but far under the defect's peak
+    assert [b.xyxy for b in attention_to_boxes(att, (10, 20), threshold=0.5)] == [(4, 3, 8, 6), (15, 8, 17, 9)]
+    rule = BoxRule(threshold=0.5, peak_share=0.7)  # seeds must reach max(0.5, 0.7 * 0.95 = 0.665)
     assert [b.xyxy for b in attention_to_boxes(att, (10, 20), rule)] == [(4, 3, 8, 6)]
-    strong = att.copy()
-    strong[8, 15] = 0.95   # a map that reaches the threshold keeps the threshold: only that region is seeded
-    assert [b.xyxy for b in attention_to_boxes(strong, (10, 20), rule)] == [(15, 8, 16, 9)]
+    att[8, 15:17] = 0.7    # a second defect nearly as strong is kept
+    assert len(attention_to_boxes(att, (10, 20), rule)) == 2
+    assert attention_to_boxes(np.full((10, 20), 0.3, np.float32), (10, 20), rule) == []  # the threshold still holds
     assert BoxRule.from_dict({"threshold": 0.7, "unknown": 1}) == BoxRule(threshold=0.7)  # older packages: defaults
     with pytest.raises(ValueError, match="peak_share"):
         BoxRule(peak_share=1.5)

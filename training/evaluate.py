@@ -30,7 +30,7 @@ BOX_CANDIDATES = {  # the other levels of the box rule; the first of each is the
     "relative": (0.0, 0.5, 0.7, 0.85),   # extent: share of the way from foot to peak
     "low": (1.0, 0.7, 0.5),              # hysteresis: foot as a share of the seed level
     "merge": (0.0, 0.02, 0.05),          # merge gap: share of the ROI's longer side
-    "peak_share": (0.0, 0.9, 0.7),       # seed level on maps under the threshold: share of their peak
+    "peak_share": (0.0, 0.5, 0.7),       # seeds must also reach this share of the map's peak
 }
 SEARCH = (("threshold", "relative"), ("low",), ("merge",), ("peak_share",), ("threshold",))  # coordinate steps
 PIXEL_SIDE = 128  # pixel metrics are computed at this longest side to keep memory flat
@@ -108,9 +108,9 @@ def calibrate_box_rule(pred: Predictions, items, truths: dict[int, np.ndarray], 
                        cfg) -> BoxRule:
     """The box rule whose levels maximize box F1 @ IoU 0.3 on validation, over the parts the line would box (those
     that fail or go to review). Levels the config sets stay fixed; with no pixel truth the others stay neutral
-    (threshold 0.5, one level, whole regions, no merging, no peak seeds).
+    (threshold 0.5, one level, whole regions, no merging, no share of the peak).
 
-    Search: threshold and extent together, then hysteresis, merging and peak seeds one at a time, then the
+    Search: threshold and extent together, then hysteresis, merging and peak share one at a time, then the
     threshold again, each kept only when it raises F1 (ties keep the simpler rule). Candidate thresholds are upper
     quantiles of the validation maps' pixel values, not a fixed grid, so that a model whose maps live in a narrow
     band is calibrated as finely as one using 0-1.

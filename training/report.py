@@ -62,7 +62,7 @@ def describe_rule(rule: dict) -> str:
     """The calibrated box rule in words."""
     seed = f"regions reaching {rule['threshold']:.3f}"
     if rule["peak_share"]:
-        seed += f" (or {rule['peak_share']:g} of the map's peak when that is lower)"
+        seed += f" and {rule['peak_share']:g} of the map's peak"
     parts = [f"boxes on {seed}"]
     if rule["low"] < 1:
         parts.append(f"grown down to {rule['low']:g} of that level")
