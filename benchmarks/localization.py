@@ -1,0 +1,121 @@
+"""Localization over seeds: ours against plain ABN and Grad-CAM, trained and evaluated the same way.
+
+    python benchmarks/localization.py --config configs/kolektorsdd.yaml --seeds 0 1 2
+    python benchmarks/localization.py --config configs/demo.yaml --models ours --set train.w_defect=0 --tag no_defect_loss
+
+Each model is trained (`inspection train`'s code path) on the config's dataset with train.seed = data-order seed
+= each seed, then evaluated once: thresholds calibrated on val, measured on test. Prints one line per run and a
+table of mean and minimum over seeds; writes benchmarks/results/localization_<tag>.json (every run's metrics).
+Runs already in the JSON with the same settings are not trained again (the benchmark resumes).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from inspection.config import load_config  # noqa: E402
+from inspection.data import scan_dataset  # noqa: E402
+from training.evaluate import evaluate_checkpoint  # noqa: E402
+from training.train import plain_abn, train  # noqa: E402
+
+MODELS = {"ours": "abn", "plain_abn": "abn", "gradcam": "cnn"}
+KEYS = {  # column → getter over a run's metrics
+    "image AUROC": lambda m: m["image"]["auroc"],
+    "box F1@0.3": lambda m: m["box@0.3"]["f1"],
+    "box P@0.3": lambda m: m["box@0.3"]["precision"],
+    "box R@0.3": lambda m: m["box@0.3"]["recall"],
+    "box F1@0.5": lambda m: m["box@0.5"]["f1"],
+    "pixel AUROC": lambda m: m["pixel_auroc"],
+    "AUPRO": lambda m: m["aupro"],
+    "hit rate": lambda m: m["hit_rate"],
+    "att. good": lambda m: m["attention_mean_good"],
+    "att. in defects": lambda m: m["attention_inside_defects"],
+    "boxes/failed good": lambda m: m["boxes_per_failed_good"],
+}
+
+
+def summary_table(runs: list[dict]) -> str:
+    """Markdown: one row per model, each cell 'mean (min)' over its seeds."""
+    head = "| model | seeds | " + " | ".join(KEYS) + " |"
+    lines = [head, "|---" * (len(KEYS) + 2) + "|"]
+    for model in dict.fromkeys(r["model"] for r in runs):
+        rs = [r for r in runs if r["model"] == model]
+        cells = []
+        for get in KEYS.values():
+            v = np.array([get(r["metrics"]) for r in rs], float)
+            cells.append(f"{np.nanmean(v):.3f} ({np.nanmin(v):.3f})")
+        lines.append(f"| {model} | {len(rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run(config: str, seeds, models, sets: list[str], tag: str, trained: dict[str, str] | None = None,
+        work: str = "runs/localization", data: str | None = None, reevaluate: bool = False) -> list[dict]:
+    """Train (or take) and evaluate each model for each seed; return the runs with these overrides (resumed from
+    and saved to benchmarks/results/localization_<tag>.json). `reevaluate`: evaluate again the checkpoints
+    already trained in `work` (after a change to evaluation), training only the missing ones."""
+    trained = trained or {}
+    out = Path(__file__).parent / "results" / f"localization_{tag}.json"
+    done = json.loads(out.read_text())["runs"] if out.exists() else []
+    runs = [] if reevaluate else [r for r in done if r["overrides"] == sets]
+    for seed in seeds:
+        seeded = [*sets, f"train.seed={seed}", f"data.seed={seed}"] + ([f"data.root={data}"] if data else [])
+        cfg = load_config(config, seeded)
+        manifest = scan_dataset(cfg.data.root, cfg.data)
+        for model in [*models, *trained]:
+            if any(r["model"] == model and r["seed"] == seed for r in runs):
+                continue
+            t = time.time()
+            if model in trained:
+                best, t_train = Path(trained[model].format(seed=seed)) / "best.pt", 0.0
+            else:
+                run_cfg = plain_abn(cfg) if model == "plain_abn" else cfg
+                key = hashlib.sha256(" ".join(sets).encode()).hexdigest()[:8]
+                folder = Path(work) / tag / f"{model}-s{seed}-{key}"
+                saved = next((r for r in done if r["overrides"] == sets and r["model"] == model and r["seed"] == seed), {})
+                if reevaluate and (folder / "best.pt").exists():
+                    best, t_train = folder / "best.pt", saved.get("train_s", 0.0)
+                else:
+                    best = train(run_cfg, manifest, folder, kind=MODELS[model], resume=False, progress=False)
+                    t_train = time.time() - t
+            result = evaluate_checkpoint(best, manifest, model, cfg_override=cfg)
+            m = result["metrics"]
+            runs.append({"model": model, "seed": seed, "overrides": sets, "train_s": round(t_train, 1),
+                         "threshold": result["threshold"], "box_rule": result["box_rule"], "metrics": m})
+            print(f"{tag} {model} seed {seed} ({t_train:.0f} s): " +
+                  ", ".join(f"{k} {get(m):.3f}" for k, get in KEYS.items()), flush=True)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            keep = [r for r in done if r["overrides"] != sets]
+            out.write_text(json.dumps({"config": config, "runs": keep + runs}, indent=1, default=float))
+    return runs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/demo.yaml")
+    ap.add_argument("--data", help="dataset folder (default: the config's data.root)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config overrides")
+    ap.add_argument("--tag", help="results name (default: the config's file name)")
+    ap.add_argument("--trained", action="append", default=[], metavar="NAME=FOLDER",
+                    help="also evaluate checkpoints trained elsewhere (e.g. by an earlier version) as model NAME: "
+                         "FOLDER/best.pt, where {seed} in FOLDER is replaced by each seed")
+    ap.add_argument("--work", default="runs/localization")
+    ap.add_argument("--reevaluate", action="store_true",
+                    help="evaluate the checkpoints already trained in --work again (after a change to evaluation)")
+    args = ap.parse_args()
+    tag = args.tag or Path(args.config).stem
+    runs = run(args.config, args.seeds, args.models, args.set, tag, dict(t.split("=", 1) for t in args.trained),
+               args.work, args.data, args.reevaluate)
+    print(f"\n{tag} {' '.join(args.set)}\n" + summary_table(runs))
+
+
+if __name__ == "__main__":
+    main()
