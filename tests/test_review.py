@@ -298,6 +298,20 @@ def test_statistics_count_inspected_parts_and_false_alarms(client, log, line_log
     assert "<svg" in page and "polyline" in page
 
 
+def test_a_hostile_day_in_the_tallies_is_shown_as_text_and_pages_carry_a_strict_policy(client, log):
+    _login(client)
+    _store(log).tally("line-a", {("9999-<img src=x onerror=alert(1)>", "pass"): 1})  # a station writing the log
+    r = client.get("/stats")
+    assert r.status_code == 200 and "<img src=x" not in r.text and "&lt;img src=x" in r.text
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp.split(
+        "script-src")[1].split(";")[0]
+    for path in ("/", "/stats", "/admin", f"/parts/{_store(log).records(limit=1)[0].id}"):
+        page = client.get(path)
+        assert page.headers["x-frame-options"] == "DENY" and page.headers["x-content-type-options"] == "nosniff"
+        assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", page.text), path  # no inline script to allow
+
+
 def test_lead_manages_users_and_the_new_operator_can_log_in(client):
     csrf = _login(client)
     r = client.post("/admin/users", data={"csrf": csrf, "action": "add", "name": "nina", "password": "short",

@@ -107,6 +107,7 @@ def create_app(cfg: ReviewConfig, store: FailureStore | None = None) -> FastAPI:
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault("Content-Security-Policy", CSP)  # scripts are files of ours, never inline
         return response
 
     @app.exception_handler(HTTPException)
@@ -476,6 +477,10 @@ def _review_json(v) -> dict:
             "comment": v.comment, "corrected": "corrected_full" in v.files}
 
 
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+       "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
 def _chart(rows: list[dict], width: int = 760, height: int = 220) -> str:
     """An inline SVG: fail rate and false-alarm rate per day (all stations together)."""
     days: dict[str, list[int]] = {}
@@ -500,7 +505,7 @@ def _chart(rows: list[dict], width: int = 760, height: int = 220) -> str:
              f'<text x="4" y="{y(1) + 4}" font-size="11">100%</text><text x="12" y="{y(0) + 4}" font-size="11">0%</text>']
     for i, d in enumerate(order):
         if n <= 14 or i % max(1, n // 10) == 0:
-            parts.append(f'<text x="{x(i)}" y="{height - 12}" font-size="10" text-anchor="middle">{d[5:]}</text>')
+            parts.append(f'<text x="{x(i)}" y="{height - 12}" font-size="10" text-anchor="middle">{_esc(d[5:])}</text>')
     for k, (name, (vals, color)) in enumerate(series.items()):
         pts = [(x(i), y(v)) for i, v in enumerate(vals) if v is not None]
         if pts:
