@@ -583,8 +583,13 @@ def _frame_roi(station_roi, model_roi):
     return (station_roi[0] + model_roi[0], station_roi[1] + model_roi[1], model_roi[2], model_roi[3])
 
 
+def _label(value) -> str:
+    """A Prometheus label value, escaped per the exposition format (a station name cannot inject a metric)."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def _serve_http(runner: LineRunner) -> ThreadingHTTPServer:
-    labels = f'station="{runner.cfg.station}"'
+    labels = f'station="{_label(runner.cfg.station)}"'
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - http.server's name
@@ -593,7 +598,7 @@ def _serve_http(runner: LineRunner) -> ThreadingHTTPServer:
                 self._send(200 if body["status"] == "ok" else 503, json.dumps(body), "application/json")
             elif self.path == "/metrics":
                 version = runner.runtime.version
-                info = f'# TYPE inspection_model gauge\ninspection_model{{{labels},version="{version}"}} 1\n'
+                info = f'# TYPE inspection_model gauge\ninspection_model{{{labels},version="{_label(version)}"}} 1\n'
                 runner.metrics.set("queue_depth", runner.frames.qsize())
                 self._send(200, runner.metrics.render(labels) + info, "text/plain; version=0.0.4")
             elif self.path == "/version":

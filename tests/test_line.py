@@ -318,7 +318,8 @@ def test_a_broken_new_package_is_refused_and_the_old_model_keeps_running(exporte
 def test_http_health_and_prometheus_metrics(exported, tmp_path):
     port = _free_port()
     cfg = _station(tmp_path, exported["package"], exported["manifest"].root, **{
-        "source.kind": "simulated", "source.limit": 40, "source.fps": 20, "http.port": port, "station": "line-h"})
+        "source.kind": "simulated", "source.limit": 40, "source.fps": 20, "http.port": port,
+        "station": 'line-h"} injected_metric 1'})  # a hostile station name is a label value, nothing more
     runner = LineRunner(cfg)
     runner.self_check()
     thread = threading.Thread(target=runner.run)
@@ -327,11 +328,13 @@ def test_http_health_and_prometheus_metrics(exported, tmp_path):
         time.sleep(0.02)
     base = f"http://127.0.0.1:{port}"
     health = json.loads(urllib.request.urlopen(base + "/health").read())
-    assert health["status"] == "ok" and health["frames"] >= 10 and health["station"] == "line-h"
+    assert health["status"] == "ok" and health["frames"] >= 10 and health["station"] == 'line-h"} injected_metric 1'
     assert health["model_version"] == runner.runtime.version and health["source"] == "connected"
     text = urllib.request.urlopen(base + "/metrics").read().decode()
-    frames = int(re.search(r'inspection_frames_total\{station="line-h"\} (\d+)', text).group(1))
-    latencies = int(re.search(r'inspection_latency_seconds_count\{station="line-h"\} (\d+)', text).group(1))
+    label = re.escape('station="line-h\\"} injected_metric 1"')
+    frames = int(re.search(label.join([r'inspection_frames_total\{', r'\} (\d+)']), text).group(1))
+    latencies = int(re.search(label.join([r'inspection_latency_seconds_count\{', r'\} (\d+)']), text).group(1))
+    assert all(re.fullmatch(r'(# TYPE \w+ \w+|\w+\{(\w+="([^"\\]|\\.)*",?)+\} \S+)', x) for x in text.splitlines())
     assert frames >= 10 and latencies >= 10 and 'le="+Inf"' in text
     assert f'version="{runner.runtime.version}"' in text and "inspection_queue_depth" in text
     with pytest.raises(urllib.error.HTTPError) as err:
