@@ -312,6 +312,25 @@ def test_a_hostile_day_in_the_tallies_is_shown_as_text_and_pages_carry_a_strict_
         assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", page.text), path  # no inline script to allow
 
 
+def test_malformed_ids_cursors_and_bodies_get_a_4xx_with_a_message(client, log):
+    csrf = _login(client)
+    part = _store(log).records(limit=1)[0]
+    huge = "9" * 23  # past SQL's 64-bit integers
+    for path in (f"/parts/{huge}", f"/parts/{huge}/file/image", f"/parts/{huge}/attention.png"):
+        r = client.get(path)
+        assert r.status_code == 404 and "no logged part" in r.json()["error"], path
+    r = client.get(f"/api/parts?before=1:{huge}")
+    assert r.status_code == 400 and "before must be" in r.json()["error"]
+    for body, field in ((["defect"], "JSON object"), ({"verdict": ["defect"]}, "verdict"),
+                        ({"verdict": "defect", "defect_type": {"a": 1}}, "defect_type"),
+                        ({"verdict": "defect", "defect_type": "x" * 5_000_000}, "defect_type"),
+                        ({"verdict": "defect", "defect_type": "dent"}, "hole, scratch, stain"),
+                        ({"verdict": "unsure", "comment": {"a": 1}}, "comment")):
+        r = client.post(f"/api/parts/{part.id}/review", json=body, headers={"X-CSRF-Token": csrf})
+        assert r.status_code == 400 and field in r.json()["error"], (body if len(str(body)) < 99 else field, r.text[:200])
+    assert _store(log).get(part.id).review_status == "unreviewed"  # nothing was stored
+
+
 def test_lead_manages_users_and_the_new_operator_can_log_in(client):
     csrf = _login(client)
     r = client.post("/admin/users", data={"csrf": csrf, "action": "add", "name": "nina", "password": "short",

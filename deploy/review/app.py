@@ -16,6 +16,7 @@ import base64
 import binascii
 import hmac
 import io
+import math
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -184,7 +185,7 @@ def create_app(cfg: ReviewConfig, store: FailureStore | None = None) -> FastAPI:
 
     # -- one part --------------------------------------------------------------------------------------------
     def record(part_id: int) -> FailureRecord:
-        r = state.store.get(part_id)
+        r = state.store.get(part_id) if 0 < part_id < 2**63 else None  # SQL integers are 64-bit
         if r is None:
             raise HTTPException(404, f"no logged part with id {part_id}")
         return r
@@ -226,13 +227,20 @@ def create_app(cfg: ReviewConfig, store: FailureStore | None = None) -> FastAPI:
     async def review(request: Request, part_id: int, u: User = Depends(csrf)):
         body = await _json(request)
         r = record(part_id)
-        verdict = body.get("verdict")
-        if verdict not in REVIEW_VERDICTS:
-            raise HTTPException(400, f"verdict must be one of {', '.join(REVIEW_VERDICTS)}, got {verdict!r}")
-        defect_type = (body.get("defect_type") or None) if verdict == "defect" else None
+        verdict, defect_type, comment = body.get("verdict"), body.get("defect_type") or None, body.get("comment", "")
+        if not isinstance(verdict, str) or verdict not in REVIEW_VERDICTS:
+            raise HTTPException(400, f"verdict must be one of {', '.join(REVIEW_VERDICTS)}, got {str(verdict)[:40]!r}")
+        known = state.defect_types()
+        if defect_type is not None and (not isinstance(defect_type, str) or len(defect_type) > 64
+                                        or (known and defect_type not in known)):
+            raise HTTPException(400, "defect_type must be one of " + (", ".join(known) or "the configured types")
+                                + f", got {str(defect_type)[:40]!r}")
+        if not isinstance(comment, str):
+            raise HTTPException(400, "comment must be text")
+        defect_type = defect_type if verdict == "defect" else None
         corrected = _decode_map(body.get("corrected"), _hw(_frame(state.store, r)))
         try:
-            rid = state.store.add_review(r.id, u.name, verdict, defect_type, str(body.get("comment", ""))[:2000],
+            rid = state.store.add_review(r.id, u.name, verdict, defect_type, comment[:2000],
                                          corrected=corrected)
         except ReviewError as exc:
             raise HTTPException(400, str(exc)) from None
@@ -354,6 +362,8 @@ def _cursor(text: str | None) -> tuple[float, int] | None:
         return None
     try:
         ts, rid = text.split(":")
+        if not (math.isfinite(float(ts)) and abs(int(rid)) < 2**63):
+            raise ValueError
         return float(ts), int(rid)
     except ValueError:
         raise ValueError(f"before must be <ts>:<id> from the previous page, got {text!r}") from None
