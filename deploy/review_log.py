@@ -21,8 +21,8 @@ def contact_sheet(store: FailureStore, records, columns: int = 4) -> np.ndarray 
     """Overlays of the given records in a grid, each labelled with part ID and score (BGR uint8)."""
     tiles = []
     for r in records:
-        path = store.folder / r.files.get("overlay", r.files.get("image", ""))
-        img = cv2.imread(str(path)) if r.files else None
+        path = store.stored_file(r.files.get("overlay"), "overlay") or store.stored_file(r.files.get("image"), "image")
+        img = cv2.imread(str(path)) if path else None
         if img is None:
             img = np.full((TILE, TILE, 3), 60, np.uint8)
             cv2.putText(img, "no image", (30, TILE // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)

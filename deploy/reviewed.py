@@ -35,10 +35,10 @@ def export_reviewed(store: FailureStore, out_dir: str | Path, page: int = 1000) 
                     skip("status without a review")
                     continue
                 last = reviews[-1]
-                if "image" not in record.files or not (store.folder / record.files["image"]).is_file():
+                image = store.stored_file(record.files.get("image"), "image")
+                if image is None:
                     skip("no image")
                     continue
-                image = store.folder / record.files["image"]
                 name = f"{_safe(record.station)}_{_safe(record.part_id)}_{record.id}{image.suffix}"
                 if last.verdict == "false_alarm":
                     rel = Path("good") / name
@@ -49,8 +49,8 @@ def export_reviewed(store: FailureStore, out_dir: str | Path, page: int = 1000) 
                 counts["good" if rel.parts[0] == "good" else "defect"] += 1
                 corrected = next((r.files["corrected_full"] for r in reversed(reviews) if "corrected_full" in r.files),
                                  None)
-                if corrected and (store.folder / corrected).is_file():
-                    _copy(store.folder / corrected, (out / "corrected" / rel).with_suffix(".png"))
+                if (corrected := store.stored_file(corrected, "corrected_full")) is not None:
+                    _copy(corrected, (out / "corrected" / rel).with_suffix(".png"))
                     counts["corrected"] += 1
     return counts
 

@@ -92,6 +92,8 @@ CREATE INDEX IF NOT EXISTS failures_day ON failures (day)"""),  # the station's 
 REVIEW_VERDICTS = {"defect": "confirmed", "false_alarm": "false_alarm", "unsure": "unsure"}
 SETTLED = ("confirmed", "false_alarm")  # reviewed for good: the quota may delete these, oldest first
 DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+# The only names the store writes: <day>/<station>/<part>-<token>-<kind>.<ext>, relative, no dot-leading parts
+STORED_NAME = re.compile(r"\d{4}-\d{2}-\d{2}/[\w-][\w.-]*/[\w-][\w.-]*-[0-9a-f]{10}-(?P<kind>[a-z_]+)\.[a-z0-9]{2,5}")
 
 
 class StoreUnavailable(OSError):
@@ -320,8 +322,9 @@ class SQLStore:
                 ex("DELETE FROM reviews WHERE failure_id = ?", (row["id"],))
                 ex("DELETE FROM failures WHERE id = ?", (row["id"],))
             for files in [json.loads(row["files"]), *review_files]:
-                for rel in files.values():
-                    (self.folder / rel).unlink(missing_ok=True)
+                for kind, rel in files.items():
+                    if (path := self.stored_file(rel, kind)) is not None:
+                        path.unlink(missing_ok=True)
             used -= row["bytes"]
 
     def set_review_status(self, record_id: int, status: str) -> None:
@@ -344,7 +347,7 @@ class SQLStore:
             raise ReviewError(f"no logged part with id {failure_id}")
         files = self._corrected_files(record, corrected) if corrected is not None else {}
         with self._lock:
-            rel_dir = Path(record.files["map"]).parent if files else None  # beside the part's own files
+            rel_dir = Path(record.files["map"]).parent if files else None  # beside the part's own map (checked)
             token, stored, written = uuid.uuid4().hex[:10], {}, []
             try:
                 for kind, data in files.items():
@@ -371,9 +374,10 @@ class SQLStore:
         att = np.asarray(corrected, np.float32)
         if "map" not in record.files:
             raise ReviewError(f"part {record.part_id} has no attention map to correct (verdict {record.verdict})")
-        model = cv2.imread(str(self.folder / record.files["map"]), cv2.IMREAD_UNCHANGED)
-        frame = cv2.imread(str(self.folder / record.files["image"]), cv2.IMREAD_UNCHANGED) \
-            if "image" in record.files else None
+        map_path, image_path = self.stored_file(record.files["map"], "map"), self.stored_file(record.files.get("image"),
+                                                                                           "image")
+        model = cv2.imread(str(map_path), cv2.IMREAD_UNCHANGED) if map_path else None
+        frame = cv2.imread(str(image_path), cv2.IMREAD_UNCHANGED) if image_path else None
         if model is None:
             raise ReviewError(f"part {record.part_id}: its attention map file is missing or unreadable")
         shapes = [model.shape[:2]] + ([frame.shape[:2]] if frame is not None else [])
@@ -472,7 +476,28 @@ class SQLStore:
         return _record(rows[0]) if rows else None
 
     def path(self, record: FailureRecord, kind: str) -> Path:
-        return self.folder / record.files[kind]
+        """Where a record's file of this kind is (it may be missing); ValueError for a name the store never writes."""
+        path = self.stored_file(record.files.get(kind), kind, exist=False)
+        if path is None:
+            raise ValueError(f"part {record.part_id}: {kind} file name {str(record.files.get(kind))[:80]!r} is not "
+                             "one this log writes")
+        return path
+
+    def stored_file(self, rel, kind: str | None = None, exist: bool = True) -> Path | None:
+        """The one resolver of stored paths, for every reader and writer: `rel` (from a record or a review, which
+        any station that can write the database controls) must have the name pattern the store writes (day/station/
+        part-token-kind.ext, `kind` matching) and, with `exist`, be a plain file that stays inside the log folder
+        once symlinks are followed. None otherwise: no absolute paths, no `..`, no accounts database."""
+        if not isinstance(rel, str) or not (m := STORED_NAME.fullmatch(rel)) or (kind and m["kind"] != kind):
+            return None
+        path = self.folder / rel
+        if not exist:
+            return path
+        try:
+            real = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return None
+        return path if real.is_relative_to(self.folder.resolve()) and real.is_file() else None
 
 
 class SQLiteStore(SQLStore):

@@ -153,6 +153,47 @@ def test_path_traversal_in_image_urls_is_refused(client, log):
     assert r.status_code == 404 and b"root:" not in r.content
 
 
+def test_paths_stored_in_records_never_reach_files_outside_the_parts_own(client, log, tmp_path):
+    """A station that can write the failure database controls every stored path: the review server must not turn
+    them into reading (served files, dataset export) or writing (corrected maps) files that are not the part's."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    csrf = _login(client)
+    store = _store(log)
+    parts = store.records(limit=6, review_status="unreviewed")
+    secret = outside / "secret.png"
+    cv2.imwrite(str(secret), np.full((8, 8), 7, np.uint8))
+    link = store.path(parts[0], "image").parent / f"x-{'a' * 10}-image.png"  # the right name, pointing outside
+    link.symlink_to(secret)
+    hostile = [{"image": "../../../../etc/passwd"}, {"image": str(secret)}, {"image": link.relative_to(log).as_posix()},
+               {**parts[3].files, "overlay": "review.db"}, {**parts[4].files, "map": str(outside / "m.png")},
+               {**parts[5].files, "map": parts[5].files["map"].rsplit("/", 1)[0] + "/../../../escape-0123456789-map.png"}]
+    with store.db:
+        for part, files in zip(parts, hostile):
+            store.db.execute("UPDATE failures SET files = ? WHERE id = ?", (json.dumps(files), part.id))
+    for part, kind in ((parts[0], "image"), (parts[1], "image"), (parts[2], "image"), (parts[3], "overlay")):
+        r = client.get(f"/parts/{part.id}/file/{kind}")
+        assert r.status_code == 404 and b"root:" not in r.content and b"SQLite" not in r.content, kind
+    cv2.imwrite(str(outside / "m.png"), np.zeros((8, 8), np.uint16))
+    for part in parts[4:]:  # a corrected map is written beside the part's map: only where the log writes
+        r = client.post(f"/api/parts/{part.id}/review", json={"verdict": "defect", "defect_type": "hole",
+                                                              "corrected": _png(np.zeros((8, 8), np.uint8))},
+                        headers={"X-CSRF-Token": csrf})
+        assert r.status_code == 400 and "attention map" in r.json()["error"], r.text
+    assert sorted(p.name for p in outside.iterdir()) == ["m.png", "secret.png"]
+    assert not list(log.parent.glob("escape-*")) and not list(log.glob("escape-*"))
+    for part in parts[:4]:
+        assert client.post(f"/api/parts/{part.id}/review", json={"verdict": "defect", "defect_type": "hole"},
+                           headers={"X-CSRF-Token": csrf}).status_code == 200
+    z = zipfile.ZipFile(io.BytesIO(client.post("/admin/export", data={"csrf": csrf}).content))
+    for name in z.namelist():
+        data = z.read(name)
+        assert b"root:" not in data and b"SQLite" not in data, name
+        if name.endswith(".png"):
+            assert data != secret.read_bytes(), name
+    assert f"_{parts[3].id}." in " ".join(z.namelist())  # the part with a hostile overlay still has its own image
+
+
 def test_sql_injection_in_filters_matches_nothing_and_breaks_nothing(client, log):
     _login(client)
     total = client.get("/api/parts").json()["total"]

@@ -387,18 +387,7 @@ def _esc(text) -> str:
 
 
 def _file(store: FailureStore, r: FailureRecord, kind: str) -> Path | None:
-    return _inside(store, r.files.get(kind))
-
-
-def _inside(store: FailureStore, rel: str | None) -> Path | None:
-    """The path of a stored file, only inside the store's folder and only if it exists."""
-    if not rel:
-        return None
-    root = store.folder.resolve()
-    path = (root / rel).resolve()
-    if not path.is_relative_to(root) or not path.is_file():
-        return None
-    return path
+    return store.stored_file(r.files.get(kind), kind)
 
 
 def _media(path: Path) -> str:
@@ -423,7 +412,7 @@ def _attention(state: ReviewApp, r: FailureRecord, corrected: bool, hw: tuple[in
     """[0, 1] map at the frame's size hw (the model's size when the frame is missing)."""
     if corrected:
         for review in reversed(state.store.reviews(r.id)):
-            path = _inside(state.store, review.files.get("corrected_full"))
+            path = state.store.stored_file(review.files.get("corrected_full"), "corrected_full")
             if path is not None:
                 return cv2.imread(str(path), cv2.IMREAD_UNCHANGED).astype(np.float32) / 65535
     path = _file(state.store, r, "map")
