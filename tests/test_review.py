@@ -372,6 +372,79 @@ def test_malformed_ids_cursors_and_bodies_get_a_4xx_with_a_message(client, log):
     assert _store(log).get(part.id).review_status == "unreviewed"  # nothing was stored
 
 
+def _png_bomb(side: int = 30000) -> bytes:
+    """A valid gray PNG of side x side zeros: under a megabyte on the wire, side² bytes once decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z, rows, parts = zlib.compressobj(9), bytes(side + 1) * 1000, []
+    for _ in range(side // 1000):
+        parts.append(z.compress(rows))
+    parts.append(z.flush())
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
+
+
+def test_a_png_bomb_and_huge_bodies_cost_no_memory_and_never_block_health(line_log, log):
+    """The review station in its own process: a 30000x30000 PNG as a corrected map and a 50 MB body are refused
+    (400, 413) while the server's peak memory stays within 100 MB of idle and /health keeps answering in 1 s."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    _app(log, line_log["package"])  # the accounts
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "inspection.cli", "review", "--log", str(log), "--package",
+                               str(line_log["package"]), "--port", str(port)], stderr=subprocess.DEVNULL)
+    base, bomb = f"http://127.0.0.1:{port}", "data:image/png;base64," + base64.b64encode(_png_bomb()).decode()
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                httpx.get(base + "/health", timeout=2)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        client = httpx.Client(base_url=base, timeout=60)
+        client.post("/login", data={"user": LEAD[0], "password": LEAD[1]})
+        csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/").text).group(1)
+        part = _store(log).records(limit=1)[0]
+        Path(f"/proc/{server.pid}/clear_refs").write_text("5")  # restart the peak-memory count here
+
+        def vm(key: str) -> int:
+            return int(re.search(rf"{key}:\s+(\d+) kB", Path(f"/proc/{server.pid}/status").read_text()).group(1)) // 1024
+
+        idle, answers, waits = vm("VmRSS"), {}, []
+
+        def attack():
+            for name, path, body in (("bomb", "review", {"verdict": "defect", "corrected": bomb}),
+                                     ("rescore", "rescore", {"corrected": bomb}),
+                                     ("50 MB", "review", {"verdict": "unsure", "comment": "x" * 50_000_000})):
+                answers[name] = client.post(f"/api/parts/{part.id}/{path}", json=body, headers={"X-CSRF-Token": csrf})
+
+        thread = threading.Thread(target=attack)
+        thread.start()
+        while thread.is_alive():
+            t = time.perf_counter()
+            assert httpx.get(base + "/health", timeout=5).status_code == 200
+            waits.append(time.perf_counter() - t)
+            time.sleep(0.05)
+        thread.join()
+        peak = vm("VmHWM")
+    finally:
+        server.terminate()
+        server.wait(10)
+    print(f"idle {idle} MB, peak {peak} MB, /health slowest {max(waits):.3f} s over {len(waits)} calls")
+    assert answers["bomb"].status_code == 400 and "30000x30000" in answers["bomb"].json()["error"]
+    assert answers["rescore"].status_code == 400 and answers["50 MB"].status_code == 413
+    assert peak - idle <= 100 and max(waits) < 1.0
+    assert _store(log).get(part.id).review_status == "unreviewed"
+
+
 def test_lead_manages_users_and_the_new_operator_can_log_in(client):
     csrf = _login(client)
     r = client.post("/admin/users", data={"csrf": csrf, "action": "add", "name": "nina", "password": "short",

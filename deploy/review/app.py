@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
@@ -71,9 +72,40 @@ class ReviewApp:
         return self.accounts.setting("defect_types", default)
 
 
+MAX_BODY = 24 * 2**20          # bytes of a request body: a corrected map of a 12 MP frame as a PNG data URL fits
+MAX_MAP_PIXELS = 4096 * 4096   # a corrected map larger than its frame is refused from the PNG header, before decoding
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets 413 before it is read into memory, whether it
+    announces its length or streams it in chunks."""
+
+    def __init__(self, app, limit: int = MAX_BODY):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.limit:
+            return await JSONResponse({"error": f"request body over {self.limit // 2**20} MB"}, 413)(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise HTTPException(413, f"request body over {self.limit // 2**20} MB")
+            return message
+
+        await self.app(scope, counted, send)
+
+
 def create_app(cfg: ReviewConfig, store: FailureStore | None = None) -> FastAPI:
     state = ReviewApp(cfg, store)
     app = FastAPI(title="Inspection review station", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(BodyLimit)
     app.state.review = state
     templates = Jinja2Templates(directory=HERE / "templates")
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
@@ -138,7 +170,8 @@ def create_app(cfg: ReviewConfig, store: FailureStore | None = None) -> FastAPI:
         form = await _form(request)
         nxt = _local(form.get("next", "/"))
         try:
-            token, _ = state.accounts.login(str(form.get("user", "")), str(form.get("password", "")))
+            token, _ = await run_in_threadpool(state.accounts.login, str(form.get("user", "")),
+                                               str(form.get("password", "")))
         except AuthError as exc:
             return page(request, "login.html", None, next=nxt, error=str(exc))
         resp = RedirectResponse(nxt, 303)
@@ -238,10 +271,10 @@ def create_app(cfg: ReviewConfig, store: FailureStore | None = None) -> FastAPI:
         if not isinstance(comment, str):
             raise HTTPException(400, "comment must be text")
         defect_type = defect_type if verdict == "defect" else None
-        corrected = _decode_map(body.get("corrected"), _hw(_frame(state.store, r)))
+        corrected = await run_in_threadpool(lambda: _decode_map(body.get("corrected"), _hw(_frame(state.store, r))))
         try:
-            rid = state.store.add_review(r.id, u.name, verdict, defect_type, comment[:2000],
-                                         corrected=corrected)
+            rid = await run_in_threadpool(state.store.add_review, r.id, u.name, verdict, defect_type, comment[:2000],
+                                          corrected=corrected)
         except ReviewError as exc:
             raise HTTPException(400, str(exc)) from None
         return {"review_id": rid, "history": [_review_json(v) for v in state.store.reviews(r.id)]}
@@ -252,6 +285,10 @@ def create_app(cfg: ReviewConfig, store: FailureStore | None = None) -> FastAPI:
             raise HTTPException(409, "re-scoring is off: start the review station with --package")
         body = await _json(request)
         r = record(part_id)
+        return await run_in_threadpool(_rescore, r, body, u)
+
+    def _rescore(r: FailureRecord, body: dict, u: User) -> dict:  # decoding and ONNX: off the event loop
+        part_id = r.id
         frame = _frame(state.store, r)
         if frame is None:
             raise HTTPException(409, f"part {part_id}: its image file is missing or unreadable, so it cannot be "
@@ -435,7 +472,13 @@ def _decode_map(data, hw: tuple[int, int] | None) -> np.ndarray | None:
         raw = base64.b64decode(data.split(",", 1)[1] if data.startswith("data:") else data, validate=True)
     except (binascii.Error, IndexError):
         raise HTTPException(400, "corrected map is not valid base64") from None
-    img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED) if raw else None
+    if raw[:8] != b"\x89PNG\r\n\x1a\n" or raw[12:16] != b"IHDR":
+        raise HTTPException(400, "corrected map must be a PNG")
+    w, h = int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
+    if w * h > (hw[0] * hw[1] if hw else MAX_MAP_PIXELS) or w * h > MAX_MAP_PIXELS:
+        raise HTTPException(400, f"corrected map is {w}x{h} px, larger than its part's image"
+                                 + (f" ({hw[1]}x{hw[0]})" if hw else ""))
+    img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise HTTPException(400, "corrected map is not a readable PNG")
     if img.ndim == 3:
