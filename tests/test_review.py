@@ -98,17 +98,59 @@ def test_every_page_and_api_refuses_an_unauthenticated_request(client, log):
     assert _store(log).reviews(part.id) == []
 
 
-def test_wrong_password_is_refused_and_five_in_a_row_lock_the_account(client):
+def test_wrong_passwords_hold_off_the_address_not_the_account(client):
     for _ in range(5):
         r = client.post("/login", data={"user": LEAD[0], "password": "wrong-password"}, follow_redirects=False)
-        assert r.status_code == 200 and "wrong user name or password" in r.text and "review_session" not in r.cookies
+        assert r.status_code == 401 and "wrong user name or password" in r.text and "review_session" not in r.cookies
     r = client.post("/login", data={"user": LEAD[0], "password": LEAD[1]}, follow_redirects=False)
-    assert r.status_code == 200 and "locked" in r.text
-    r = client.post("/login", data={"user": "nobody", "password": "whatever1"}, follow_redirects=False)
-    assert "wrong user name or password" in r.text  # the same answer as a wrong password
+    assert r.status_code == 401 and "too many failed logins from this address" in r.text
+    owner = TestClient(client.app, client=("10.0.0.7", 50001))  # the account's owner at another station
+    r = owner.post("/login", data={"user": LEAD[0], "password": LEAD[1]}, follow_redirects=False)
+    assert r.status_code == 303  # not locked out (after a one-second back-off)
     db = sqlite3.connect(client.app.state.review.cfg.log / "review.db")
     (stored,) = db.execute("SELECT pw_hash FROM users WHERE name = ?", (LEAD[0],)).fetchone()
     assert stored.startswith("scrypt$") and LEAD[1] not in stored
+
+
+def test_a_stranger_cannot_keep_a_user_out_nor_tell_real_names(client, monkeypatch):
+    from deploy.review import auth
+
+    clock = [auth.time.time()]
+    monkeypatch.setattr(auth, "_now", lambda: clock[0])
+    monkeypatch.setattr(auth, "ACCOUNT_DELAY_S", 0.0)
+    stranger = TestClient(client.app, client=("10.0.0.66", 40000))
+    for _ in range(5):
+        stranger.post("/login", data={"user": LEAD[0], "password": "wrong-password"})
+    for minute in range(6, 60, 6):  # then one wrong attempt now and then, for an hour
+        clock[0] += 360
+        stranger.post("/login", data={"user": LEAD[0], "password": "wrong-password"})
+        owner = TestClient(client.app, client=(f"10.0.1.{minute}", 50000))
+        assert owner.post("/login", data={"user": LEAD[0], "password": LEAD[1]},
+                          follow_redirects=False).status_code == 303, minute
+    monkeypatch.undo()
+    # an unknown name: the same status, page and time as a known name with a wrong password
+    answers, times = {}, {"known": [], "unknown": []}
+    for k in range(7):
+        for kind, name in (("known", LEAD[0]), ("unknown", f"nobody{k}")):
+            c = TestClient(client.app, client=(f"10.0.2.{2 * k + (kind == 'known')}", 50000))
+            t = time.perf_counter()
+            r = c.post("/login", data={"user": name, "password": "wrong-password"}, follow_redirects=False)
+            times[kind].append(time.perf_counter() - t)
+            answers[kind] = (r.status_code, r.text.replace(name, "NAME"))
+    assert answers["known"] == answers["unknown"] and answers["known"][0] == 401
+    ratio = np.median(times["unknown"]) / np.median(times["known"])
+    assert 0.6 < ratio < 1.6, times  # one scrypt each (an unknown name cost two before)
+
+
+def test_user_names_are_normalized_so_look_alikes_cannot_be_created(client):
+    accounts = client.app.state.review.accounts
+    accounts.add_user("Ana.QA", "a long passphrase", role="operator")
+    for twin in ("ana.qa", "ＡＮＡ.ＱＡ", " Ana.QA "):  # case, full-width letters, spaces
+        with pytest.raises(Exception, match="exists already"):
+            accounts.add_user(twin, "another passphrase")
+    r = TestClient(client.app, client=("10.0.3.1", 1)).post("/login", data={"user": "ＡＮＡ.qa", "password":
+                                                                          "a long passphrase"}, follow_redirects=False)
+    assert r.status_code == 303
 
 
 def test_missing_or_wrong_csrf_token_is_refused(client, log):

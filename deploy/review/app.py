@@ -170,10 +170,13 @@ def create_app(cfg: ReviewConfig, store: FailureStore | None = None) -> FastAPI:
         form = await _form(request)
         nxt = _local(form.get("next", "/"))
         try:
-            token, _ = await run_in_threadpool(state.accounts.login, str(form.get("user", "")),
-                                               str(form.get("password", "")))
+            token, _ = await run_in_threadpool(state.accounts.login, str(form.get("user", ""))[:200],
+                                               str(form.get("password", ""))[:1000],
+                                               request.client.host if request.client else "unknown")
         except AuthError as exc:
-            return page(request, "login.html", None, next=nxt, error=str(exc))
+            refused = page(request, "login.html", None, next=nxt, error=str(exc))
+            refused.status_code = 401
+            return refused
         resp = RedirectResponse(nxt, 303)
         resp.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=cfg.secure_cookies,
                         max_age=12 * 3600)

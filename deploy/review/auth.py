@@ -6,7 +6,12 @@
 
 Passwords are stored as scrypt hashes (salted, stdlib); a session is a random token whose SHA-256 alone is
 stored, with its own CSRF token and an expiry. Roles: `operator` reviews; `lead` also manages users and
-settings and exports datasets. Five failed logins in a row lock an account for five minutes.
+settings and exports datasets. User names are compared NFKC-normalized and case-folded (no look-alike twins).
+
+Failed logins: five from one client address within five minutes hold that address off for the rest of the
+window (an attacker locks out itself, never the account's owner); five on one account within five minutes
+slow every further attempt on it by a second (a back-off, not a lock, so nobody can keep a user out). Unknown
+names get the same answer and cost the same time as a wrong password.
 """
 from __future__ import annotations
 
@@ -17,12 +22,15 @@ import secrets
 import sqlite3
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 ROLES = ("operator", "lead")
 SESSION_S = 12 * 3600          # a shift
-LOCK_AFTER, LOCK_S = 5, 300    # failed logins in a row → locked for LOCK_S
+WINDOW_S = 300                 # failed logins count for this long
+ADDRESS_LIMIT = 5              # failures from one address in the window → that address is held off
+ACCOUNT_SLOW_AFTER, ACCOUNT_DELAY_S = 5, 1.0  # failures on one account in the window → each attempt waits
 MIN_PASSWORD = 8
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -68,6 +76,18 @@ def check_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(got.hex(), digest)
 
 
+_DUMMY_HASH = hash_password(secrets.token_hex(16))  # checked for unknown names: one scrypt, as for a real user
+
+
+def _now() -> float:
+    return time.time()
+
+
+def normalize_name(name: str) -> str:
+    """The form a user name is stored and compared in: NFKC, case-folded, trimmed."""
+    return unicodedata.normalize("NFKC", str(name)).casefold().strip()
+
+
 def _sha(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -78,10 +98,11 @@ class Accounts:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
         self._lock = threading.Lock()
+        self._failures: dict[str, list[float]] = {}  # "addr:<ip>" / "user:<name>" → times of recent failures
 
     # -- users ---------------------------------------------------------------------------------------------------
     def add_user(self, name: str, password: str, role: str = "operator", by: str | None = None) -> None:
-        name = name.strip()
+        name = normalize_name(name)
         if not name or len(name) > 64 or not all(c.isalnum() or c in "._-@" for c in name):
             raise AuthError(f"user name {name!r}: 1-64 letters, digits or . _ - @")
         if role not in ROLES:
@@ -96,6 +117,7 @@ class Accounts:
             self._audit(by, "add user", {"user": name, "role": role})
 
     def set_password(self, name: str, password: str, by: str | None = None) -> None:
+        name = self._stored_name(name)
         if len(password) < MIN_PASSWORD:
             raise AuthError(f"password for {name}: at least {MIN_PASSWORD} characters")
         with self._lock, self.db:
@@ -106,6 +128,7 @@ class Accounts:
             self._audit(by, "set password", {"user": name})
 
     def set_active(self, name: str, active: bool, by: str | None = None) -> None:
+        name = self._stored_name(name)
         with self._lock, self.db:
             if not self.db.execute("UPDATE users SET active = ? WHERE name = ?", (int(active), name)).rowcount:
                 raise AuthError(f"no user {name}")
@@ -118,31 +141,52 @@ class Accounts:
         return [dict(zip(("name", "role", "created", "active", "locked_until"), r)) for r in rows]
 
     # -- sessions ------------------------------------------------------------------------------------------------
-    def login(self, name: str, password: str) -> tuple[str, str]:
-        """(session token, CSRF token); AuthError with one message for any wrong name or password."""
-        row = self.db.execute("SELECT pw_hash, failed, locked_until, active FROM users WHERE name = ?",
-                              (name,)).fetchone()
-        now = time.time()
-        if row is None:
-            check_password(password, hash_password("x" * MIN_PASSWORD))  # same time as a known user
-            raise AuthError("wrong user name or password")
-        pw_hash, failed, locked_until, active = row
-        if locked_until > now:
-            raise AuthError(f"account locked after {LOCK_AFTER} failed logins; try again in "
-                            f"{int(locked_until - now) // 60 + 1} min or ask a QA lead")
-        if not active or not check_password(password, pw_hash):
+    def _stored_name(self, name: str) -> str:
+        """The account's name as stored: the normalized form, or an older account's exact name."""
+        key = normalize_name(name)
+        row = self.db.execute("SELECT name FROM users WHERE name IN (?, ?) ORDER BY name = ? DESC", (key, name, key))
+        return (row.fetchone() or (key,))[0]
+
+    def _recent(self, key: str, now: float) -> list[float]:
+        times = [t for t in self._failures.get(key, ()) if now - t < WINDOW_S]
+        if times:
+            self._failures[key] = times
+        else:
+            self._failures.pop(key, None)
+        return times
+
+    def login(self, name: str, password: str, address: str = "local") -> tuple[str, str]:
+        """(session token, CSRF token); AuthError with one message for any wrong name or password. Blocking
+        (scrypt, the back-off): call it off an event loop."""
+        name, now = self._stored_name(name), _now()
+        with self._lock:
+            held = self._recent(f"addr:{address}", now)
+            slow = len(self._recent(f"user:{name}", now)) >= ACCOUNT_SLOW_AFTER
+        if len(held) >= ADDRESS_LIMIT:
+            raise AuthError(f"too many failed logins from this address; try again in "
+                            f"{int(held[0] + WINDOW_S - now) // 60 + 1} min")
+        if slow:
+            time.sleep(ACCOUNT_DELAY_S)
+        row = self.db.execute("SELECT pw_hash, active FROM users WHERE name = ?", (name,)).fetchone()
+        ok = check_password(password, row[0] if row else _DUMMY_HASH) and row is not None and bool(row[1])
+        if not ok:
             with self._lock, self.db:
-                failed += 1
-                self.db.execute("UPDATE users SET failed = ?, locked_until = ? WHERE name = ?",
-                                (failed, now + LOCK_S if failed >= LOCK_AFTER else 0, name))
-                self._audit(name, "login refused", {"failed": failed})
+                for key in (f"addr:{address}", f"user:{name}"):
+                    self._failures.setdefault(key, []).append(now)
+                if len(self._failures) > 10_000:  # a flood of names or addresses: keep the newest
+                    for key in sorted(self._failures, key=lambda k: self._failures[k][-1])[:5_000]:
+                        del self._failures[key]
+                if row is not None:
+                    self.db.execute("UPDATE users SET failed = failed + 1 WHERE name = ?", (name,))
+                    self._audit(name, "login refused", {"address": address})
             raise AuthError("wrong user name or password")
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         with self._lock, self.db:
+            self._failures.pop(f"user:{name}", None)
             self.db.execute("UPDATE users SET failed = 0, locked_until = 0 WHERE name = ?", (name,))
             self.db.execute("DELETE FROM sessions WHERE expires < ?", (now,))
             self.db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?)", (_sha(token), name, csrf, now, now + SESSION_S))
-            self._audit(name, "login", {})
+            self._audit(name, "login", {"address": address})
         return token, csrf
 
     def session(self, token: str | None) -> User | None:
