@@ -21,6 +21,10 @@ FORMAT = "inspection-model-package"
 FORMAT_VERSION = 1
 METADATA = "metadata.json"
 VARIANTS = ("fp32", "int8")
+MAX_METADATA = 16 * 2**20
+# Beside the listed files a package folder may hold only these: its metadata, the training checkpoint that the
+# registry keeps with a version (read by retrain only), and the TensorRT engines the runtime builds for its GPU.
+UNHASHED = (METADATA, "checkpoint.pt", "engines")
 
 # Required fields: dotted path → expected type(s). Anything the runtime reads is listed here.
 _NUM = (int, float)
@@ -126,20 +130,30 @@ def load_package(path: str | Path, verify_files: bool = True) -> dict:
         raise PackageError(f"{root}: model package folder not found")
     meta_path = root / METADATA
     try:
+        if meta_path.is_symlink() or meta_path.stat().st_size > MAX_METADATA:
+            raise PackageError(f"{meta_path}: must be a plain file of at most {MAX_METADATA // 2**20} MB")
         meta = json.loads(meta_path.read_text())
     except FileNotFoundError:
         raise PackageError(f"{meta_path}: missing; not a model package (export one with `inspection export`)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PackageError(f"{meta_path}: unreadable or not JSON ({exc})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise PackageError(f"{meta_path}: unreadable or not JSON ({str(exc)[:200]})") from None
     validate_metadata(meta, str(meta_path))
     for name, entry in meta["files"].items():
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
             raise PackageError(f"{meta_path}: field 'files.{name}' must be an object with a sha256")
+        if not isinstance(name, str) or name != Path(name).name or name in ("", ".", "..", METADATA):
+            raise PackageError(f"{meta_path}: field 'files' names {name!r}; a package lists only plain file names "
+                               "of its own folder")
         file = root / name
-        if not file.is_file():
-            raise PackageError(f"{file}: listed in {METADATA} but missing (partial or damaged package)")
+        if file.is_symlink() or not file.is_file():
+            raise PackageError(f"{file}: listed in {METADATA} but missing or not a plain file (partial or damaged "
+                               "package)")
         if verify_files and file_sha256(file) != entry["sha256"]:
             raise PackageError(f"{file}: SHA-256 differs from {METADATA} (corrupt or modified file)")
+    unlisted = sorted(p.name for p in root.iterdir() if p.name not in meta["files"] and p.name not in UNHASHED)
+    if unlisted:
+        raise PackageError(f"{root}: {', '.join(unlisted[:5])} not listed in {METADATA}; every file of a package is "
+                           "listed with its hash (an ONNX graph's external weights too)")
     if "rescore.onnx" not in meta["files"]:
         raise PackageError(f"{meta_path}: field 'files' must list rescore.onnx")
     return meta
@@ -148,6 +162,6 @@ def load_package(path: str | Path, verify_files: bool = True) -> dict:
 def write_metadata(root: Path, meta: dict) -> None:
     """Hash the package's files into meta['files'], validate, and write metadata.json."""
     meta["files"] = {p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size}
-                     for p in sorted(root.iterdir()) if p.suffix == ".onnx"}
+                     for p in sorted(root.iterdir()) if p.is_file() and p.name not in UNHASHED}
     validate_metadata(meta, str(root / METADATA))
     (root / METADATA).write_text(json.dumps(meta, indent=1))

@@ -95,11 +95,15 @@ class Registry:
                 raise RegistryError(f"{self.root}: version {version} is already registered")
             tmp = self.versions / f".{version}.partial-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(package, tmp, ignore=shutil.ignore_patterns("engines"))
-            load_package(tmp)  # the copy is complete and intact
-            if checkpoint is not None:
-                shutil.copyfile(checkpoint, tmp / "checkpoint.pt")
-            os.replace(tmp, self.path(version))
+            try:
+                shutil.copytree(package, tmp, ignore=shutil.ignore_patterns("engines"))
+                load_package(tmp)  # the copy is complete and intact
+                if checkpoint is not None:
+                    shutil.copyfile(checkpoint, tmp / "checkpoint.pt")
+                os.replace(tmp, self.path(version))
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)  # a refused or interrupted copy leaves nothing behind
+                raise
             index["versions"][version] = {
                 "added": datetime.now(timezone.utc).isoformat(timespec="seconds"), "parent": parent, "note": note,
                 "manifest_hash": meta["training"]["manifest_hash"],

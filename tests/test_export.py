@@ -2,6 +2,7 @@
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -148,6 +149,25 @@ def _edit_meta(pkg, fn):
     (pkg / "metadata.json").write_text(json.dumps(meta))
 
 
+def _sha(path) -> str:
+    from deploy.package import file_sha256
+
+    return file_sha256(Path(path))
+
+
+def _point_outside(pkg, name):
+    """The fp32 variant names a graph outside the package, listed with its correct hash."""
+    shutil.copy(pkg / "model.onnx", pkg.parent / "outside.onnx")
+    _edit_meta(pkg, lambda m: (m["files"].update({name: {"sha256": _sha(pkg.parent / "outside.onnx")}}),
+                               m["variants"]["fp32"].update(file=name)))
+
+
+def _relink(path):
+    target = path.parent.parent / path.name
+    shutil.move(path, target)
+    path.symlink_to(target)
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda p: (p / "model.onnx").write_bytes((p / "model.onnx").read_bytes()[:1000]), "SHA-256 differs"),
     (lambda p: (p / "rescore.onnx").unlink(), "missing"),
@@ -159,6 +179,14 @@ def _edit_meta(pkg, fn):
     (lambda p: _edit_meta(p, lambda m: m["variants"]["fp32"].pop("threshold")), "variants.fp32.threshold"),
     (lambda p: _edit_meta(p, lambda m: m["input"].update(size=[64])), "input.size"),
     (lambda p: _edit_meta(p, lambda m: m.update(classes=["scratch", "good"])), "start with 'good'"),
+    # hostile packages: files outside the folder (with their right hash), links, unhashed files, deep JSON
+    (lambda p: _point_outside(p, "../outside.onnx"), "plain file names"),
+    (lambda p: _point_outside(p, str(p.parent / "outside.onnx")), "plain file names"),
+    (lambda p: _edit_meta(p, lambda m: m["files"].update({"/etc/passwd": {"sha256": _sha("/etc/passwd")}})),
+     "plain file names"),
+    (lambda p: _relink(p / "rescore.onnx"), "not a plain file"),
+    (lambda p: (p / "weights.bin").write_bytes(b"\0" * 64), "weights.bin not listed"),
+    (lambda p: (p / "metadata.json").write_text("[" * 100_000 + "]" * 100_000), "not JSON"),
 ])
 def test_damaged_packages_are_refused_by_name(package_copy, damage, message):
     damage(package_copy)

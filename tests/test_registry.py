@@ -59,6 +59,32 @@ def test_damaged_or_unknown_versions_leave_production_untouched(exported, tmp_pa
     with pytest.raises(Exception, match="missing"):
         reg.add(broken)
     assert not list((tmp_path / "models" / "versions").glob(".*partial*"))
+    outside = _version(exported, tmp_path, "v3")  # a graph outside the package, listed with its right hash
+    shutil.copy(outside / "model.onnx", tmp_path / "elsewhere.onnx")
+    meta = json.loads((outside / "metadata.json").read_text())
+    meta["files"]["../elsewhere.onnx"] = meta["files"]["model.onnx"]
+    meta["variants"]["fp32"]["file"] = "../elsewhere.onnx"
+    (outside / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(Exception, match="plain file names"):
+        reg.add(outside)
+    assert not (tmp_path / "models" / "versions" / "v3").exists()
+    assert not list((tmp_path / "models" / "versions").glob(".*partial*"))
+    (reg.path("v2") / "metadata.json").write_text("[" * 100_000 + "]" * 100_000)  # deep JSON: damaged, no crash
+    assert [r["state"].split(":")[0] for r in reg.list()] == ["ok", "damaged"]
+
+
+def test_a_copy_refused_after_copying_leaves_nothing_behind(exported, tmp_path, monkeypatch):
+    from deploy import registry
+
+    reg = Registry(tmp_path / "models")
+    checks = iter([None])  # the source passes; the copy, checked again, does not
+    real = registry.load_package
+    monkeypatch.setattr(registry, "load_package",
+                        lambda p: real(p) if next(checks, "copy") is None else (_ for _ in ()).throw(
+                            registry.PackageError("copy damaged")))
+    with pytest.raises(registry.PackageError, match="copy damaged"):
+        reg.add(_version(exported, tmp_path, "v1"))
+    assert not [p for p in (tmp_path / "models" / "versions").iterdir()]
 
 
 def test_a_second_writer_waits_for_the_lock_and_then_gives_up_cleanly(exported, tmp_path):
