@@ -32,6 +32,7 @@ from training.evaluate import Predictions, evaluate_predictions
 OPSET = 18
 PARITY_TOLERANCE = 1e-4
 OUTPUTS = ("probs", "defect_score", "attention")
+RESCORE_OUTPUTS = ("probs", "defect_score")
 
 
 class ExportError(RuntimeError):
@@ -39,7 +40,7 @@ class ExportError(RuntimeError):
 
 
 class InferenceGraph(nn.Module):
-    """What the line runs: probabilities, defect score (1 - p(good)) and the attention map."""
+    """What the line runs: probabilities, defect score (ABN.defect_score) and the attention map."""
 
     def __init__(self, model: ABN):
         super().__init__()
@@ -47,8 +48,7 @@ class InferenceGraph(nn.Module):
 
     def forward(self, image: torch.Tensor):
         out = self.model(image)
-        probs = out.logits.softmax(1)
-        return probs, 1 - probs[:, 0], out.attention
+        return out.logits.softmax(1), self.model.defect_score(out.logits, out.attention), out.attention
 
 
 class RescoreGraph(nn.Module):
@@ -59,7 +59,9 @@ class RescoreGraph(nn.Module):
         self.model = model
 
     def forward(self, image: torch.Tensor, attention: torch.Tensor):
-        return self.model.perceive(self.model.features(image), attention.clamp(0, 1)).softmax(1)
+        attention = attention.clamp(0, 1)
+        logits = self.model.perceive(self.model.features(image), attention)
+        return logits.softmax(1), self.model.defect_score(logits, attention)
 
 
 def _export_onnx(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str]) -> None:
@@ -104,9 +106,11 @@ def check_parity(model: ABN, root: Path, x: np.ndarray, tolerance: float = PARIT
         altered = 1 - ref[2]  # a map unlike the model's own, as an operator's correction would be
         ref_rescore = RescoreGraph(model)(torch.from_numpy(x), altered)
     got = open_session(root / "model.onnx").run(list(OUTPUTS), {"image": x})
-    got_rescore = open_session(root / "rescore.onnx").run(["probs"], {"image": x, "attention": altered.numpy()})[0]
+    got_rescore = open_session(root / "rescore.onnx").run(list(RESCORE_OUTPUTS), {"image": x,
+                                                                                  "attention": altered.numpy()})
     diffs = {name: float(np.abs(g - r.numpy()).max()) for name, g, r in zip(OUTPUTS, got, ref)}
-    diffs["rescore_probs"] = float(np.abs(got_rescore - ref_rescore.numpy()).max())
+    diffs.update({f"rescore_{name}": float(np.abs(g - r.numpy()).max())
+                  for name, g, r in zip(RESCORE_OUTPUTS, got_rescore, ref_rescore)})
     bad = {k: v for k, v in diffs.items() if not v <= tolerance}
     if bad:
         raise ExportError(f"ONNX output differs from PyTorch beyond {tolerance:g} on {len(x)} images: "
@@ -201,7 +205,7 @@ def export_package(checkpoint: str | Path, out_dir: str | Path, manifest: Manife
         say("exporting model.onnx and rescore.onnx")
         _export_onnx(InferenceGraph(model), (example,), tmp / "model.onnx", ["image"], list(OUTPUTS))
         _export_onnx(RescoreGraph(model), (example, torch.zeros(2, *att_hw)), tmp / "rescore.onnx",
-                     ["image", "attention"], ["probs"])
+                     ["image", "attention"], list(RESCORE_OUTPUTS))
         props = {"format": FORMAT, "classes": list(manifest.classes), "checkpoint_sha256": file_sha256(checkpoint)}
         for name in ("model.onnx", "rescore.onnx"):
             _add_props(tmp / name, props)
@@ -243,7 +247,9 @@ def export_package(checkpoint: str | Path, out_dir: str | Path, manifest: Manife
                       "resize": "crop roi, then cv2.resize to size: INTER_AREA when shrinking, else INTER_LINEAR",
                       "channels": _channels(np.concatenate([sample, calib]), cfg.data.mean, cfg.data.std),
                       "aspect_range": [round(min(aspects), 4), round(max(aspects), 4)]},
-            "outputs": {"probs": "(B, K) softmax over classes", "defect_score": "(B,) 1 - p(good)",
+            "outputs": {"probs": "(B, K) softmax over classes",
+                        "defect_score": f"(B,) (1 - {cfg.model.map_score:g}) * (1 - p(good)) + {cfg.model.map_score:g} "
+                                        f"* mean of the map's top {cfg.train.defect_topk:g} cells",
                         "attention": "(B, h, w) attention map in [0, 1]"},
             "attention": {"name": "attention", "size": att_hw},
             "decision": {"review_band": cfg.eval.review_band, "threshold_mode": cfg.eval.threshold_mode,

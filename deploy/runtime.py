@@ -324,7 +324,9 @@ class Runtime:
         if self._rescore is None:
             self._rescore = open_session(self.root / "rescore.onnx", *self._rescore_args)
         x = to_input([self.prepare(frame, color)], self.mean, self.std)
-        (probs,) = self._rescore.run(["probs"], {"image": x, "attention": att[None]})
-        p = probs[0].astype(float)
-        return {"probs": dict(zip(self.classes, p.tolist())), "defect_score": float(1 - p[0]),
-                "verdict": self.decide(float(1 - p[0]), self.meta["variants"]["fp32"]["threshold"])}
+        names = [o.name for o in self._rescore.get_outputs()]  # packages before the blended score: probs only
+        outs = self._rescore.run(names, {"image": x, "attention": att[None]})
+        p = outs[0][0].astype(float)
+        score = float(outs[1][0]) if len(outs) > 1 else float(1 - p[0])
+        return {"probs": dict(zip(self.classes, p.tolist())), "defect_score": score,
+                "verdict": self.decide(score, self.meta["variants"]["fp32"]["threshold"])}

@@ -77,6 +77,8 @@ class ModelConfig(_Section):
     attention_stride: Literal[4, 8, 16] = 8
     residual: float = Field(0.3, ge=0, le=1, description="synthesis G = F*A + residual*F (true = 1: ABN's form)")
     att_pool: Literal["avg", "max"] = Field("max", description="pooling of the attention branch's class evidence")
+    map_score: float = Field(0.5, ge=0, le=1, description="weight of the map's own defect probability (its top-k "
+                                                           "mean) in the defect score; 0 = perception branch alone")
     attention_head: Literal["stage", "conv", "evidence", "bn"] = Field(
         "stage", description="map head: 1x1 conv with bias on the branch's conv stage or on its class-channel "
                              "bottleneck, the defect log-odds of the class evidence, or conv + BN")

@@ -33,10 +33,15 @@ def defect_loss(attention: torch.Tensor, is_defect: torch.Tensor, topk: float = 
     use = torch.ones_like(is_defect) if on_good else is_defect
     if not bool(use.any()):
         return attention.sum() * 0.0
-    a = attention[use].flatten(1)
-    k = max(1, round(topk * a.shape[1]))
-    p = a.topk(k, dim=1).values.mean(1).clamp(1e-6, 1 - 1e-6)
+    p = map_probability(attention[use], topk).clamp(1e-6, 1 - 1e-6)
     return F.binary_cross_entropy(p, is_defect[use].float())
+
+
+def map_probability(attention: torch.Tensor, topk: float = 0.02) -> torch.Tensor:
+    """The map's own defect probability per image: the mean of its k highest cells (k = topk · h·w, at least 1),
+    the quantity L_defect trains."""
+    a = attention.flatten(1)
+    return a.topk(max(1, round(topk * a.shape[1])), dim=1).values.mean(1)
 
 
 def resize_target(target: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -80,7 +80,7 @@ class AttentionBranch(nn.Module):
 
 class ABN(nn.Module):
     def __init__(self, trunk: Trunk, num_classes: int, residual: float = 1.0, att_pool: str = "avg",
-                 head: str = "bn"):
+                 head: str = "bn", map_score: float = 0.0, topk: float = 0.02):
         super().__init__()
         self.features = trunk.features
         self.attention_branch = AttentionBranch(trunk.attention_stage(), trunk.next_channels, num_classes, att_pool,
@@ -88,12 +88,24 @@ class ABN(nn.Module):
         self.perception = trunk.perception
         self.fc = nn.Linear(trunk.out_channels, num_classes)
         self.residual = float(residual)
+        self.map_score, self.topk = float(map_score), float(topk)
 
     def perceive(self, features: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
         """Perception logits from F and an attention map (B, h, w) at F's resolution."""
         a = attention[:, None]
         g = features * a + self.residual * features if self.residual else features * a
         return self.fc(self.perception(g).mean(dim=(2, 3)))
+
+    def defect_score(self, logits: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        """The part's defect score: 1 − p(good) of the perception branch, blended (weight `map_score`) with the
+        map's own defect probability, the mean of its top-k cells. Pass/fail then agrees with the map the boxes
+        come from, and a corrected map moves the score through both terms."""
+        score = 1 - logits.softmax(1)[:, 0]
+        if not self.map_score:
+            return score
+        from inspection.losses import map_probability
+
+        return (1 - self.map_score) * score + self.map_score * map_probability(attention, self.topk)
 
     def forward(self, images: torch.Tensor) -> ABNOutput:
         features = self.features(images)
@@ -122,18 +134,20 @@ class Classifier(nn.Module):
         return self.fc(self.perception(self.features(images)).mean(dim=(2, 3)))
 
 
-def build_model(model_cfg, num_classes: int, kind: str = "abn") -> nn.Module:
-    """Build an ABN (kind='abn') or the plain classifier (kind='cnn') from a ModelConfig."""
+def build_model(model_cfg, num_classes: int, kind: str = "abn", topk: float = 0.02) -> nn.Module:
+    """Build an ABN (kind='abn') or the plain classifier (kind='cnn') from a ModelConfig; `topk`: the share of
+    map cells in the map's defect probability (train.defect_topk)."""
     if num_classes < 2:
         raise ValueError(f"need at least 2 classes (good and a defect), got {num_classes}")
     trunk = build_trunk(model_cfg.backbone, model_cfg.attention_stride, model_cfg.pretrained, model_cfg.weights)
     if kind == "cnn":
         return Classifier(trunk, num_classes)
-    return ABN(trunk, num_classes, model_cfg.residual, model_cfg.att_pool, model_cfg.attention_head)
+    return ABN(trunk, num_classes, model_cfg.residual, model_cfg.att_pool, model_cfg.attention_head,
+               model_cfg.map_score, topk)
 
 
 # What a checkpoint meant by a setting it does not name: the behaviour before that setting was added.
-LEGACY = {"model": {"attention_head": "bn"}, "train": {"w_defect": 0.0}}
+LEGACY = {"model": {"attention_head": "bn", "map_score": 0.0}, "train": {"w_defect": 0.0}}
 
 
 class CheckpointError(ValueError):
@@ -159,7 +173,7 @@ def load_checkpoint(path, map_location="cpu"):
             stored[section] = {**values, **stored[section]}
     cfg = config_from_dict(stored, str(path))
     cfg.model.pretrained = False  # the weights come from the checkpoint
-    model = build_model(cfg.model, len(ckpt["classes"]), ckpt["kind"])
+    model = build_model(cfg.model, len(ckpt["classes"]), ckpt["kind"], cfg.train.defect_topk)
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:

@@ -137,11 +137,24 @@ def test_checkpoints_written_before_a_setting_existed_keep_their_behaviour(tmp_p
     cfg = Config(model=ModelConfig(backbone="tiny", pretrained=False, attention_head="bn"))
     model = build_model(cfg.model, 3)
     stored = cfg.model_dump(mode="json")
-    del stored["model"]["attention_head"], stored["train"]["w_defect"]  # as an older version wrote them
+    del stored["model"]["attention_head"], stored["model"]["map_score"], stored["train"]["w_defect"]  # older
     torch.save({"kind": "abn", "config": stored, "classes": ["good", "a", "b"], "state_dict": model.state_dict()},
                tmp_path / "old.pt")
     loaded, loaded_cfg, _ = load_checkpoint(tmp_path / "old.pt")
     assert loaded_cfg.model.attention_head == "bn" and loaded_cfg.train.w_defect == 0.0
+    assert loaded_cfg.model.map_score == 0.0 and loaded.map_score == 0.0  # its score stays 1 - p(good)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(loaded(x).attention, model.eval()(x).attention)
+
+
+def test_defect_score_blends_the_perception_branch_with_the_maps_top_k():
+    model = _tiny(map_score=0.25)
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    att = torch.zeros(2, 10, 10)
+    att[1, 2, 3], att[1, 5, 5] = 0.9, 0.7  # top 2 % of 100 cells = the 2 highest: mean 0.8
+    p = 1 - logits.softmax(1)[:, 0]
+    assert torch.allclose(model.defect_score(logits, att), 0.75 * p + 0.25 * torch.tensor([0.0, 0.8]))
+    assert torch.allclose(_tiny(map_score=0.0).defect_score(logits, att), p)  # perception alone
+    with pytest.raises(ValueError):
+        ModelConfig(map_score=1.5)

@@ -79,7 +79,7 @@ def predict(model, dataset: InspectionDataset, kind: str, batch_size: int = 32, 
             logits, amap = out.logits, out.attention
         p = logits.softmax(1)
         probs.append(p.numpy())
-        scores.append((1 - p[:, 0]).numpy())
+        scores.append((1 - p[:, 0] if kind == "cnn" else model.defect_score(logits, amap)).numpy())
         maps.append(amap.numpy())
     return Predictions(np.concatenate(scores), np.concatenate(probs), np.concatenate(maps).astype(np.float32))
 

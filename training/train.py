@@ -43,10 +43,12 @@ def seed_everything(seed: int) -> None:
 
 def plain_abn(cfg: Config) -> Config:
     """The plain-ABN baseline of a config: the same model and schedule without the map losses
-    (W_normal = W_defect = 0), i.e. the attention branch learns from classification alone."""
+    (W_normal = W_defect = 0), i.e. the attention branch learns from classification alone; its score is the
+    perception branch's alone."""
     plain = cfg.model_copy(deep=True)
     plain.train.w_normal = 0.0
     plain.train.w_defect = 0.0
+    plain.model.map_score = 0.0  # a map no loss shapes is no defect probability
     return plain
 
 
@@ -119,8 +121,8 @@ def validate(model, loader, kind: str, cfg: Config, device) -> dict:
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + v * bs
         n += bs
-        logits = out if kind == "cnn" else out.logits
-        scores += (1 - logits.softmax(1)[:, 0]).tolist()
+        score = 1 - out.softmax(1)[:, 0] if kind == "cnn" else model.defect_score(out.logits, out.attention)
+        scores += score.tolist()
         is_defect += (batch["label"] != 0).tolist()
         if kind != "cnn":
             good = batch["label"] == 0
@@ -210,7 +212,7 @@ def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn
     train_loader = DataLoader(train_set, batch_sampler=sampler)
     val_loader = DataLoader(val_set, batch_size=cfg.train.batch_size)
 
-    model = build_model(cfg.model, len(manifest.classes), kind).to(device)
+    model = build_model(cfg.model, len(manifest.classes), kind, cfg.train.defect_topk).to(device)
     if init_state is not None:
         model.load_state_dict(init_state)
     if cfg.train.freeze_features:
