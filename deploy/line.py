@@ -546,6 +546,7 @@ class LineRunner:
                 self.mqtt.close()
             if self.http is not None:
                 self.http.shutdown()
+                self.http.server_close()  # the port is free again once the runner returns
             self.source.close()
         return self.summary()
 
@@ -588,10 +589,37 @@ def _label(value) -> str:
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+class _BoundedHTTPServer(ThreadingHTTPServer):
+    """At most `limit` connections handled at once (others are closed at once, never queued into threads), and
+    each socket times out after `timeout` s idle: half-sent requests cannot pile up threads."""
+
+    daemon_threads = True
+    limit = 16
+    request_queue_size = 128  # the kernel's accept backlog: a burst of clients is not dropped while we accept
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self._slots = threading.BoundedSemaphore(self.limit)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 def _serve_http(runner: LineRunner) -> ThreadingHTTPServer:
     labels = f'station="{_label(runner.cfg.station)}"'
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = 5  # seconds a client may take to send its request
+
         def do_GET(self):  # noqa: N802 - http.server's name
             if self.path == "/health":
                 body = runner.health()
@@ -617,6 +645,6 @@ def _serve_http(runner: LineRunner) -> ThreadingHTTPServer:
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer((runner.cfg.http.host, runner.cfg.http.port), Handler)
+    server = _BoundedHTTPServer((runner.cfg.http.host, runner.cfg.http.port), Handler)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server

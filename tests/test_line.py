@@ -318,7 +318,7 @@ def test_a_broken_new_package_is_refused_and_the_old_model_keeps_running(exporte
 def test_http_health_and_prometheus_metrics(exported, tmp_path):
     port = _free_port()
     cfg = _station(tmp_path, exported["package"], exported["manifest"].root, **{
-        "source.kind": "simulated", "source.limit": 40, "source.fps": 20, "http.port": port,
+        "source.kind": "simulated", "source.loop": True, "source.fps": 20, "http.port": port,
         "station": 'line-h"} injected_metric 1'})  # a hostile station name is a label value, nothing more
     runner = LineRunner(cfg)
     runner.self_check()
@@ -340,7 +340,30 @@ def test_http_health_and_prometheus_metrics(exported, tmp_path):
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(base + "/nope")
     assert err.value.code == 404
+    # 300 clients that send half a request and wait: threads stay bounded and /health still answers at once
+    threads_before = threading.active_count()
+    hanging = []
+    for _ in range(300):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        hanging.append(sock)
+    time.sleep(0.5)
+    assert threading.active_count() - threads_before <= 20, threading.active_count() - threads_before
+    for sock in hanging:
+        sock.close()
+    t = time.perf_counter()
+    deadline = t + 3
+    while True:  # the slots free as the half-open sockets close
+        try:
+            assert urllib.request.urlopen(base + "/health", timeout=1).status in (200, 503)
+            break
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            assert time.perf_counter() < deadline, "health did not come back after the clients left"
+    assert time.perf_counter() - t < 1.5
+    runner.stop()
     thread.join(30)
+    with pytest.raises(OSError):  # the runner returned: its port is closed, not left listening
+        socket.create_connection(("127.0.0.1", port), timeout=1)
 
 
 def test_corrupt_and_wrong_frames_get_an_error_verdict_never_a_pass(exported, tmp_path):
