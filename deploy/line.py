@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import queue
 import sys
 import threading
@@ -111,6 +112,8 @@ class MQTTOutput:
 
         self.topic, self.qos, self.metrics = cfg.topic.format(station=station), cfg.qos, metrics
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id or f"inspection-{station}")
+        if cfg.username:  # the password stays out of config files
+            self.client.username_pw_set(cfg.username, os.environ.get("MQTT_PASSWORD", ""))
         self.client.max_queued_messages_set(10000)
         self.client.reconnect_delay_set(0.5, 10)
         self.triggers: queue.Queue = queue.Queue(1000)  # part IDs announced by the line controller, oldest first
@@ -123,6 +126,10 @@ class MQTTOutput:
         self.pending: collections.deque = collections.deque(maxlen=10000)
 
     def _connected(self, client, userdata, flags, reason, properties=None) -> None:
+        if getattr(reason, "is_failure", False):  # e.g. not authorized: paho retries, the metrics say why
+            self.metrics.set("mqtt_connected", 0)
+            self.metrics.inc("mqtt_connect_refused_total")
+            return
         self.metrics.set("mqtt_connected", 1)
         if self.trigger_topic:
             client.subscribe(self.trigger_topic, qos=1)

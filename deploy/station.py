@@ -55,6 +55,7 @@ class MQTTConfig:
     qos: int = 1
     client_id: str = ""
     keepalive: int = 30
+    username: str = ""               # broker account; its password comes from the MQTT_PASSWORD environment variable
 
 
 @dataclass

@@ -96,7 +96,13 @@ def test_the_compose_station_talks_to_the_compose_services():
     cfg = load_station(ROOT / station_file)
     assert cfg.mqtt.host in services and re.match(r"postgresql://[^@]+@postgres:5432/", cfg.log.db)
     assert "PGPASSWORD" in services["runner"]["environment"]
-    assert (cfg.http.host, cfg.http.port) == ("0.0.0.0", 9100) and "9100:9100" in services["runner"]["ports"]
+    assert (cfg.http.host, cfg.http.port) == ("0.0.0.0", 9100) and "127.0.0.1:9100:9100" in services["runner"]["ports"]
+    assert cfg.mqtt.username and "MQTT_PASSWORD" in services["runner"]["environment"]
+    broker_conf = next(src for src, dst in _volumes(services["mosquitto"]) if dst == "/mosquitto-auth.conf")
+    conf = (ROOT / broker_conf).read_text()
+    assert "allow_anonymous false" in conf and "password_file" in conf and "no-auth" not in str(services["mosquitto"])
+    for name, svc in services.items():  # published on the host's loopback only (TLS proxy for anything wider)
+        assert all(str(p).startswith("127.0.0.1:") for p in svc.get("ports", [])), name
     served = {dst for _, dst in _volumes(services["runner"])}
     for path in (cfg.log.folder, cfg.log.outbox, cfg.source.path, str(Path(cfg.package).parent)):
         assert any(path == d or path.startswith(d + "/") for d in served), f"{path} is on no volume of the runner"
@@ -115,6 +121,6 @@ def test_compose_commands_are_valid_cli_invocations():
             args = build_parser().parse_args(words)  # SystemExit on an unknown option
             if args.command == "review":
                 assert args.host == "0.0.0.0" and args.db.startswith("postgresql://")
-                assert f"{args.port}:{args.port}" in services["review"]["ports"]
+                assert f"127.0.0.1:{args.port}:{args.port}" in services["review"]["ports"]
             if args.command == "models":
                 assert args.promote and args.registry == "/models"

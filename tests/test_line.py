@@ -1,5 +1,6 @@
 """The line runner with real parts: a mosquitto broker, SQLite, kill -9, a vanishing camera, a full disk."""
 import errno
+import getpass
 import json
 import os
 import re
@@ -122,6 +123,48 @@ def test_replayed_set_logs_exactly_the_failed_parts_and_mqtt_gets_every_verdict(
         assert att.dtype == np.uint16 and list(att.shape) == load_package_size(exported["package"])
         assert store.path(r, "overlay").stat().st_size > 0
     assert _check_log(tmp_path / "log") == len(flagged)
+
+
+def test_a_broker_with_accounts_takes_verdicts_only_with_the_right_password(exported, tmp_path, monkeypatch):
+    """mosquitto without anonymous access (the compose setup): the runner logs in with mqtt.username and the
+    MQTT_PASSWORD environment variable; a wrong password publishes nothing and shows in the metrics."""
+    import paho.mqtt.client as mqtt
+
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(tmp_path / "passwd"), "station", "right-password"], check=True)
+    port = _free_port()
+    (tmp_path / "broker.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous false\n"  # as root it
+                                          f"password_file {tmp_path / 'passwd'}\nuser {getpass.getuser()}\n")  # keeps us
+    proc = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(tmp_path / "broker.conf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        got = []
+        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="qa")
+        sub.username_pw_set("station", "right-password")
+        sub.on_connect = lambda c, *a: c.subscribe("inspection/+/verdict", qos=1)
+        sub.on_message = lambda c, u, msg: got.append(json.loads(msg.payload))
+        sub.connect("127.0.0.1", port)
+        sub.loop_start()
+        time.sleep(0.3)
+        for password, expect in (("wrong-password", 0), ("right-password", 5)):
+            monkeypatch.setenv("MQTT_PASSWORD", password)
+            cfg = _station(tmp_path / password, exported["package"], exported["manifest"].root, **{
+                "mqtt.host": "127.0.0.1", "mqtt.port": port, "mqtt.username": "station", "station": password,
+                "source.kind": "simulated", "source.limit": 5, "source.fps": 5, "queue.policy": "block"})
+            runner = LineRunner(cfg)
+            runner.run()
+            time.sleep(0.5)
+            assert sum(m["station"] == password for m in got) == expect, password
+            assert (runner.metrics.get("mqtt_connect_refused_total") > 0) == (not expect)
+        sub.loop_stop()
+    finally:
+        proc.terminate()
+        proc.wait(5)
 
 
 def load_package_size(package):
