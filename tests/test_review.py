@@ -13,6 +13,7 @@ import threading
 import time
 import zipfile
 from pathlib import Path
+from urllib.parse import quote
 
 import cv2
 import numpy as np
@@ -528,6 +529,44 @@ def server(log, line_log):
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def test_script_in_every_stored_text_field_never_runs_in_a_browser(server, log):
+    """A station that writes the database puts script in every text it controls; headless Chromium opens every
+    page as a QA lead: no dialog opens, and every page carries the Content-Security-Policy."""
+    from playwright.sync_api import sync_playwright
+
+    xss = '"><img src=x onerror=alert(1)><script>alert(2)</script>'
+    store = _store(log)
+    part = store.records(limit=1)[0]
+    with store.db:
+        store.db.execute("UPDATE failures SET part_id = ?, station = ?, model_version = ?, defect_type = ?, "
+                         "verdict = ?, boxes = ? WHERE id = ?",
+                         (xss, xss, xss, xss, "fail", json.dumps([{"xyxy": [1, 1, 5, 5], "score": 0.9, "label": xss}]),
+                          part.id))
+    store.add_review(part.id, xss, "defect", xss, xss)
+    store.tally(xss, {(f"9999-{xss}", "fail"): 1})
+    dialogs, policies = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page()
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.on("response", lambda r: policies.append((r.url, r.headers.get("content-security-policy")))
+                if r.request.resource_type == "document" else None)
+        page.goto(server + "/login")
+        page.fill("input[name=user]", LEAD[0])
+        page.fill("input[name=password]", LEAD[1])
+        page.press("input[name=password]", "Enter")
+        page.wait_for_selector("#queue")
+        for path in ("/", f"/?station={quote(xss)}", f"/parts/{part.id}", "/stats", "/admin"):
+            page.goto(server + path)
+            page.wait_for_load_state("load")
+            page.wait_for_timeout(300)
+            injected = page.locator("img[src=x], script:not([src])").count()
+            assert injected == 0 and ("alert(1)" in page.content() or path == "/admin"), path  # text, not markup
+        browser.close()
+    assert dialogs == [], dialogs
+    assert policies and all(csp and "script-src 'self'" in csp for _, csp in policies), policies
 
 
 def test_browser_login_filter_open_confirm_paint_rescore_logout(server, log):
