@@ -342,18 +342,25 @@ class LineRunner:
             if isinstance(r, FrameError):
                 results[i] = (batch[i], None, str(r))
                 continue
-            if roi is not None:
-                r.boxes = [Box(b.x0 + roi[0], b.y0 + roi[1], b.x1 + roi[0], b.y1 + roi[1], b.score, b.area)
-                           for b in r.boxes]
-            results[i] = (batch[i], r, None)
+            results[i] = (batch[i], r, None)  # boxes in the judged crop's pixels; _emit shifts them to the frame
         return results
+
+    def _crop(self, frame: Frame):
+        """The part of the frame the model judged (the station ROI), and that ROI (None: the whole frame)."""
+        roi = self.cfg.source.roi
+        if roi is None or frame.image is None:
+            return frame.image, None
+        x, y, w, h = roi
+        return frame.image[y:y + h, x:x + w], [x, y, w, h]
 
     def _emit(self, frame: Frame, result: Inspection | None, error: str | None, done: float) -> str:
         verdict = "error" if result is None else result.verdict
+        x, y = (self.cfg.source.roi or (0, 0))[:2]  # outputs give boxes in frame pixels
         line = {"part_id": frame.part_id, "station": self.cfg.station, "ts": round(frame.ts, 3), "verdict": verdict,
                 "score": None if result is None else round(result.score, 6),
                 "defect_type": None if result is None else result.defect_type,
-                "boxes": [] if result is None else [b.to_dict() for b in result.boxes],
+                "boxes": [] if result is None else [Box(b.x0 + x, b.y0 + y, b.x1 + x, b.y1 + y, b.score,
+                                                        b.area).to_dict() for b in result.boxes],
                 "latency_ms": round(1000 * (done - frame.ts), 2), "model_version": self.runtime.version}
         if error:
             line["error"] = error
@@ -381,20 +388,22 @@ class LineRunner:
 
     # -- the failure-log writer -------------------------------------------------------------------------------------
     def _files(self, frame: Frame, result: Inspection | None) -> dict[str, tuple[str, bytes]]:
+        """The image the model judged (the station crop of the frame, so that review, re-scoring and retraining
+        see what the model saw; an unjudged frame whole), its map and an overlay."""
         files = {}
-        if frame.image is not None:
+        image = self._crop(frame)[0] if result is not None else frame.image
+        if image is not None:
             ext = "." + self.cfg.log.image_format
-            image = frame.image
             if self.cfg.source.color == "RGB" and image.ndim == 3 and image.shape[2] >= 3:  # files are BGR(A)
                 image = image[..., [2, 1, 0, *range(3, image.shape[2])]]
             ok, data = cv2.imencode(ext, image)
             if ok:
                 files["image"] = (ext, data.tobytes())
-        if result is not None and frame.image is not None:
+        if result is not None and image is not None:
             att = np.clip(result.attention, 0, 1)
             files["map"] = (".png", cv2.imencode(".png", (att * 65535 + 0.5).astype(np.uint16))[1].tobytes())
-            rgb = frame_to_rgb(frame.image, self.cfg.source.color)
-            full = upsample_attention(att, rgb.shape[:2], _frame_roi(self.cfg.source.roi, self.runtime.roi))
+            rgb = frame_to_rgb(self._crop(frame)[0], self.cfg.source.color)
+            full = upsample_attention(att, rgb.shape[:2], self.runtime.roi)
             label = f"{result.verdict} {result.score:.3f}"
             vis = overlay(rgb, full, result.boxes, label=label)[..., ::-1]
             files["overlay"] = (".jpg", cv2.imencode(".jpg", vis, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
@@ -406,7 +415,8 @@ class LineRunner:
                                "error" if result is None else result.verdict,
                                None if result is None else result.score,
                                None if result is None else result.defect_type,
-                               [] if result is None else [b.to_dict() for b in result.boxes])
+                               [] if result is None else [b.to_dict() for b in result.boxes],
+                               crop=self._crop(frame)[1] if result is not None else None)
         if error:
             record.boxes = [{"error": error}]
         return record, self._files(frame, result)
@@ -580,15 +590,6 @@ class LineRunner:
                 "log_db_unavailable": bool(self.metrics.get("log_db_unavailable")),
                 "log_outbox_records": int(self.metrics.get("log_outbox_records")),
                 "last_frame_age_s": round(time.time() - self.last_frame, 2) if self.last_frame else None}
-
-
-def _frame_roi(station_roi, model_roi):
-    """The model's ROI in frame pixels (station crop first, then the model's own crop inside it)."""
-    if station_roi is None:
-        return model_roi
-    if model_roi is None:
-        return station_roi
-    return (station_roi[0] + model_roi[0], station_roi[1] + model_roi[1], model_roi[2], model_roi[3])
 
 
 def _label(value) -> str:

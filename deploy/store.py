@@ -87,6 +87,7 @@ MIGRATIONS = [
     (2, """ALTER TABLE failures ADD COLUMN day TEXT;
 UPDATE failures SET day = {day_of_ts} WHERE day IS NULL;
 CREATE INDEX IF NOT EXISTS failures_day ON failures (day)"""),  # the station's local day: per-day statistics
+    (3, "ALTER TABLE failures ADD COLUMN crop TEXT"),  # station ROI: the stored image is the part the model judged
 ]
 # a reviewer's verdict → the failure's review status
 REVIEW_VERDICTS = {"defect": "confirmed", "false_alarm": "false_alarm", "unsure": "unsure"}
@@ -118,6 +119,7 @@ class FailureRecord:
     bytes: int = 0
     review_status: str = "unreviewed"
     id: int | None = None
+    crop: list | None = None      # the station ROI [x, y, w, h] the image was cut to in the frame (None: the frame)
 
 
 class ReviewError(ValueError):
@@ -239,6 +241,7 @@ class SQLStore:
                 row = asdict(record)
                 row.pop("id")
                 row["boxes"], row["files"], row["day"] = json.dumps(row["boxes"]), json.dumps(row["files"]), day
+                row["crop"] = None if record.crop is None else json.dumps([int(v) for v in record.crop])
                 with self._transaction() as ex:
                     new_id = ex(f"INSERT INTO failures ({', '.join(row)}) VALUES ({', '.join('?' * len(row))}) "
                                 "RETURNING id", list(row.values())).fetchone()["id"]
@@ -694,6 +697,7 @@ def _record(row: dict) -> FailureRecord:
     d = dict(row)
     d.pop("day", None)
     d["boxes"], d["files"] = json.loads(d["boxes"]), json.loads(d["files"])
+    d["crop"] = json.loads(d["crop"]) if d.get("crop") else None
     return FailureRecord(**d)
 
 

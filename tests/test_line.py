@@ -20,6 +20,7 @@ import pytest
 from conftest import always_fail
 
 from deploy.line import LineRunner
+from deploy.runtime import Runtime
 from deploy.sources import SourceError
 from deploy.station import StationConfigError, load_station
 from deploy.store import FailureRecord, SQLiteStore, StoreFull
@@ -438,13 +439,30 @@ def test_station_roi_crops_before_the_model_and_boxes_come_back_in_frame_pixels(
     (pkg / "metadata.json").write_text(json.dumps(meta))
     folder = tmp_path / "frames"
     folder.mkdir()
-    cv2.imwrite(str(folder / "big.png"), np.full((300, 400, 3), 128, np.uint8))
+    frame = np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8)
+    cv2.imwrite(str(folder / "big.png"), frame)
     cv2.imwrite(str(folder / "small.png"), np.full((100, 100, 3), 128, np.uint8))
     LineRunner(_station(tmp_path, pkg, folder, **{"source.roi": "[100, 50, 120, 110]"})).run()
     lines = {x["part_id"]: x for x in _lines(tmp_path)}
     box = lines["big"]["boxes"][0]
     assert (box["x0"], box["y0"], box["x1"], box["y1"]) == (100, 50, 220, 160)
     assert lines["small"]["verdict"] == "error" and "station ROI" in lines["small"]["error"]
+    # the failure log keeps what the model judged, so review, re-score, export and retrain see the same image
+    store = SQLiteStore(tmp_path / "log" / "failures.db", tmp_path / "log", fsync=False)
+    (rec,) = store.records(part_id="big")
+    crop = frame[50:160, 100:220]
+    assert rec.crop == [100, 50, 120, 110] and np.array_equal(cv2.imread(str(store.path(rec, "image"))), crop)
+    assert (rec.boxes[0]["x0"], rec.boxes[0]["y0"], rec.boxes[0]["x1"], rec.boxes[0]["y1"]) == (0, 0, 120, 110)
+    model_map = cv2.imread(str(store.path(rec, "map")), cv2.IMREAD_UNCHANGED).astype(np.float32) / 65535
+    rescored = Runtime(pkg, backend="cpu").rescore(crop, model_map, color="BGR")
+    assert abs(rescored["defect_score"] - rec.score) < 1e-3  # the logged score, from the stored image
+    store.add_review(rec.id, "qa", "defect", "hole", corrected=np.ones(crop.shape[:2], np.float32))  # crop-sized
+    from deploy.reviewed import export_reviewed
+
+    export_reviewed(store, tmp_path / "reviewed")  # what the nightly retrain trains on
+    (image,) = (tmp_path / "reviewed" / "defect").rglob("*.png")
+    (target,) = (tmp_path / "reviewed" / "corrected").rglob("*.png")
+    assert np.array_equal(cv2.imread(str(image)), crop) and cv2.imread(str(target)).shape[:2] == crop.shape[:2]
 
 
 @pytest.mark.parametrize("policy", ["drop_oldest", "block"])
