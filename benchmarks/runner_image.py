@@ -1,4 +1,4 @@
-"""Size of the slim runner image's Python environment, built the way docker/runner.Dockerfile builds it.
+"""Size of the slim runner image's Python environment, built the way the top-level Dockerfile builds it.
 
     python benchmarks/runner_image.py [--package runs/demo/ours/package] [--data data/synthetic]
 
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCKERFILE = ROOT / "docker" / "runner.Dockerfile"
+DOCKERFILE = ROOT / "Dockerfile"
 BASE_LIBS = re.compile(r"^(libc|libm|libdl|libpthread|librt|libresolv|libgcc_s|libstdc\+\+|libz|ld-linux-x86-64|linux-vdso)"
                        r"\.so")
 # python:3.11-slim-bookworm, uncompressed, as `docker images` reports it (Docker Hub, 2026-11): not measured here

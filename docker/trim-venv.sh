@@ -1,7 +1,7 @@
 #!/bin/sh
 # Remove from a runtime venv what a runner never executes: pip, tests, type stubs, the training code, and the
 # parts of onnxruntime that Python inference does not load (the C-API library, model-conversion tools).
-# Used by docker/runner.Dockerfile and benchmarks/runner_image.py (which checks the trimmed venv still runs).
+# Used by the top-level Dockerfile and benchmarks/runner_image.py (which checks the trimmed venv still runs).
 set -eu
 venv=$1
 "$venv/bin/python" -m pip uninstall -q -y pip setuptools

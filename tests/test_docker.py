@@ -18,7 +18,7 @@ from deploy.station import load_station
 from inspection.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCKERFILES = sorted((ROOT / "docker").glob("*.Dockerfile"))
+DOCKERFILES = [ROOT / "Dockerfile", *sorted((ROOT / "docker").glob("*.Dockerfile"))]
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 EXTRAS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
 
@@ -30,7 +30,8 @@ def _instructions(path: Path) -> list[tuple[str, str]]:
 
 
 def test_there_are_runner_gpu_and_training_images():
-    assert {p.name for p in DOCKERFILES} == {"runner.Dockerfile", "gpu.Dockerfile", "train.Dockerfile"}
+    assert {p.relative_to(ROOT).as_posix() for p in DOCKERFILES} == {"Dockerfile", "docker/gpu.Dockerfile",
+                                                                    "docker/train.Dockerfile"}
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -59,11 +60,11 @@ def test_images_are_multi_stage_non_root_and_copy_only_what_the_context_has(dock
 
 
 def test_runner_images_carry_no_torch_and_check_the_runner_health_endpoint():
-    for name in ("runner.Dockerfile", "gpu.Dockerfile"):
-        text = (ROOT / "docker" / name).read_text()
+    for name in ("Dockerfile", "docker/gpu.Dockerfile"):
+        text = (ROOT / name).read_text()
         extras = re.search(r'ARG EXTRAS="([^"]+)"', text).group(1).split()
         assert "train" not in extras and "torch" not in text.lower().replace("no torch", "").replace("without torch", "")
-        health = [v for k, v in _instructions(ROOT / "docker" / name) if k == "HEALTHCHECK"]
+        health = [v for k, v in _instructions(ROOT / name) if k == "HEALTHCHECK"]
         assert health and "127.0.0.1:9100/health" in health[0]
         cmd = re.search(r'^CMD (\[.*\])$', text, re.M).group(1)
         args = build_parser().parse_args(yaml.safe_load(cmd))

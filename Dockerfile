@@ -1,5 +1,7 @@
-# Line-side runner: `inspection run` on onnxruntime + OpenCV + numpy. No torch, no compiler, no pip at run time.
-#   docker build -f docker/runner.Dockerfile -t inspection-runner .
+# The image most users start with: the line-side runner (`inspection run` on onnxruntime + OpenCV + numpy) and
+# the review station (`inspection review`). No torch, no compiler, no pip at run time. GPU and training images:
+# docker/gpu.Dockerfile, docker/train.Dockerfile.
+#   docker build -t inspection-runner .
 #   docker run -v ./station.yaml:/etc/inspection/station.yaml:ro -v models:/models:ro \
 #              -v failures:/var/lib/inspection/failures -p 9100:9100 inspection-runner
 # Health check and Prometheus: http://<container>:9100/health and /metrics.
@@ -10,8 +12,8 @@ RUN python -m venv /opt/inspection
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY docker/requirements.py docker/
-# dependencies first, read from pyproject.toml (core + [line] + [postgres]): rebuilt only when it changes
-ARG EXTRAS="line postgres"
+# dependencies first, read from pyproject.toml (core + [line] + [postgres] + [review]): rebuilt only when it changes
+ARG EXTRAS="line postgres review"
 RUN python docker/requirements.py $EXTRAS > requirements.txt \
     && /opt/inspection/bin/pip install -r requirements.txt
 COPY inspection inspection
@@ -24,7 +26,7 @@ RUN /opt/inspection/bin/pip install --no-deps . && trim-venv.sh /opt/inspection
 
 FROM python:3.11-slim-bookworm
 LABEL org.opencontainers.image.title="inspection-runner" \
-      org.opencontainers.image.description="Line-side defect inspection runner (onnxruntime, no torch)"
+      org.opencontainers.image.description="Line-side defect inspection runner and review station (no torch)"
 RUN groupadd --system --gid 10001 inspection \
     && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/inspection --create-home inspection \
     && mkdir -p /etc/inspection /models /var/lib/inspection/failures /var/lib/inspection/outbox \
