@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import os
 import queue
 import sys
@@ -30,6 +31,16 @@ from deploy.station import StationConfig
 from deploy.store import FailureRecord, FailureStore, StoreFull, StoreUnavailable, open_store
 from inspection.boxes import Box, upsample_attention
 from inspection.overlay import overlay
+
+LOG = logging.getLogger("inspection.line")
+
+
+class StationLog(logging.LoggerAdapter):
+    """Every message names its station (in the text for a journal, in `station` for a log shipper)."""
+
+    def process(self, msg, kwargs):
+        kwargs.setdefault("extra", {})["station"] = self.extra["station"]
+        return f"[{self.extra['station']}] {msg}", kwargs
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _END = object()
@@ -172,6 +183,7 @@ class LineRunner:
 
     def __init__(self, cfg: StationConfig, out=None):
         self.cfg = cfg
+        self.log = StationLog(LOG, {"station": cfg.station})
         if out is None and cfg.jsonl not in ("", "-"):
             Path(cfg.jsonl).parent.mkdir(parents=True, exist_ok=True)
             out = open(cfg.jsonl, "a", buffering=1)
@@ -204,7 +216,7 @@ class LineRunner:
         try:
             self.store.recover(cfg.station)  # leftovers of a crash of this station's earlier run
         except StoreUnavailable as exc:  # the database is down: start anyway, records go to the outbox
-            print(f"failure log: {exc}; starting with records in the outbox {self.store.outbox}", file=sys.stderr)
+            self.log.warning(f"failure log: {exc}; starting with records in the outbox {self.store.outbox}")
             self.metrics.set("log_db_unavailable", 1)
         self._tallied: dict[str, float] = {}  # verdict counters already written to the store's daily tallies
         self._tally_flushed = time.time()
@@ -252,7 +264,7 @@ class LineRunner:
                     self.source_state = "reconnecting"
                     self.metrics.set("source_connected", 0)
                     self.metrics.inc("source_reconnects_total")
-                    print(f"source: {exc}; retrying in {delay:.1f} s", file=sys.stderr)
+                    self.log.warning(f"source: {exc}; retrying in {delay:.1f} s")
                     self.stop_event.wait(delay)
                     delay = min(delay * 2, self.cfg.source.reconnect_max_s)
                     continue
@@ -318,10 +330,10 @@ class LineRunner:
                 rt = self._load(self.cfg.package)
             except Exception as exc:  # noqa: BLE001 - a bad new package must never stop the line
                 self.metrics.inc("model_reload_failures_total")
-                print(f"reload: new package at {resolve_package(self.cfg.package)} refused: {exc}", file=sys.stderr)
+                self.log.warning(f"reload: new package at {resolve_package(self.cfg.package)} refused: {exc}")
             else:
                 self._next_runtime = rt
-                print(f"reload: model {rt.version} ready; switching at the next batch", file=sys.stderr)
+                self.log.info(f"reload: model {rt.version} ready; switching at the next batch")
             self._package_key = key
 
     # -- judging ---------------------------------------------------------------------------------------------------
@@ -446,7 +458,7 @@ class LineRunner:
                     self.metrics.set("log_db_unavailable", 0)
                 except StoreUnavailable as exc:
                     if not blocked:
-                        print(f"failure log: {exc}; verdicts continue, records wait", file=sys.stderr)
+                        self.log.warning(f"failure log: {exc}; verdicts continue, records wait")
                     self.metrics.set("log_disk_full" if isinstance(exc, StoreFull) else "log_db_unavailable", 1)
             if self.metrics.get("log_db_unavailable"):
                 self._spool(waiting)
@@ -460,11 +472,11 @@ class LineRunner:
             if job is _END:
                 if waiting:
                     self.metrics.inc("log_records_lost_total", len(waiting))
-                    print(f"failure log: {len(waiting)} record(s) could not be written at shutdown "
-                          "(disk full)", file=sys.stderr)
+                    self.log.error(f"failure log: {len(waiting)} record(s) could not be written at shutdown "
+                          "(disk full)")
                 if self._outbox:
-                    print(f"failure log: {self._outbox} record(s) wait in the outbox {self.store.outbox}; "
-                          "the next start writes them", file=sys.stderr)
+                    self.log.warning(f"failure log: {self._outbox} record(s) wait in the outbox {self.store.outbox}; "
+                          "the next start writes them")
                 return
 
     def _drain(self, waiting: collections.deque) -> None:
@@ -488,7 +500,7 @@ class LineRunner:
             waiting.popleft()
 
     def _write_error(self, part_id: str, exc: Exception) -> None:
-        print(f"failure log: record of part {part_id} not written: {exc}", file=sys.stderr)
+        self.log.error(f"failure log: record of part {part_id} not written: {exc}")
         self.metrics.inc("log_write_errors_total")
 
     def _spool(self, waiting: collections.deque) -> None:
@@ -498,8 +510,8 @@ class LineRunner:
                 self.store.spool(*waiting[0])
             except OSError as exc:
                 if not self.metrics.get("log_outbox_unwritable"):
-                    print(f"failure log: outbox {self.store.outbox} not writable either ({exc}); records wait "
-                          "in memory", file=sys.stderr)
+                    self.log.warning(f"failure log: outbox {self.store.outbox} not writable either ({exc}); records wait "
+                          "in memory")
                 self.metrics.set("log_outbox_unwritable", 1)
                 return
             self.metrics.set("log_outbox_unwritable", 0)
@@ -522,7 +534,7 @@ class LineRunner:
         try:
             self.store.tally(self.cfg.station, {(day, v): int(n - self._tallied.get(v, 0)) for v, n in now.items()})
         except Exception as exc:  # noqa: BLE001 - statistics must never stop the writer
-            print(f"failure log: verdict counts not written yet: {exc}", file=sys.stderr)
+            self.log.warning(f"failure log: verdict counts not written yet: {exc}")
             return
         self._tallied = now
 
@@ -550,7 +562,7 @@ class LineRunner:
                     judged = self._judge(batch)
                 except Exception as exc:  # noqa: BLE001 - one failed batch must not end the shift
                     self.metrics.inc("inference_errors_total")
-                    print(f"inference failed on {len(batch)} frame(s): {exc}", file=sys.stderr)
+                    self.log.error(f"inference failed on {len(batch)} frame(s): {exc}")
                     judged = [(f, None, f"inference failed: {exc}") for f in batch]
                 for frame, result, error in judged:
                     verdict = self._emit(frame, result, error, time.time())

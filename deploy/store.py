@@ -28,9 +28,9 @@ from __future__ import annotations
 import base64
 import errno
 import json
+import logging
 import re
 import sqlite3
-import sys
 import threading
 import time
 import uuid
@@ -40,6 +40,7 @@ from pathlib import Path
 
 from deploy.atomic import TMP_MARK, write_atomic
 
+LOG = logging.getLogger("inspection.store")
 OUTBOX = "outbox"  # <folder>/outbox/<station>/: records waiting for the database (see the module docstring)
 
 SCHEMA = """
@@ -291,7 +292,7 @@ class SQLStore:
                 files = {k: (suffix, base64.b64decode(data)) for k, (suffix, data) in blob["files"].items()}
             except (ValueError, TypeError, KeyError) as exc:
                 path.rename(path.with_suffix(".bad"))
-                print(f"failure log: outbox file {path} is unreadable ({exc}); kept as .bad", file=sys.stderr)
+                LOG.warning(f"failure log: outbox file {path} is unreadable ({exc}); kept as .bad")
                 continue
             try:
                 if not self._rows("SELECT id FROM failures WHERE station = ? AND part_id = ? AND ts = ?",
@@ -301,7 +302,7 @@ class SQLStore:
                 raise
             except Exception as exc:  # noqa: BLE001 - a record the log refuses must not block the others
                 path.rename(path.with_suffix(".bad"))
-                print(f"failure log: outbox file {path} not written ({exc}); kept as .bad", file=sys.stderr)
+                LOG.warning(f"failure log: outbox file {path} not written ({exc}); kept as .bad")
                 continue
             path.unlink()
             done += 1

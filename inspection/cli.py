@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -151,6 +152,9 @@ def cmd_run(args) -> int:
     overrides = list(args.set or [])
     if args.package:
         overrides.append(f"package={args.package}")
+    if not logging.getLogger().handlers:  # a journal line per message: time, level, [station] text
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runner = LineRunner(load_station(args.station, overrides))
     for name, value in runner.self_check().items():
         print(f"self-check {name}: {value}", file=sys.stderr)

@@ -229,7 +229,8 @@ def _video(path: Path, n: int = 8) -> Path:
     return path
 
 
-def test_camera_that_disconnects_is_resumed(exported, tmp_path):
+def test_camera_that_disconnects_is_resumed(exported, tmp_path, caplog):
+    caplog.set_level("WARNING", logger="inspection.line")
     video = _video(tmp_path / "cam.avi")
     cfg = _station(tmp_path, exported["package"], video, **{"source.kind": "camera", "source.limit": 14,
                                                              "source.reconnect_max_s": 0.4})
@@ -251,6 +252,8 @@ def test_camera_that_disconnects_is_resumed(exported, tmp_path):
     s = runner.summary()
     assert s["frames_total"] == 14 and s["source_reconnects_total"] >= 3
     assert len(_lines(tmp_path)) == 14
+    retries = [r for r in caplog.records if "retrying in" in r.getMessage()]  # the journal names the station
+    assert retries and all(r.station == cfg.station and f"[{cfg.station}]" in r.getMessage() for r in retries)
 
 
 @pytest.fixture
