@@ -194,7 +194,8 @@ def write_report(results: list[dict], out_dir: str | Path, n_overlays: int = 16,
     thresholds = "\n".join(f"- {r['name']}: fail at score ≥ {r['threshold']:.3f}; {describe_rule(r['box_rule'])}"
                            for r in results)
     types = per_type_table(results)
-    types = f"### Per defect type\n\n{types}\n\n" if types else ""
+    types = (f"### Per defect type\n\n{types}\n\nBox and pixel figures per type are over that type's parts and every "
+             "good part (a box on a good part counts against each type).\n\n") if types else ""
     md = (f"# Inspection report\n\n{extra_md}\n## Test split\n\n{markdown_table(results)}\n\n{types}"
           f"Thresholds calibrated on the validation split:\n{thresholds}\n\n"
           f"![ROC and PR](roc_pr.png)\n\n## Attention overlays (red: predicted boxes, green: true boxes)\n\n"
