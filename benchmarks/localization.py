@@ -63,7 +63,10 @@ def run(config: str, seeds, models, sets: list[str], tag: str, trained: dict[str
     trained = trained or {}
     out = Path(__file__).parent / "results" / f"localization_{tag}.json"
     done = json.loads(out.read_text())["runs"] if out.exists() else []
-    runs = [] if reevaluate else [r for r in done if r["overrides"] == sets]
+    def mine(r: dict) -> bool:  # a run of these settings and one of these seeds
+        return r["overrides"] == sets and r["seed"] in seeds
+
+    runs = [] if reevaluate else [r for r in done if mine(r)]
     for seed in seeds:
         seeded = [*sets, f"train.seed={seed}", f"data.seed={seed}"] + ([f"data.root={data}"] if data else [])
         cfg = load_config(config, seeded)
@@ -91,7 +94,7 @@ def run(config: str, seeds, models, sets: list[str], tag: str, trained: dict[str
             print(f"{tag} {model} seed {seed} ({t_train:.0f} s): " +
                   ", ".join(f"{k} {get(m):.3f}" for k, get in KEYS.items()), flush=True)
             out.parent.mkdir(parents=True, exist_ok=True)
-            keep = [r for r in done if r["overrides"] != sets]
+            keep = [r for r in done if not mine(r)]
             out.write_text(json.dumps({"config": config, "runs": keep + runs}, indent=1, default=float))
     return runs
 
