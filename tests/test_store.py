@@ -237,7 +237,7 @@ def test_a_log_from_before_versioning_is_migrated_in_place(tmp_path):
     assert s.daily(1)[0]["logged"] == 1  # the new per-day column was filled from the timestamps
 
 
-def test_the_outbox_is_replayed_oldest_first_once_and_keeps_what_it_cannot_read(open_log, capsys):
+def test_the_outbox_is_replayed_oldest_first_once_and_keeps_what_it_cannot_read(open_log, caplog):
     s = open_log("log")
     png = cv2.imencode(".png", np.full((6, 8), 7, np.uint8))[1].tobytes()
     records = [FailureRecord(f"q{i}", "line-2", 1000.0 + i, "v1", "fail", 0.9, None, [{"x": i}]) for i in range(3)]
@@ -250,4 +250,4 @@ def test_the_outbox_is_replayed_oldest_first_once_and_keeps_what_it_cannot_read(
     assert [r.part_id for r in got] == ["q0", "q1", "q2"] and got[2].boxes == [{"x": 2}]
     assert _read(s, got[1].files["image"]).max() == 7
     assert s.spooled("line-2") == [] and (s.outbox / "line-2" / "zz-broken.bad").is_file()
-    assert "zz-broken.json is unreadable" in capsys.readouterr().err
+    assert "zz-broken.json is unreadable" in caplog.text
