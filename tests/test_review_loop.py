@@ -3,7 +3,7 @@
 A first model from a small subset (16 good + 8 per type) goes to production; the line runner judges a stream of
 224 new parts and logs its failures; a scripted reviewer judges them from the truth through the store API the
 review station uses (false alarms with erased maps, defects with painted maps); `retrain` fine-tunes, gates on a
-separate golden set and promotes a candidate with a higher AUROC, fewer false alarms and better box F1. Then a candidate
+separate golden set and promotes a candidate with a higher AUROC, fewer false alarms and misses, and boxes as good. Then a candidate
 fine-tuned on shuffled labels is rejected and production stays where it was.
 """
 import json
@@ -35,7 +35,10 @@ def plant(tmp_path_factory):
     generate(root / "golden", n_good=96, n_per_type=24, size=128, seed=11, defect_types=TYPES)
     cfg = load_config(None, [f"data.root={root / 'base'}", "data.image_size=[128, 128]",
                              "model.backbone=efficientnet_lite0", "model.pretrained=true", "train.epochs=6",
-                             "train.batch_size=8", "train.warmup_epochs=0", "eval.overlays=0"])
+                             "train.batch_size=8", "train.warmup_epochs=0", "eval.overlays=0",
+                             # a line's operating point: at most 10 % false rejects on val (max-F1 on 8 val parts
+                             # can make a weak v1 flag every part, whose zero miss rate no candidate can beat)
+                             "eval.threshold_mode=false_reject", "eval.target_false_reject=0.1"])
     manifest = scan_dataset(root / "base", cfg.data)
     best = train(cfg, manifest, root / "v1-run", progress=False)
     reg = Registry(root / "models")
@@ -59,7 +62,7 @@ def test_reviews_of_a_line_run_make_a_better_model_that_is_promoted(plant):
           {k: (round(prod[k], 3), round(cand[k], 3)) for k in ("auroc", "false_reject", "miss", "box_f1@0.3")})
     assert result["status"] == "promoted", result["reasons"]
     assert cand["auroc"] > prod["auroc"] + 0.1 and cand["false_reject"] < prod["false_reject"] - 0.1
-    assert cand["box_f1@0.3"] > prod["box_f1@0.3"]  # the painted and erased maps did not cost localization
+    assert cand["miss"] < prod["miss"] and cand["box_f1@0.3"] >= prod["box_f1@0.3"] - 0.02  # boxes held (gate)
     assert reg.current() == result["version"] and reg.list()[-1]["parent"] == "v1"
     # the runners' hot reload follows the pointer: it now names the candidate's package
     meta = json.loads((resolve_package(reg.root / "current") / "metadata.json").read_text())
