@@ -63,19 +63,25 @@ def _check_log(folder: Path) -> int:
     return len(records)
 
 
-@pytest.fixture(scope="module")
-def broker():
+def _mosquitto(port: int, *args: str) -> subprocess.Popen:
+    """A real mosquitto on `port` (its arguments after the executable), once it accepts connections."""
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not os.path.exists(exe):
         pytest.fail("mosquitto is not installed: .ci/run installs it (apt-get install mosquitto)")
-    port = _free_port()
-    proc = subprocess.Popen([exe, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([exe, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             break
         except OSError:
             time.sleep(0.05)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def broker():
+    port = _free_port()
+    proc = _mosquitto(port, "-p", str(port))
     yield port
     proc.terminate()
     proc.wait(5)
@@ -135,15 +141,8 @@ def test_a_broker_with_accounts_takes_verdicts_only_with_the_right_password(expo
     port = _free_port()
     (tmp_path / "broker.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous false\n"  # as root it
                                           f"password_file {tmp_path / 'passwd'}\nuser {getpass.getuser()}\n")  # keeps us
-    proc = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(tmp_path / "broker.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = _mosquitto(port, "-c", str(tmp_path / "broker.conf"))
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
         got = []
         sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="qa")
         sub.username_pw_set("station", "right-password")
