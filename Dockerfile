@@ -12,8 +12,8 @@ RUN python -m venv /opt/inspection
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY docker/requirements.py docker/
-# dependencies first, read from pyproject.toml (core + [line] + [postgres] + [review]): rebuilt only when it changes
-ARG EXTRAS="line postgres review"
+# dependencies first, read from pyproject.toml (core + [line] + [postgres] + [review] + [plc]): rebuilt only when it changes
+ARG EXTRAS="line postgres review plc"
 RUN python docker/requirements.py $EXTRAS > requirements.txt \
     && /opt/inspection/bin/pip install -r requirements.txt
 COPY inspection inspection
@@ -40,7 +40,8 @@ USER 10001:10001
 WORKDIR /var/lib/inspection
 # config (station.yaml), model registry (read-only: the training server promotes), failure log, outbox
 VOLUME ["/etc/inspection", "/models", "/var/lib/inspection/failures", "/var/lib/inspection/outbox"]
-EXPOSE 9100
+# /health + /metrics; the PLC servers when configured (plc.opcua.port, plc.modbus.port: docs/plc.md)
+EXPOSE 9100 4840 5020
 # healthy = the runner's /health says ok (model loaded, camera connected, failure log writable);
 # 503 while degraded (camera lost, disk full, database down) marks the container unhealthy
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \

@@ -25,10 +25,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from deploy.plc import NO_FRAME, PLCLink, result_fields
 from deploy.runtime import FrameError, Inspection, Runtime, frame_to_rgb
 from deploy.sources import Frame, open_source
 from deploy.station import StationConfig
 from deploy.store import FailureRecord, FailureStore, StoreFull, StoreUnavailable, open_store
+from deploy.webhook import WebhookSink
 from inspection.boxes import Box, upsample_attention
 from inspection.overlay import overlay
 
@@ -207,6 +209,9 @@ class LineRunner:
         self.mqtt = (MQTTOutput(cfg.mqtt, cfg.station, self.metrics, cfg.source.part_id == "trigger")
                      if cfg.mqtt.host else None)
         self.http = None
+        self.plc = PLCLink(cfg.plc, cfg.station, self.metrics) if cfg.plc.opcua.port or cfg.plc.modbus.port else None
+        self.webhook = (WebhookSink(cfg.webhook, os.environ.get("WEBHOOK_SECRET", ""), self.metrics, self.log)
+                        if cfg.webhook.url else None)
         self.started = time.time()
         self.source_state = "starting"
         self.last_frame = 0.0
@@ -246,14 +251,24 @@ class LineRunner:
         if self.cfg.http.port:
             self.http = _serve_http(self)
             report["http"] = f"http://{self.cfg.http.host}:{self.http.server_address[1]}"
+        if self.plc is not None:
+            report["plc"] = ", ".join(self.plc.start()) + "; one frame per trigger"
+        if self.webhook is not None:
+            report["webhook"] = f"{self.cfg.webhook.url} ({', '.join(self.cfg.webhook.verdicts)}" + \
+                (", signed)" if self.webhook.secret else ", UNSIGNED: set WEBHOOK_SECRET)")
         return report
 
     # -- threads -------------------------------------------------------------------------------------------------
     def _capture(self) -> None:
         delay = 0.5
         limit, n = self.cfg.source.limit, 0
+        part = None  # PLC mode: the triggered part waiting for its frame
         try:
             while not self.stop_event.is_set() and (not limit or n < limit):
+                if self.plc is not None and (part is None or not self.plc.handshake.pending(part)):
+                    part = self.plc.handshake.take(timeout=0.1)
+                    if part is None:
+                        continue
                 try:
                     if self.source_state != "connected":
                         self.source.open()
@@ -270,11 +285,20 @@ class LineRunner:
                     continue
                 if frame is None:
                     self.source_state = "ended"
+                    if part is not None:
+                        self.plc.handshake.fail(part, NO_FRAME)
                     break
                 n += 1
                 self.last_frame = time.time()
                 if self.cfg.source.part_id == "trigger":
                     frame.part_id = self._triggered_id(n)
+                if part is not None and not self.plc.handshake.pending(part):
+                    part = self.plc.handshake.take(timeout=0)  # it timed out; a trigger since then takes the frame
+                    if part is None:
+                        self.metrics.inc("plc_late_frames_total")
+                        continue
+                if part is not None:
+                    frame.part_id, part = part, None
                 self._enqueue(frame)
         finally:
             self.capture_done.set()
@@ -312,7 +336,7 @@ class LineRunner:
             batch = [self.frames.get(timeout=0.05)]
         except queue.Empty:
             return []
-        deadline = time.time() + self.cfg.batch.max_wait_ms / 1000
+        deadline = time.time() + (0 if self.plc else self.cfg.batch.max_wait_ms / 1000)  # PLC: one part at a time
         while len(batch) < self.cfg.batch.max_size:
             try:
                 batch.append(self.frames.get(timeout=max(0.0, deadline - time.time())) if time.time() < deadline
@@ -380,8 +404,12 @@ class LineRunner:
         if self.out is not None:
             self.out.write(text + "\n")
             self.out.flush()
+        if self.plc is not None:
+            self.plc.handshake.complete(frame.part_id, result_fields(line, self.runtime.classes))
         if self.mqtt is not None:
             self.mqtt.publish(text)
+        if self.webhook is not None:
+            self.webhook.put(line)
         self.metrics.inc("frames_total")
         self.metrics.inc(f"verdicts_total|verdict=\"{verdict}\"")
         if error:
@@ -573,6 +601,10 @@ class LineRunner:
             threads[1].join()
             if self.mqtt is not None:
                 self.mqtt.close()
+            if self.plc is not None:
+                self.plc.stop()
+            if self.webhook is not None:
+                self.webhook.close(self.cfg.webhook.flush_s)
             if self.http is not None:
                 self.http.shutdown()
                 self.http.server_close()  # the port is free again once the runner returns
@@ -601,7 +633,20 @@ class LineRunner:
                 "log_disk_full": bool(self.metrics.get("log_disk_full")),
                 "log_db_unavailable": bool(self.metrics.get("log_db_unavailable")),
                 "log_outbox_records": int(self.metrics.get("log_outbox_records")),
-                "last_frame_age_s": round(time.time() - self.last_frame, 2) if self.last_frame else None}
+                "last_frame_age_s": round(time.time() - self.last_frame, 2) if self.last_frame else None,
+                **self._link_health()}
+
+    def _link_health(self) -> dict:
+        out = {}
+        if self.plc is not None:
+            snap = self.plc.handshake.snapshot()
+            out["plc"] = {"state": snap["state"], "part_id": snap["part_id"], "command_error": snap["command_error"],
+                          **{k: int(self.metrics.get(f"plc_{k}_total")) for k in
+                             ("triggers", "results", "acks", "commands_refused", "result_timeouts", "ack_timeouts")}}
+        if self.webhook is not None:
+            out["webhook"] = {k: int(self.metrics.get(f"webhook_{k}")) for k in
+                              ("waiting", "delivered_total", "retries_total", "dropped_total", "refused_total")}
+        return out
 
 
 def _label(value) -> str:

