@@ -18,7 +18,8 @@ import numpy as np
 from deploy.line import resolve_package
 from deploy.runtime import Runtime, frame_to_rgb, read_frame
 from inspection.boxes import mask_to_boxes
-from inspection.imageio import IMAGE_SUFFIXES, read_truth
+from inspection.imageio import read_truth
+from inspection.layout import find_images
 from inspection.metrics import box_metrics, image_metrics
 
 # metric, better ("higher" | "lower"), tolerance: the candidate may be worse by at most this much
@@ -30,19 +31,10 @@ def golden_items(root: str | Path) -> list[dict]:
     """Every image of a dataset folder: path, defect type ('good' or the folder), mask and corrected-map paths
     or None (masks/<type>/..., corrected/<good|defect/<type>>/...: a golden set built from reviewed parts has
     the reviewers' maps instead of masks)."""
-    root = Path(root)
-    if not (root / "good").is_dir():
+    if not (Path(root) / "good").is_dir():
         raise FileNotFoundError(f"{root}: golden set needs good/ and defect/<type>/ folders")
-    items = []
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-        rel = path.relative_to(root)
-        if rel.parts[0] == "good":
-            items.append({"path": path, "type": "good", "mask": None, "corrected": None})
-        elif rel.parts[0] == "defect" and len(rel.parts) > 2:
-            mask = next((root / "masks" / rel.parts[1] / Path(*rel.parts[2:])).parent.glob(f"{path.stem}.*"), None)
-            corrected = next((m for m in (root / "corrected" / rel).parent.glob(f"{path.stem}.*")
-                              if m.suffix.lower() in (".png", ".npy")), None)
-            items.append({"path": path, "type": rel.parts[1], "mask": mask, "corrected": corrected})
+    found, _ = find_images(root, complete=False)
+    items = [{"path": f.path, "type": f.kind, "mask": f.mask, "corrected": f.corrected} for f in found]
     if not any(it["type"] == "good" for it in items) or all(it["type"] == "good" for it in items):
         raise ValueError(f"{root}: golden set needs both good and defective images")
     return items

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from deploy.registry import Registry
 from deploy.reviewed import export_reviewed
 from deploy.store import StoreUnavailable, open_store
 from inspection.data import scan_dataset
+from inspection.layout import find_images
 from inspection.model import load_checkpoint
 from training.gate import gate
 from training.train import train
@@ -45,10 +47,6 @@ def _merge(base: Path | None, reviewed: Path, out: Path) -> dict:
     differ): a reviewed part that is also in the earlier data replaces it there (the review is the newer label
     and may carry a corrected map); the same part reviewed twice is kept once.
     """
-    def images(root: Path):
-        return sorted(p for sub in ("good", "defect") for p in (root / sub).rglob("*") if p.is_file()
-                      and not p.name.startswith(".")) if root.is_dir() else []
-
     def link(src: Path, root: Path) -> None:
         dst = out / src.relative_to(root)
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -56,31 +54,31 @@ def _merge(base: Path | None, reviewed: Path, out: Path) -> dict:
             dst.unlink()
         dst.symlink_to(src.resolve())
 
+    def record_id(f) -> int:  # reviewed files are named <station>_<part>_<record id>
+        m = re.search(r"(\d+)$", f.path.stem)
+        return int(m.group(1)) if m else -1
+
     seen: dict[str, Path] = {}
     counts = {"replayed": 0, "reviewed": 0, "replaced_by_review": 0, "repeated_reviews": 0}
-    for src in reversed(images(reviewed)):  # newest record first (names end in the record ID)
-        h = _pixels_hash(src)
+    for f in sorted(find_images(reviewed, complete=False)[0], key=record_id, reverse=True):  # newest record first
+        h = _pixels_hash(f.path)
         if h in seen:
             counts["repeated_reviews"] += 1
             continue
-        seen[h] = src
-        link(src, reviewed)
+        seen[h] = f.path
+        link(f.path, reviewed)
         counts["reviewed"] += 1
-        corrected = (reviewed / "corrected" / src.relative_to(reviewed)).with_suffix(".png")
-        if corrected.exists():
-            link(corrected, reviewed)
-    if base is not None:
-        for src in images(base):
-            if _pixels_hash(src) in seen:
-                counts["replaced_by_review"] += 1
-                continue
-            link(src, base)
-            counts["replayed"] += 1
-            for extra in ("masks", "corrected"):
-                rel = src.relative_to(base)
-                folder = base / extra / (Path(*rel.parts[1:]) if extra == "masks" else rel).parent
-                for m in folder.glob(f"{src.stem}.*") if folder.is_dir() else ():
-                    link(m, base)
+        if f.corrected is not None:
+            link(f.corrected, reviewed)
+    for f in find_images(base, complete=False)[0] if base is not None else []:
+        if _pixels_hash(f.path) in seen:
+            counts["replaced_by_review"] += 1
+            continue
+        link(f.path, base)
+        counts["replayed"] += 1
+        for extra in (f.mask, f.corrected):
+            if extra is not None:
+                link(extra, base)
     return counts
 
 
