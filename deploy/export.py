@@ -27,7 +27,7 @@ from deploy.runtime import open_session
 from inspection.boxes import full_roi
 from inspection.data import GOOD, InspectionDataset, Manifest
 from inspection.model import ABN, load_checkpoint
-from training.evaluate import Predictions, evaluate_predictions
+from inspection.evaluation import Predictions, evaluate_predictions
 
 OPSET = 18
 PARITY_TOLERANCE = 1e-4

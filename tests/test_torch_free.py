@@ -191,3 +191,35 @@ print("ok")
 
 def test_training_on_a_line_side_install_says_which_extra_to_install(tiny_dataset):
     _python(TRAIN_WITHOUT_TORCH, tiny_dataset)
+
+
+def _imports(path) -> set[str]:
+    """Top-level package names a module imports, at any depth of its code (function-level imports too)."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_layers_point_one_way():
+    """inspection/ (the CLI aside) imports neither training/ nor deploy/; deploy/ never imports training/; the
+    torch-free modules (the whole line side and the review station, evaluation and layout) import no torch."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    core = [p for p in (root / "inspection").glob("*.py") if p.name != "cli.py"]
+    for p in core:
+        assert not _imports(p) & {"training", "deploy"}, f"{p.name} imports a higher layer"
+    deploy = list((root / "deploy").rglob("*.py"))
+    for p in deploy:
+        assert "training" not in _imports(p), f"deploy/{p.relative_to(root / 'deploy')} imports training/"
+    torch_free = [p for p in deploy if p.name != "export.py"] + [
+        root / "inspection" / f"{m}.py" for m in ("boxes", "decision", "evaluation", "imageio", "layout", "metrics",
+                                                  "overlay", "preprocess")]
+    for p in torch_free:
+        assert not _imports(p) & {"torch", "torchvision"}, f"{p.relative_to(root)} imports torch"

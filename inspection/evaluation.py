@@ -1,0 +1,177 @@
+"""Evaluation of predictions, torch-free: thresholds and box rule calibrated on val, metrics measured on test.
+
+    >>> result = evaluate_predictions(val_predictions, test_predictions, manifest, cfg, "ours")
+    >>> result["metrics"]["image"]["auroc"], result["metrics"]["box@0.3"]["f1"], result["box_rule"]
+
+Predictions come from any backend (PyTorch in training/evaluate.py, ONNX Runtime or TensorRT at export): the
+same calibration and the same box function (inspection/boxes.py) as the line runtime.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from inspection.boxes import BoxRule, full_roi, map_boxes, mask_to_boxes
+from inspection.decision import verdict
+from inspection.imageio import read_truth
+from inspection.layout import GOOD, Manifest
+from inspection.metrics import aupro, box_metrics, calibrate_threshold, hit_rate, image_metrics, pixel_auroc
+
+BOX_QUANTILES = np.linspace(0.50, 0.999, 40)  # candidate box levels: upper quantiles of the model's own val maps
+BOX_CANDIDATES = {  # the other levels of the box rule; the first of each is the neutral one
+    "relative": (0.0, 0.5, 0.7, 0.85),   # extent: share of the way from foot to peak
+    "low": (1.0, 0.7, 0.5),              # hysteresis: foot as a share of the seed level
+    "merge": (0.0, 0.02, 0.05),          # merge gap: share of the ROI's longer side
+    "peak_share": (0.0, 0.5, 0.7),       # seeds must also reach this share of the map's peak
+}
+SEARCH = (("threshold", "relative"), ("low",), ("merge",), ("peak_share",), ("threshold",))  # coordinate steps
+PIXEL_SIDE = 128  # pixel metrics are computed at this longest side to keep memory flat
+
+
+@dataclass
+class Predictions:
+    scores: np.ndarray   # (N,) defect score = 1 - p(good)
+    probs: np.ndarray    # (N, K)
+    maps: np.ndarray     # (N, h, w) in [0, 1] (attention, or Grad-CAM normalized)
+
+
+def _upsampled(amap: np.ndarray, item, roi) -> tuple[np.ndarray, tuple[int, int]]:
+    """Map upsampled to the ROI in original pixels, and the ROI offset."""
+    x, y, w, h = full_roi((item.height, item.width), roi)
+    return cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR), (x, y)
+
+
+def _truths(items, root: Path) -> dict[int, np.ndarray]:
+    """Pixel truth (HxW bool) of the items usable for localization, each file read once: good images (all
+    False), and defect images with a mask or a non-empty corrected map (on factory data, where nobody draws
+    masks, the reviewers' corrected maps are the pixel truth)."""
+    truths = {}
+    for i, it in enumerate(items):
+        if it.defect_type == GOOD:
+            truths[i] = np.zeros((it.height, it.width), bool)
+        elif (m := read_truth(it.mask and root / it.mask, it.corrected and root / it.corrected,
+                              (it.height, it.width))) is not None:
+            truths[i] = m
+    return truths
+
+
+def calibrate_box_rule(pred: Predictions, items, truths: dict[int, np.ndarray], flagged: np.ndarray,
+                       cfg) -> BoxRule:
+    """The box rule whose levels maximize box F1 @ IoU 0.3 on validation, over the parts the line would box (those
+    that fail or go to review). Levels the config sets stay fixed; with no pixel truth the others stay neutral
+    (threshold 0.5, one level, whole regions, no merging, no share of the peak).
+
+    Search: threshold and extent together, then hysteresis, merging and peak share one at a time, then the
+    threshold again, each kept only when it raises F1 (ties keep the simpler rule). Candidate thresholds are upper
+    quantiles of the validation maps' pixel values, not a fixed grid, so that a model whose maps live in a narrow
+    band is calibrated as finely as one using 0-1.
+    """
+    b = cfg.eval.boxes
+    fixed = {k: getattr(b, k) for k in ("threshold", *BOX_CANDIDATES) if getattr(b, k) is not None}
+    rule = BoxRule(**{**fixed, "min_area": b.min_area, "score": b.score})
+    if all(items[i].defect_type == GOOD for i in truths):
+        return rule
+    values = np.concatenate([_upsampled(pred.maps[i], items[i], cfg.data.roi)[0][::4, ::4].ravel() for i in truths])
+    candidates = {**BOX_CANDIDATES, "threshold": [float(t) for t in np.unique(np.quantile(values, BOX_QUANTILES))]}
+    ups = {i: _upsampled(pred.maps[i], items[i], cfg.data.roi) for i in truths if flagged[i]}
+    truth = [_xyxy(mask_to_boxes(truths[i])) for i in truths]
+
+    def f1(r: BoxRule) -> float:
+        boxes = [_xyxy(map_boxes(ups[i][0], r, ups[i][1])) if i in ups else np.zeros((0, 4)) for i in truths]
+        return box_metrics(boxes, truth, 0.3)["f1"]
+
+    best = f1(rule)
+    for names in SEARCH:
+        free = [n for n in names if n not in fixed]
+        for values_ in itertools.product(*(candidates[n] for n in free)):
+            trial = dataclasses.replace(rule, **dict(zip(free, values_)))
+            score = f1(trial)
+            if score > best:
+                best, rule = score, trial
+    return rule
+
+
+def _xyxy(boxes) -> np.ndarray:
+    return np.array([b.xyxy for b in boxes], float).reshape(-1, 4)
+
+
+def _pixel_pair(up: np.ndarray, off, item, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    full = np.zeros((item.height, item.width), np.float32)
+    full[off[1]:off[1] + up.shape[0], off[0]:off[0] + up.shape[1]] = up
+    s = PIXEL_SIDE / max(item.height, item.width)
+    size = (max(1, round(item.width * s)), max(1, round(item.height * s)))
+    return (cv2.resize(full, size, interpolation=cv2.INTER_AREA),
+            cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) >= 0.5)
+
+
+def evaluate_predictions(pv: Predictions, pt: Predictions, manifest: Manifest, cfg, name: str,
+                         kind: str = "abn") -> dict:
+    """Metrics from predictions on the val and test splits (any backend: PyTorch, ONNX Runtime, TensorRT).
+
+    Boxes are drawn, as on the line, only on parts that fail or go to review."""
+    root = Path(manifest.root)
+    val_items, test_items = manifest.split("val"), manifest.split("test")
+    val_defect = np.array([it.defect_type != GOOD for it in val_items])
+    test_defect = np.array([it.defect_type != GOOD for it in test_items])
+    threshold = calibrate_threshold(val_defect, pv.scores, cfg.eval.threshold_mode, cfg.eval.target_false_reject,
+                                    cfg.eval.target_miss)
+    band = cfg.eval.review_band
+    val_flagged = np.array([verdict(float(s), threshold, band) != "pass" for s in pv.scores])
+    test_flagged = np.array([verdict(float(s), threshold, band) != "pass" for s in pt.scores])
+    rule = calibrate_box_rule(pv, val_items, _truths(val_items, root), val_flagged, cfg)
+
+    metrics = {"image": image_metrics(test_defect, pt.scores, threshold)}
+    peak = pt.maps.reshape(len(pt.maps), -1).max(1)
+    metrics["image"]["auroc_attention_peak"] = image_metrics(test_defect, peak, 0.5)["auroc"]
+    metrics["attention_mean_good"] = float(pt.maps[~test_defect].mean())
+    metrics["attention_mean_defect"] = float(pt.maps[test_defect].mean())
+    metrics["per_type_detection"] = {
+        t: float(np.mean(pt.scores[[it.defect_type == t for it in test_items]] >= threshold))
+        for t in sorted({it.defect_type for it in test_items} - {GOOD})}
+    good_flagged = test_flagged & ~test_defect
+
+    per_image, rows = [], []  # rows: (defect type, pred boxes, true boxes, pixel map, pixel mask, truth, up, off)
+    inside = []
+    truths = _truths(test_items, root)
+    for i, it in enumerate(test_items):
+        up, off = _upsampled(pt.maps[i], it, cfg.data.roi)
+        boxes = map_boxes(up, rule, off) if test_flagged[i] else []
+        truth = mask_to_boxes(truths[i]) if i in truths else None
+        per_image.append({"path": it.path, "defect_type": it.defect_type, "score": float(pt.scores[i]),
+                          "fail": bool(pt.scores[i] >= threshold), "flagged": bool(test_flagged[i]),
+                          "boxes": [x.to_dict() for x in boxes],
+                          "true_boxes": None if truth is None else [x.xyxy for x in truth], "map_index": i})
+        if i in truths:
+            m, k = _pixel_pair(up, off, it, truths[i])
+            rows.append((it.defect_type, _xyxy(boxes), _xyxy(truth), m, k, truths[i], up, off, boxes))
+            if it.defect_type != GOOD:
+                inside.append(float(m[k].mean()) if k.any() else float("nan"))
+    metrics["boxes_per_failed_good"] = (float(np.mean([len(per_image[i]["boxes"]) for i in np.flatnonzero(good_flagged)]))
+                                        if good_flagged.any() else 0.0)
+    metrics["failed_good"] = int(good_flagged.sum())
+    if any(r[0] != GOOD for r in rows):
+        metrics.update(_localization(rows))
+        metrics["attention_inside_defects"] = float(np.nanmean(inside))
+        good_rows = [r for r in rows if r[0] == GOOD]
+        metrics["per_type_localization"] = {
+            t: _localization([r for r in rows if r[0] == t] + good_rows)
+            for t in sorted({r[0] for r in rows} - {GOOD})}
+    return {"name": name, "kind": kind, "metrics": metrics, "threshold": threshold,
+            "box_threshold": rule.threshold, "box_rule": rule.to_dict(), "images": per_image, "maps": pt.maps, "val_scores": pv.scores.tolist(),
+            "test_is_defect": test_defect.tolist(), "test_scores": pt.scores.tolist(), "root": str(root),
+            "roi": cfg.data.roi}
+
+
+def _localization(rows) -> dict:
+    """Box P/R/F1 at IoU 0.3 and 0.5, pixel AUROC, AUPRO and hit rate over rows of _pixel_pair'd images."""
+    out = {f"box@{iou}": box_metrics([r[1] for r in rows], [r[2] for r in rows], iou) for iou in (0.3, 0.5)}
+    out["pixel_auroc"] = pixel_auroc([r[3] for r in rows], [r[4] for r in rows])
+    out["aupro"] = aupro([r[3] for r in rows], [r[4] for r in rows])
+    out["hit_rate"] = hit_rate([r[5] for r in rows if r[0] != GOOD], [r[6] for r in rows if r[0] != GOOD],
+                               [r[7] for r in rows if r[0] != GOOD], [r[8] for r in rows if r[0] != GOOD])
+    return out
