@@ -112,3 +112,27 @@ def test_a_model_trained_with_a_split_file_still_learns_from_its_reviews(plant, 
                      overrides=["train.epochs=1"], progress=False)
     manifest = json.loads((Path(result["report"]).parent.parent / "model" / "manifest.json").read_text())
     assert sum(bool(it["corrected"]) for it in manifest["items"]) == result["reviewed"]["corrected"] > 0
+
+
+def test_merge_keeps_the_newest_review_of_a_part_and_replaces_its_older_data(tmp_path):
+    """The same part (same pixels) judged twice: the record with the higher ID decides, whatever its folder."""
+    import cv2
+    import numpy as np
+
+    from training.retrain import _merge
+
+    part = np.full((16, 16), 90, np.uint8)
+    other = np.full((16, 16), 30, np.uint8)
+    reviewed, base, out = tmp_path / "reviewed", tmp_path / "base", tmp_path / "out"
+    for rel, img in (("good/s1_p7_0009.png", part), ("defect/scratch/s1_p7_0012.png", part),
+                     ("good/s1_p8_0003.png", other)):
+        (reviewed / rel).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(reviewed / rel), img)
+    (base / "good").mkdir(parents=True)
+    (base / "defect" / "scratch").mkdir(parents=True)
+    cv2.imwrite(str(base / "good" / "p7.png"), part)  # the same part in the earlier data
+    cv2.imwrite(str(base / "defect" / "scratch" / "q.png"), np.full((16, 16), 200, np.uint8))
+    counts = _merge(base, reviewed, out)
+    kept = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert kept == ["defect/scratch/q.png", "defect/scratch/s1_p7_0012.png", "good/s1_p8_0003.png"]
+    assert counts == {"replayed": 1, "reviewed": 2, "replaced_by_review": 1, "repeated_reviews": 1}
