@@ -41,13 +41,15 @@ class _Users:
 
     def get_user(self, iserver, username=None, password=None, certificate=None):
         from asyncua.crypto.permission_rules import User, UserRole
+        from cryptography.hazmat.primitives.serialization import Encoding
 
         if username is not None:
             ok = bool(self.username and self.password) and hmac.compare_digest(
                 f"{username}\0{password}".encode(), f"{self.username}\0{self.password}".encode())
             return User(role=UserRole.User, name=username) if ok else None
         if certificate is not None:
-            return User(role=UserRole.User, name="certificate") if certificate in self.trusted else None
+            der = certificate if isinstance(certificate, bytes) else certificate.public_bytes(Encoding.DER)
+            return User(role=UserRole.User, name="certificate") if der in self.trusted else None
         return User(role=UserRole.User, name="anonymous") if self.anonymous else None
 
 
@@ -81,7 +83,7 @@ class OPCUAServer:
                 raise PLCError(f"plc.opcua.trusted_clients: {folder} is not a folder of client certificates")
             for p in sorted(folder.iterdir()):
                 if p.suffix.lower() in (".der", ".pem", ".crt"):
-                    trusted.append(await uacrypto.load_certificate(p))
+                    trusted.append(uacrypto.der_from_x509(await uacrypto.load_certificate(p)))
         self.loop, self.lock = asyncio.get_running_loop(), asyncio.Lock()
         uri = f"urn:inspection:{socket.gethostname()}:{self.station}"
         server = Server(user_manager=_Users(cfg.username, password, cfg.anonymous, trusted))

@@ -4,6 +4,7 @@ import hashlib
 import hmac
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -263,6 +264,52 @@ def test_a_trigger_without_a_frame_times_out_with_error_2_and_the_line_recovers(
     assert second["part"] == "8" and second["verdict"] in ("OK", "NG", "REVIEW") and second["error"] == 0
     assert health["plc"]["result_timeouts"] == 1 and health["plc"]["triggers"] == 2
     assert runner.metrics.get("plc_result_timeouts_total") == 1
+
+
+def test_opcua_certificate_login_only_for_trusted_clients(exported, tmp_path):
+    """With plc.opcua.trusted_clients, a PLC whose certificate is in that folder logs in by certificate; another
+    certificate cannot even open a secure channel."""
+    async def certs():
+        return await _client_cert(tmp_path / "plc", "plc"), await _client_cert(tmp_path / "other", "rogue")
+
+    (good_cert, good_key), (bad_cert, bad_key) = asyncio.run(certs())
+    (tmp_path / "trusted").mkdir()
+    shutil.copy(good_cert, tmp_path / "trusted")  # the integrator puts the PLC's certificate there
+    port = _free_port()
+    runner = _in_process(exported, tmp_path, **{"source.loop": "true", "plc.opcua.port": port, "station": "cell-c",
+                                                "plc.opcua.trusted_clients": tmp_path / "trusted",
+                                                "plc.opcua.pki": tmp_path / "pki"})
+    runner.self_check()
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+
+    async def drive():
+        c = Client(f"opc.tcp://127.0.0.1:{port}/inspection/", timeout=10)
+        c.application_uri = "urn:test:plc"
+        await c.set_security_string(f"Basic256Sha256,SignAndEncrypt,{good_cert},{good_key}")
+        await c.load_client_certificate(str(good_cert))
+        await c.load_private_key(good_key)
+        await c.connect()
+        ua = await UAStation(c, "cell-c").bind()
+        assert await ua.trigger("C-1") == 0
+        got = await ua.wait_result()
+        assert await ua.ack() == 0
+        await c.disconnect()
+        rogue = Client(f"opc.tcp://127.0.0.1:{port}/inspection/", timeout=5)
+        rogue.application_uri = "urn:test:rogue"
+        await rogue.set_security_string(f"Basic256Sha256,SignAndEncrypt,{bad_cert},{bad_key}")
+        await rogue.load_client_certificate(str(bad_cert))
+        await rogue.load_private_key(bad_key)
+        with pytest.raises(Exception, match="Bad"):  # BadSecurityChecksFailed: the channel is refused
+            await rogue.connect()
+        return got
+
+    try:
+        got = asyncio.run(drive())
+    finally:
+        runner.stop()
+        thread.join(30)
+    assert got["part"] == "C-1" and got["verdict"] in ("OK", "NG", "REVIEW")
 
 
 def test_plc_config_errors_name_the_field(exported, tmp_path, capsys):
