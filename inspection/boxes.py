@@ -7,7 +7,9 @@ defect joins its region), and is boxed where its log-odds
 lie at least `relative` of the way from the foot to the region's peak (a soft blob around a small defect is
 boxed near its tip, a plateau whole); boxes closer than `merge` (a share of the longer side of the region
 the model saw) become one (a crack that the map breaks into beads is one defect); regions under `min_area`
-pixels are dropped; each box is scored by the peak (or mean) attention inside.
+pixels, or under `area_share` of the largest region's area on the same part (a speck beside a defect, where
+the map saturates and peaks cannot tell them apart), are dropped; each box is scored by the peak (or mean)
+attention inside.
 
     >>> boxes = attention_to_boxes(att, frame_hw=(480, 640), threshold=0.5, low=0.5, relative=0.5, min_area=20)
     >>> boxes = attention_to_boxes(att, frame_hw=(480, 640), rule=BoxRule.from_dict(package_variant["box_rule"]))
@@ -49,17 +51,20 @@ class BoxRule:
     relative: float = 0.0     # box where log-odds are this share of the way from foot to peak
     merge: float = 0.0        # merge gap, share of the longer side of the region the model saw
     peak_share: float = 0.0   # seeds must also reach this share of the map's peak (0: off)
+    area_share: float = 0.0   # regions must reach this share of the part's largest region's area (0: off)
     min_area: int = 0
     score: str = "peak"
 
     def __post_init__(self):
         checks = {"threshold": 0 <= self.threshold <= 1, "low": 0 < self.low <= 1, "relative": 0 <= self.relative < 1,
-                  "merge": 0 <= self.merge <= 1, "peak_share": 0 <= self.peak_share <= 1, "min_area": self.min_area >= 0,
+                  "merge": 0 <= self.merge <= 1, "peak_share": 0 <= self.peak_share <= 1, "area_share": 0 <= self.area_share <= 1,
+                  "min_area": self.min_area >= 0,
                   "score": self.score in ("peak", "mean")}
         expected = {"threshold": "in [0, 1]", "low": "in (0, 1] (a share of the seed level)",
                     "relative": "in [0, 1) (a share of the way from a region's foot to its peak)",
                     "merge": "in [0, 1] (a share of the region's longer side)",
-                    "peak_share": "in [0, 1] (a share of the map's peak; 0 = off)", "min_area": ">= 0 pixels",
+                    "peak_share": "in [0, 1] (a share of the map's peak; 0 = off)",
+                    "area_share": "in [0, 1] (a share of the largest region's area; 0 = off)", "min_area": ">= 0 pixels",
                     "score": "'peak' or 'mean'"}
         for name, ok in checks.items():
             if not ok:
@@ -99,14 +104,16 @@ def upsample_attention(attention: np.ndarray, frame_hw: tuple[int, int],
 
 def components_to_boxes(binary: np.ndarray, values: np.ndarray | None = None, min_area: int = 0,
                         score: str = "peak", offset: tuple[int, int] = (0, 0), seed: float | None = None,
-                        merge_gap: float = 0.0, relative: float = 0.0, foot: float = 0.0) -> list[Box]:
+                        merge_gap: float = 0.0, relative: float = 0.0, foot: float = 0.0,
+                        area_share: float = 0.0) -> list[Box]:
     """Boxes of the 8-connected components of a bool image, scored by `values` inside each one.
 
     seed: keep only components where `values` reach it (hysteresis); relative: box only the pixels of each
     component whose log-odds lie at least this share of the way from `foot` (the level that cut the component)
     to the component's peak (log-odds, because a map near 1 saturates: 0.9998 and 0.99998 are 8.5 and 10.8 in
     log-odds); merge_gap: merge boxes whose gap in x and in y is at most this many pixels (their areas add up,
-    the score is the peak or the area-weighted mean).
+    the score is the peak or the area-weighted mean); area_share: drop (merged) components whose area is under
+    this share of the largest one's.
     """
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
     parts = []  # [x0, y0, x1, y1, peak, sum, area]
@@ -129,6 +136,9 @@ def components_to_boxes(binary: np.ndarray, values: np.ndarray | None = None, mi
         parts.append([x, y, x + w, y + h, peak, float(inside.sum()), area])
     if merge_gap > 0:
         parts = _merge_near(parts, merge_gap)
+    if area_share > 0 and parts:
+        biggest = max(p[6] for p in parts)
+        parts = [p for p in parts if p[6] >= area_share * biggest]
     boxes = []
     for x0, y0, x1, y1, peak, total, area in parts:
         if area < min_area:
@@ -169,7 +179,8 @@ def map_boxes(up: np.ndarray, rule: BoxRule, offset: tuple[int, int] = (0, 0)) -
         seed = max(seed, rule.peak_share * float(up.max()))
     foot = seed * rule.low
     return components_to_boxes(up >= foot, up, rule.min_area, rule.score, offset, seed=seed,
-                               merge_gap=rule.merge * max(up.shape), relative=rule.relative, foot=foot)
+                               merge_gap=rule.merge * max(up.shape), relative=rule.relative, foot=foot,
+                               area_share=rule.area_share)
 
 
 def attention_to_boxes(attention: np.ndarray, frame_hw: tuple[int, int], rule: BoxRule | None = None,

@@ -121,6 +121,8 @@ class BoxConfig(_Section):
                                                                  "longer side; None = calibrate")
     peak_share: Optional[float] = Field(None, ge=0, le=1, description="seeds must also reach this share of the "
                                                                       "map's peak; 0 = off; None = calibrate")
+    area_share: Optional[float] = Field(None, ge=0, le=1, description="drop regions under this share of the part's "
+                                                                      "largest region's area; 0 = off; None = calibrate")
     min_area: int = Field(16, ge=0, description="minimum component area in original pixels")
     score: Literal["peak", "mean"] = "peak"
 

@@ -28,8 +28,10 @@ BOX_CANDIDATES = {  # the other levels of the box rule; the first of each is the
     "low": (1.0, 0.7, 0.5),              # hysteresis: foot as a share of the seed level
     "merge": (0.0, 0.02, 0.05),          # merge gap: share of the ROI's longer side
     "peak_share": (0.0, 0.5, 0.7),       # seeds must also reach this share of the map's peak
+    "area_share": (0.0, 0.05, 0.1, 0.2, 0.3),  # regions must reach this share of the largest region's area
 }
-SEARCH = (("threshold", "relative"), ("low",), ("merge",), ("peak_share",), ("threshold",))  # coordinate steps
+SEARCH = (("threshold", "relative"), ("low",), ("merge",), ("peak_share",), ("area_share",),  # coordinate steps
+          ("threshold",))
 PIXEL_SIDE = 128  # pixel metrics are computed at this longest side to keep memory flat
 
 
@@ -66,7 +68,7 @@ def calibrate_box_rule(pred: Predictions, items, truths: dict[int, np.ndarray], 
     that fail or go to review). Levels the config sets stay fixed; with no pixel truth the others stay neutral
     (threshold 0.5, one level, whole regions, no merging, no share of the peak).
 
-    Search: threshold and extent together, then hysteresis, merging and peak share one at a time, then the
+    Search: threshold and extent together, then hysteresis, merging, peak share and area share one at a time, then the
     threshold again, each kept only when it raises F1 (ties keep the simpler rule). Candidate thresholds are upper
     quantiles of the validation maps' pixel values, not a fixed grid, so that a model whose maps live in a narrow
     band is calibrated as finely as one using 0-1.

@@ -138,3 +138,18 @@ def test_a_faint_blob_beside_a_strong_defect_is_not_a_second_defect():
     assert BoxRule.from_dict({"threshold": 0.7, "unknown": 1}) == BoxRule(threshold=0.7)  # older packages: defaults
     with pytest.raises(ValueError, match="peak_share"):
         BoxRule(peak_share=1.5)
+
+
+def test_a_saturated_speck_beside_a_crack_is_dropped_by_the_area_share():
+    att = np.zeros((40, 100), np.float32)
+    att[18:22, 10:90] = 1.0   # a long crack, saturated
+    att[5:7, 50:52] = 1.0     # a speck elsewhere, just as saturated: peaks cannot tell them apart
+    both = attention_to_boxes(att, (40, 100), threshold=0.5, peak_share=0.7)
+    assert len(both) == 2
+    crack = attention_to_boxes(att, (40, 100), threshold=0.5, peak_share=0.7, area_share=0.1)
+    assert [b.xyxy for b in crack] == [(10, 18, 90, 22)]
+    two = att.copy()
+    two[30:34, 20:60] = 1.0   # a second real defect of half the size stays
+    assert len(attention_to_boxes(two, (40, 100), threshold=0.5, area_share=0.1)) == 2
+    with pytest.raises(ValueError, match="area_share must be in"):
+        attention_to_boxes(att, (40, 100), area_share=1.5)
