@@ -2,6 +2,7 @@
 
     capture ─frames (bounded: drop_oldest | block)─▶ inference loop ─▶ JSON line, MQTT, metrics
                                                       └─records (bounded)─▶ writer thread ─▶ failure log
+                                                                         (deploy/failure_log.py)
     reload thread: a new model package is loaded beside the running one and swapped in between two batches.
     HTTP thread: /health, /metrics (Prometheus), /version.
 
@@ -22,17 +23,17 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from deploy.failure_log import FailureLogWriter
 from deploy.plc import NO_FRAME, PLCLink, result_fields
-from deploy.runtime import FrameError, Inspection, Runtime, frame_to_rgb
+from deploy.registry import resolve_package
+from deploy.runtime import FrameError, Inspection, Runtime
 from deploy.sources import Frame, open_source
-from deploy.station import StationConfig
-from deploy.store import FailureRecord, FailureStore, StoreFull, StoreUnavailable, open_store
+from deploy.station import StationConfig, station_crop
+from deploy.store import FailureStore, StoreUnavailable, open_store
 from deploy.webhook import WebhookSink
-from inspection.boxes import Box, upsample_attention
-from inspection.overlay import overlay
+from inspection.boxes import Box
 
 LOG = logging.getLogger("inspection.line")
 
@@ -45,8 +46,6 @@ class StationLog(logging.LoggerAdapter):
         return f"[{self.extra['station']}] {msg}", kwargs
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-_END = object()
-TALLY_S = 5.0  # how often the verdict counts reach the store (a crash loses at most this much of them)
 
 
 class Metrics:
@@ -97,15 +96,6 @@ class Metrics:
             out += [f"inspection_latency_seconds_sum{{{labels}}} {self.latency_sum:g}",
                     f"inspection_latency_seconds_count{{{labels}}} {self.latency_count}"]
         return "\n".join(out) + "\n"
-
-
-def resolve_package(path: str | Path) -> Path:
-    """A package folder, or a pointer file (e.g. a registry's `current`) holding the path of one."""
-    p = Path(path)
-    if p.is_file():
-        target = Path(p.read_text().strip())
-        return target if target.is_absolute() else p.parent / target
-    return p
 
 
 def _package_key(path: str | Path) -> tuple:
@@ -194,7 +184,6 @@ class LineRunner:
         self.stop_event = threading.Event()
         self.capture_done = threading.Event()
         self.frames: queue.Queue = queue.Queue(cfg.queue.size)
-        self.records: queue.Queue = queue.Queue(cfg.log.queue)
         self.runtime = self._load(cfg.package)
         self._package_key = _package_key(cfg.package)
         self._next_runtime: Runtime | None = None
@@ -205,7 +194,7 @@ class LineRunner:
                                               cfg.log.fsync, offline_ok=True)
         if cfg.log.outbox:
             self.store.outbox = Path(cfg.log.outbox)
-        self._outbox = len(self.store.spooled(cfg.station))  # records from an earlier outage, replayed first
+        self.writer = FailureLogWriter(cfg, self.store, self.metrics, self.log)
         self.mqtt = (MQTTOutput(cfg.mqtt, cfg.station, self.metrics, cfg.source.part_id == "trigger")
                      if cfg.mqtt.host else None)
         self.http = None
@@ -217,14 +206,11 @@ class LineRunner:
         self.last_frame = 0.0
         self.metrics.set("log_disk_full", 0)
         self.metrics.set("log_db_unavailable", 0)
-        self.metrics.set("log_outbox_records", self._outbox)
         try:
             self.store.recover(cfg.station)  # leftovers of a crash of this station's earlier run
         except StoreUnavailable as exc:  # the database is down: start anyway, records go to the outbox
             self.log.warning(f"failure log: {exc}; starting with records in the outbox {self.store.outbox}")
             self.metrics.set("log_db_unavailable", 1)
-        self._tallied: dict[str, float] = {}  # verdict counters already written to the store's daily tallies
-        self._tally_flushed = time.time()
 
     def _load(self, package) -> Runtime:
         rt = Runtime(resolve_package(package), self.cfg.backend, self.cfg.precision, self.cfg.threads,
@@ -371,8 +357,7 @@ class LineRunner:
             elif roi is not None and (roi[0] + roi[2] > f.image.shape[1] or roi[1] + roi[3] > f.image.shape[0]):
                 results[i] = (f, None, f"frame {f.image.shape[1]}x{f.image.shape[0]} is smaller than the station ROI")
             else:
-                x, y, w, h = roi or (0, 0, f.image.shape[1], f.image.shape[0])
-                images.append(f.image[y:y + h, x:x + w])
+                images.append(station_crop(f.image, roi)[0])
                 slots.append(i)
         for i, r in zip(slots, self.runtime.inspect_each(images, self.cfg.source.color) if images else []):
             if isinstance(r, FrameError):
@@ -380,14 +365,6 @@ class LineRunner:
                 continue
             results[i] = (batch[i], r, None)  # boxes in the judged crop's pixels; _emit shifts them to the frame
         return results
-
-    def _crop(self, frame: Frame):
-        """The part of the frame the model judged (the station ROI), and that ROI (None: the whole frame)."""
-        roi = self.cfg.source.roi
-        if roi is None or frame.image is None:
-            return frame.image, None
-        x, y, w, h = roi
-        return frame.image[y:y + h, x:x + w], [x, y, w, h]
 
     def _emit(self, frame: Frame, result: Inspection | None, error: str | None, done: float) -> str:
         verdict = "error" if result is None else result.verdict
@@ -418,161 +395,17 @@ class LineRunner:
         return verdict
 
     def _log(self, frame: Frame, result: Inspection | None, error: str | None, verdict: str) -> None:
-        if verdict not in self.cfg.log.verdicts:
-            return
-        t = time.time()
-        self.records.put((frame, result, error, self.runtime.version))  # blocks when full: no record is dropped
-        waited = time.time() - t
-        if waited > 0.01:
-            self.metrics.inc("log_backpressure_seconds_total", waited)
-
-    # -- the failure-log writer -------------------------------------------------------------------------------------
-    def _files(self, frame: Frame, result: Inspection | None) -> dict[str, tuple[str, bytes]]:
-        """The image the model judged (the station crop of the frame, so that review, re-scoring and retraining
-        see what the model saw; an unjudged frame whole), its map and an overlay."""
-        files = {}
-        image = self._crop(frame)[0] if result is not None else frame.image
-        if image is not None:
-            ext = "." + self.cfg.log.image_format
-            if self.cfg.source.color == "RGB" and image.ndim == 3 and image.shape[2] >= 3:  # files are BGR(A)
-                image = image[..., [2, 1, 0, *range(3, image.shape[2])]]
-            ok, data = cv2.imencode(ext, image)
-            if ok:
-                files["image"] = (ext, data.tobytes())
-        if result is not None and image is not None:
-            att = np.clip(result.attention, 0, 1)
-            files["map"] = (".png", cv2.imencode(".png", (att * 65535 + 0.5).astype(np.uint16))[1].tobytes())
-            rgb = frame_to_rgb(self._crop(frame)[0], self.cfg.source.color)
-            full = upsample_attention(att, rgb.shape[:2], self.runtime.roi)
-            label = f"{result.verdict} {result.score:.3f}"
-            vis = overlay(rgb, full, result.boxes, label=label)[..., ::-1]
-            files["overlay"] = (".jpg", cv2.imencode(".jpg", vis, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
-        return files
-
-    def _record(self, job) -> tuple[FailureRecord, dict]:
-        frame, result, error, version = job
-        record = FailureRecord(frame.part_id, self.cfg.station, frame.ts, version,
-                               "error" if result is None else result.verdict,
-                               None if result is None else result.score,
-                               None if result is None else result.defect_type,
-                               [] if result is None else [b.to_dict() for b in result.boxes],
-                               crop=self._crop(frame)[1] if result is not None else None)
-        if error:
-            record.boxes = [{"error": error}]
-        return record, self._files(frame, result)
-
-    def _writer(self) -> None:
-        """Write the records to the store, oldest first. While the database is unreachable they go to the
-        outbox on disk (kept across restarts) and are replayed when it is back; while the disk is full they
-        wait in memory (up to log.queue). Retried every log.retry_s."""
-        waiting: collections.deque = collections.deque()  # (record, files) the store has not taken yet
-        last_try = 0.0
-        while True:
-            try:
-                job = self.records.get(timeout=0.2)
-            except queue.Empty:
-                job = None
-            if job is not None and job is not _END:
-                try:
-                    waiting.append(self._record(job))
-                except Exception as exc:  # noqa: BLE001 - one bad record must not stop the writer
-                    self._write_error(job[0].part_id, exc)
-            blocked = self._store_blocked()
-            if (waiting or self._outbox) and (not blocked or time.time() - last_try >= self.cfg.log.retry_s):
-                last_try = time.time()
-                try:
-                    self._drain(waiting)
-                    self.metrics.set("log_disk_full", 0)
-                    self.metrics.set("log_db_unavailable", 0)
-                except StoreUnavailable as exc:
-                    if not blocked:
-                        self.log.warning(f"failure log: {exc}; verdicts continue, records wait")
-                    self.metrics.set("log_disk_full" if isinstance(exc, StoreFull) else "log_db_unavailable", 1)
-            if self.metrics.get("log_db_unavailable"):
-                self._spool(waiting)
-            while len(waiting) > self.cfg.log.queue:
-                waiting.popleft()
-                self.metrics.inc("log_records_lost_total")
-            self.metrics.set("log_waiting_records", len(waiting))
-            self.metrics.set("log_outbox_records", self._outbox)
-            if job is _END or time.time() - self._tally_flushed >= TALLY_S:
-                self._flush_tally()
-            if job is _END:
-                if waiting:
-                    self.metrics.inc("log_records_lost_total", len(waiting))
-                    self.log.error(f"failure log: {len(waiting)} record(s) could not be written at shutdown "
-                          "(disk full)")
-                if self._outbox:
-                    self.log.warning(f"failure log: {self._outbox} record(s) wait in the outbox {self.store.outbox}; "
-                          "the next start writes them")
-                return
-
-    def _drain(self, waiting: collections.deque) -> None:
-        """The outbox first, then the waiting records; raises StoreUnavailable where the store stops taking them."""
-        if self._outbox:
-            before = self._outbox
-            try:
-                self.store.replay(self.cfg.station)
-            finally:
-                self._outbox = len(self.store.spooled(self.cfg.station))
-                self.metrics.inc("log_records_total", max(0, before - self._outbox))
-        while waiting:
-            record, files = waiting[0]
-            try:
-                self.store.add(record, files)
-                self.metrics.inc("log_records_total")
-            except StoreUnavailable:
-                raise
-            except Exception as exc:  # noqa: BLE001 - one bad record must not stop the writer
-                self._write_error(record.part_id, exc)
-            waiting.popleft()
-
-    def _write_error(self, part_id: str, exc: Exception) -> None:
-        self.log.error(f"failure log: record of part {part_id} not written: {exc}")
-        self.metrics.inc("log_write_errors_total")
-
-    def _spool(self, waiting: collections.deque) -> None:
-        """Database down: move the waiting records to the outbox on disk (in memory still if that fails too)."""
-        while waiting:
-            try:
-                self.store.spool(*waiting[0])
-            except OSError as exc:
-                if not self.metrics.get("log_outbox_unwritable"):
-                    self.log.warning(f"failure log: outbox {self.store.outbox} not writable either ({exc}); records wait "
-                          "in memory")
-                self.metrics.set("log_outbox_unwritable", 1)
-                return
-            self.metrics.set("log_outbox_unwritable", 0)
-            waiting.popleft()
-            self._outbox += 1
-
-    def _store_blocked(self) -> bool:
-        return bool(self.metrics.get("log_disk_full") or self.metrics.get("log_db_unavailable"))
-
-    def _flush_tally(self) -> None:
-        """Add the verdict counters' growth since the last flush to today's tallies (fail-rate denominators).
-
-        Read from the same counters as /metrics, so the line loop counts each verdict once. Parts judged in
-        the last TALLY_S seconds before midnight count for the new day. A failed write is retried next time.
-        """
-        self._tally_flushed = time.time()
-        with self.metrics.lock:
-            now = {k.split('"')[1]: v for k, v in self.metrics.counters.items() if k.startswith("verdicts_total|")}
-        day = time.strftime("%Y-%m-%d")
-        try:
-            self.store.tally(self.cfg.station, {(day, v): int(n - self._tallied.get(v, 0)) for v, n in now.items()})
-        except Exception as exc:  # noqa: BLE001 - statistics must never stop the writer
-            self.log.warning(f"failure log: verdict counts not written yet: {exc}")
-            return
-        self._tallied = now
+        self.writer.count(verdict)
+        if verdict in self.cfg.log.verdicts:
+            self.writer.put((frame, result, error, self.runtime.version, self.runtime.roi))
 
     # -- main loop -------------------------------------------------------------------------------------------------
     def run(self) -> dict:
         """Run until the source ends or stop(); drain the queues, flush the log; return a summary."""
         if self.source_state == "starting":
             self.self_check()
-        threads = [threading.Thread(target=self._capture, name="capture", daemon=True),
-                   threading.Thread(target=self._writer, name="writer", daemon=True)]
+        self.writer.start()
+        threads = [threading.Thread(target=self._capture, name="capture", daemon=True)]
         if self.cfg.reload_s:
             threads.append(threading.Thread(target=self._watch_package, name="reload", daemon=True))
         for t in threads:
@@ -597,8 +430,7 @@ class LineRunner:
                     self._log(frame, result, error, verdict)
         finally:
             self.stop_event.set()
-            self.records.put(_END)
-            threads[1].join()
+            self.writer.close()
             if self.mqtt is not None:
                 self.mqtt.close()
             if self.plc is not None:
@@ -625,7 +457,7 @@ class LineRunner:
         return out
 
     def health(self) -> dict:
-        ok = self.source_state in ("connected", "ended") and not self._store_blocked()
+        ok = self.source_state in ("connected", "ended") and not self.writer.blocked()
         return {"status": "ok" if ok else "degraded", "station": self.cfg.station,
                 "model_version": self.runtime.version, "backend": self.runtime.backend,
                 "uptime_s": round(time.time() - self.started, 1), "source": self.source_state,

@@ -163,3 +163,12 @@ class Registry:
 
     def history(self) -> list[dict]:
         return self._index()["history"]
+
+
+def resolve_package(path: str | Path) -> Path:
+    """A package folder, or a pointer file (e.g. a registry's `current`) holding the path of one."""
+    p = Path(path)
+    if p.is_file():
+        target = Path(p.read_text().strip())
+        return target if target.is_absolute() else p.parent / target
+    return p

@@ -247,6 +247,15 @@ def _check_plc(cfg: StationConfig, source: str) -> None:
                                  f"got {cfg.webhook.url!r}")
 
 
+def station_crop(image, roi):
+    """The part of a frame the model judges (the station ROI [x, y, w, h]) and that ROI; (image, None) without
+    one. The runner judges it, the failure log stores it, so review, re-scoring and retraining see the same."""
+    if roi is None or image is None:
+        return image, None
+    x, y, w, h = roi
+    return image[y:y + h, x:x + w], [x, y, w, h]
+
+
 def _lookup(cfg, dotted: str):
     node = cfg
     for part in dotted.split("."):

@@ -183,7 +183,7 @@ def cmd_failures(args) -> int:
 def cmd_review(args) -> int:
     import uvicorn
 
-    from deploy.line import resolve_package
+    from deploy.registry import resolve_package
     from deploy.review.app import ReviewConfig, create_app
 
     cfg = ReviewConfig(Path(args.log), resolve_package(args.package) if args.package else None,

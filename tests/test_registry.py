@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.line import resolve_package
+from deploy.registry import resolve_package
 from deploy.registry import Registry, RegistryError
 from inspection.cli import main
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from deploy.export import export_package
-from deploy.line import LineRunner, resolve_package
+from deploy.line import LineRunner
+from deploy.registry import resolve_package
 from deploy.registry import Registry
 from deploy.station import load_station
 from deploy.store import SQLiteStore

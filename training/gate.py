@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.line import resolve_package
+from deploy.registry import resolve_package
 from deploy.runtime import Runtime, frame_to_rgb, read_frame
 from inspection.boxes import mask_to_boxes
 from inspection.imageio import read_truth

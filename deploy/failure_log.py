@@ -1,0 +1,203 @@
+"""The failure-log writer: its own thread, the records queue, the outbox and the daily verdict tallies.
+
+    writer = FailureLogWriter(cfg, store, metrics, log); writer.start()
+    writer.count("fail")                                   # every verdict (the tallies' denominators)
+    writer.put((frame, result, error, model_version, model_roi))   # a part to log; blocks when the queue is full
+    writer.close()                                         # write what is queued, flush the tallies, join
+
+Each record's files (the judged crop, its map as a 16-bit PNG, an overlay) are written to hidden temporary
+names, fsynced and renamed before the record is committed (deploy/store.py). While the database is down the
+records go to the outbox on disk and are replayed oldest first when it is back; while the disk is full they
+wait in memory (up to log.queue, then the oldest are dropped and counted). torch-free.
+"""
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+import time
+
+import cv2
+import numpy as np
+
+from deploy.runtime import Inspection, frame_to_rgb
+from deploy.sources import Frame
+from deploy.station import StationConfig, station_crop
+from deploy.store import FailureRecord, FailureStore, StoreFull, StoreUnavailable
+from inspection.boxes import upsample_attention
+from inspection.overlay import overlay
+
+_END = object()
+TALLY_S = 5.0  # how often the verdict counts reach the store (a crash loses at most this much of them)
+
+
+class FailureLogWriter:
+    def __init__(self, cfg: StationConfig, store: FailureStore, metrics, log):
+        self.cfg, self.store, self.metrics, self.log = cfg, store, metrics, log
+        self.queue: queue.Queue = queue.Queue(cfg.log.queue)
+        self.outbox = len(store.spooled(cfg.station))  # records from an earlier outage, replayed first
+        self.lock = threading.Lock()
+        self.counts: collections.Counter = collections.Counter()  # verdicts not yet in the store's tallies
+        self._tally_flushed = time.time()
+        self.thread = threading.Thread(target=self._run, name="writer", daemon=True)
+        metrics.set("log_outbox_records", self.outbox)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def count(self, verdict: str) -> None:
+        with self.lock:
+            self.counts[verdict] += 1
+
+    def put(self, job) -> None:
+        """Queue a part to log; blocks while the queue is full (no record is dropped), and says how long."""
+        t = time.time()
+        self.queue.put(job)
+        waited = time.time() - t
+        if waited > 0.01:
+            self.metrics.inc("log_backpressure_seconds_total", waited)
+
+    def close(self) -> None:
+        self.queue.put(_END)
+        self.thread.join()
+
+    def _files(self, frame: Frame, result: Inspection | None, job_roi) -> dict[str, tuple[str, bytes]]:
+        """The image the model judged (the station crop of the frame, so that review, re-scoring and retraining
+        see what the model saw; an unjudged frame whole), its map and an overlay."""
+        files = {}
+        crop = station_crop(frame.image, self.cfg.source.roi)[0]
+        image = crop if result is not None else frame.image
+        if image is not None:
+            ext = "." + self.cfg.log.image_format
+            if self.cfg.source.color == "RGB" and image.ndim == 3 and image.shape[2] >= 3:  # files are BGR(A)
+                image = image[..., [2, 1, 0, *range(3, image.shape[2])]]
+            ok, data = cv2.imencode(ext, image)
+            if ok:
+                files["image"] = (ext, data.tobytes())
+        if result is not None and image is not None:
+            att = np.clip(result.attention, 0, 1)
+            files["map"] = (".png", cv2.imencode(".png", (att * 65535 + 0.5).astype(np.uint16))[1].tobytes())
+            rgb = frame_to_rgb(crop, self.cfg.source.color)
+            full = upsample_attention(att, rgb.shape[:2], job_roi)
+            label = f"{result.verdict} {result.score:.3f}"
+            vis = overlay(rgb, full, result.boxes, label=label)[..., ::-1]
+            files["overlay"] = (".jpg", cv2.imencode(".jpg", vis, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
+        return files
+
+    def _record(self, job) -> tuple[FailureRecord, dict]:
+        frame, result, error, version, job_roi = job
+        record = FailureRecord(frame.part_id, self.cfg.station, frame.ts, version,
+                               "error" if result is None else result.verdict,
+                               None if result is None else result.score,
+                               None if result is None else result.defect_type,
+                               [] if result is None else [b.to_dict() for b in result.boxes],
+                               crop=station_crop(frame.image, self.cfg.source.roi)[1] if result is not None else None)
+        if error:
+            record.boxes = [{"error": error}]
+        return record, self._files(frame, result, job_roi)
+
+    def _run(self) -> None:
+        """Write the records to the store, oldest first. While the database is unreachable they go to the
+        outbox on disk (kept across restarts) and are replayed when it is back; while the disk is full they
+        wait in memory (up to log.queue). Retried every log.retry_s."""
+        waiting: collections.deque = collections.deque()  # (record, files) the store has not taken yet
+        last_try = 0.0
+        while True:
+            try:
+                job = self.queue.get(timeout=0.2)
+            except queue.Empty:
+                job = None
+            if job is not None and job is not _END:
+                try:
+                    waiting.append(self._record(job))
+                except Exception as exc:  # noqa: BLE001 - one bad record must not stop the writer
+                    self._write_error(job[0].part_id, exc)
+            blocked = self.blocked()
+            if (waiting or self.outbox) and (not blocked or time.time() - last_try >= self.cfg.log.retry_s):
+                last_try = time.time()
+                try:
+                    self._drain(waiting)
+                    self.metrics.set("log_disk_full", 0)
+                    self.metrics.set("log_db_unavailable", 0)
+                except StoreUnavailable as exc:
+                    if not blocked:
+                        self.log.warning(f"failure log: {exc}; verdicts continue, records wait")
+                    self.metrics.set("log_disk_full" if isinstance(exc, StoreFull) else "log_db_unavailable", 1)
+            if self.metrics.get("log_db_unavailable"):
+                self._spool(waiting)
+            while len(waiting) > self.cfg.log.queue:
+                waiting.popleft()
+                self.metrics.inc("log_records_lost_total")
+            self.metrics.set("log_waiting_records", len(waiting))
+            self.metrics.set("log_outbox_records", self.outbox)
+            if job is _END or time.time() - self._tally_flushed >= TALLY_S:
+                self._flush_tally()
+            if job is _END:
+                if waiting:
+                    self.metrics.inc("log_records_lost_total", len(waiting))
+                    self.log.error(f"failure log: {len(waiting)} record(s) could not be written at shutdown "
+                          "(disk full)")
+                if self.outbox:
+                    self.log.warning(f"failure log: {self.outbox} record(s) wait in the outbox {self.store.outbox}; "
+                          "the next start writes them")
+                return
+
+    def _drain(self, waiting: collections.deque) -> None:
+        """The outbox first, then the waiting records; raises StoreUnavailable where the store stops taking them."""
+        if self.outbox:
+            before = self.outbox
+            try:
+                self.store.replay(self.cfg.station)
+            finally:
+                self.outbox = len(self.store.spooled(self.cfg.station))
+                self.metrics.inc("log_records_total", max(0, before - self.outbox))
+        while waiting:
+            record, files = waiting[0]
+            try:
+                self.store.add(record, files)
+                self.metrics.inc("log_records_total")
+            except StoreUnavailable:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one bad record must not stop the writer
+                self._write_error(record.part_id, exc)
+            waiting.popleft()
+
+    def _write_error(self, part_id: str, exc: Exception) -> None:
+        self.log.error(f"failure log: record of part {part_id} not written: {exc}")
+        self.metrics.inc("log_write_errors_total")
+
+    def _spool(self, waiting: collections.deque) -> None:
+        """Database down: move the waiting records to the outbox on disk (in memory still if that fails too)."""
+        while waiting:
+            try:
+                self.store.spool(*waiting[0])
+            except OSError as exc:
+                if not self.metrics.get("log_outbox_unwritable"):
+                    self.log.warning(f"failure log: outbox {self.store.outbox} not writable either ({exc}); records wait "
+                          "in memory")
+                self.metrics.set("log_outbox_unwritable", 1)
+                return
+            self.metrics.set("log_outbox_unwritable", 0)
+            waiting.popleft()
+            self.outbox += 1
+
+    def blocked(self) -> bool:
+        return bool(self.metrics.get("log_disk_full") or self.metrics.get("log_db_unavailable"))
+
+    def _flush_tally(self) -> None:
+        """Add the verdicts counted since the last flush to today's tallies (fail-rate denominators).
+
+        Parts judged in the last TALLY_S seconds before midnight count for the new day. A failed write is retried
+        next time (the counts wait)."""
+        self._tally_flushed = time.time()
+        with self.lock:
+            counts, self.counts = self.counts, collections.Counter()
+        if not counts:
+            return
+        day = time.strftime("%Y-%m-%d")
+        try:
+            self.store.tally(self.cfg.station, {(day, v): n for v, n in counts.items()})
+        except Exception as exc:  # noqa: BLE001 - statistics must never stop the writer
+            self.log.warning(f"failure log: verdict counts not written yet: {exc}")
+            with self.lock:
+                self.counts.update(counts)
