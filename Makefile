@@ -40,4 +40,5 @@ bench: setup
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/inference.py
 	$(PY) benchmarks/line_throughput.py
+	$(PY) benchmarks/plc_latency.py
 	$(PY) benchmarks/review_queue.py
