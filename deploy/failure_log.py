@@ -25,6 +25,7 @@ from deploy.sources import Frame
 from deploy.station import StationConfig, station_crop
 from deploy.store import FailureRecord, FailureStore, StoreFull, StoreUnavailable
 from inspection.boxes import upsample_attention
+from inspection.mapfile import encode_map
 from inspection.overlay import overlay
 
 _END = object()
@@ -76,7 +77,7 @@ class FailureLogWriter:
                 files["image"] = (ext, data.tobytes())
         if result is not None and image is not None:
             att = np.clip(result.attention, 0, 1)
-            files["map"] = (".png", cv2.imencode(".png", (att * 65535 + 0.5).astype(np.uint16))[1].tobytes())
+            files["map"] = (".png", encode_map(att))
             rgb = frame_to_rgb(crop, self.cfg.source.color)
             full = upsample_attention(att, rgb.shape[:2], job_roi)
             label = f"{result.verdict} {result.score:.3f}"

@@ -375,6 +375,8 @@ class SQLStore:
         import cv2
         import numpy as np
 
+        from inspection.mapfile import encode_map
+
         att = np.asarray(corrected, np.float32)
         if "map" not in record.files:
             raise ReviewError(f"part {record.part_id} has no attention map to correct (verdict {record.verdict})")
@@ -395,8 +397,7 @@ class SQLStore:
         small = att if att.shape == (h, w) else cv2.resize(att, (w, h), interpolation=cv2.INTER_AREA)
         full = att if frame is None or att.shape == frame.shape[:2] else \
             cv2.resize(att, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_LINEAR)
-        return {kind: cv2.imencode(".png", (a * 65535 + 0.5).astype(np.uint16))[1].tobytes()
-                for kind, a in (("corrected", small), ("corrected_full", full))}
+        return {kind: encode_map(a) for kind, a in (("corrected", small), ("corrected_full", full))}
 
     def reviews(self, failure_id: int) -> list[Review]:
         """Every review of a part, oldest first (the last one sets its status)."""

@@ -251,3 +251,17 @@ def test_the_outbox_is_replayed_oldest_first_once_and_keeps_what_it_cannot_read(
     assert _read(s, got[1].files["image"]).max() == 7
     assert s.spooled("line-2") == [] and (s.outbox / "line-2" / "zz-broken.bad").is_file()
     assert "zz-broken.json is unreadable" in caplog.text
+
+
+def test_the_map_file_format_round_trips_and_reads_8_bit_and_color_maps():
+    import cv2
+
+    from inspection.mapfile import decode_map, encode_map
+
+    att = np.linspace(0, 1, 12 * 20, dtype=np.float32).reshape(12, 20)
+    back = decode_map(encode_map(att))
+    assert back.dtype == np.float32 and back.shape == (12, 20) and np.abs(back - att).max() <= 0.5 / 65535 + 1e-7
+    rgb = np.zeros((4, 5, 3), np.uint8)
+    rgb[..., 2] = 255  # red in OpenCV's BGR: a brush painted in red
+    assert np.all(decode_map(cv2.imencode(".png", rgb)[1].tobytes()) == 1.0)
+    assert decode_map(b"not a png") is None

@@ -39,6 +39,7 @@ from deploy.runtime import FrameError, Runtime, read_frame
 from deploy.store import (FILTERS, REVIEW_VERDICTS, FailureRecord, FailureStore, ReviewError, StoreUnavailable,
                           open_store)
 from inspection.boxes import upsample_attention
+from inspection.mapfile import decode_map, read_map_file
 
 HERE = Path(__file__).parent
 COOKIE = "review_session"
@@ -454,13 +455,9 @@ def _attention(state: ReviewApp, r: FailureRecord, corrected: bool, hw: tuple[in
         for review in reversed(state.store.reviews(r.id)):
             path = state.store.stored_file(review.files.get("corrected_full"), "corrected_full")
             if path is not None:
-                return cv2.imread(str(path), cv2.IMREAD_UNCHANGED).astype(np.float32) / 65535
-    path = _file(state.store, r, "map")
-    if path is None:
-        return None
-    att = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    att = att.astype(np.float32) / (65535 if att.dtype == np.uint16 else 255)
-    if hw is None:
+                return read_map_file(path)
+    att = read_map_file(_file(state.store, r, "map"))
+    if att is None or hw is None:
         return att
     return upsample_attention(att, hw, state.runtime.roi if state.runtime else None)
 
@@ -481,13 +478,9 @@ def _decode_map(data, hw: tuple[int, int] | None) -> np.ndarray | None:
     if w * h > (hw[0] * hw[1] if hw else MAX_MAP_PIXELS) or w * h > MAX_MAP_PIXELS:
         raise HTTPException(400, f"corrected map is {w}x{h} px, larger than its part's image"
                                  + (f" ({hw[1]}x{hw[0]})" if hw else ""))
-    img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
+    att = decode_map(raw)
+    if att is None:
         raise HTTPException(400, "corrected map is not a readable PNG")
-    if img.ndim == 3:
-        img = img[..., 2]  # OpenCV decodes to BGR(A): the red channel
-    scale = 65535 if img.dtype == np.uint16 else 255
-    att = img.astype(np.float32) / scale
     if hw is not None and att.shape != hw and abs(att.shape[1] / att.shape[0] - hw[1] / hw[0]) < 0.02 * hw[1] / hw[0]:
         att = cv2.resize(att, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)  # painted on a scaled-down canvas
     return att
