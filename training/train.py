@@ -182,11 +182,46 @@ def _distributed() -> tuple[int, int, int]:
     return dist.get_rank(), world, local
 
 
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, kind: str, cfg: Config, device, desc: str = "",
+                    progress: bool = False) -> dict:
+    """One pass over the loader (as torchvision's references do it): mean loss terms as train_<term>, the last
+    learning rate and images/s, averaged over all processes when distributed."""
+    from tqdm import tqdm
+
+    core = model.module if hasattr(model, "module") else model
+    model.train()
+    if cfg.train.freeze_features:
+        core.features.eval()
+    use_amp = scaler.is_enabled()
+    sums: dict[str, float] = {}
+    t0, seen = time.time(), 0
+    bar = tqdm(loader, desc=desc, leave=False, disable=not progress, file=sys.stderr)
+    for batch in bar:
+        with torch.autocast(device.type, enabled=use_amp):
+            loss, terms, _ = forward_loss(model, batch, kind, cfg, device)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + v
+        seen += len(batch["label"])
+        bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items() if k != "map" or v})
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:  # terms over all processes
+        world = dist.get_world_size()
+        keys = sorted(sums)
+        total = torch.tensor([sums[k] for k in keys] + [seen], dtype=torch.float64, device=device)
+        dist.all_reduce(total)
+        sums = {k: v / world for k, v in zip(keys, total.tolist())}
+        seen = int(total[-1])
+    return {**{f"train_{k}": v / len(loader) for k, v in sums.items()}, "lr": scheduler.get_last_lr()[-1],
+            "images_per_s": seen / (time.time() - t0)}
+
+
 def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn", resume: bool = True,
           progress: bool = True, init_state: dict | None = None) -> Path:
     """Train and return the path of best.pt. `kind`: 'abn' or 'cnn' (plain classifier, Grad-CAM baseline)."""
-    from tqdm import tqdm
-
     rank, world, local = _distributed()
     lead = rank == 0  # writes files, shows progress
     progress = progress and lead
@@ -244,33 +279,9 @@ def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn
         print(f"resuming {out} at epoch {start + 1}", file=sys.stderr)
 
     for epoch in range(start, cfg.train.epochs):
-        model.train()
-        if cfg.train.freeze_features:
-            core.features.eval()
-        sums: dict[str, float] = {}
-        t0, seen = time.time(), 0
-        bar = tqdm(train_loader, desc=f"{kind} {out.name} epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
-                   disable=not progress, file=sys.stderr)
-        for batch in bar:
-            with torch.autocast(device.type, enabled=use_amp):
-                loss, terms, _ = forward_loss(model, batch, kind, cfg, device)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v
-            seen += len(batch["label"])
-            bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items() if k != "map" or v})
-        if world > 1:  # the epoch's terms over all processes (each a mean over its share of the batch)
-            keys = sorted(sums)
-            total = torch.tensor([sums[k] for k in keys] + [seen], dtype=torch.float64, device=device)
-            dist.all_reduce(total)
-            sums = {k: v / world for k, v in zip(keys, total.tolist())}
-            seen = int(total[-1])
-        row = {"epoch": epoch + 1, **{f"train_{k}": v / len(train_loader) for k, v in sums.items()},
-               "lr": scheduler.get_last_lr()[-1], "images_per_s": seen / (time.time() - t0)}
+        row = {"epoch": epoch + 1, **train_one_epoch(model, train_loader, optimizer, scheduler, scaler, kind, cfg,
+                                                     device, f"{kind} {out.name} epoch {epoch + 1}/{cfg.train.epochs}",
+                                                     progress)}
         row.update(validate(core, val_loader, kind, cfg, device))
         history.append(row)
         improved = _is_better(row, best)
