@@ -226,52 +226,11 @@ def export_package(checkpoint: str | Path, out_dir: str | Path, manifest: Manife
         int8_info = None
         if int8:
             say(f"INT8 quantization calibrated on {len(calib)} training images ({int8_calibration})")
-            quantize_int8(tmp / "model.onnx", tmp / "model.int8.onnx", calib)
-            variants["int8"] = _evaluate_variant(tmp / "model.int8.onnx", val, test, manifest, cfg)
-            q = open_session(tmp / "model.int8.onnx").run(list(OUTPUTS), {"image": sample})
-            f = open_session(tmp / "model.onnx").run(list(OUTPUTS), {"image": sample})
-            int8_info = {"calibration_images": len(calib), "calibration_set": int8_calibration,
-                         "max_abs_diff_vs_fp32": {k: float(np.abs(a - b).max()) for k, a, b in zip(OUTPUTS, q, f)}}
+            variants["int8"], int8_info = _int8_variant(tmp, calib, sample, val, test, manifest, cfg)
+            int8_info["calibration_set"] = int8_calibration
 
-        crops = [full_roi((it.height, it.width), cfg.data.roi) for it in manifest.items]
-        aspects = [c[2] / c[3] for c in crops]
-        ck_sha = props["checkpoint_sha256"]
-        meta = {
-            "format": FORMAT, "format_version": FORMAT_VERSION,
-            "model_version": version or f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{ck_sha[:8]}",
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "classes": list(manifest.classes),
-            "input": {"name": "image", "size": [h, w], "layout": "NCHW", "dtype": "float32", "color": "RGB",
-                      "scale": "pixels / max value (255 or 65535), then (x - mean) / std",
-                      "mean": list(cfg.data.mean), "std": list(cfg.data.std), "roi": cfg.data.roi,
-                      "resize": "crop roi, then cv2.resize to size: INTER_AREA when shrinking, else INTER_LINEAR",
-                      "channels": _channels(np.concatenate([sample, calib]), cfg.data.mean, cfg.data.std),
-                      "aspect_range": [round(min(aspects), 4), round(max(aspects), 4)]},
-            "outputs": {"probs": "(B, K) softmax over classes",
-                        "defect_score": f"(B,) (1 - {cfg.model.map_score:g}) * (1 - p(good)) + {cfg.model.map_score:g} "
-                                        f"* mean of the map's top {cfg.train.defect_topk:g} cells",
-                        "attention": "(B, h, w) attention map in [0, 1]"},
-            "attention": {"name": "attention", "size": att_hw},
-            "decision": {"review_band": cfg.eval.review_band, "threshold_mode": cfg.eval.threshold_mode,
-                         "target_false_reject": cfg.eval.target_false_reject, "target_miss": cfg.eval.target_miss,
-                         "rule": "fail if score >= threshold + band; review if within the band; else pass; "
-                                 "the band reaches at most half-way to 0 and to 1"},
-            "boxes": {"min_area": cfg.eval.boxes.min_area, "score": cfg.eval.boxes.score,
-                      "calibrated": cfg.eval.boxes.threshold is None,
-                      "rule": "on parts that fail or go to review (variants.*.box_rule): upsample the map to the "
-                              "ROI (bilinear); seed level = threshold, or peak_share * the map's peak when higher "
-                              "(0: off); regions reaching it, grown down to low * seed level, each boxed where its "
-                              "log-odds are at least relative of the way from that foot to its peak; boxes closer "
-                              "than merge * the ROI's longer side merged; regions under min_area px dropped"},
-            "variants": variants,
-            "parity": {"images": len(sample), "tolerance": tolerance, "max_abs_diff": parity},
-            "int8": int8_info,
-            "training": {"manifest_hash": ckpt.get("manifest_hash") or manifest.content_hash,
-                         "eval_manifest_hash": manifest.content_hash, "checkpoint": str(checkpoint),
-                         "checkpoint_sha256": ck_sha, "epoch": ckpt.get("epoch"),
-                         "config": cfg.model_dump(mode="json")},
-            "opset": OPSET,
-        }
+        meta = _metadata(cfg, manifest, ckpt, checkpoint, version, variants, np.concatenate([sample, calib]),
+                         {"images": len(sample), "tolerance": tolerance, "max_abs_diff": parity}, int8_info, att_hw)
         write_metadata(tmp, meta)
         _replace(tmp, out)
     except BaseException:
@@ -279,6 +238,65 @@ def export_package(checkpoint: str | Path, out_dir: str | Path, manifest: Manife
         raise
     say(f"package written to {out}")
     return out
+
+
+def _int8_variant(tmp: Path, calib: np.ndarray, sample: np.ndarray, val, test, manifest: Manifest,
+                  cfg) -> tuple[dict, dict]:
+    """model.int8.onnx (static quantization calibrated on `calib`), its calibrated thresholds and metrics, and how
+    far its outputs are from FP32 on the parity sample."""
+    quantize_int8(tmp / "model.onnx", tmp / "model.int8.onnx", calib)
+    variant = _evaluate_variant(tmp / "model.int8.onnx", val, test, manifest, cfg)
+    q = open_session(tmp / "model.int8.onnx").run(list(OUTPUTS), {"image": sample})
+    f = open_session(tmp / "model.onnx").run(list(OUTPUTS), {"image": sample})
+    return variant, {"calibration_images": len(calib),
+                     "max_abs_diff_vs_fp32": {k: float(np.abs(a - b).max()) for k, a, b in zip(OUTPUTS, q, f)}}
+
+
+def _metadata(cfg, manifest: Manifest, ckpt: dict, checkpoint: Path, version: str | None, variants: dict,
+              images: np.ndarray, parity: dict, int8_info: dict | None, att_hw: list) -> dict:
+    """metadata.json: what the line runtime needs to run the package exactly as it was measured."""
+    crops = [full_roi((it.height, it.width), cfg.data.roi) for it in manifest.items]
+    aspects = [c[2] / c[3] for c in crops]
+    ck_sha = file_sha256(checkpoint)
+    h, w = cfg.data.image_size
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "model_version": version or f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{ck_sha[:8]}",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "classes": list(manifest.classes),
+        "input": {"name": "image", "size": [h, w], "layout": "NCHW", "dtype": "float32", "color": "RGB",
+                  "scale": "pixels / max value (255 or 65535), then (x - mean) / std",
+                  "mean": list(cfg.data.mean), "std": list(cfg.data.std), "roi": cfg.data.roi,
+                  "resize": "crop roi, then cv2.resize to size: INTER_AREA when shrinking, else INTER_LINEAR",
+                  "channels": _channels(images, cfg.data.mean, cfg.data.std),
+                  "aspect_range": [round(min(aspects), 4), round(max(aspects), 4)]},
+        "outputs": {"probs": "(B, K) softmax over classes",
+                    "defect_score": f"(B,) (1 - {cfg.model.map_score:g}) * (1 - p(good)) + {cfg.model.map_score:g} "
+                                    f"* mean of the map's top {cfg.train.defect_topk:g} cells",
+                    "attention": "(B, h, w) attention map in [0, 1]"},
+        "attention": {"name": "attention", "size": att_hw},
+        "decision": {"review_band": cfg.eval.review_band, "threshold_mode": cfg.eval.threshold_mode,
+                     "target_false_reject": cfg.eval.target_false_reject, "target_miss": cfg.eval.target_miss,
+                     "rule": "fail if score >= threshold + band; review if within the band; else pass; "
+                             "the band reaches at most half-way to 0 and to 1"},
+        "boxes": {"min_area": cfg.eval.boxes.min_area, "score": cfg.eval.boxes.score,
+                  "calibrated": cfg.eval.boxes.threshold is None,
+                  "rule": "on parts that fail or go to review (variants.*.box_rule): upsample the map to the "
+                          "ROI (bilinear); seed level = threshold, or peak_share * the map's peak when higher "
+                          "(0: off); regions reaching it, grown down to low * seed level, each boxed where its "
+                          "log-odds are at least relative of the way from that foot to its peak; boxes closer "
+                          "than merge * the ROI's longer side merged; regions under area_share * the part's "
+                          "largest region's area, or under min_area px, dropped"},
+        "variants": variants,
+        "parity": parity,
+        "int8": int8_info,
+        "training": {"manifest_hash": ckpt.get("manifest_hash") or manifest.content_hash,
+                     "eval_manifest_hash": manifest.content_hash, "checkpoint": str(checkpoint),
+                     "checkpoint_sha256": ck_sha, "epoch": ckpt.get("epoch"),
+                     "config": cfg.model_dump(mode="json")},
+        "opset": OPSET,
+    }
+    return meta
 
 
 def _replace(tmp: Path, out: Path) -> None:
