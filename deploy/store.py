@@ -20,12 +20,12 @@ local disk, <folder>/outbox/<station>/ (`spool`), and writes it to the log when 
 no record. A record already committed (a crash between the commit and the outbox file's removal) is not
 written twice.
 
-The schema is plain versioned SQL (MIGRATIONS), applied on open under a lock, so an older log is upgraded in
-place and several stations starting at once migrate it once; a log newer than the program is refused.
+Its parts: the schema and record types (store_schema.py), the outbox (store_outbox.py), reviews
+(store_reviews.py) and statistics (store_stats.py); this module holds writing, recovery, the quota, reading
+and the SQLite and PostgreSQL back ends.
 """
 from __future__ import annotations
 
-import base64
 import errno
 import json
 import logging
@@ -35,111 +35,21 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from deploy.atomic import TMP_MARK, write_atomic
+from deploy.store_outbox import Outbox
+from deploy.store_reviews import Reviews
+from deploy.store_schema import (DAY, MIGRATIONS, REVIEW_VERDICTS, SCHEMA, SETTLED, STORED_NAME,  # noqa: F401
+                                 FailureRecord, Review, ReviewError, StoreFull, StoreUnavailable, _record, _safe)
+from deploy.store_stats import Statistics
 
 LOG = logging.getLogger("inspection.store")
 OUTBOX = "outbox"  # <folder>/outbox/<station>/: records waiting for the database (see the module docstring)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS failures (
-    id {id},
-    part_id TEXT NOT NULL,
-    station TEXT NOT NULL,
-    ts {real} NOT NULL,
-    model_version TEXT NOT NULL,
-    verdict TEXT NOT NULL,
-    score {real},
-    defect_type TEXT,
-    boxes TEXT NOT NULL,
-    files TEXT NOT NULL,
-    bytes {big} NOT NULL,
-    review_status TEXT NOT NULL DEFAULT 'unreviewed'
-);
-CREATE INDEX IF NOT EXISTS failures_ts ON failures (ts);
-CREATE INDEX IF NOT EXISTS failures_station_ts ON failures (station, ts);
-CREATE INDEX IF NOT EXISTS failures_review ON failures (review_status, ts);
-CREATE TABLE IF NOT EXISTS reviews (
-    id {id},
-    failure_id {big} NOT NULL REFERENCES failures (id),
-    reviewer TEXT NOT NULL,
-    ts {real} NOT NULL,
-    verdict TEXT NOT NULL,
-    defect_type TEXT,
-    comment TEXT NOT NULL DEFAULT '',
-    files TEXT NOT NULL DEFAULT '{{}}'
-);
-CREATE INDEX IF NOT EXISTS reviews_failure ON reviews (failure_id, id);
-CREATE INDEX IF NOT EXISTS reviews_ts ON reviews (ts);
-CREATE TABLE IF NOT EXISTS tallies (
-    day TEXT NOT NULL,
-    station TEXT NOT NULL,
-    verdict TEXT NOT NULL,
-    n {big} NOT NULL,
-    PRIMARY KEY (day, station, verdict)
-)
-"""
-# Versioned schema changes, applied in order on open; never edit a released one, append a new one.
-# 1 is the schema from before versioning (IF NOT EXISTS: such a log passes through it unchanged).
-MIGRATIONS = [
-    (1, SCHEMA),
-    (2, """ALTER TABLE failures ADD COLUMN day TEXT;
-UPDATE failures SET day = {day_of_ts} WHERE day IS NULL;
-CREATE INDEX IF NOT EXISTS failures_day ON failures (day)"""),  # the station's local day: per-day statistics
-    (3, "ALTER TABLE failures ADD COLUMN crop TEXT"),  # station ROI: the stored image is the part the model judged
-]
-# a reviewer's verdict → the failure's review status
-REVIEW_VERDICTS = {"defect": "confirmed", "false_alarm": "false_alarm", "unsure": "unsure"}
-SETTLED = ("confirmed", "false_alarm")  # reviewed for good: the quota may delete these, oldest first
-DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
-# The only names the store writes: <day>/<station>/<part>-<token>-<kind>.<ext>, relative, no dot-leading parts
-STORED_NAME = re.compile(r"\d{4}-\d{2}-\d{2}/[\w-][\w.-]*/[\w-][\w.-]*-[0-9a-f]{10}-(?P<kind>[a-z_]+)\.[a-z0-9]{2,5}")
 
-
-class StoreUnavailable(OSError):
-    """The store cannot take records now (database unreachable); the writer keeps them and retries."""
-
-
-class StoreFull(StoreUnavailable):
-    """The disk (or the quota, with only unreviewed records left) has no room for this record."""
-
-
-@dataclass
-class FailureRecord:
-    part_id: str
-    station: str
-    ts: float
-    model_version: str
-    verdict: str
-    score: float | None           # None for parts that could not be judged (verdict 'error')
-    defect_type: str | None
-    boxes: list[dict]
-    files: dict[str, str] = field(default_factory=dict)  # kind → path relative to the store's folder
-    bytes: int = 0
-    review_status: str = "unreviewed"
-    id: int | None = None
-    crop: list | None = None      # the station ROI [x, y, w, h] the image was cut to in the frame (None: the frame)
-
-
-class ReviewError(ValueError):
-    """A review the store refuses (unknown part, verdict, wrong map); the message says what was expected."""
-
-
-@dataclass
-class Review:
-    failure_id: int
-    reviewer: str
-    ts: float
-    verdict: str                  # defect | false_alarm | unsure
-    defect_type: str | None = None
-    comment: str = ""
-    files: dict[str, str] = field(default_factory=dict)  # corrected maps: "map" (model resolution), "map_full"
-    id: int | None = None
-
-
-class SQLStore:
+class SQLStore(Outbox, Reviews, Statistics):
     """The failure log's logic in portable SQL ("?" parameters); subclasses supply a connection and a dialect.
 
     The interface the runner, the review station and the retrainer use (FailureStore): add, get, records,
@@ -262,52 +172,6 @@ class SQLStore:
             record.id = new_id
             return record.id
 
-    # -- the outbox: records waiting on local disk for the database --------------------------------------------
-    def spool(self, record: FailureRecord, files: dict[str, tuple[str, bytes]]) -> Path:
-        """Keep a record (and its files' bytes) in the station's outbox until `replay` can write it."""
-        folder = self.outbox / _safe(record.station)
-        folder.mkdir(parents=True, exist_ok=True)
-        row = {k: v for k, v in asdict(record).items() if k not in ("id", "files", "bytes", "review_status")}
-        blob = {"record": row, "files": {k: [suffix, base64.b64encode(data).decode()]
-                                         for k, (suffix, data) in files.items()}}
-        path = folder / f"{time.time_ns():020d}-{uuid.uuid4().hex[:6]}.json"
-        write_atomic(path, json.dumps(blob), self.fsync)
-        return path
-
-    def spooled(self, station: str) -> list[Path]:
-        """The station's outbox, oldest first."""
-        return sorted(p for p in (self.outbox / _safe(station)).glob("*.json") if TMP_MARK not in p.name)
-
-    def replay(self, station: str) -> int:
-        """Write the station's outbox to the log, oldest first; return how many were written.
-
-        Raises StoreUnavailable (the rest stays in the outbox) when the database is down again. An unreadable
-        outbox file is renamed to *.bad and reported, never deleted.
-        """
-        done = 0
-        for path in self.spooled(station):
-            try:
-                blob = json.loads(path.read_bytes())
-                record = FailureRecord(**blob["record"])
-                files = {k: (suffix, base64.b64decode(data)) for k, (suffix, data) in blob["files"].items()}
-            except (ValueError, TypeError, KeyError) as exc:
-                path.rename(path.with_suffix(".bad"))
-                LOG.warning(f"failure log: outbox file {path} is unreadable ({exc}); kept as .bad")
-                continue
-            try:
-                if not self._rows("SELECT id FROM failures WHERE station = ? AND part_id = ? AND ts = ?",
-                                  (record.station, record.part_id, record.ts)):
-                    self.add(record, files)
-            except StoreUnavailable:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a record the log refuses must not block the others
-                path.rename(path.with_suffix(".bad"))
-                LOG.warning(f"failure log: outbox file {path} not written ({exc}); kept as .bad")
-                continue
-            path.unlink()
-            done += 1
-        return done
-
     def _make_room(self, need: int) -> None:
         """Under a quota: delete the oldest reviewed records until `need` bytes fit; never unreviewed ones."""
         if self.quota_bytes is None:
@@ -331,85 +195,7 @@ class SQLStore:
                         path.unlink(missing_ok=True)
             used -= row["bytes"]
 
-    def set_review_status(self, record_id: int, status: str) -> None:
-        with self._lock, self._transaction() as ex:
-            ex("UPDATE failures SET review_status = ? WHERE id = ?", (status, record_id))
-
-    def add_review(self, failure_id: int, reviewer: str, verdict: str, defect_type: str | None = None,
-                   comment: str = "", corrected=None) -> int:
-        """Append a review (history is never overwritten) and set the part's review status from it.
-
-        `corrected`: an operator-corrected attention map in [0, 1], at the model's map resolution or at the
-        frame's; both resolutions are stored (16-bit PNG) and become training targets (L_map).
-        """
-        if verdict not in REVIEW_VERDICTS:
-            raise ReviewError(f"review verdict must be one of {', '.join(REVIEW_VERDICTS)}, got {verdict!r}")
-        if not str(reviewer).strip():
-            raise ReviewError("a review needs the reviewer's name")
-        record = self.get(failure_id)
-        if record is None:
-            raise ReviewError(f"no logged part with id {failure_id}")
-        files = self._corrected_files(record, corrected) if corrected is not None else {}
-        with self._lock:
-            rel_dir = Path(record.files["map"]).parent if files else None  # beside the part's own map (checked)
-            token, stored, written = uuid.uuid4().hex[:10], {}, []
-            try:
-                for kind, data in files.items():
-                    path = self.folder / rel_dir / f"{_safe(record.part_id)}-{token}-{kind}.png"
-                    write_atomic(path, data, self.fsync)
-                    written.append(path)
-                    stored[kind] = (rel_dir / path.name).as_posix()
-                with self._transaction() as ex:
-                    review_id = ex("INSERT INTO reviews (failure_id, reviewer, ts, verdict, defect_type, comment, files) "
-                                   "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                                   (failure_id, reviewer, time.time(), verdict, defect_type, comment,
-                                    json.dumps(stored))).fetchone()["id"]
-                    ex("UPDATE failures SET review_status = ? WHERE id = ?", (REVIEW_VERDICTS[verdict], failure_id))
-            except BaseException:
-                for path in written:
-                    path.unlink(missing_ok=True)
-                raise
-            return review_id
-
-    def _corrected_files(self, record: FailureRecord, corrected) -> dict[str, bytes]:
-        import cv2
-        import numpy as np
-
-        from inspection.mapfile import encode_map
-
-        att = np.asarray(corrected, np.float32)
-        if "map" not in record.files:
-            raise ReviewError(f"part {record.part_id} has no attention map to correct (verdict {record.verdict})")
-        map_path, image_path = self.stored_file(record.files["map"], "map"), self.stored_file(record.files.get("image"),
-                                                                                           "image")
-        model = cv2.imread(str(map_path), cv2.IMREAD_UNCHANGED) if map_path else None
-        frame = cv2.imread(str(image_path), cv2.IMREAD_UNCHANGED) if image_path else None
-        if model is None:
-            raise ReviewError(f"part {record.part_id}: its attention map file is missing or unreadable")
-        shapes = [model.shape[:2]] + ([frame.shape[:2]] if frame is not None else [])
-        if att.ndim != 2 or att.shape not in shapes:
-            raise ReviewError(f"corrected map for part {record.part_id} has shape {att.shape}; expected "
-                              + " or ".join(f"{h}x{w}" for h, w in shapes) + " (model map or frame)")
-        if not np.isfinite(att).all():
-            raise ReviewError(f"corrected map for part {record.part_id} holds NaN or infinite values")
-        att = np.clip(att, 0, 1)
-        h, w = model.shape[:2]
-        small = att if att.shape == (h, w) else cv2.resize(att, (w, h), interpolation=cv2.INTER_AREA)
-        full = att if frame is None or att.shape == frame.shape[:2] else \
-            cv2.resize(att, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_LINEAR)
-        return {kind: encode_map(a) for kind, a in (("corrected", small), ("corrected_full", full))}
-
-    def reviews(self, failure_id: int) -> list[Review]:
-        """Every review of a part, oldest first (the last one sets its status)."""
-        rows = self._rows("SELECT * FROM reviews WHERE failure_id = ? ORDER BY id", (failure_id,))
-        return [Review(**{**r, "files": json.loads(r["files"])}) for r in rows]
-
     # -- reading -------------------------------------------------------------------------------------------------
-    def reviews_since(self, ts: float) -> tuple[int, float]:
-        """(number of reviews written after ts, time of the newest one or ts)."""
-        row = self._rows("SELECT COUNT(*) AS n, MAX(ts) AS newest FROM reviews WHERE ts > ?", (ts,))[0]
-        return int(row["n"]), float(row["newest"] if row["newest"] is not None else ts)
-
     def used_bytes(self) -> int:
         return int(self._rows("SELECT COALESCE(SUM(bytes), 0) AS n FROM failures")[0]["n"])
 
@@ -442,39 +228,6 @@ class SQLStore:
         where, args = _where(filters, after=(record.ts, record.id))
         newer = self._rows(f"SELECT id FROM failures{where} ORDER BY ts, id LIMIT 1", args)
         return (newer[0]["id"] if newer else None), (older[0]["id"] if older else None)
-
-    def tally(self, station: str, counts: dict[tuple[str, str], int]) -> None:
-        """Add the runner's verdict counts, {(day 'YYYY-MM-DD', verdict): n}: the denominators of the fail rates."""
-        with self._lock, self._transaction() as ex:
-            for (day, verdict), n in counts.items():
-                if n:
-                    ex("INSERT INTO tallies (day, station, verdict, n) VALUES (?, ?, ?, ?) ON CONFLICT "
-                       "(day, station, verdict) DO UPDATE SET n = tallies.n + excluded.n", (day, station, verdict, n))
-
-    def daily(self, days: int = 30) -> list[dict]:
-        """Per station and day, newest first: parts inspected, failed, logged, confirmed, false alarms, rates."""
-        since = time.strftime("%Y-%m-%d", time.localtime(time.time() - days * 86400))
-        out: dict[tuple[str, str], dict] = {}
-
-        def row(day, station):
-            return out.setdefault((day, station), {"day": day, "station": station, "inspected": 0, "fail": 0,
-                                                   "review": 0, "error": 0, "logged": 0, "confirmed": 0,
-                                                   "false_alarm": 0, "unsure": 0, "unreviewed": 0})
-        for t in self._rows("SELECT day, station, verdict, n FROM tallies WHERE day >= ?", (since,)):
-            r = row(t["day"], t["station"])
-            r["inspected"] += int(t["n"])
-            if t["verdict"] in ("fail", "review", "error"):
-                r[t["verdict"]] += int(t["n"])
-        for f in self._rows("SELECT day, station, review_status, COUNT(*) AS n FROM failures WHERE day >= ? "
-                            "GROUP BY day, station, review_status", (since,)):
-            r = row(f["day"], f["station"])
-            r["logged"] += int(f["n"])
-            r[f["review_status"]] = r.get(f["review_status"], 0) + int(f["n"])
-        for r in out.values():
-            reviewed = r["confirmed"] + r["false_alarm"]
-            r["fail_rate"] = r["fail"] / r["inspected"] if r["inspected"] else None
-            r["false_alarm_rate"] = r["false_alarm"] / reviewed if reviewed else None
-        return sorted(out.values(), key=lambda r: (r["day"], r["station"]), reverse=True)
 
     def get(self, record_id: int) -> FailureRecord | None:
         rows = self._rows("SELECT * FROM failures WHERE id = ?", (int(record_id),))
@@ -693,17 +446,3 @@ def _where(filters: dict, before: tuple[float, int] | None = None,
             conds.append(f"(ts {op} ? OR (ts = ? AND id {op} ?))")
             args += [float(key[0]), float(key[0]), int(key[1])]
     return (" WHERE " + " AND ".join(conds) if conds else ""), args
-
-
-def _record(row: dict) -> FailureRecord:
-    d = dict(row)
-    d.pop("day", None)
-    d["boxes"], d["files"] = json.loads(d["boxes"]), json.loads(d["files"])
-    d["crop"] = json.loads(d["crop"]) if d.get("crop") else None
-    return FailureRecord(**d)
-
-
-def _safe(name: str) -> str:
-    """A file-name-safe version of a part ID or station name (no separators, no leading dot)."""
-    out = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name)).lstrip(".")
-    return out[:120] or "part"

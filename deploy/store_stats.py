@@ -1,0 +1,44 @@
+"""Statistics of the failure log: the runners' daily verdict tallies (the fail rates' denominators) and the
+per-day, per-station figures the review station shows.
+"""
+from __future__ import annotations
+
+import time
+
+
+class Statistics:
+    """Part of SQLStore (uses its _rows, _transaction and _lock)."""
+
+    def tally(self, station: str, counts: dict[tuple[str, str], int]) -> None:
+        """Add the runner's verdict counts, {(day 'YYYY-MM-DD', verdict): n}: the denominators of the fail rates."""
+        with self._lock, self._transaction() as ex:
+            for (day, verdict), n in counts.items():
+                if n:
+                    ex("INSERT INTO tallies (day, station, verdict, n) VALUES (?, ?, ?, ?) ON CONFLICT "
+                       "(day, station, verdict) DO UPDATE SET n = tallies.n + excluded.n", (day, station, verdict, n))
+
+    def daily(self, days: int = 30) -> list[dict]:
+        """Per station and day, newest first: parts inspected, failed, logged, confirmed, false alarms, rates."""
+        since = time.strftime("%Y-%m-%d", time.localtime(time.time() - days * 86400))
+        out: dict[tuple[str, str], dict] = {}
+
+        def row(day, station):
+            return out.setdefault((day, station), {"day": day, "station": station, "inspected": 0, "fail": 0,
+                                                   "review": 0, "error": 0, "logged": 0, "confirmed": 0,
+                                                   "false_alarm": 0, "unsure": 0, "unreviewed": 0})
+        for t in self._rows("SELECT day, station, verdict, n FROM tallies WHERE day >= ?", (since,)):
+            r = row(t["day"], t["station"])
+            r["inspected"] += int(t["n"])
+            if t["verdict"] in ("fail", "review", "error"):
+                r[t["verdict"]] += int(t["n"])
+        for f in self._rows("SELECT day, station, review_status, COUNT(*) AS n FROM failures WHERE day >= ? "
+                            "GROUP BY day, station, review_status", (since,)):
+            r = row(f["day"], f["station"])
+            r["logged"] += int(f["n"])
+            r[f["review_status"]] = r.get(f["review_status"], 0) + int(f["n"])
+        for r in out.values():
+            reviewed = r["confirmed"] + r["false_alarm"]
+            r["fail_rate"] = r["fail"] / r["inspected"] if r["inspected"] else None
+            r["false_alarm_rate"] = r["false_alarm"] / reviewed if reviewed else None
+        return sorted(out.values(), key=lambda r: (r["day"], r["station"]), reverse=True)
+
