@@ -66,12 +66,13 @@ def run(config: str, seeds, models, sets: list[str], tag: str, trained: dict[str
     def mine(r: dict) -> bool:  # a run of these settings and one of these seeds
         return r["overrides"] == sets and r["seed"] in seeds
 
-    runs = [] if reevaluate else [r for r in done if mine(r)]
+    wanted = [*models, *trained]
+    runs = [r for r in done if mine(r) and not (reevaluate and r["model"] in wanted)]  # others are kept as they are
     for seed in seeds:
         seeded = [*sets, f"train.seed={seed}", f"data.seed={seed}"] + ([f"data.root={data}"] if data else [])
         cfg = load_config(config, seeded)
         manifest = scan_dataset(cfg.data.root, cfg.data)
-        for model in [*models, *trained]:
+        for model in wanted:
             if any(r["model"] == model and r["seed"] == seed for r in runs):
                 continue
             t = time.time()

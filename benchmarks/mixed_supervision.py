@@ -28,6 +28,9 @@ def main() -> None:
     ap.add_argument("--counts", nargs="+", default=["0", "5", "10", "all"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--tag", help="results name (default: <config name>_mixed)")
+    ap.add_argument("--reevaluate", action="store_true",
+                    help="evaluate the masked-supervision checkpoints already trained again (after a change to "
+                         "evaluation); the image-label runs come from the localization benchmark as they are")
     args = ap.parse_args()
     tag = args.tag or f"{Path(args.config).stem}_mixed"
     curve = {}
@@ -36,7 +39,8 @@ def main() -> None:
         if n == 0:  # image labels only: the localization benchmark's own runs of ours (trained there if missing)
             runs = [r for r in run(args.config, args.seeds, ["ours"], [], Path(args.config).stem) if r["model"] == "ours"]
         else:
-            runs = run(args.config, args.seeds, ["ours"], [f"train.mask_supervision={n}"], tag)
+            runs = run(args.config, args.seeds, ["ours"], [f"train.mask_supervision={n}"], tag,
+                       reevaluate=args.reevaluate)
         curve[count] = {k: np.array([KEYS[k](r["metrics"]) for r in runs], float) for k in SHOWN}
     print(f"\n{tag}: masked defect images used as L_map targets (mean (min) over seeds {args.seeds})")
     print("| masked images | " + " | ".join(SHOWN) + " |\n" + "|---" * (len(SHOWN) + 1) + "|")
