@@ -79,12 +79,21 @@ def _store(log: Path) -> SQLiteStore:
 
 
 # -- access control ------------------------------------------------------------------------------------------------
+def _api_routes(routes) -> list[APIRoute]:
+    """Every API route of an app, inside included routers too (FastAPI includes them lazily)."""
+    out = []
+    for route in routes:
+        sub = getattr(route, "original_router", None)
+        out += _api_routes(sub.routes) if sub is not None else [route] if isinstance(route, APIRoute) else []
+    return out
+
+
 def test_every_page_and_api_refuses_an_unauthenticated_request(client, log):
     part = _store(log).records(limit=1)[0]
     open_routes = {"/login", "/health"}
     checked = 0
-    for route in client.app.routes:
-        if not isinstance(route, APIRoute) or route.path in open_routes:
+    for route in _api_routes(client.app.routes):
+        if route.path in open_routes:
             continue
         path = route.path.replace("{part_id}", str(part.id)).replace("{kind}", "image")
         for method in route.methods:

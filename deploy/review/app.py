@@ -8,7 +8,8 @@ a part (overlay with opacity, boxes, verdict buttons and keyboard shortcuts, bru
 statistics (fail and false-alarm rates per station and day), and admin (users, defect types, audit, dataset
 export; QA leads only). Reviews go through the failure store's interface (append-only history); accounts,
 sessions and the audit trail live in `review.db` beside it. Torch-free: re-scoring runs the package's
-`rescore.onnx` through the runtime.
+`rescore.onnx` through the runtime. One FastAPI router per area (auth, queue, parts, stats, admin); the
+shared state reaches the routes as a dependency (`get_state`), and `create_app` only assembles them.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from tempfile import TemporaryDirectory
 
 import cv2
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 from fastapi.staticfiles import StaticFiles
@@ -45,6 +46,7 @@ HERE = Path(__file__).parent
 COOKIE = "review_session"
 PAGE = 50
 FILES = ("image", "overlay", "map")          # kinds of a part's own files that the browser may fetch
+TEMPLATES = Jinja2Templates(directory=HERE / "templates")
 QUERY_KEYS = ("station", "verdict", "review_status", "defect_type", "model_version", "date_from", "date_to",
               "score_min", "score_max")
 
@@ -103,37 +105,291 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
+# -- sessions, CSRF, roles -----------------------------------------------------------------------------------
+def get_state(request: Request) -> ReviewApp:
+    return request.app.state.review
+
+
+def user(request: Request) -> User:
+    u = get_state(request).accounts.session(request.cookies.get(COOKIE))
+    if u is None:
+        raise HTTPException(401, "log in first")
+    return u
+
+
+async def csrf(request: Request, u: User = Depends(user)) -> User:
+    """Every state-changing request carries the session's CSRF token (header or form field)."""
+    token = request.headers.get("x-csrf-token") or (await _form(request)).get("csrf", "")
+    if not token or not hmac.compare_digest(str(token), u.csrf):
+        raise HTTPException(403, "missing or wrong CSRF token; reload the page")
+    return u
+
+
+def lead(u: User = Depends(csrf)) -> User:
+    if not u.lead:
+        raise HTTPException(403, "QA leads only")
+    return u
+
+
+def lead_view(u: User = Depends(user)) -> User:
+    if not u.lead:
+        raise HTTPException(403, "QA leads only")
+    return u
+
+
+def page(request: Request, name: str, u: User | None, **ctx) -> HTMLResponse:
+    return TEMPLATES.TemplateResponse(request, name, {"user": u, **ctx})
+
+
+# -- login -----------------------------------------------------------------------------------------------
+auth_routes = APIRouter()
+
+
+@auth_routes.get("/login", response_class=HTMLResponse)
+def login_form(request: Request, next: str = "/", st: ReviewApp = Depends(get_state)):
+    return page(request, "login.html", None, next=_local(next), error=None)
+
+
+@auth_routes.post("/login")
+async def login(request: Request, st: ReviewApp = Depends(get_state)):
+    form = await _form(request)
+    nxt = _local(form.get("next", "/"))
+    try:
+        token, _ = await run_in_threadpool(st.accounts.login, str(form.get("user", ""))[:200],
+                                           str(form.get("password", ""))[:1000],
+                                           request.client.host if request.client else "unknown")
+    except AuthError as exc:
+        refused = page(request, "login.html", None, next=nxt, error=str(exc))
+        refused.status_code = 401
+        return refused
+    resp = RedirectResponse(nxt, 303)
+    resp.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=st.cfg.secure_cookies,
+                    max_age=12 * 3600)
+    return resp
+
+
+@auth_routes.post("/logout")
+def logout(request: Request, u: User = Depends(csrf), st: ReviewApp = Depends(get_state)):
+    st.accounts.logout(request.cookies.get(COOKIE))
+    resp = RedirectResponse("/login", 303)
+    resp.delete_cookie(COOKIE)
+    return resp
+
+
+# -- the queue -------------------------------------------------------------------------------------------
+queue_routes, part_routes = APIRouter(), APIRouter()
+
+
+def queue(request: Request, st: ReviewApp) -> dict:
+    q = {k: request.query_params.get(k, "") for k in QUERY_KEYS}
+    try:
+        filters = _filters(q)
+        before = _cursor(request.query_params.get("before"))
+        limit = min(max(int(request.query_params.get("limit", PAGE)), 1), 500)
+        rows = st.store.records(limit=limit + 1, before=before, **filters)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
+    more = len(rows) > limit
+    rows = rows[:limit]
+    status_counts = st.store.count_by_status(**filters)
+    return {"query": q, "filters": filters, "rows": rows, "total": sum(status_counts.values()),
+            "status_counts": status_counts, "next": f"{rows[-1].ts!r}:{rows[-1].id}" if more else None}
+
+
+@queue_routes.get("/", response_class=HTMLResponse)
+def queue_page(request: Request, u: User = Depends(user), st: ReviewApp = Depends(get_state)):
+    started = time.perf_counter()
+    qs = queue(request, st)
+    return page(request, "queue.html", u, **qs, qs=_qs(qs["query"]), stations=st.store.stations(),
+                verdicts=("fail", "review", "error"), statuses=("unreviewed", "confirmed", "false_alarm", "unsure"),
+                defect_types=st.defect_types(), ms=1000 * (time.perf_counter() - started))
+
+
+@queue_routes.get("/api/parts")
+def queue_api(request: Request, u: User = Depends(user), st: ReviewApp = Depends(get_state)):
+    qs = queue(request, st)
+    return {"total": qs["total"], "status_counts": qs["status_counts"], "next": qs["next"],
+            "parts": [_part_json(r) for r in qs["rows"]]}
+
+
+# -- one part --------------------------------------------------------------------------------------------
+def record(st: ReviewApp, part_id: int) -> FailureRecord:
+    r = st.store.get(part_id) if 0 < part_id < 2**63 else None  # SQL integers are 64-bit
+    if r is None:
+        raise HTTPException(404, f"no logged part with id {part_id}")
+    return r
+
+
+@part_routes.get("/parts/{part_id}", response_class=HTMLResponse)
+def part_page(request: Request, part_id: int, u: User = Depends(user), st: ReviewApp = Depends(get_state)):
+    r = record(st, part_id)
+    q = {k: request.query_params.get(k, "") for k in QUERY_KEYS}
+    try:
+        newer, older = st.store.neighbours(r, **_filters(q))
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
+    frame = _frame(st.store, r)
+    size = None if frame is None else (frame.shape[1], frame.shape[0])
+    return page(request, "part.html", u, r=r, qs=_qs(q), newer=newer, older=older,
+                history=st.store.reviews(r.id), image_ok=size is not None, size=size,
+                image_missing=r.files.get("image", "(none logged)") if size is None else None,
+                defect_types=st.defect_types(), can_rescore=st.runtime is not None,
+                package_version=st.runtime.version if st.runtime else None)
+
+
+@part_routes.get("/parts/{part_id}/file/{kind}")
+def part_file(part_id: int, kind: str, u: User = Depends(user), st: ReviewApp = Depends(get_state)):
+    path = _file(st.store, record(st, part_id), kind) if kind in FILES else None
+    if path is None:
+        raise HTTPException(404, f"part {part_id} has no {kind[:20]!r} file")
+    return Response(path.read_bytes(), media_type=_media(path), headers={"Cache-Control": "private, max-age=3600"})
+
+
+@part_routes.get("/parts/{part_id}/attention.png")
+def attention_png(part_id: int, corrected: int = 0, u: User = Depends(user), st: ReviewApp = Depends(get_state)):
+    """The map to paint on, 8-bit at the frame's size: the latest correction, or the model's map upsampled."""
+    r = record(st, part_id)
+    att = _attention(st, r, bool(corrected), _hw(_frame(st.store, r)))
+    if att is None:
+        raise HTTPException(404, f"part {part_id} has no attention map")
+    return Response(cv2.imencode(".png", (att * 255 + 0.5).astype(np.uint8))[1].tobytes(), media_type="image/png",
+                    headers={"Cache-Control": "no-store"})
+
+
+@part_routes.post("/api/parts/{part_id}/review")
+async def review(request: Request, part_id: int, u: User = Depends(csrf), st: ReviewApp = Depends(get_state)):
+    body = await _json(request)
+    r = record(st, part_id)
+    verdict, defect_type, comment = body.get("verdict"), body.get("defect_type") or None, body.get("comment", "")
+    if not isinstance(verdict, str) or verdict not in REVIEW_VERDICTS:
+        raise HTTPException(400, f"verdict must be one of {', '.join(REVIEW_VERDICTS)}, got {str(verdict)[:40]!r}")
+    known = st.defect_types()
+    if defect_type is not None and (not isinstance(defect_type, str) or len(defect_type) > 64
+                                    or (known and defect_type not in known)):
+        raise HTTPException(400, "defect_type must be one of " + (", ".join(known) or "the configured types")
+                            + f", got {str(defect_type)[:40]!r}")
+    if not isinstance(comment, str):
+        raise HTTPException(400, "comment must be text")
+    defect_type = defect_type if verdict == "defect" else None
+    corrected = await run_in_threadpool(lambda: _decode_map(body.get("corrected"), _hw(_frame(st.store, r))))
+    try:
+        rid = await run_in_threadpool(st.store.add_review, r.id, u.name, verdict, defect_type, comment[:2000],
+                                      corrected=corrected)
+    except ReviewError as exc:
+        raise HTTPException(400, str(exc)) from None
+    return {"review_id": rid, "history": [_review_json(v) for v in st.store.reviews(r.id)]}
+
+
+@part_routes.post("/api/parts/{part_id}/rescore")
+async def rescore(request: Request, part_id: int, u: User = Depends(csrf), st: ReviewApp = Depends(get_state)):
+    if st.runtime is None:
+        raise HTTPException(409, "re-scoring is off: start the review station with --package")
+    body = await _json(request)
+    r = record(st, part_id)
+    return await run_in_threadpool(_rescore, st, r, body, u)
+
+
+def _rescore(st: ReviewApp, r: FailureRecord, body: dict, u: User) -> dict:  # decoding and ONNX: off the event loop
+    part_id = r.id
+    frame = _frame(st.store, r)
+    if frame is None:
+        raise HTTPException(409, f"part {part_id}: its image file is missing or unreadable, so it cannot be "
+                                 "re-scored")
+    corrected = _decode_map(body.get("corrected"), frame.shape[:2])
+    if corrected is None:
+        raise HTTPException(400, "send the corrected map (field 'corrected', a PNG data URL)")
+    try:
+        shapes = (frame.shape[:2], tuple(st.runtime.attention_size))
+        if corrected.shape not in shapes:
+            raise HTTPException(400, f"corrected map for part {r.part_id} has shape {corrected.shape}; expected "
+                                     + " or ".join(f"{h}x{w}" for h, w in shapes) + " (frame or model map)")
+        after = st.runtime.rescore(frame, corrected, color="BGR")
+        before = st.runtime.rescore(frame, _attention(st, r, False, frame.shape[:2]), color="BGR")
+    except FrameError as exc:
+        raise HTTPException(400, str(exc)) from None
+    st.accounts.audit(u.name, "rescore", {"part": part_id, "score": after["defect_score"]})
+    return {"before": before, "after": after, "logged_score": r.score, "model_version": st.runtime.version,
+            "part_model_version": r.model_version}
+
+
+# -- statistics ------------------------------------------------------------------------------------------
+stat_routes = APIRouter()
+
+
+@stat_routes.get("/stats", response_class=HTMLResponse)
+def stats(request: Request, days: int = 30, u: User = Depends(user), st: ReviewApp = Depends(get_state)):
+    rows = st.store.daily(min(max(days, 1), 366))
+    return page(request, "stats.html", u, rows=rows, days=days, chart=_chart(rows))
+
+
+@stat_routes.get("/api/stats")
+def stats_api(days: int = 30, u: User = Depends(user), st: ReviewApp = Depends(get_state)):
+    return {"days": st.store.daily(min(max(days, 1), 366))}
+
+
+# -- QA lead: users, settings, audit, export ------------------------------------------------------------
+admin_routes = APIRouter()
+
+
+@admin_routes.get("/admin", response_class=HTMLResponse)
+def admin(request: Request, u: User = Depends(lead_view), message: str = "", st: ReviewApp = Depends(get_state)):
+    return page(request, "admin.html", u, users=st.accounts.users(), roles=ROLES, message=message,
+                defect_types=", ".join(st.defect_types()), audit=st.accounts.audit_log(100))
+
+
+@admin_routes.post("/admin/users")
+async def admin_users(request: Request, u: User = Depends(lead), st: ReviewApp = Depends(get_state)):
+    f = await _form(request)
+    try:
+        if f.get("action") == "add":
+            st.accounts.add_user(str(f.get("name", "")), str(f.get("password", "")), str(f.get("role", "")),
+                                    by=u.name)
+        elif f.get("action") == "password":
+            st.accounts.set_password(str(f.get("name", "")), str(f.get("password", "")), by=u.name)
+        elif f.get("action") in ("disable", "enable"):
+            if f.get("name") == u.name:
+                raise AuthError("you cannot disable your own account")
+            st.accounts.set_active(str(f.get("name", "")), f.get("action") == "enable", by=u.name)
+        else:
+            raise AuthError(f"unknown action {f.get('action')!r}")
+    except AuthError as exc:
+        return RedirectResponse(f"/admin?message={_url(str(exc))}", 303)
+    return RedirectResponse("/admin?message=saved", 303)
+
+
+@admin_routes.post("/admin/settings")
+async def admin_settings(request: Request, u: User = Depends(lead), st: ReviewApp = Depends(get_state)):
+    types = [t.strip() for t in str((await _form(request)).get("defect_types", "")).split(",") if t.strip()]
+    bad = [t for t in types if not all(c.isalnum() or c in "-_" for c in t)]
+    if bad or not types:
+        return RedirectResponse(f"/admin?message={_url(f'defect types: letters, digits, - and _ only; got {bad or types}')}", 303)
+    st.accounts.set_setting("defect_types", types, by=u.name)
+    return RedirectResponse("/admin?message=saved", 303)
+
+
+@admin_routes.post("/admin/export")
+def admin_export(u: User = Depends(lead), st: ReviewApp = Depends(get_state)):
+    """The reviewed parts as a dataset folder in the trainer's layout, zipped (good/, defect/<type>/, corrected/)."""
+    buf = io.BytesIO()
+    with TemporaryDirectory() as tmp:
+        counts = export_reviewed(st.store, Path(tmp) / "reviewed")
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+            for path in sorted((Path(tmp) / "reviewed").rglob("*")):
+                if path.is_file():
+                    z.write(path, path.relative_to(tmp).as_posix())
+    st.accounts.audit(u.name, "export", counts)
+    name = f"reviewed-{time.strftime('%Y%m%d-%H%M%S')}.zip"
+    return Response(buf.getvalue(), media_type="application/zip",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
 def create_app(cfg: ReviewConfig, store: FailureStore | None = None) -> FastAPI:
-    state = ReviewApp(cfg, store)
     app = FastAPI(title="Inspection review station", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(BodyLimit)
-    app.state.review = state
-    templates = Jinja2Templates(directory=HERE / "templates")
+    app.state.review = ReviewApp(cfg, store)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-
-    # -- sessions, CSRF, roles -----------------------------------------------------------------------------------
-    def user(request: Request) -> User:
-        u = state.accounts.session(request.cookies.get(COOKIE))
-        if u is None:
-            raise HTTPException(401, "log in first")
-        return u
-
-    async def csrf(request: Request, u: User = Depends(user)) -> User:
-        """Every state-changing request carries the session's CSRF token (header or form field)."""
-        token = request.headers.get("x-csrf-token") or (await _form(request)).get("csrf", "")
-        if not token or not hmac.compare_digest(str(token), u.csrf):
-            raise HTTPException(403, "missing or wrong CSRF token; reload the page")
-        return u
-
-    def lead(u: User = Depends(csrf)) -> User:
-        if not u.lead:
-            raise HTTPException(403, "QA leads only")
-        return u
-
-    def lead_view(u: User = Depends(user)) -> User:
-        if not u.lead:
-            raise HTTPException(403, "QA leads only")
-        return u
+    for router in (auth_routes, queue_routes, part_routes, stat_routes, admin_routes):
+        app.include_router(router)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
@@ -158,227 +414,13 @@ def create_app(cfg: ReviewConfig, store: FailureStore | None = None) -> FastAPI:
     async def store_down(request: Request, exc: StoreUnavailable):  # database restarting: try again shortly
         return await refused(request, HTTPException(503, f"the failure log is unavailable: {exc}"))
 
-    def page(request: Request, name: str, u: User | None, **ctx) -> HTMLResponse:
-        return templates.TemplateResponse(request, name, {"user": u, **ctx})
-
-    # -- login -----------------------------------------------------------------------------------------------
-    @app.get("/login", response_class=HTMLResponse)
-    def login_form(request: Request, next: str = "/"):
-        return page(request, "login.html", None, next=_local(next), error=None)
-
-    @app.post("/login")
-    async def login(request: Request):
-        form = await _form(request)
-        nxt = _local(form.get("next", "/"))
-        try:
-            token, _ = await run_in_threadpool(state.accounts.login, str(form.get("user", ""))[:200],
-                                               str(form.get("password", ""))[:1000],
-                                               request.client.host if request.client else "unknown")
-        except AuthError as exc:
-            refused = page(request, "login.html", None, next=nxt, error=str(exc))
-            refused.status_code = 401
-            return refused
-        resp = RedirectResponse(nxt, 303)
-        resp.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=cfg.secure_cookies,
-                        max_age=12 * 3600)
-        return resp
-
-    @app.post("/logout")
-    def logout(request: Request, u: User = Depends(csrf)):
-        state.accounts.logout(request.cookies.get(COOKIE))
-        resp = RedirectResponse("/login", 303)
-        resp.delete_cookie(COOKIE)
-        return resp
-
-    # -- the queue -------------------------------------------------------------------------------------------
-    def queue(request: Request) -> dict:
-        q = {k: request.query_params.get(k, "") for k in QUERY_KEYS}
-        try:
-            filters = _filters(q)
-            before = _cursor(request.query_params.get("before"))
-            limit = min(max(int(request.query_params.get("limit", PAGE)), 1), 500)
-            rows = state.store.records(limit=limit + 1, before=before, **filters)
-        except ValueError as exc:
-            raise HTTPException(400, str(exc)) from None
-        more = len(rows) > limit
-        rows = rows[:limit]
-        status_counts = state.store.count_by_status(**filters)
-        return {"query": q, "filters": filters, "rows": rows, "total": sum(status_counts.values()),
-                "status_counts": status_counts, "next": f"{rows[-1].ts!r}:{rows[-1].id}" if more else None}
-
-    @app.get("/", response_class=HTMLResponse)
-    def queue_page(request: Request, u: User = Depends(user)):
-        started = time.perf_counter()
-        qs = queue(request)
-        return page(request, "queue.html", u, **qs, qs=_qs(qs["query"]), stations=state.store.stations(),
-                    verdicts=("fail", "review", "error"), statuses=("unreviewed", "confirmed", "false_alarm", "unsure"),
-                    defect_types=state.defect_types(), ms=1000 * (time.perf_counter() - started))
-
-    @app.get("/api/parts")
-    def queue_api(request: Request, u: User = Depends(user)):
-        qs = queue(request)
-        return {"total": qs["total"], "status_counts": qs["status_counts"], "next": qs["next"],
-                "parts": [_part_json(r) for r in qs["rows"]]}
-
-    # -- one part --------------------------------------------------------------------------------------------
-    def record(part_id: int) -> FailureRecord:
-        r = state.store.get(part_id) if 0 < part_id < 2**63 else None  # SQL integers are 64-bit
-        if r is None:
-            raise HTTPException(404, f"no logged part with id {part_id}")
-        return r
-
-    @app.get("/parts/{part_id}", response_class=HTMLResponse)
-    def part_page(request: Request, part_id: int, u: User = Depends(user)):
-        r = record(part_id)
-        q = {k: request.query_params.get(k, "") for k in QUERY_KEYS}
-        try:
-            newer, older = state.store.neighbours(r, **_filters(q))
-        except ValueError as exc:
-            raise HTTPException(400, str(exc)) from None
-        frame = _frame(state.store, r)
-        size = None if frame is None else (frame.shape[1], frame.shape[0])
-        return page(request, "part.html", u, r=r, qs=_qs(q), newer=newer, older=older,
-                    history=state.store.reviews(r.id), image_ok=size is not None, size=size,
-                    image_missing=r.files.get("image", "(none logged)") if size is None else None,
-                    defect_types=state.defect_types(), can_rescore=state.runtime is not None,
-                    package_version=state.runtime.version if state.runtime else None)
-
-    @app.get("/parts/{part_id}/file/{kind}")
-    def part_file(part_id: int, kind: str, u: User = Depends(user)):
-        path = _file(state.store, record(part_id), kind) if kind in FILES else None
-        if path is None:
-            raise HTTPException(404, f"part {part_id} has no {kind[:20]!r} file")
-        return Response(path.read_bytes(), media_type=_media(path), headers={"Cache-Control": "private, max-age=3600"})
-
-    @app.get("/parts/{part_id}/attention.png")
-    def attention_png(part_id: int, corrected: int = 0, u: User = Depends(user)):
-        """The map to paint on, 8-bit at the frame's size: the latest correction, or the model's map upsampled."""
-        r = record(part_id)
-        att = _attention(state, r, bool(corrected), _hw(_frame(state.store, r)))
-        if att is None:
-            raise HTTPException(404, f"part {part_id} has no attention map")
-        return Response(cv2.imencode(".png", (att * 255 + 0.5).astype(np.uint8))[1].tobytes(), media_type="image/png",
-                        headers={"Cache-Control": "no-store"})
-
-    @app.post("/api/parts/{part_id}/review")
-    async def review(request: Request, part_id: int, u: User = Depends(csrf)):
-        body = await _json(request)
-        r = record(part_id)
-        verdict, defect_type, comment = body.get("verdict"), body.get("defect_type") or None, body.get("comment", "")
-        if not isinstance(verdict, str) or verdict not in REVIEW_VERDICTS:
-            raise HTTPException(400, f"verdict must be one of {', '.join(REVIEW_VERDICTS)}, got {str(verdict)[:40]!r}")
-        known = state.defect_types()
-        if defect_type is not None and (not isinstance(defect_type, str) or len(defect_type) > 64
-                                        or (known and defect_type not in known)):
-            raise HTTPException(400, "defect_type must be one of " + (", ".join(known) or "the configured types")
-                                + f", got {str(defect_type)[:40]!r}")
-        if not isinstance(comment, str):
-            raise HTTPException(400, "comment must be text")
-        defect_type = defect_type if verdict == "defect" else None
-        corrected = await run_in_threadpool(lambda: _decode_map(body.get("corrected"), _hw(_frame(state.store, r))))
-        try:
-            rid = await run_in_threadpool(state.store.add_review, r.id, u.name, verdict, defect_type, comment[:2000],
-                                          corrected=corrected)
-        except ReviewError as exc:
-            raise HTTPException(400, str(exc)) from None
-        return {"review_id": rid, "history": [_review_json(v) for v in state.store.reviews(r.id)]}
-
-    @app.post("/api/parts/{part_id}/rescore")
-    async def rescore(request: Request, part_id: int, u: User = Depends(csrf)):
-        if state.runtime is None:
-            raise HTTPException(409, "re-scoring is off: start the review station with --package")
-        body = await _json(request)
-        r = record(part_id)
-        return await run_in_threadpool(_rescore, r, body, u)
-
-    def _rescore(r: FailureRecord, body: dict, u: User) -> dict:  # decoding and ONNX: off the event loop
-        part_id = r.id
-        frame = _frame(state.store, r)
-        if frame is None:
-            raise HTTPException(409, f"part {part_id}: its image file is missing or unreadable, so it cannot be "
-                                     "re-scored")
-        corrected = _decode_map(body.get("corrected"), frame.shape[:2])
-        if corrected is None:
-            raise HTTPException(400, "send the corrected map (field 'corrected', a PNG data URL)")
-        try:
-            shapes = (frame.shape[:2], tuple(state.runtime.attention_size))
-            if corrected.shape not in shapes:
-                raise HTTPException(400, f"corrected map for part {r.part_id} has shape {corrected.shape}; expected "
-                                         + " or ".join(f"{h}x{w}" for h, w in shapes) + " (frame or model map)")
-            after = state.runtime.rescore(frame, corrected, color="BGR")
-            before = state.runtime.rescore(frame, _attention(state, r, False, frame.shape[:2]), color="BGR")
-        except FrameError as exc:
-            raise HTTPException(400, str(exc)) from None
-        state.accounts.audit(u.name, "rescore", {"part": part_id, "score": after["defect_score"]})
-        return {"before": before, "after": after, "logged_score": r.score, "model_version": state.runtime.version,
-                "part_model_version": r.model_version}
-
-    # -- statistics ------------------------------------------------------------------------------------------
-    @app.get("/stats", response_class=HTMLResponse)
-    def stats(request: Request, days: int = 30, u: User = Depends(user)):
-        rows = state.store.daily(min(max(days, 1), 366))
-        return page(request, "stats.html", u, rows=rows, days=days, chart=_chart(rows))
-
-    @app.get("/api/stats")
-    def stats_api(days: int = 30, u: User = Depends(user)):
-        return {"days": state.store.daily(min(max(days, 1), 366))}
-
-    # -- QA lead: users, settings, audit, export ------------------------------------------------------------
-    @app.get("/admin", response_class=HTMLResponse)
-    def admin(request: Request, u: User = Depends(lead_view), message: str = ""):
-        return page(request, "admin.html", u, users=state.accounts.users(), roles=ROLES, message=message,
-                    defect_types=", ".join(state.defect_types()), audit=state.accounts.audit_log(100))
-
-    @app.post("/admin/users")
-    async def admin_users(request: Request, u: User = Depends(lead)):
-        f = await _form(request)
-        try:
-            if f.get("action") == "add":
-                state.accounts.add_user(str(f.get("name", "")), str(f.get("password", "")), str(f.get("role", "")),
-                                        by=u.name)
-            elif f.get("action") == "password":
-                state.accounts.set_password(str(f.get("name", "")), str(f.get("password", "")), by=u.name)
-            elif f.get("action") in ("disable", "enable"):
-                if f.get("name") == u.name:
-                    raise AuthError("you cannot disable your own account")
-                state.accounts.set_active(str(f.get("name", "")), f.get("action") == "enable", by=u.name)
-            else:
-                raise AuthError(f"unknown action {f.get('action')!r}")
-        except AuthError as exc:
-            return RedirectResponse(f"/admin?message={_url(str(exc))}", 303)
-        return RedirectResponse("/admin?message=saved", 303)
-
-    @app.post("/admin/settings")
-    async def admin_settings(request: Request, u: User = Depends(lead)):
-        types = [t.strip() for t in str((await _form(request)).get("defect_types", "")).split(",") if t.strip()]
-        bad = [t for t in types if not all(c.isalnum() or c in "-_" for c in t)]
-        if bad or not types:
-            return RedirectResponse(f"/admin?message={_url(f'defect types: letters, digits, - and _ only; got {bad or types}')}", 303)
-        state.accounts.set_setting("defect_types", types, by=u.name)
-        return RedirectResponse("/admin?message=saved", 303)
-
-    @app.post("/admin/export")
-    def admin_export(u: User = Depends(lead)):
-        """The reviewed parts as a dataset folder in the trainer's layout, zipped (good/, defect/<type>/, corrected/)."""
-        buf = io.BytesIO()
-        with TemporaryDirectory() as tmp:
-            counts = export_reviewed(state.store, Path(tmp) / "reviewed")
-            with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
-                for path in sorted((Path(tmp) / "reviewed").rglob("*")):
-                    if path.is_file():
-                        z.write(path, path.relative_to(tmp).as_posix())
-        state.accounts.audit(u.name, "export", counts)
-        name = f"reviewed-{time.strftime('%Y%m%d-%H%M%S')}.zip"
-        return Response(buf.getvalue(), media_type="application/zip",
-                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
-
     @app.get("/health")
-    def health():
+    def health(st: ReviewApp = Depends(get_state)):
         try:
-            state.store.count(review_status="unreviewed")
+            st.store.count(review_status="unreviewed")
         except StoreUnavailable as exc:
             return JSONResponse({"ok": False, "error": f"the failure log is unavailable: {exc}"}, 503)
-        return {"ok": True, "rescore": state.runtime is not None}
+        return {"ok": True, "rescore": st.runtime is not None}
 
     return app
 
