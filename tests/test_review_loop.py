@@ -89,7 +89,7 @@ def test_a_candidate_trained_on_shuffled_labels_is_rejected(plant, tmp_path):
         (shuffled / label).mkdir(parents=True, exist_ok=True)
         (shuffled / label / path.name).symlink_to(path)
     result = retrain(reg.root, log, root / "golden", tmp_path / "retrain", shuffled, min_reviews=10,
-                     overrides=["train.epochs=4"], progress=False)
+                     overrides=["train.epochs=2"], progress=False)
     assert result["status"] == "rejected" and reg.current() == before
     assert sum("WORSE" in r for r in result["reasons"]) >= 2, result["reasons"]
     assert "REJECT" in next((tmp_path / "retrain").glob("*/gate/report.md")).read_text()
