@@ -18,6 +18,7 @@ import numpy as np
 
 from deploy.runtime import FrameError, read_frame
 from inspection.imageio import IMAGE_SUFFIXES
+from inspection.layout import find_images
 
 
 class SourceError(RuntimeError):
@@ -38,7 +39,10 @@ class Frame:
 
 
 def _images(folder: Path, dataset: bool = False) -> list[Path]:
-    """Image files under folder, in name order; dataset=True skips a dataset's masks/ and corrected/ folders."""
+    """Image files under folder, in name order; dataset=True: a dataset folder's parts only (good/ and
+    defect/<type>/, read by the layout's own reader; no masks or corrected maps), when it has that layout."""
+    if dataset and (folder / "good").is_dir():
+        return sorted(f.path for f in find_images(folder, complete=False)[0])
     skip = ("masks", "corrected") if dataset else ()
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
                   and not p.name.startswith(".") and "/." not in p.as_posix()
