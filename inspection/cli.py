@@ -202,13 +202,13 @@ def cmd_review(args) -> int:
 def cmd_users(args) -> int:
     import getpass
 
-    from deploy.review.auth import Accounts, AuthError
+    from deploy.review.auth import Accounts, AuthError, default_accounts
 
     folder = Path(args.log)
     if not folder.is_dir():
         print(f"error: {folder}: no such failure-log folder", file=sys.stderr)
         return 2
-    accounts = Accounts(args.accounts or folder / "review.db")
+    accounts = Accounts(args.accounts or default_accounts(folder))
     try:
         if args.action == "list":
             for u in accounts.users():
@@ -376,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0: the whole network)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--secure-cookies", action="store_true", help="behind HTTPS: cookies only over TLS")
-    p.add_argument("--accounts", help="accounts/audit SQLite file (default: review.db in the --log folder)")
+    p.add_argument("--accounts", help="accounts/audit SQLite file (default: <log>.accounts.db beside the --log folder)")
     _add_db_arg(p)
     p.set_defaults(func=cmd_review)
 
@@ -384,8 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "add", "passwd", "disable", "enable"])
     p.add_argument("name", nargs="?")
     p.add_argument("--role", default="operator", choices=["operator", "lead"])
-    p.add_argument("--log", default="runs/line/failures", help="the failure-log folder (accounts: review.db in it)")
-    p.add_argument("--accounts", help="accounts SQLite file (default: review.db in the --log folder)")
+    p.add_argument("--log", default="runs/line/failures", help="the failure-log folder (accounts: <log>.accounts.db beside it)")
+    p.add_argument("--accounts", help="accounts SQLite file (default: <log>.accounts.db beside the --log folder)")
     p.add_argument("--if-missing", action="store_true", help="add: leave an existing user as it is (scripts)")
     p.set_defaults(func=cmd_users)
 

@@ -26,6 +26,7 @@ from deploy.line import LineRunner
 from deploy.review.app import ReviewConfig, create_app
 from deploy.station import load_station
 from deploy.store import SQLiteStore
+from inspection.cli import main
 
 LEAD, OPERATOR = ("lea", "lead-password"), ("otto", "operator-pw")
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "runs" / "test-artifacts"))
@@ -117,9 +118,23 @@ def test_wrong_passwords_hold_off_the_address_not_the_account(client):
     owner = TestClient(client.app, client=("10.0.0.7", 50001))  # the account's owner at another station
     r = owner.post("/login", data={"user": LEAD[0], "password": LEAD[1]}, follow_redirects=False)
     assert r.status_code == 303  # not locked out (after a one-second back-off)
-    db = sqlite3.connect(client.app.state.review.cfg.log / "review.db")
+    log = client.app.state.review.cfg.log
+    assert not (log / "review.db").exists()  # the password hashes live outside the folder the station serves
+    db = sqlite3.connect(log.parent / f"{log.name}.accounts.db")
     (stored,) = db.execute("SELECT pw_hash FROM users WHERE name = ?", (LEAD[0],)).fetchone()
     assert stored.startswith("scrypt$") and LEAD[1] not in stored
+
+
+def test_accounts_live_outside_the_log_folder_and_an_old_file_moves_there(tmp_path):
+    from deploy.review.auth import Accounts, default_accounts
+
+    log = tmp_path / "failures"
+    log.mkdir()
+    Accounts(log / "review.db").add_user("ana", "a long passphrase", "lead")  # where an older version kept them
+    path = default_accounts(log)
+    assert path == tmp_path / "failures.accounts.db" and not (log / "review.db").exists()
+    assert [u["name"] for u in Accounts(path).users()] == ["ana"]
+    assert main(["users", "list", "--log", str(log)]) == 0 and not (log / "review.db").exists()
 
 
 def test_a_stranger_cannot_keep_a_user_out_nor_tell_real_names(client, monkeypatch):

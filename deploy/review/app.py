@@ -7,7 +7,7 @@ Pages (server-rendered, plain HTML + one small script per page): the queue (filt
 a part (overlay with opacity, boxes, verdict buttons and keyboard shortcuts, brush correction, re-score),
 statistics (fail and false-alarm rates per station and day), and admin (users, defect types, audit, dataset
 export; QA leads only). Reviews go through the failure store's interface (append-only history); accounts,
-sessions and the audit trail live in `review.db` beside it. Torch-free: re-scoring runs the package's
+sessions and the audit trail live in their own file outside the log folder. Torch-free: re-scoring runs the package's
 `rescore.onnx` through the runtime. One FastAPI router per area (auth, queue, parts, stats, admin); the
 shared state reaches the routes as a dependency (`get_state`), and `create_app` only assembles them.
 """
@@ -34,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from deploy.review.auth import ROLES, Accounts, AuthError, User
+from deploy.review.auth import ROLES, Accounts, AuthError, User, default_accounts
 from deploy.reviewed import export_reviewed
 from deploy.runtime import FrameError, Runtime, read_frame
 from deploy.store import (FILTERS, REVIEW_VERDICTS, FailureRecord, FailureStore, ReviewError, StoreUnavailable,
@@ -55,7 +55,7 @@ QUERY_KEYS = ("station", "verdict", "review_status", "defect_type", "model_versi
 class ReviewConfig:
     log: Path                                # failure-log folder (failures.db + files)
     package: Path | None = None              # model package for re-scoring (None: re-scoring is off)
-    accounts: Path | None = None             # default: <log>/review.db
+    accounts: Path | None = None             # default: <log>.accounts.db beside the log folder
     secure_cookies: bool = False             # set behind HTTPS
     defect_types: list[str] = field(default_factory=list)
     db: str = ""                             # failure-log database: "" = <log>/failures.db, or postgresql://...
@@ -67,7 +67,7 @@ class ReviewApp:
     def __init__(self, cfg: ReviewConfig, store: FailureStore | None = None):
         self.cfg = cfg
         self.store = store or open_store(cfg.db, cfg.log, create=False, offline_ok=True)
-        self.accounts = Accounts(cfg.accounts or cfg.log / "review.db")
+        self.accounts = Accounts(cfg.accounts or default_accounts(cfg.log))
         self.runtime = Runtime(cfg.package, backend="cpu", threads=2) if cfg.package else None
 
     def defect_types(self) -> list[str]:

@@ -1,6 +1,7 @@
 """Review-station accounts, sessions and the audit trail, in their own SQLite file beside the failure log.
 
-    >>> users = Accounts("failures/review.db")
+    >>> users = Accounts(default_accounts("runs/line/failures"))   # runs/line/failures.accounts.db
+    >>> users = Accounts("/var/lib/inspection/accounts/review.db")
     >>> users.add_user("ana", "a long passphrase", role="lead")
     >>> token, csrf = users.login("ana", "a long passphrase")
 
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROLES = ("operator", "lead")
+LEGACY_NAME = "review.db"      # where accounts lived before: inside the log folder
 SESSION_S = 12 * 3600          # a shift
 WINDOW_S = 300                 # failed logins count for this long
 ADDRESS_LIMIT = 5              # failures from one address in the window → that address is held off
@@ -230,3 +232,17 @@ class Accounts:
 
     def close(self) -> None:
         self.db.close()
+
+
+def default_accounts(log: str | Path) -> Path:
+    """The accounts file when none is named: beside the failure-log folder, never inside it (a station that can
+    write the log folder must not reach the password hashes). An accounts file at the old place, review.db
+    inside the log folder, is moved here once."""
+    log = Path(log)
+    path = log.parent / f"{log.name}.accounts.db"
+    old = log / LEGACY_NAME
+    if old.is_file() and not path.exists():
+        for suffix in ("", "-wal", "-shm"):
+            if Path(f"{old}{suffix}").exists():
+                Path(f"{old}{suffix}").replace(f"{path}{suffix}")
+    return path
