@@ -204,6 +204,8 @@ def test_opcua_and_modbus_drive_200_parts_each_and_read_every_verdict(plc_runner
         assert await ua.trigger("UA-after") == 0 and (await ua.wait_result())["part"] == "UA-after"
         assert await ua.ack() == 0 and await ua.value("CommandError") == 0
         assert await ua.ack() == 5  # nothing to acknowledge
+        assert await ua.trigger("") == 6 and await ua.trigger("x" * 65) == 6  # part IDs: 1-64 printable characters
+        assert await ua.value("Ready")  # a refused command leaves the handshake where it was
         await ua.c.disconnect()
         return got_mb, got_ua
 
