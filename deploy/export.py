@@ -229,8 +229,8 @@ def export_package(checkpoint: str | Path, out_dir: str | Path, manifest: Manife
             variants["int8"], int8_info = _int8_variant(tmp, calib, sample, val, test, manifest, cfg)
             int8_info["calibration_set"] = int8_calibration
 
-        meta = _metadata(cfg, manifest, ckpt, checkpoint, version, variants, np.concatenate([sample, calib]),
-                         {"images": len(sample), "tolerance": tolerance, "max_abs_diff": parity}, int8_info, att_hw)
+        meta = _metadata(cfg, manifest, ckpt, checkpoint, props["checkpoint_sha256"], version, variants,
+                         np.concatenate([sample, calib]), {"images": len(sample), "tolerance": tolerance, "max_abs_diff": parity}, int8_info, att_hw)
         write_metadata(tmp, meta)
         _replace(tmp, out)
     except BaseException:
@@ -252,12 +252,11 @@ def _int8_variant(tmp: Path, calib: np.ndarray, sample: np.ndarray, val, test, m
                      "max_abs_diff_vs_fp32": {k: float(np.abs(a - b).max()) for k, a, b in zip(OUTPUTS, q, f)}}
 
 
-def _metadata(cfg, manifest: Manifest, ckpt: dict, checkpoint: Path, version: str | None, variants: dict,
-              images: np.ndarray, parity: dict, int8_info: dict | None, att_hw: list) -> dict:
+def _metadata(cfg, manifest: Manifest, ckpt: dict, checkpoint: Path, ck_sha: str, version: str | None,
+              variants: dict, images: np.ndarray, parity: dict, int8_info: dict | None, att_hw: list) -> dict:
     """metadata.json: what the line runtime needs to run the package exactly as it was measured."""
     crops = [full_roi((it.height, it.width), cfg.data.roi) for it in manifest.items]
     aspects = [c[2] / c[3] for c in crops]
-    ck_sha = file_sha256(checkpoint)
     h, w = cfg.data.image_size
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
