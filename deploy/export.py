@@ -230,7 +230,8 @@ def export_package(checkpoint: str | Path, out_dir: str | Path, manifest: Manife
             int8_info["calibration_set"] = int8_calibration
 
         meta = _metadata(cfg, manifest, ckpt, checkpoint, props["checkpoint_sha256"], version, variants,
-                         np.concatenate([sample, calib]), {"images": len(sample), "tolerance": tolerance, "max_abs_diff": parity}, int8_info, att_hw)
+                         np.concatenate([sample, calib]),
+                         {"images": len(sample), "tolerance": tolerance, "max_abs_diff": parity}, int8_info, att_hw)
         write_metadata(tmp, meta)
         _replace(tmp, out)
     except BaseException:
