@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -44,7 +44,8 @@ class SplitConfig(_Section):
 
 class DataConfig(_Section):
     root: str = "data/synthetic"
-    image_size: tuple[int, int] = (160, 160)
+    image_size: Union[Literal["auto"], tuple[int, int]] = "auto"
+    max_pixels: int = Field(25600, ge=1024, description="image_size auto: input pixels (height x width) at most")
     roi: Optional[tuple[int, int, int, int]] = Field(None, description="crop (x, y, w, h) in original pixels")
     label_mode: Literal["per_type", "binary"] = "per_type"
     split: SplitConfig = SplitConfig()
@@ -58,8 +59,10 @@ class DataConfig(_Section):
     @field_validator("image_size")
     @classmethod
     def _size_ok(cls, v):
+        if v == "auto":
+            return v
         if min(v) < 32 or max(v) > 2048 or v[0] % 32 or v[1] % 32:
-            raise ValueError(f"expected [height, width], multiples of 32 between 32 and 2048, got {list(v)}")
+            raise ValueError(f"expected 'auto' or [height, width], multiples of 32 between 32 and 2048, got {list(v)}")
         return v
 
     @field_validator("roi")

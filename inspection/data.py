@@ -18,7 +18,7 @@ from torch.utils.data import Dataset, Sampler
 from inspection.imageio import read_image, read_map, read_mask
 from inspection.layout import (GOOD, SPLITS, DatasetError, Item, Manifest, mask_targets,  # noqa: F401 - re-exported
                                scan_dataset)
-from inspection.preprocess import prepare
+from inspection.preprocess import input_size, prepare
 
 
 class InspectionDataset(Dataset):
@@ -34,6 +34,7 @@ class InspectionDataset(Dataset):
         if not self.items:
             raise DatasetError(f"dataset {manifest.root}: the {split} split is empty")
         self.root = Path(manifest.root)
+        self.size = input_size(data_cfg, manifest.items)
         self.labels = [manifest.class_index(it) for it in self.items]
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.mean = torch.tensor(data_cfg.mean).view(3, 1, 1)
@@ -47,7 +48,7 @@ class InspectionDataset(Dataset):
         if i in self._cache:
             return self._cache[i]
         it = self.items[i]
-        img = prepare(read_image(self.root / it.path), self.cfg.image_size, self.cfg.roi)
+        img = prepare(read_image(self.root / it.path), self.size, self.cfg.roi)
         image = torch.from_numpy(img).permute(2, 0, 1).to(torch.float16)
         target = None
         if it.corrected or it.path in self.mask_targets:
@@ -56,7 +57,7 @@ class InspectionDataset(Dataset):
             if m.shape != full.shape:  # maps may be stored at the model's map resolution: stretch to the image
                 import cv2
                 m = cv2.resize(m, (it.width, it.height), interpolation=cv2.INTER_LINEAR)
-            target = torch.from_numpy(prepare(np.repeat(m[..., None], 3, 2), self.cfg.image_size, self.cfg.roi)[..., 0])
+            target = torch.from_numpy(prepare(np.repeat(m[..., None], 3, 2), self.size, self.cfg.roi)[..., 0])
         if self.cfg.cache:
             self._cache[i] = (image, target)
         return image, target

@@ -25,3 +25,18 @@ def to_input(images: list[np.ndarray], mean, std) -> np.ndarray:
     batch = np.stack(images).astype(np.float32)
     batch = (batch - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+
+
+def input_size(data_cfg, items) -> tuple[int, int]:
+    """The model input (H, W): `data_cfg.image_size`, or for 'auto' the shape of the parts the model will see
+    (each item's ROI crop): their median aspect ratio at their median area, capped at `data_cfg.max_pixels`
+    (more pixels find smaller defects and cost time in proportion), each side a multiple of 32."""
+    if data_cfg.image_size != "auto":
+        return tuple(data_cfg.image_size)
+    crops = np.array([full_roi((it.height, it.width), data_cfg.roi)[2:] for it in items], float).reshape(-1, 2)
+    if not len(crops):
+        raise ValueError("data.image_size auto: no images to take the input shape from")
+    aspect = float(np.median(crops[:, 1] / crops[:, 0]))  # height / width
+    area = min(float(np.median(crops[:, 0] * crops[:, 1])), float(data_cfg.max_pixels))
+    side = lambda v: int(min(2048, max(32, round(v / 32) * 32)))  # noqa: E731
+    return side(np.sqrt(area * aspect)), side(np.sqrt(area / aspect))

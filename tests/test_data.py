@@ -176,3 +176,37 @@ def test_mask_supervision_picks_masked_defect_images_as_map_targets(dataset_copy
     shutil.rmtree(dataset_copy / "masks")
     with pytest.raises(DatasetError, match=r"train.mask_supervision=5: .* no defect image with a mask"):
         mask_targets(scan_dataset(dataset_copy, cfg.data), 5)
+
+
+def test_auto_input_size_follows_the_parts_shape():
+    from types import SimpleNamespace as NS
+
+    from inspection.config import load_config
+    from inspection.preprocess import input_size
+
+    tall = [NS(height=1260, width=500), NS(height=1240, width=500), NS(height=1280, width=500)]
+    cfg = load_config(None).data
+    assert cfg.image_size == "auto" and input_size(cfg, tall) == (256, 96)
+    assert input_size(cfg, [NS(height=192, width=192)] * 3) == (160, 160)  # square parts: the old default
+    assert input_size(cfg, [NS(height=64, width=64)]) == (64, 64)  # never larger than the parts
+    bigger = load_config(None, ["data.max_pixels=92160"]).data
+    assert input_size(bigger, tall) == (480, 192)
+    wide_roi = load_config(None, ["data.roi=[0, 0, 450, 150]"]).data  # the ROI crop, not the frame, counts
+    assert input_size(wide_roi, tall) == (96, 288)
+    assert input_size(load_config(None, ["data.image_size=[64, 128]"]).data, tall) == (64, 128)
+    with pytest.raises(ValueError, match="image_size"):
+        load_config(None, ["data.image_size=big"])
+
+
+def test_training_keeps_the_size_auto_chose(tiny_dataset, tmp_path):
+    from inspection.config import load_config
+    from inspection.model import load_checkpoint
+    from training.train import train
+
+    cfg = tiny_config(tiny_dataset, **{"data.image_size": "auto", "data.roi": "[0, 0, 32, 96]", "train.epochs": 1})
+    manifest = scan_dataset(tiny_dataset, cfg.data)
+    best = train(cfg, manifest, tmp_path / "run", progress=False)
+    model, saved, _ = load_checkpoint(best)
+    assert tuple(saved.data.image_size) == (96, 32)  # tall crops: 32 wide, 72-96 tall
+    assert tuple(load_config(tmp_path / "run" / "config.yaml").data.image_size) == (96, 32)
+    assert InspectionDataset(manifest, "val", cfg.data)[0]["image"].shape == (3, 96, 32)

@@ -21,7 +21,7 @@ from inspection.config import Config
 from inspection.data import scan_dataset
 from training.evaluate import evaluate_checkpoint
 from training.report import write_report
-from training.train import plain_abn, train
+from training.train import plain_abn, train, with_input_size
 
 DEMO_DATA = {"n_good": 200, "n_per_type": 30, "size": 192, "seed": 0}
 
@@ -40,6 +40,7 @@ def run_demo(cfg: Config, out_dir: str | Path, generate_kwargs: dict | None = No
     timings["generate"] = time.time() - t0
     manifest = scan_dataset(root, cfg.data, progress=progress)
     print(f"dataset {root}: {json.dumps(manifest.counts())}, {len(manifest.skipped)} skipped", file=sys.stderr)
+    cfg = with_input_size(cfg, manifest)
 
     runs = [("ours", "ABN + L_normal (ours)", "abn", cfg)]
     if baselines:

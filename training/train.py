@@ -33,6 +33,7 @@ from inspection.data import BalancedBatchSampler, InspectionDataset, Manifest, d
 from inspection.losses import abn_loss
 from inspection.metrics import image_metrics
 from inspection.model import build_model
+from inspection.preprocess import input_size
 
 
 def seed_everything(seed: int) -> None:
@@ -219,6 +220,12 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, kind: str, cfg:
             "images_per_s": seen / (time.time() - t0)}
 
 
+def with_input_size(cfg: Config, manifest: Manifest) -> Config:
+    """The config with data.image_size concrete ('auto' resolved on the dataset), as checkpoints keep it."""
+    size = input_size(cfg.data, manifest.items)
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"image_size": size})})
+
+
 def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn", resume: bool = True,
           progress: bool = True, init_state: dict | None = None) -> Path:
     """Train and return the path of best.pt. `kind`: 'abn' or 'cnn' (plain classifier, Grad-CAM baseline)."""
@@ -226,6 +233,10 @@ def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn
     lead = rank == 0  # writes files, shows progress
     progress = progress and lead
     out = Path(out_dir)
+    if cfg.data.image_size == "auto":
+        cfg = with_input_size(cfg, manifest)
+        if progress:
+            print(f"input size (data.image_size auto): {cfg.data.image_size[0]}x{cfg.data.image_size[1]}", file=sys.stderr)
     if lead:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(dump_config(cfg))
