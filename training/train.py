@@ -236,7 +236,8 @@ def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn
     if cfg.data.image_size == "auto":
         cfg = with_input_size(cfg, manifest)
         if progress:
-            print(f"input size (data.image_size auto): {cfg.data.image_size[0]}x{cfg.data.image_size[1]}", file=sys.stderr)
+            h, w = cfg.data.image_size
+            print(f"input size (data.image_size auto): {h}x{w}", file=sys.stderr)
     if lead:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(dump_config(cfg))
