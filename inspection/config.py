@@ -45,7 +45,7 @@ class SplitConfig(_Section):
 class DataConfig(_Section):
     root: str = "data/synthetic"
     image_size: Union[Literal["auto"], tuple[int, int]] = "auto"
-    max_pixels: int = Field(25600, ge=1024, description="image_size auto: input pixels (height x width) at most")
+    max_pixels: int = Field(40960, ge=1024, description="image_size auto: input pixels (height x width) at most")
     roi: Optional[tuple[int, int, int, int]] = Field(None, description="crop (x, y, w, h) in original pixels")
     label_mode: Literal["per_type", "binary"] = "per_type"
     split: SplitConfig = SplitConfig()

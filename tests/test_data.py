@@ -186,13 +186,13 @@ def test_auto_input_size_follows_the_parts_shape():
 
     tall = [NS(height=1260, width=500), NS(height=1240, width=500), NS(height=1280, width=500)]
     cfg = load_config(None).data
-    assert cfg.image_size == "auto" and input_size(cfg, tall) == (256, 96)
-    assert input_size(cfg, [NS(height=192, width=192)] * 3) == (160, 160)  # square parts: the old default
+    assert cfg.image_size == "auto" and input_size(cfg, tall) == (320, 128)
+    assert input_size(cfg, [NS(height=600, width=600)] * 3) == (192, 192)  # square parts
     assert input_size(cfg, [NS(height=64, width=64)]) == (64, 64)  # never larger than the parts
-    bigger = load_config(None, ["data.max_pixels=92160"]).data
-    assert input_size(bigger, tall) == (480, 192)
+    assert input_size(load_config(None, ["data.max_pixels=25600"]).data, tall) == (256, 96)
+    assert input_size(load_config(None, ["data.max_pixels=92160"]).data, tall) == (480, 192)
     wide_roi = load_config(None, ["data.roi=[0, 0, 450, 150]"]).data  # the ROI crop, not the frame, counts
-    assert input_size(wide_roi, tall) == (96, 288)
+    assert input_size(wide_roi, tall) == (128, 352)
     assert input_size(load_config(None, ["data.image_size=[64, 128]"]).data, tall) == (64, 128)
     with pytest.raises(ValueError, match="image_size"):
         load_config(None, ["data.image_size=big"])
