@@ -211,8 +211,14 @@ def _save(path: Path, rgb: np.ndarray, gray: bool, fmt: str) -> Path:
 def generate(out_dir: str | Path, n_good: int = 200, n_per_type: int = 30, size: int = 256,
              seed: int = 0, surfaces: tuple[str, ...] = SURFACES, defect_types: tuple[str, ...] = DEFECT_TYPES,
              faint_fraction: float = 0.15, benign_fraction: float = 0.3, size_jitter: float = 0.0,
-             gray_fraction: float = 0.0, jpeg_fraction: float = 0.0, progress: bool = False) -> dict:
-    """Write a synthetic dataset to `out_dir` in the trainer's folder layout; return a summary dict."""
+             gray_fraction: float = 0.0, jpeg_fraction: float = 0.0, multi_fraction: float = 0.0,
+             progress: bool = False) -> dict:
+    """Write a synthetic dataset to `out_dir` in the trainer's folder layout; return a summary dict.
+
+    multi_fraction: share of defective parts that carry 2-4 defects of their type instead of one (a part with
+    several pits or scratches: every one of them is a true box)."""
+    if not 0 <= multi_fraction <= 1:
+        raise ValueError(f"multi_fraction: expected a share in [0, 1], got {multi_fraction!r}")
     for name in surfaces:
         if name not in SURFACES:
             raise ValueError(f"surfaces: unknown surface {name!r}; expected some of {SURFACES}")
@@ -239,13 +245,15 @@ def generate(out_dir: str | Path, n_good: int = 200, n_per_type: int = 30, size:
             img, _ = render_part(r, surface, hw, benign=r.random() < benign_fraction)
             _save(out / "good" / stem, img, gray, fmt)
         else:
-            img, mask = render_part(r, surface, hw, (label,), faint=r.random() < faint_fraction,
+            n = int(r.integers(2, 5)) if multi_fraction and r.random() < multi_fraction else 1
+            img, mask = render_part(r, surface, hw, (label,) * n, faint=r.random() < faint_fraction,
                                     benign=r.random() < benign_fraction / 2)
             _save(out / "defect" / label / stem, img, gray, fmt)
             mpath = out / "masks" / label / (stem + ".png")
             mpath.parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(mpath), mask.astype(np.uint8) * 255)
         counts[label] = counts.get(label, 0) + 1
-    summary = {"root": str(out), "seed": seed, "size": size, "counts": counts, "surfaces": list(surfaces)}
+    summary = {"root": str(out), "seed": seed, "size": size, "counts": counts, "surfaces": list(surfaces),
+               "multi_fraction": multi_fraction}
     (out / "synthetic.json").write_text(json.dumps(summary, indent=2))
     return summary

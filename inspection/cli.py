@@ -43,7 +43,7 @@ def cmd_generate(args) -> int:
 
     summary = generate(args.out, n_good=args.good, n_per_type=args.per_type, size=args.size, seed=args.seed,
                        size_jitter=args.size_jitter, gray_fraction=args.gray, jpeg_fraction=args.jpeg,
-                       progress=not args.quiet)
+                       multi_fraction=args.multi, progress=not args.quiet)
     print(json.dumps(summary))
     return 0
 
@@ -317,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size-jitter", type=float, default=0.0, help="vary image sizes by up to this fraction")
     p.add_argument("--gray", type=float, default=0.0, help="fraction of grayscale images")
     p.add_argument("--jpeg", type=float, default=0.0, help="fraction of JPEG images")
+    p.add_argument("--multi", type=float, default=0.0,
+                   help="fraction of defective parts with 2-4 defects of their type (default 0: one each)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_generate)
