@@ -32,6 +32,11 @@ KEYS = {  # column → getter over a run's metrics
     "box P@0.3": lambda m: m["box@0.3"]["precision"],
     "box R@0.3": lambda m: m["box@0.3"]["recall"],
     "box F1@0.5": lambda m: m["box@0.5"]["f1"],
+    "box F1@0.1": lambda m: m.get("box@0.1", {}).get("f1", np.nan),
+    **{f"R {k}": (lambda k: lambda m: m.get("recall_by_size@0.3", {}).get(k, {}).get("recall", np.nan))(k)
+       for k in ("tiny", "small", "large")},
+    **{f"R {k}": (lambda k: lambda m: m.get("recall_by_count@0.3", {}).get(k, {}).get("recall", np.nan))(k)
+       for k in ("single", "several")},
     "pixel AUROC": lambda m: m["pixel_auroc"],
     "AUPRO": lambda m: m["aupro"],
     "hit rate": lambda m: m["hit_rate"],

@@ -24,7 +24,7 @@ from torch import nn
 
 from deploy.package import FORMAT, FORMAT_VERSION, file_sha256, write_metadata
 from deploy.runtime import open_session
-from inspection.boxes import full_roi
+from inspection.boxes import BoxRule, full_roi
 from inspection.data import GOOD, InspectionDataset, Manifest
 from inspection.model import ABN, load_checkpoint
 from inspection.evaluation import Predictions, evaluate_predictions
@@ -281,12 +281,8 @@ def _metadata(cfg, manifest: Manifest, ckpt: dict, checkpoint: Path, ck_sha: str
                              "the band reaches at most half-way to 0 and to 1"},
         "boxes": {"min_area": cfg.eval.boxes.min_area, "score": cfg.eval.boxes.score,
                   "calibrated": cfg.eval.boxes.threshold is None,
-                  "rule": "on parts that fail or go to review (variants.*.box_rule): upsample the map to the "
-                          "ROI (bilinear); seed level = threshold, or peak_share * the map's peak when higher "
-                          "(0: off); regions reaching it, grown down to low * seed level, each boxed where its "
-                          "log-odds are at least relative of the way from that foot to its peak; boxes closer "
-                          "than merge * the ROI's longer side merged; regions under area_share * the part's "
-                          "largest region's area, or under min_area px, dropped"},
+                  "rule": "on parts that fail or go to review, with the levels of variants.*.box_rule: "
+                          + BoxRule.text()},
         "variants": variants,
         "parity": parity,
         "int8": int8_info,

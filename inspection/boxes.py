@@ -17,6 +17,7 @@ attention inside.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, fields
 
 import cv2
@@ -43,40 +44,115 @@ class Box:
 
 
 @dataclass(frozen=True)
+class Level:
+    """One level of the box rule: its neutral value (off; what an older package that lacks it means), the values
+    calibration may choose among, its bounds, and what it does, in words (config docs, report, package)."""
+
+    neutral: float
+    candidates: tuple[float, ...]
+    low: float
+    high: float
+    high_open: bool
+    words: str
+
+    def check(self, name: str, value) -> None:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and self.low <= value and (value < self.high if self.high_open
+                                                                         else value <= self.high)
+        if not ok:
+            raise ValueError(f"box rule: {name} must be in [{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+                             f" ({self.words.split(';')[0]}), got {value!r}")
+
+
+# The levels, in the order the rule applies them. Threshold candidates live on the map's own probability scale
+# (calibration never goes below what the validation good parts' maps reach: see inspection/evaluation.py).
+LEVELS: dict[str, Level] = {
+    "threshold": Level(0.5, (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99), 0, 1, False,
+                       "seed level: a region is a defect where the map reaches it"),
+    "peak_share": Level(0.0, (0.0, 0.5, 0.7), 0, 1, False,
+                        "seeds must also reach this share of the map's peak (a faint blob beside a strong defect "
+                        "is not a second one); 0 = off"),
+    "low": Level(1.0, (1.0, 0.7, 0.5), 0.01, 1, False,
+                 "hysteresis: each region grows down to this share of the seed level; 1 = off"),
+    "relative": Level(0.0, (0.0, 0.5, 0.7, 0.85), 0, 1, True,
+                      "extent: each region is boxed where its log-odds lie at least this share of the way from its "
+                      "foot to its peak (a soft blob around a small defect is boxed near its tip); 0 = whole region"),
+    "merge": Level(0.0, (0.0, 0.02, 0.05), 0, 1, False,
+                   "boxes closer than this share of the ROI's longer side merge (a crack the map breaks into "
+                   "beads); 0 = off"),
+    "area_share": Level(0.0, (0.0, 0.05, 0.1, 0.2, 0.3), 0, 1, False,
+                        "regions under this share of the part's largest region's area are dropped (a speck "
+                        "beside a defect); 0 = off"),
+}
+
+
+@dataclass(frozen=True)
 class BoxRule:
-    """The levels of the box rule (module docstring); calibrated on validation and stored per model variant."""
+    """The levels of the box rule (LEVELS): the defaults are the untuned rule every model starts from;
+    calibration on validation may change them and the result is stored per model variant."""
 
     threshold: float = 0.5
-    low: float = 1.0          # foot = low * seed level
-    relative: float = 0.0     # box where log-odds are this share of the way from foot to peak
-    merge: float = 0.0        # merge gap, share of the longer side of the region the model saw
-    peak_share: float = 0.0   # seeds must also reach this share of the map's peak (0: off)
-    area_share: float = 0.0   # regions must reach this share of the part's largest region's area (0: off)
+    low: float = 1.0
+    relative: float = 0.0
+    merge: float = 0.0
+    peak_share: float = 0.0
+    area_share: float = 0.0
     min_area: int = 0
     score: str = "peak"
 
     def __post_init__(self):
-        checks = {"threshold": 0 <= self.threshold <= 1, "low": 0 < self.low <= 1, "relative": 0 <= self.relative < 1,
-                  "merge": 0 <= self.merge <= 1, "peak_share": 0 <= self.peak_share <= 1, "area_share": 0 <= self.area_share <= 1,
-                  "min_area": self.min_area >= 0,
-                  "score": self.score in ("peak", "mean")}
-        expected = {"threshold": "in [0, 1]", "low": "in (0, 1] (a share of the seed level)",
-                    "relative": "in [0, 1) (a share of the way from a region's foot to its peak)",
-                    "merge": "in [0, 1] (a share of the region's longer side)",
-                    "peak_share": "in [0, 1] (a share of the map's peak; 0 = off)",
-                    "area_share": "in [0, 1] (a share of the largest region's area; 0 = off)", "min_area": ">= 0 pixels",
-                    "score": "'peak' or 'mean'"}
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"box rule: {name} must be {expected[name]}, got {getattr(self, name)!r}")
+        for name, level in LEVELS.items():
+            level.check(name, getattr(self, name))
+        if not (isinstance(self.min_area, numbers.Integral) and self.min_area >= 0):
+            raise ValueError(f"box rule: min_area must be >= 0 pixels, got {self.min_area!r}")
+        if self.score not in ("peak", "mean"):
+            raise ValueError(f"box rule: score must be 'peak' or 'mean', got {self.score!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "BoxRule":
-        """From stored levels; a level that is missing (an older package) keeps its neutral default."""
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+        """From stored levels; a level that is missing (an older package) is off (its neutral value)."""
+        neutral = {name: level.neutral for name, level in LEVELS.items()}
+        return cls(**{**neutral, **{f.name: d[f.name] for f in fields(cls) if f.name in d}})
+
+    @classmethod
+    def default(cls) -> "BoxRule":
+        """The untuned rule: what a model gets where calibration has no pixel truth, and where it starts from."""
+        return cls()
+
+    @staticmethod
+    def calibrated() -> tuple[str, ...]:
+        """The levels calibration may choose."""
+        return tuple(LEVELS)
+
+    @staticmethod
+    def ablation() -> dict[str, tuple[float, ...]]:
+        """Each calibrated level's candidate values."""
+        return {name: level.candidates for name, level in LEVELS.items()}
+
+    @staticmethod
+    def text() -> str:
+        """The rule in words, for the package metadata and the docs."""
+        return ("upsample the map to the region the model saw (bilinear); " +
+                "; ".join(f"{name}: {level.words}" for name, level in LEVELS.items()) +
+                "; regions under min_area pixels are dropped; each box is scored by the peak (or mean) inside")
+
+    def describe(self) -> str:
+        """These levels in words (the report)."""
+        seed = f"regions reaching {self.threshold:.3g}"
+        if self.peak_share:
+            seed += f" and {self.peak_share:g} of the map's peak"
+        parts = [f"boxes on {seed}"]
+        if self.low < 1:
+            parts.append(f"grown down to {self.low:g} of that level")
+        if self.relative:
+            parts.append(f"boxed where {self.relative:g} of the way from foot to peak (log-odds)")
+        if self.merge:
+            parts.append(f"boxes closer than {self.merge:g} of the image side merged")
+        if self.area_share:
+            parts.append(f"regions under {self.area_share:g} of the largest one's area dropped")
+        return ", ".join(parts)
 
 
 def full_roi(frame_hw: tuple[int, int], roi: tuple[int, int, int, int] | None) -> tuple[int, int, int, int]:

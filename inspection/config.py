@@ -11,6 +11,8 @@ from typing import Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from inspection.boxes import LEVELS
+
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the file and the field."""
@@ -114,18 +116,20 @@ class TrainConfig(_Section):
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores")
 
 
+def _level(name: str):
+    """A box-rule level's setting: its bounds and words come from the rule itself (inspection/boxes.LEVELS)."""
+    level = LEVELS[name]
+    bounds = {"ge": level.low, ("lt" if level.high_open else "le"): level.high}
+    return Field(None, **bounds, description=f"{level.words}; None = calibrate on validation")
+
+
 class BoxConfig(_Section):
-    threshold: Optional[float] = Field(None, ge=0, le=1, description="None = calibrate on validation")
-    low: Optional[float] = Field(None, gt=0, le=1, description="hysteresis: regions reaching the threshold grow "
-                                                               "down to threshold * low; None = calibrate")
-    relative: Optional[float] = Field(None, ge=0, lt=1, description="box the part of each region at or above this "
-                                                                    "share of its peak; None = calibrate")
-    merge: Optional[float] = Field(None, ge=0, le=1, description="merge boxes closer than this share of the ROI's "
-                                                                 "longer side; None = calibrate")
-    peak_share: Optional[float] = Field(None, ge=0, le=1, description="seeds must also reach this share of the "
-                                                                      "map's peak; 0 = off; None = calibrate")
-    area_share: Optional[float] = Field(None, ge=0, le=1, description="drop regions under this share of the part's "
-                                                                      "largest region's area; 0 = off; None = calibrate")
+    threshold: Optional[float] = _level("threshold")
+    low: Optional[float] = _level("low")
+    relative: Optional[float] = _level("relative")
+    merge: Optional[float] = _level("merge")
+    peak_share: Optional[float] = _level("peak_share")
+    area_share: Optional[float] = _level("area_share")
     min_area: int = Field(16, ge=0, description="minimum component area in original pixels")
     score: Literal["peak", "mean"] = "peak"
 

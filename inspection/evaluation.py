@@ -12,26 +12,21 @@ import dataclasses
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 
-from inspection.boxes import BoxRule, full_roi, map_boxes, mask_to_boxes
+from inspection.boxes import LEVELS, BoxRule, full_roi, map_boxes, mask_to_boxes
 from inspection.decision import verdict
 from inspection.imageio import read_truth
 from inspection.layout import GOOD, Manifest
-from inspection.metrics import aupro, box_metrics, calibrate_threshold, hit_rate, image_metrics, pixel_auroc
+from inspection.metrics import (aupro, box_metrics, box_recall_by, calibrate_threshold, hit_rate, image_metrics,
+                                pixel_auroc, size_class)
 
-BOX_QUANTILES = np.linspace(0.50, 0.999, 40)  # candidate box levels: upper quantiles of the model's own val maps
-BOX_CANDIDATES = {  # the other levels of the box rule; the first of each is the neutral one
-    "relative": (0.0, 0.5, 0.7, 0.85),   # extent: share of the way from foot to peak
-    "low": (1.0, 0.7, 0.5),              # hysteresis: foot as a share of the seed level
-    "merge": (0.0, 0.02, 0.05),          # merge gap: share of the ROI's longer side
-    "peak_share": (0.0, 0.5, 0.7),       # seeds must also reach this share of the map's peak
-    "area_share": (0.0, 0.05, 0.1, 0.2, 0.3),  # regions must reach this share of the largest region's area
-}
 SEARCH = (("threshold", "relative"), ("low",), ("merge",), ("peak_share",), ("area_share",),  # coordinate steps
           ("threshold",))
+GOOD_LEVEL_QUANTILE = 0.5  # the level good parts reach: the median over good val parts of each map's peak
 PIXEL_SIDE = 128  # pixel metrics are computed at this longest side to keep memory flat
 
 
@@ -62,24 +57,35 @@ def _truths(items, root: Path) -> dict[int, np.ndarray]:
     return truths
 
 
+def good_level(pred: Predictions, items) -> float:
+    """What the validation good parts' maps reach: the median of their peaks (a box threshold under it boxes the
+    surface of a typical good part)."""
+    good = [i for i, it in enumerate(items) if it.defect_type == GOOD]
+    return float(np.quantile(pred.maps[good].reshape(len(good), -1).max(1), GOOD_LEVEL_QUANTILE)) if good else 0.0
+
+
 def calibrate_box_rule(pred: Predictions, items, truths: dict[int, np.ndarray], flagged: np.ndarray,
                        cfg) -> BoxRule:
     """The box rule whose levels maximize box F1 @ IoU 0.3 on validation, over the parts the line would box (those
-    that fail or go to review). Levels the config sets stay fixed; with no pixel truth the others stay neutral
-    (threshold 0.5, one level, whole regions, no merging, no share of the peak).
+    that fail or go to review). Levels the config sets stay fixed; with no pixel truth the others keep the untuned
+    default (BoxRule.default()).
 
-    Search: threshold and extent together, then hysteresis, merging, peak share and area share one at a time, then the
-    threshold again, each kept only when it raises F1 (ties keep the simpler rule). Candidate thresholds are upper
-    quantiles of the validation maps' pixel values, not a fixed grid, so that a model whose maps live in a narrow
-    band is calibrated as finely as one using 0-1.
+    Search, from the default: threshold and extent together, then hysteresis, merging, peak share and area share
+    one at a time, then the threshold again, each change kept only when it raises F1 (ties keep the default).
+    The candidates are each level's fixed values (inspection/boxes.LEVELS), so calibration cannot degenerate:
+    thresholds on the map's own probability scale, never under what the validation good parts' maps reach
+    (good_level; where that is above every candidate, that level itself).
     """
     b = cfg.eval.boxes
-    fixed = {k: getattr(b, k) for k in ("threshold", *BOX_CANDIDATES) if getattr(b, k) is not None}
-    rule = BoxRule(**{**fixed, "min_area": b.min_area, "score": b.score})
+    fixed = {k: getattr(b, k) for k in LEVELS if getattr(b, k) is not None}
+    rule = dataclasses.replace(BoxRule.default(), **fixed, min_area=b.min_area, score=b.score)
     if all(items[i].defect_type == GOOD for i in truths):
         return rule
-    values = np.concatenate([_upsampled(pred.maps[i], items[i], cfg.data.roi)[0][::4, ::4].ravel() for i in truths])
-    candidates = {**BOX_CANDIDATES, "threshold": [float(t) for t in np.unique(np.quantile(values, BOX_QUANTILES))]}
+    floor = good_level(pred, items)
+    thresholds = [t for t in LEVELS["threshold"].candidates if t >= floor] or [min(floor, 1.0)]
+    candidates = {**BoxRule.ablation(), "threshold": thresholds}
+    if "threshold" not in fixed and rule.threshold < floor:
+        rule = dataclasses.replace(rule, threshold=thresholds[0])
     ups = {i: _upsampled(pred.maps[i], items[i], cfg.data.roi) for i in truths if flagged[i]}
     truth = [_xyxy(mask_to_boxes(truths[i])) for i in truths]
 
@@ -137,7 +143,7 @@ def evaluate_predictions(pv: Predictions, pt: Predictions, manifest: Manifest, c
         for t in sorted({it.defect_type for it in test_items} - {GOOD})}
     good_flagged = test_flagged & ~test_defect
 
-    per_image, rows = [], []  # rows: (defect type, pred boxes, true boxes, pixel map, pixel mask, truth, up, off)
+    per_image, rows = [], []
     inside = []
     truths = _truths(test_items, root)
     for i, it in enumerate(test_items):
@@ -150,30 +156,53 @@ def evaluate_predictions(pv: Predictions, pt: Predictions, manifest: Manifest, c
                           "true_boxes": None if truth is None else [x.xyxy for x in truth], "map_index": i})
         if i in truths:
             m, k = _pixel_pair(up, off, it, truths[i])
-            rows.append((it.defect_type, _xyxy(boxes), _xyxy(truth), m, k, truths[i], up, off, boxes))
+            x, y, w, h = full_roi((it.height, it.width), cfg.data.roi)
+            sizes = [size_class(t.area / (w * h)) for t in truth]
+            rows.append(Row(it.defect_type, _xyxy(boxes), _xyxy(truth), m, k, truths[i], up, off, boxes, sizes))
             if it.defect_type != GOOD:
                 inside.append(float(m[k].mean()) if k.any() else float("nan"))
     metrics["boxes_per_failed_good"] = (float(np.mean([len(per_image[i]["boxes"]) for i in np.flatnonzero(good_flagged)]))
                                         if good_flagged.any() else 0.0)
     metrics["failed_good"] = int(good_flagged.sum())
-    if any(r[0] != GOOD for r in rows):
+    if any(r.defect_type != GOOD for r in rows):
         metrics.update(_localization(rows))
         metrics["attention_inside_defects"] = float(np.nanmean(inside))
-        good_rows = [r for r in rows if r[0] == GOOD]
+        good_rows = [r for r in rows if r.defect_type == GOOD]
         metrics["per_type_localization"] = {
-            t: _localization([r for r in rows if r[0] == t] + good_rows)
-            for t in sorted({r[0] for r in rows} - {GOOD})}
+            t: _localization([r for r in rows if r.defect_type == t] + good_rows)
+            for t in sorted({r.defect_type for r in rows} - {GOOD})}
     return {"name": name, "kind": kind, "metrics": metrics, "threshold": threshold,
             "box_threshold": rule.threshold, "box_rule": rule.to_dict(), "images": per_image, "maps": pt.maps, "val_scores": pv.scores.tolist(),
             "test_is_defect": test_defect.tolist(), "test_scores": pt.scores.tolist(), "root": str(root),
             "roi": cfg.data.roi}
 
 
-def _localization(rows) -> dict:
-    """Box P/R/F1 at IoU 0.3 and 0.5, pixel AUROC, AUPRO and hit rate over rows of _pixel_pair'd images."""
-    out = {f"box@{iou}": box_metrics([r[1] for r in rows], [r[2] for r in rows], iou) for iou in (0.3, 0.5)}
-    out["pixel_auroc"] = pixel_auroc([r[3] for r in rows], [r[4] for r in rows])
-    out["aupro"] = aupro([r[3] for r in rows], [r[4] for r in rows])
-    out["hit_rate"] = hit_rate([r[5] for r in rows if r[0] != GOOD], [r[6] for r in rows if r[0] != GOOD],
-                               [r[7] for r in rows if r[0] != GOOD], [r[8] for r in rows if r[0] != GOOD])
+class Row(NamedTuple):
+    """One test image with pixel truth, as the localization metrics read it."""
+
+    defect_type: str
+    pred: np.ndarray          # (N, 4) predicted boxes, frame pixels
+    true: np.ndarray          # (M, 4) true boxes, one per connected defect region
+    pixel_map: np.ndarray     # map at PIXEL_SIDE
+    pixel_mask: np.ndarray    # truth at PIXEL_SIDE
+    truth: np.ndarray         # full-frame bool truth
+    up: np.ndarray            # map upsampled to the region the model saw
+    offset: tuple[int, int]   # that region's corner in the frame
+    boxes: list               # predicted Box objects
+    sizes: list[str]          # size class of each true region (share of the region the model saw)
+
+
+def _localization(rows: list[Row]) -> dict:
+    """Box P/R/F1 at IoU 0.1, 0.3 and 0.5, box recall by defect size and by the number of defects on the part,
+    pixel AUROC, AUPRO and hit rate."""
+    pred, true = [r.pred for r in rows], [r.true for r in rows]
+    out = {f"box@{iou}": box_metrics(pred, true, iou) for iou in (0.1, 0.3, 0.5)}
+    out["recall_by_size@0.3"] = box_recall_by(pred, true, [r.sizes for r in rows], 0.3)
+    out["recall_by_count@0.3"] = box_recall_by(
+        pred, true, [["single" if len(r.true) == 1 else "several"] * len(r.true) for r in rows], 0.3)
+    out["pixel_auroc"] = pixel_auroc([r.pixel_map for r in rows], [r.pixel_mask for r in rows])
+    out["aupro"] = aupro([r.pixel_map for r in rows], [r.pixel_mask for r in rows])
+    bad = [r for r in rows if r.defect_type != GOOD]
+    out["hit_rate"] = hit_rate([r.truth for r in bad], [r.up for r in bad], [r.offset for r in bad],
+                               [r.boxes for r in bad])
     return out

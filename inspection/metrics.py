@@ -86,11 +86,38 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def match_boxes(pred, true, iou: float) -> int:
     """Number of one-to-one matches (Hungarian on IoU) with IoU >= `iou`."""
+    return int(matched_true(pred, true, iou).sum())
+
+
+def matched_true(pred, true, iou: float) -> np.ndarray:
+    """Which true boxes a predicted box matches one-to-one (Hungarian on IoU) with IoU >= `iou`: (M,) bool."""
+    found = np.zeros(len(true), bool)
     if len(pred) == 0 or len(true) == 0:
-        return 0
+        return found
     m = box_iou(pred, true)
     rows, cols = linear_sum_assignment(-m)
-    return int((m[rows, cols] >= iou).sum())
+    found[cols[m[rows, cols] >= iou]] = True
+    return found
+
+
+SIZE_CLASSES = (("tiny", 0.001), ("small", 0.01), ("large", float("inf")))  # share of the part's area: < 0.1 %, < 1 %
+
+
+def size_class(share: float) -> str:
+    """'tiny' under 0.1 % of the part's area, 'small' under 1 %, else 'large'."""
+    return next(name for name, upper in SIZE_CLASSES if share < upper)
+
+
+def box_recall_by(pred_per_image, true_per_image, groups_per_image, iou: float = 0.3) -> dict:
+    """Box recall per group of true boxes (e.g. by size class or by the number of defects on the part):
+    {group: {"recall", "found", "n"}}; groups_per_image holds one label per true box."""
+    found: dict[str, list[int]] = {}
+    for p, t, g in zip(pred_per_image, true_per_image, groups_per_image):
+        for label, hit in zip(g, matched_true(p, t, iou)):
+            found.setdefault(label, [0, 0])
+            found[label][0] += int(hit)
+            found[label][1] += 1
+    return {k: {"recall": f / n, "found": f, "n": n} for k, (f, n) in sorted(found.items())}
 
 
 def box_metrics(pred_per_image, true_per_image, iou: float = 0.3) -> dict:

@@ -80,3 +80,56 @@ def test_hit_rate_counts_regions_holding_the_peak_or_touched_by_a_box():
     assert hit_rate([mask], [up], [(30, 20)], [[touching]]) == 1.0
     assert hit_rate([mask], [up], [(30, 20)], [[near]]) == 0.5
     assert hit_rate([mask], [np.roll(up, -10, axis=1)], [(30, 20)], [[]]) == 0.0  # peak moved off B
+
+
+def test_box_recall_by_size_and_by_group():
+    from inspection.metrics import box_recall_by, size_class
+
+    assert [size_class(s) for s in (0.0005, 0.001, 0.005, 0.01, 0.2)] == ["tiny", "small", "small", "large", "large"]
+    true = [np.array([[0, 0, 10, 10], [50, 50, 52, 52]]), np.array([[20, 20, 40, 40]])]
+    pred = [np.array([[1, 1, 10, 10], [80, 80, 90, 90]]), np.zeros((0, 4))]
+    groups = [["large", "tiny"], ["large"]]
+    r = box_recall_by(pred, true, groups, 0.3)
+    assert r == {"large": {"recall": 0.5, "found": 1, "n": 2}, "tiny": {"recall": 0.0, "found": 0, "n": 1}}
+    # one predicted box cannot be counted for two true boxes
+    two = box_recall_by([np.array([[0, 0, 10, 10]])], [np.array([[0, 0, 10, 10], [0, 0, 10, 9]])], [["a", "b"]], 0.3)
+    assert two["a"]["found"] + two["b"]["found"] == 1
+
+
+def _items(n_good: int, n_defect: int, hw=(32, 32)):
+    from inspection.layout import Item
+
+    return ([Item(f"good/{i}.png", "good", "", hw[1], hw[0]) for i in range(n_good)] +
+            [Item(f"defect/d/{i}.png", "d", "", hw[1], hw[0]) for i in range(n_defect)])
+
+
+def test_calibration_on_a_near_zero_map_keeps_the_threshold_on_the_probability_scale():
+    """A map ~0 everywhere but a faint blob: quantiles of the map's values are all ~0, and a threshold among them
+    boxes the whole part. The calibrated threshold stays among the rule's candidates, never under the level the
+    good parts' maps reach."""
+    from inspection.boxes import LEVELS
+    from inspection.config import load_config
+    from inspection.evaluation import Predictions, calibrate_box_rule, good_level
+
+    rng = np.random.default_rng(0)
+    items = _items(6, 6)
+    maps = (rng.random((12, 8, 8)) * 1e-6).astype(np.float32)
+    truths = {i: np.zeros((32, 32), bool) for i in range(12)}
+    for i in range(6, 12):
+        maps[i, 2:4, 2:4] = 0.2          # a faint blob on the defect, far under 0.5
+        truths[i][8:16, 8:16] = True
+    pred = Predictions(np.linspace(0, 1, 12), np.zeros((12, 2)), maps)
+    rule = calibrate_box_rule(pred, items, truths, np.ones(12, bool), load_config(None, []))
+    assert rule.threshold in LEVELS["threshold"].candidates and rule.threshold >= 0.3
+    # good parts whose maps reach 0.93 (a hot border on every part): no threshold under that level
+    maps[:6, 0, :] = 0.93
+    maps[6:, 2:4, 2:4] = 0.97
+    pred = Predictions(np.linspace(0, 1, 12), np.zeros((12, 2)), maps)
+    assert good_level(pred, items) == pytest.approx(0.93)
+    rule = calibrate_box_rule(pred, items, truths, np.ones(12, bool), load_config(None, []))
+    assert rule.threshold >= 0.93
+    # above every candidate: that level itself
+    maps[:6, 0, :] = 0.995
+    pred = Predictions(np.linspace(0, 1, 12), np.zeros((12, 2)), maps)
+    rule = calibrate_box_rule(pred, items, truths, np.ones(12, bool), load_config(None, []))
+    assert rule.threshold == pytest.approx(0.995)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inspection.boxes import Box, upsample_attention
+from inspection.boxes import Box, BoxRule, upsample_attention
 from inspection.data import GOOD
 from inspection.imageio import read_image
 from inspection.overlay import overlay
@@ -29,6 +29,11 @@ COLUMNS = [  # (header, getter)
     ("box P@0.3", lambda m: m.get("box@0.3", {}).get("precision")),
     ("box R@0.3", lambda m: m.get("box@0.3", {}).get("recall")),
     ("box F1@0.5", lambda m: m.get("box@0.5", {}).get("f1")),
+    ("box F1@0.1", lambda m: m.get("box@0.1", {}).get("f1")),
+    *((f"box R@0.3 {k}", (lambda k: lambda m: m.get("recall_by_size@0.3", {}).get(k, {}).get("recall"))(k))
+      for k in ("tiny", "small", "large")),
+    *((f"box R@0.3 {k} defects", (lambda k: lambda m: m.get("recall_by_count@0.3", {}).get(k, {}).get("recall"))(k))
+      for k in ("single", "several")),
     ("pixel AUROC", lambda m: m.get("pixel_auroc")),
     ("AUPRO", lambda m: m.get("aupro")),
     ("hit rate", lambda m: m.get("hit_rate")),
@@ -40,6 +45,8 @@ TYPE_COLUMNS = [
     ("box F1@0.3", lambda m: m["box@0.3"]["f1"]),
     ("box P@0.3", lambda m: m["box@0.3"]["precision"]),
     ("box R@0.3", lambda m: m["box@0.3"]["recall"]),
+    ("box F1@0.1", lambda m: m.get("box@0.1", {}).get("f1")),
+    ("box F1@0.5", lambda m: m.get("box@0.5", {}).get("f1")),
     ("true regions", lambda m: m["box@0.3"]["n_true"]),
     ("hit rate", lambda m: m["hit_rate"]),
     ("pixel AUROC", lambda m: m["pixel_auroc"]),
@@ -60,17 +67,7 @@ def markdown_table(results: list[dict]) -> str:
 
 def describe_rule(rule: dict) -> str:
     """The calibrated box rule in words."""
-    seed = f"regions reaching {rule['threshold']:.3f}"
-    if rule["peak_share"]:
-        seed += f" and {rule['peak_share']:g} of the map's peak"
-    parts = [f"boxes on {seed}"]
-    if rule["low"] < 1:
-        parts.append(f"grown down to {rule['low']:g} of that level")
-    if rule["relative"]:
-        parts.append(f"boxed where {rule['relative']:g} of the way from foot to peak (log-odds)")
-    if rule["merge"]:
-        parts.append(f"boxes closer than {rule['merge']:g} of the image side merged")
-    return ", ".join(parts)
+    return BoxRule.from_dict(rule).describe()
 
 
 def per_type_table(results: list[dict]) -> str:

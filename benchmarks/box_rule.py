@@ -1,0 +1,125 @@
+"""The box rule across data sets: each level's worth (ablation), calibration vs the untuned default, transfer.
+
+    python benchmarks/box_rule.py --run synthetic=runs/localization/synthetic/ours-s{seed}-* \\
+        --run kolektorsdd=runs/localization/kolektorsdd_default/ours-s{seed}-* --seeds 0 1 2
+
+Takes checkpoints trained by benchmarks/localization.py (one folder per set and seed; the folder's config.yaml
+and manifest.json say which data it was trained on), predicts val and test once (cached beside the checkpoint
+in predictions.npz), then measures on test, with the same pass/fail threshold:
+- ablation: the untuned default rule, and the default with one level changed at a time;
+- calibrated: the rule calibrated on the set's own val (eval.boxes all null), and on every other set's val
+  (transfer: the levels calibrated on set A applied to set B).
+Prints tables of box F1@0.3 (mean and minimum over seeds) and writes benchmarks/results/box_rule.json.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from inspection.boxes import BoxRule  # noqa: E402
+from inspection.config import load_config  # noqa: E402
+from inspection.evaluation import Predictions, evaluate_predictions  # noqa: E402
+from inspection.layout import Manifest  # noqa: E402
+
+KEYS = ("box@0.1", "box@0.3", "box@0.5")
+
+
+def predictions(folder: Path) -> tuple[Predictions, Predictions, Manifest, object]:
+    """Val and test predictions of folder/best.pt (cached in folder/predictions.npz), its manifest and config."""
+    cfg = load_config(folder / "config.yaml")
+    manifest = Manifest.load(folder / "manifest.json")
+    cache = folder / "predictions.npz"
+    if not cache.exists():
+        from inspection.data import InspectionDataset
+        from inspection.model import load_checkpoint
+        from training.evaluate import predict
+
+        model, cfg_ckpt, ckpt = load_checkpoint(folder / "best.pt")
+        pv, pt = (predict(model, InspectionDataset(manifest, s, cfg_ckpt.data), ckpt["kind"]) for s in ("val", "test"))
+        np.savez(cache, **{f"{s}_{k}": getattr(p, k) for s, p in (("val", pv), ("test", pt))
+                          for k in ("scores", "probs", "maps")})
+    z = np.load(cache)
+    pv, pt = (Predictions(z[f"{s}_scores"], z[f"{s}_probs"], z[f"{s}_maps"]) for s in ("val", "test"))
+    return pv, pt, manifest, cfg
+
+
+def with_boxes(cfg, levels: dict):
+    """The config with eval.boxes set to these levels (None: calibrate)."""
+    boxes = cfg.eval.boxes.model_copy(update=levels)
+    return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"boxes": boxes})})
+
+
+def measure(pv, pt, manifest, cfg, levels: dict) -> dict:
+    r = evaluate_predictions(pv, pt, manifest, with_boxes(cfg, levels), "ours")
+    m = r["metrics"]
+    return {"rule": r["box_rule"], **{k: m[k]["f1"] for k in KEYS}, "pixel_auroc": m["pixel_auroc"],
+            "recall_by_size": {k: v["recall"] for k, v in m["recall_by_size@0.3"].items()}}
+
+
+def variants() -> dict[str, dict]:
+    """Ablation: the default rule, then one level changed at a time (levels not named keep the default's)."""
+    default = BoxRule.default().to_dict()
+    out = {"default": {}}
+    for name, values in BoxRule.ablation().items():
+        for v in values:
+            if v != default[name]:
+                out[f"{name}={v:g}"] = {name: v}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", action="append", required=True, metavar="SET=GLOB",
+                    help="checkpoint folders of a set; {seed} in GLOB is replaced by each seed")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "box_rule.json"))
+    args = ap.parse_args()
+    sets = dict(r.split("=", 1) for r in args.run)
+    data = {}  # (set, seed) → (pv, pt, manifest, cfg)
+    for name, pattern in sets.items():
+        for seed in args.seeds:
+            found = sorted(glob.glob(pattern.format(seed=seed)))
+            if not found:
+                print(f"{name} seed {seed}: no folder matches {pattern.format(seed=seed)}", file=sys.stderr)
+                continue
+            data[(name, seed)] = predictions(Path(found[0]))
+    default = BoxRule.default().to_dict()
+    fixed_default = {k: default[k] for k in BoxRule.calibrated()}
+    results: dict[str, dict[str, list]] = {}
+    for (name, seed), (pv, pt, manifest, cfg) in data.items():
+        for label, change in variants().items():
+            results.setdefault(label, {}).setdefault(name, []).append(
+                measure(pv, pt, manifest, cfg, {**fixed_default, **change}))
+        calibrated = measure(pv, pt, manifest, cfg, {k: None for k in BoxRule.calibrated()})
+        results.setdefault("calibrated on own val", {}).setdefault(name, []).append(calibrated)
+        for other in sets:  # transfer: the rule calibrated on another set's val of the same seed
+            if other != name and (other, seed) in data:
+                pv2, pt2, m2, cfg2 = data[(other, seed)]
+                rule = measure(pv2, pt2, m2, cfg2, {k: None for k in BoxRule.calibrated()})["rule"]
+                results.setdefault(f"calibrated on {other}", {}).setdefault(name, []).append(
+                    measure(pv, pt, manifest, cfg, {k: rule[k] for k in BoxRule.calibrated()}))
+        print(f"{name} seed {seed}: default {results['default'][name][-1]['box@0.3']:.3f}, "
+              f"calibrated {calibrated['box@0.3']:.3f} ({calibrated['rule']})", flush=True)
+    names = list(sets)
+    print("\n| rule | " + " | ".join(f"{n} F1@0.3" for n in names) + " | " + " | ".join(f"{n} F1@0.5" for n in names) + " |")
+    print("|---" * (2 * len(names) + 1) + "|")
+    for label, per_set in results.items():
+        cells = []
+        for key in ("box@0.3", "box@0.5"):
+            for n in names:
+                v = np.array([r[key] for r in per_set.get(n, [])], float)
+                cells.append(f"{v.mean():.3f} ({v.min():.3f})" if len(v) else "–")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    Path(args.out).write_text(json.dumps({"sets": sets, "seeds": args.seeds, "default": default,
+                                          "results": results}, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
