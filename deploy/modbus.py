@@ -5,7 +5,9 @@
     holding registers         0-1 part sequence (PLC writes before Trigger, high word first); 2.. results (read-only)
 
 Any unit ID is answered. Addresses outside the map, writes to read-only registers and input-register reads
-are answered with exception 02 (illegal data address) and counted in plc_bad_requests_total.
+are answered with exception 02 (illegal data address), a write that touches any such address is refused whole
+before anything acts, and a Write Single Coil value other than 0xFF00 (on) or 0x0000 (off) with exception 03
+(illegal data value); each is counted in plc_bad_requests_total.
 """
 from __future__ import annotations
 
@@ -59,12 +61,37 @@ class ModbusServer:
                                        [SimData(0, count=16, values=False, datatype=DataType.BITS)],
                                        [SimData(0, count=len(HOLDING), values=0, datatype=DataType.REGISTERS)],
                                        [SimData(0, count=1, datatype=DataType.INVALID)]), action=self._action)
-        self.server = ModbusTcpServer(device, address=(self.host, self.port))
+        self.server = ModbusTcpServer(device, address=(self.host, self.port), custom_pdu=[self._strict_single_coil()])
         try:
             await self.server.serve_forever(background=True)
         except RuntimeError:
             raise PLCError(f"plc.modbus.port: cannot listen on {self.host}:{self.port} "
                           "(in use by another program, or a privileged port)") from None
+
+    def _strict_single_coil(self):
+        """Write Single Coil that refuses values other than 0xFF00 and 0x0000 (pymodbus takes any non-zero as on)."""
+        import struct
+
+        from pymodbus.constants import ExcCodes
+        from pymodbus.pdu import ExceptionResponse
+        from pymodbus.pdu.bit_message import WriteSingleCoilRequest
+
+        metrics = self.metrics
+
+        class StrictWriteSingleCoil(WriteSingleCoilRequest):
+            raw = 0xFF00
+
+            def decode(self, data: bytes) -> None:
+                super().decode(data)
+                self.raw = struct.unpack(">HH", data[:4])[1]
+
+            async def datastore_update(self, context, device_id):
+                if self.raw not in (0xFF00, 0x0000):
+                    metrics.inc("plc_bad_requests_total")
+                    return ExceptionResponse(self.function_code, ExcCodes.ILLEGAL_VALUE)
+                return await super().datastore_update(context, device_id)
+
+        return StrictWriteSingleCoil
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -81,6 +108,8 @@ class ModbusServer:
             size, block = len(HOLDING), "holding"
         else:
             size, block = 0, "other"
+        if values is not None and block == "coil":
+            count = len(values)  # for bits pymodbus passes the count of 16-bit words, not of coils
         if address < 0 or address + count > size or values is not None and block == "holding" and \
                 any(a not in WRITABLE for a in range(address, address + count)):
             self.metrics.inc("plc_bad_requests_total")

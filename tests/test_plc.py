@@ -412,3 +412,65 @@ def test_webhook_queue_bound_drops_the_oldest_and_counts_them(tmp_path):
     finally:
         receiver.close()
     assert [json.loads(b)["part_id"] for _, b in receiver.got] == [f"p{i}" for i in range(15, 20)]
+
+
+class _Counts:
+    def __init__(self):
+        self.n: dict[str, int] = {}
+
+    def inc(self, name: str, v: int = 1) -> None:
+        self.n[name] = self.n.get(name, 0) + v
+
+
+def test_modbus_writes_past_the_map_or_with_odd_coil_values_are_refused_whole_before_anything_acts():
+    """A multi-coil write that reaches past the two coils used to fire Trigger and Ack before failing; a Write
+    Single Coil with 0x1234 was taken as on. Both are refused with the documented exception, counted, and act
+    on nothing; a proper write still fires."""
+    from deploy.modbus import ModbusServer
+    from dataclasses import asdict
+
+    from deploy.plc import PLCResult
+
+    class Recorder:  # stands in for the handshake, to see what acts
+        def __init__(self):
+            self.calls = []
+
+        def trigger(self, part):
+            self.calls.append(("trigger", part))
+
+        def ack(self):
+            self.calls.append(("ack",))
+
+        def snapshot(self):
+            return {"state": "Ready", "part_id": "", "command_error": 0, "refused": 0, "result": asdict(PLCResult())}
+
+    hs, counts, port = Recorder(), _Counts(), _free_port()
+
+    async def drive():
+        server = ModbusServer(hs, "127.0.0.1", port, counts)
+        await server.start()
+        c = AsyncModbusTcpClient("127.0.0.1", port=port)
+        assert await c.connect()
+        try:
+            r = await c.write_coils(0, [True] * 6)
+            assert r.isError() and r.exception_code == 2
+            r = await c.write_coils(1, [True, True])
+            assert r.isError() and r.exception_code == 2
+            assert hs.calls == []
+            # Write Single Coil with a value that is neither 0xFF00 nor 0x0000 (raw PDU: fc 5, address 0, 0x1234)
+            from pymodbus.pdu.bit_message import WriteSingleCoilRequest
+
+            odd = WriteSingleCoilRequest(address=0, bits=[True])
+            odd.encode = lambda: bytes.fromhex("00001234")
+            r = await c.execute(False, odd)
+            assert r.isError() and r.exception_code == 3
+            assert hs.calls == []
+            assert counts.n.get("plc_bad_requests_total") == 3
+            assert not (await c.write_coils(0, [False, False])).isError()
+            assert not (await c.write_coil(0, True)).isError()
+            assert hs.calls == [("trigger", "0")]
+        finally:
+            c.close()
+            await server.stop()
+
+    asyncio.run(drive())
