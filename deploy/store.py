@@ -113,10 +113,7 @@ class SQLStore(Outbox, Reviews, Statistics):
         for row in self._rows(sql, args):
             known.update(json.loads(row["files"]).values())
         removed_tmp = removed_orphans = 0
-        pattern = f"*/{_safe(station)}/*" if station else "*/*/*"
-        for path in self.folder.glob(pattern):  # only the store's own <day>/<station>/<file>: nothing else
-            if not path.is_file() or not DAY.fullmatch(path.parent.parent.name):
-                continue
+        for path in self._own_files(station):  # only the store's own <day>/<station>/<file>: nothing else
             rel = path.relative_to(self.folder).as_posix()
             if TMP_MARK in path.name:
                 path.unlink(missing_ok=True)
@@ -126,6 +123,30 @@ class SQLStore(Outbox, Reviews, Statistics):
                 removed_orphans += 1
         self.recovered = {"temporary": removed_tmp, "orphans": removed_orphans}
         return self.recovered
+
+    def _own_files(self, station: str | None):
+        """The plain files in <day>/<station>/ folders that are real folders of the log: a symlinked day or
+        station folder (or file) is never followed, so recovery cannot delete outside the log folder."""
+        for day in sorted(self.folder.iterdir()) if self.folder.is_dir() else []:
+            if day.is_symlink() or not day.is_dir() or not DAY.fullmatch(day.name):
+                continue
+            for st in sorted(day.iterdir()):
+                if st.is_symlink() or not st.is_dir() or (station and st.name != _safe(station)):
+                    continue
+                yield from (f for f in sorted(st.iterdir()) if not f.is_symlink() and f.is_file())
+
+    def own_dir(self, rel_dir: str | Path, create: bool = False) -> Path:
+        """folder/rel_dir as a real folder of the log (made with `create`); OSError when any part of it is a
+        symlink or not a folder: the log never writes through a link that a station's folder could hold."""
+        path = self.folder
+        for part in Path(rel_dir).parts:
+            path = path / part
+            if create and not path.is_symlink() and not path.exists():
+                path.mkdir(exist_ok=True)
+            if path.is_symlink() or not path.is_dir():
+                raise OSError(errno.ELOOP, f"{path}: a symlink or not a folder; the failure log writes only into "
+                                           "its own folders")
+        return path
 
     # -- writing -------------------------------------------------------------------------------------------------
     def add(self, record: FailureRecord, files: dict[str, tuple[str, bytes]]) -> int:
@@ -139,10 +160,11 @@ class SQLStore(Outbox, Reviews, Statistics):
             self._make_room(need)
             day = time.strftime("%Y-%m-%d", time.localtime(record.ts))
             rel_dir = Path(day) / _safe(record.station)
-            (self.folder / rel_dir).mkdir(parents=True, exist_ok=True)
             written: list[Path] = []
             token = uuid.uuid4().hex[:10]  # part IDs repeat (counters restart): names must not
             try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self.own_dir(rel_dir, create=True)
                 for kind, (suffix, data) in files.items():
                     path = self.folder / rel_dir / f"{_safe(record.part_id)}-{token}-{kind}{suffix}"
                     write_atomic(path, data, self.fsync)

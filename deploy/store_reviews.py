@@ -38,6 +38,11 @@ class Reviews:
             rel_dir = Path(record.files["map"]).parent if files else None  # beside the part's own map (checked)
             token, stored, written = uuid.uuid4().hex[:10], {}, []
             try:
+                if files:
+                    try:
+                        self.own_dir(rel_dir)
+                    except OSError as exc:
+                        raise ReviewError(f"part {record.part_id}: corrected map not written: {exc}") from None
                 for kind, data in files.items():
                     path = self.folder / rel_dir / f"{_safe(record.part_id)}-{token}-{kind}.png"
                     write_atomic(path, data, self.fsync)

@@ -1,5 +1,6 @@
 """The failure log, on SQLite and on a real PostgreSQL server (same tests): records, paging, reviews, corrected
 maps, quota, statistics, crash recovery, schema migration, concurrent writers."""
+import shutil
 import threading
 import time
 
@@ -265,3 +266,42 @@ def test_the_map_file_format_round_trips_and_reads_8_bit_and_color_maps():
     rgb[..., 2] = 255  # red in OpenCV's BGR: a brush painted in red
     assert np.all(decode_map(cv2.imencode(".png", rgb)[1].tobytes()) == 1.0)
     assert decode_map(b"not a png") is None
+
+
+def test_recovery_and_writes_never_follow_a_symlinked_day_or_station_folder(open_log, tmp_path):
+    """Someone with write access to the log folder points failures/<day>/<station> elsewhere: recovery deletes
+    nothing there, a new record is not written through it (it waits, retried, nothing lost) and a review's
+    corrected map is refused, not written outside."""
+    s = open_log("sym")
+    frame, att = np.full((60, 80, 3), 100, np.uint8), np.zeros((8, 10), np.uint16)
+    rid = s.add(FailureRecord("kept", "line-1", time.time(), "v1", "fail", 0.93, "scratch", []),
+                {"image": (".png", cv2.imencode(".png", frame)[1].tobytes()),
+                 "map": (".png", cv2.imencode(".png", att)[1].tobytes())})
+    day, station = s.get(rid).files["map"].split("/")[:2]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name in ("a.bin", "b.png", ".c.tmp-1"):
+        (outside / name).write_bytes(b"not the log's")
+    (s.folder / day / "line-9").symlink_to(outside, target_is_directory=True)   # a station folder → elsewhere
+    (s.folder / "2026-01-01").symlink_to(outside, target_is_directory=True)     # a day folder → elsewhere
+    (s.folder / "2026-01-02").mkdir()
+    (s.folder / "2026-01-02" / "line-1").symlink_to(outside, target_is_directory=True)
+    assert s.recover() == {"temporary": 0, "orphans": 0}
+    assert sorted(p.name for p in outside.iterdir()) == [".c.tmp-1", "a.bin", "b.png"]
+    from deploy.store import StoreUnavailable
+    with pytest.raises(StoreUnavailable, match="symlink"):
+        _add(s, "through-link", station="line-9")
+    assert sorted(p.name for p in outside.iterdir()) == [".c.tmp-1", "a.bin", "b.png"]
+    # the review station's corrected map beside a part whose station folder became a link out of the log, the
+    # map in it a link back to a real map inside (so that the map itself resolves inside the log folder)
+    map_name = s.get(rid).files["map"].split("/")[2]
+    (s.folder / day / "kept-copy").mkdir()
+    shutil.move(str(s.folder / day / station), str(outside / "moved"))
+    shutil.copy(outside / "moved" / map_name, s.folder / day / "kept-copy" / map_name)
+    (outside / "moved" / map_name).unlink()
+    (outside / "moved" / map_name).symlink_to(s.folder / day / "kept-copy" / map_name)
+    (s.folder / day / station).symlink_to(outside / "moved", target_is_directory=True)
+    before = sorted(p.name for p in (outside / "moved").iterdir())
+    with pytest.raises(ReviewError, match="symlink"):
+        s.add_review(rid, "ana", "defect", corrected=np.ones((8, 10), np.float32))
+    assert sorted(p.name for p in (outside / "moved").iterdir()) == before
