@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from deploy.runtime import FrameError, read_frame
 from deploy.store import FailureStore
 
 TILE = 160
@@ -22,7 +23,13 @@ def contact_sheet(store: FailureStore, records, columns: int = 4) -> np.ndarray 
     tiles = []
     for r in records:
         path = store.stored_file(r.files.get("overlay"), "overlay") or store.stored_file(r.files.get("image"), "image")
-        img = cv2.imread(str(path)) if path else None
+        try:
+            img = read_frame(path) if path else None  # header checked before decoding (no bombs)
+        except FrameError:
+            img = None
+        if img is not None:
+            img = (img / 257).astype(np.uint8) if img.dtype == np.uint16 else img.astype(np.uint8)
+            img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR) if img.ndim == 2 else img[..., :3]
         if img is None:
             img = np.full((TILE, TILE, 3), 60, np.uint8)
             cv2.putText(img, "no image", (30, TILE // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)

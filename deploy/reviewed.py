@@ -16,6 +16,7 @@ from pathlib import Path
 
 from deploy.atomic import write_atomic
 from deploy.store import FailureStore, _safe
+from inspection.imageio import HEADER_BYTES, ImageError, check_pixels
 
 
 def export_reviewed(store: FailureStore, out_dir: str | Path, page: int = 1000) -> dict:
@@ -38,6 +39,12 @@ def export_reviewed(store: FailureStore, out_dir: str | Path, page: int = 1000) 
                 image = store.stored_file(record.files.get("image"), "image")
                 if image is None:
                     skip("no image")
+                    continue
+                try:
+                    with open(image, "rb") as f:
+                        check_pixels(f.read(HEADER_BYTES), image)
+                except ImageError:
+                    skip("image over the pixel limit")
                     continue
                 name = f"{_safe(record.station)}_{_safe(record.part_id)}_{record.id}{image.suffix}"
                 if last.verdict == "false_alarm":

@@ -21,6 +21,7 @@ import numpy as np
 from deploy.package import PackageError, load_package
 from inspection.boxes import Box, BoxRule, attention_to_boxes, full_roi
 from inspection.decision import VERDICTS, verdict
+from inspection.imageio import HEADER_BYTES, ImageError, check_pixels
 from inspection.preprocess import prepare, to_input
 
 BACKENDS = ("auto", "tensorrt", "ort-tensorrt", "cuda", "cpu")  # tensorrt: native API; ort-*: onnxruntime providers
@@ -94,6 +95,10 @@ def read_frame(path: str | Path) -> np.ndarray:
         data = np.fromfile(path, np.uint8)
     except OSError as exc:
         raise FrameError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    try:
+        check_pixels(data[:HEADER_BYTES].tobytes(), path)
+    except ImageError as exc:
+        raise FrameError(str(exc)) from None
     level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # the FrameError below says it better
     try:

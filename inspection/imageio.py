@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+MAX_PIXELS = 8192 * 8192  # larger images (a decompression bomb: a small file that decodes to gigabytes) are refused
+                          # from their header, before decoding: 64 MP covers the largest line-scan frames in use
+HEADER_BYTES = 1 << 18    # what header_size needs at most (a JPEG's size follows its EXIF block, up to 64 KB)
 
 
 class ImageError(ValueError):
@@ -28,6 +31,56 @@ def _to_float(arr: np.ndarray, path: Path) -> np.ndarray:
     raise ImageError(f"{path}: unsupported pixel type {arr.dtype}")
 
 
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) read from a PNG, JPEG, BMP or TIFF header without decoding; None for other data."""
+    import struct
+
+    b = bytes(data[:HEADER_BYTES])
+    if b[:8] == b"\x89PNG\r\n\x1a\n" and b[12:16] == b"IHDR":
+        return struct.unpack(">II", b[16:24])
+    if b[:2] == b"BM" and len(b) >= 26:
+        w, h = struct.unpack("<ii", b[18:26])
+        return abs(w), abs(h)
+    if b[:2] == b"\xff\xd8":  # JPEG: the first start-of-frame marker holds the size
+        i = 2
+        while i + 9 < len(b):
+            if b[i] != 0xFF:
+                i += 1
+                continue
+            marker = b[i + 1]
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                h, w = struct.unpack(">HH", b[i + 5:i + 9])
+                return w, h
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+                i += 2 if marker != 0xFF else 1
+                continue
+            i += 2 + struct.unpack(">H", b[i + 2:i + 4])[0]
+        return None
+    if b[:4] in (b"II*\x00", b"MM\x00*") and len(b) >= 8:  # TIFF: ImageWidth/ImageLength of the first IFD
+        e = "<" if b[:2] == b"II" else ">"
+        off = struct.unpack(e + "I", b[4:8])[0]
+        if off + 2 > len(b):
+            return None
+        size = {}
+        for k in range(struct.unpack(e + "H", b[off:off + 2])[0]):
+            entry = b[off + 2 + 12 * k: off + 14 + 12 * k]
+            if len(entry) < 12:
+                break
+            tag, typ = struct.unpack(e + "HH", entry[:4])
+            if tag in (256, 257):
+                size[tag] = struct.unpack(e + ("H" if typ == 3 else "I"), entry[8:10] if typ == 3 else entry[8:12])[0]
+        return (size[256], size[257]) if len(size) == 2 else None
+    return None
+
+
+def check_pixels(data: bytes, path: Path | str = "<bytes>", limit: int = MAX_PIXELS) -> None:
+    """ImageError when the image's header declares more than `limit` pixels (checked before any decoding)."""
+    size = header_size(data)
+    if size is not None and size[0] * size[1] > limit:
+        raise ImageError(f"{path}: image is {size[0]}x{size[1]} px, more than the {limit} pixels this software "
+                         "decodes (a decompression bomb, or a camera setting far off)")
+
+
 def decode_image(data: bytes, path: Path | str = "<bytes>") -> np.ndarray:
     """Decode encoded image bytes to HxWx3 float32 RGB in [0, 1]; gray is replicated, alpha dropped."""
     import io
@@ -35,6 +88,7 @@ def decode_image(data: bytes, path: Path | str = "<bytes>") -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
+    check_pixels(data, path)
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()  # raises on truncated files (LOAD_TRUNCATED_IMAGES stays False)

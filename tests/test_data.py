@@ -1,5 +1,7 @@
+import io
 import json
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -210,3 +212,33 @@ def test_training_keeps_the_size_auto_chose(tiny_dataset, tmp_path):
     assert tuple(saved.data.image_size) == (96, 32)  # tall crops: 32 wide, 72-96 tall
     assert tuple(load_config(tmp_path / "run" / "config.yaml").data.image_size) == (96, 32)
     assert InspectionDataset(manifest, "val", cfg.data)[0]["image"].shape == (3, 96, 32)
+
+
+def test_image_headers_give_the_size_before_decoding():
+    """PNG, JPEG (with an EXIF-like block before the frame header), BMP and TIFF of both byte orders: the size
+    from the header alone; an image declaring more than the pixel limit is refused by every reader."""
+    import struct
+
+    from inspection.imageio import ImageError, check_pixels, decode_image, header_size
+
+    img = np.random.default_rng(0).integers(0, 255, (37, 53, 3), np.uint8)
+    for ext in (".png", ".jpg", ".bmp", ".tif"):
+        data = cv2.imencode(ext, img)[1].tobytes()
+        assert header_size(data) == (53, 37), ext
+        assert header_size(cv2.imencode(ext, img[:, :, 0])[1].tobytes()) == (53, 37), ext
+    jpg = cv2.imencode(".jpg", img)[1].tobytes()
+    app1 = b"\xff\xe1" + struct.pack(">H", 30002) + bytes(30000)
+    assert header_size(jpg[:2] + app1 + jpg[2:]) == (53, 37)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="TIFF")  # PIL writes little-endian; big-endian below by hand
+    assert header_size(buf.getvalue()) == (53, 37)
+    be = b"MM\x00*" + struct.pack(">I", 8) + struct.pack(">H", 2) + struct.pack(">HHII", 256, 4, 1, 70000) + \
+        struct.pack(">HHIHH", 257, 3, 1, 900, 0) + bytes(4)
+    assert header_size(be) == (70000, 900)
+    assert header_size(b"not an image") is None and header_size(b"") is None
+    big = cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes()
+    big = big[:16] + struct.pack(">II", 30000, 30000) + big[24:]  # the header says 30000x30000
+    with pytest.raises(ImageError, match="30000x30000"):
+        check_pixels(big, "bomb.png")
+    with pytest.raises(ImageError, match="30000x30000"):
+        decode_image(big, "bomb.png")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -13,6 +14,7 @@ import threading
 import time
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import quote
 
 import cv2
@@ -455,19 +457,19 @@ def _png_bomb(side: int = 30000) -> bytes:
             + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
 
 
-def test_a_png_bomb_and_huge_bodies_cost_no_memory_and_never_block_health(line_log, log):
-    """The review station in its own process: a 30000x30000 PNG as a corrected map and a 50 MB body are refused
-    (400, 413) while the server's peak memory stays within 100 MB of idle and /health keeps answering in 1 s."""
+@contextlib.contextmanager
+def _station_process(log, package):
+    """`inspection review` in its own process, a logged-in lead client, and a reader of its memory (MB)."""
     import subprocess
     import sys
 
     import httpx
 
-    _app(log, line_log["package"])  # the accounts
+    _app(log, package)  # the accounts
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "inspection.cli", "review", "--log", str(log), "--package",
-                               str(line_log["package"]), "--port", str(port)], stderr=subprocess.DEVNULL)
-    base, bomb = f"http://127.0.0.1:{port}", "data:image/png;base64," + base64.b64encode(_png_bomb()).decode()
+                               str(package), "--port", str(port)], stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -479,13 +481,41 @@ def test_a_png_bomb_and_huge_bodies_cost_no_memory_and_never_block_health(line_l
         client = httpx.Client(base_url=base, timeout=60)
         client.post("/login", data={"user": LEAD[0], "password": LEAD[1]})
         csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/").text).group(1)
-        part = _store(log).records(limit=1)[0]
-        Path(f"/proc/{server.pid}/clear_refs").write_text("5")  # restart the peak-memory count here
 
         def vm(key: str) -> int:
             return int(re.search(rf"{key}:\s+(\d+) kB", Path(f"/proc/{server.pid}/status").read_text()).group(1)) // 1024
 
-        idle, answers, waits = vm("VmRSS"), {}, []
+        yield SimpleNamespace(base=base, client=client, csrf=csrf, vm=vm, pid=server.pid)
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _while_health(base: str, attack) -> list[float]:
+    """Run attack() in a thread while /health is asked every 50 ms; the answer times."""
+    import httpx
+
+    waits = []
+    thread = threading.Thread(target=attack)
+    thread.start()
+    while thread.is_alive():
+        t = time.perf_counter()
+        assert httpx.get(base + "/health", timeout=5).status_code == 200
+        waits.append(time.perf_counter() - t)
+        time.sleep(0.05)
+    thread.join()
+    return waits
+
+
+def test_a_png_bomb_and_huge_bodies_cost_no_memory_and_never_block_health(line_log, log):
+    """The review station in its own process: a 30000x30000 PNG as a corrected map and a 50 MB body are refused
+    (400, 413) while the server's peak memory stays within 100 MB of idle and /health keeps answering in 1 s."""
+    bomb = "data:image/png;base64," + base64.b64encode(_png_bomb()).decode()
+    with _station_process(log, line_log["package"]) as st:
+        client, csrf = st.client, st.csrf
+        part = _store(log).records(limit=1)[0]
+        Path(f"/proc/{st.pid}/clear_refs").write_text("5")  # restart the peak-memory count here
+        idle, answers = st.vm("VmRSS"), {}
 
         def attack():
             for name, path, body in (("bomb", "review", {"verdict": "defect", "corrected": bomb}),
@@ -493,23 +523,43 @@ def test_a_png_bomb_and_huge_bodies_cost_no_memory_and_never_block_health(line_l
                                      ("50 MB", "review", {"verdict": "unsure", "comment": "x" * 50_000_000})):
                 answers[name] = client.post(f"/api/parts/{part.id}/{path}", json=body, headers={"X-CSRF-Token": csrf})
 
-        thread = threading.Thread(target=attack)
-        thread.start()
-        while thread.is_alive():
-            t = time.perf_counter()
-            assert httpx.get(base + "/health", timeout=5).status_code == 200
-            waits.append(time.perf_counter() - t)
-            time.sleep(0.05)
-        thread.join()
-        peak = vm("VmHWM")
-    finally:
-        server.terminate()
-        server.wait(10)
+        waits = _while_health(st.base, attack)
+        peak = st.vm("VmHWM")
     print(f"idle {idle} MB, peak {peak} MB, /health slowest {max(waits):.3f} s over {len(waits)} calls")
     assert answers["bomb"].status_code == 400 and "30000x30000" in answers["bomb"].json()["error"]
     assert answers["rescore"].status_code == 400 and answers["50 MB"].status_code == 413
     assert peak - idle <= 100 and max(waits) < 1.0
     assert _store(log).get(part.id).review_status == "unreviewed"
+
+
+def test_a_stored_image_or_map_that_is_a_png_bomb_is_not_decoded(line_log, log):
+    """A station with write access to the log folder replaces a part's image and map with PNG bombs (under a MB,
+    30000x30000 px): the part page, the map to paint on, the overlay and the dataset export read the header and
+    refuse them; the server's memory stays within 100 MB of idle and /health answers in 1 s."""
+    from deploy.reviewed import export_reviewed
+
+    store = _store(log)
+    part = store.records(limit=1)[0]
+    for kind in ("image", "map"):
+        store.stored_file(part.files[kind], kind).write_bytes(_png_bomb())
+    store.add_review(part.id, "ana", "false_alarm")
+    with _station_process(log, line_log["package"]) as st:
+        Path(f"/proc/{st.pid}/clear_refs").write_text("5")
+        idle, answers = st.vm("VmRSS"), {}
+
+        def attack():
+            for path in (f"/parts/{part.id}", f"/parts/{part.id}/attention.png",
+                         f"/parts/{part.id}/attention.png?corrected=1"):
+                answers[path] = st.client.get(path)
+
+        waits = _while_health(st.base, attack)
+        peak = st.vm("VmHWM")
+    print(f"idle {idle} MB, peak {peak} MB, /health slowest {max(waits):.3f} s over {len(waits)} calls")
+    assert answers[f"/parts/{part.id}"].status_code == 200
+    assert all(answers[p].status_code == 404 for p in list(answers)[1:])
+    assert peak - idle <= 100 and max(waits) < 1.0
+    counts = export_reviewed(store, log.parent / "export")
+    assert counts["skipped"].get("image over the pixel limit") == 1
 
 
 def test_lead_manages_users_and_the_new_operator_can_log_in(client):
