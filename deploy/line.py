@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import queue
+import socket
 import sys
 import threading
 import time
@@ -487,37 +488,82 @@ def _label(value) -> str:
 
 
 class _BoundedHTTPServer(ThreadingHTTPServer):
-    """At most `limit` connections handled at once (others are closed at once, never queued into threads), and
-    each socket times out after `timeout` s idle: half-sent requests cannot pile up threads."""
+    """At most `limit` connections at once, each with `deadline` seconds in all to send its request and take the
+    answer (a client trickling a byte at a time cannot hold a slot longer). When every slot is taken, the
+    connection that has waited longest for its request is closed to make room: slow clients cannot keep
+    /health from answering."""
 
     daemon_threads = True
     limit = 16
+    deadline = 2.0
     request_queue_size = 128  # the kernel's accept backlog: a burst of clients is not dropped while we accept
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
-        self._slots = threading.BoundedSemaphore(self.limit)
+        self._lock = threading.Lock()
+        self._open: dict = {}      # socket → when it was accepted, for every connection that holds a slot
+        self._reading: set = set()  # those still sending their request (evictable)
+        self._closed = threading.Event()
+        threading.Thread(target=self._watch, name="http-deadline", daemon=True).start()
+
+    def _watch(self) -> None:
+        """One thread cuts every connection past its deadline (not a timer per connection)."""
+        while not self._closed.wait(0.1):
+            now = time.monotonic()
+            with self._lock:
+                late = [sock for sock, t0 in self._open.items() if now - t0 > self.deadline]
+            for sock in late:
+                _cut(sock)
+
+    def server_close(self) -> None:
+        self._closed.set()
+        super().server_close()
 
     def process_request(self, request, client_address):
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)
-            return
+        with self._lock:
+            if len(self._open) >= self.limit:
+                if not self._reading:
+                    self.shutdown_request(request)
+                    return
+                oldest = min(self._reading, key=self._open.get)
+                self._forget(oldest)
+                _cut(oldest)
+            self._open[request] = time.monotonic()
+            self._reading.add(request)
         super().process_request(request, client_address)
 
     def process_request_thread(self, request, client_address):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            with self._lock:
+                self._forget(request)
+
+    def request_read(self, request) -> None:
+        """The request has arrived: the connection is answered, no longer evicted for a newcomer."""
+        with self._lock:
+            self._reading.discard(request)
+
+    def _forget(self, request) -> None:
+        self._open.pop(request, None)
+        self._reading.discard(request)
+
+
+def _cut(sock) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def _serve_http(runner: LineRunner) -> ThreadingHTTPServer:
     labels = f'station="{_label(runner.cfg.station)}"'
 
     class Handler(BaseHTTPRequestHandler):
-        timeout = 5  # seconds a client may take to send its request
+        timeout = _BoundedHTTPServer.deadline  # per read; the server's deadline bounds the whole request
 
         def do_GET(self):  # noqa: N802 - http.server's name
+            self.server.request_read(self.connection)
             if self.path == "/health":
                 body = runner.health()
                 self._send(200 if body["status"] == "ok" else 503, json.dumps(body), "application/json")

@@ -643,3 +643,51 @@ def test_a_failing_batch_gives_error_verdicts_and_the_line_goes_on(exported, tmp
     assert s["frames_total"] == len(lines) == 24 and len(errors) == calls[1]
     assert all("illegal memory access" in x["error"] for x in errors)
     assert runner.metrics.get("inference_errors_total") == 1
+
+
+def test_health_answers_within_a_second_while_slow_clients_trickle_their_requests(exported, tmp_path):
+    """16 sockets each sending one byte every 3 s (each byte used to reset the socket's timeout, so they held
+    every slot for as long as they liked): /health answers within 1 s throughout."""
+    port = _free_port()
+    cfg = _station(tmp_path, exported["package"], exported["manifest"].root, **{
+        "source.kind": "simulated", "source.loop": True, "source.fps": 20, "http.port": port})
+    runner = LineRunner(cfg)
+    runner.self_check()
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    stop, slow = threading.Event(), []
+
+    def trickle():
+        request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(16)]
+        i = 0
+        while not stop.is_set() and i < len(request):
+            for k, sock in enumerate(socks):
+                try:
+                    sock.sendall(request[i:i + 1])
+                except OSError:  # cut by the server: come back, as an attacker would
+                    socks[k] = socket.create_connection(("127.0.0.1", port))
+            i += 1
+            stop.wait(3)
+        for sock in socks:
+            sock.close()
+
+    attacker = threading.Thread(target=trickle)
+    attacker.start()
+    time.sleep(0.5)
+    waits, t_end = [], time.time() + 12
+    while time.time() < t_end:
+        t = time.perf_counter()
+        try:
+            status = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).status
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            status = repr(exc)
+        waits.append(time.perf_counter() - t)
+        slow.append(status)
+        time.sleep(0.2)
+    stop.set()
+    attacker.join(10)
+    runner.stop()
+    thread.join(30)
+    assert all(s in (200, 503) for s in slow), [s for s in slow if s not in (200, 503)][:3]
+    assert max(waits) < 1.0 and len(waits) >= 30
