@@ -173,6 +173,7 @@ class SQLStore(Outbox, Reviews, Statistics):
                 record.bytes = need
                 row = asdict(record)
                 row.pop("id")
+                row.pop("damaged")
                 row["boxes"], row["files"], row["day"] = json.dumps(row["boxes"]), json.dumps(row["files"]), day
                 row["crop"] = None if record.crop is None else json.dumps([int(v) for v in record.crop])
                 with self._transaction() as ex:

@@ -87,6 +87,7 @@ class FailureRecord:
     review_status: str = "unreviewed"
     id: int | None = None
     crop: list | None = None      # the station ROI [x, y, w, h] the image was cut to in the frame (None: the frame)
+    damaged: str | None = None    # read back from a row that does not hold what the writer writes: why (shown, counted)
 
 
 class ReviewError(ValueError):
@@ -106,11 +107,46 @@ class Review:
 
 
 def _record(row: dict) -> FailureRecord:
+    """A record from a row; a row that does not hold what the writer writes (anyone who can write the database
+    can put anything there) comes back as a damaged record with its readable fields, never as an exception."""
     d = dict(row)
     d.pop("day", None)
-    d["boxes"], d["files"] = json.loads(d["boxes"]), json.loads(d["files"])
-    d["crop"] = json.loads(d["crop"]) if d.get("crop") else None
-    return FailureRecord(**d)
+    try:
+        boxes, files = json.loads(d["boxes"]), json.loads(d["files"])
+        crop = json.loads(d["crop"]) if d.get("crop") else None
+        if not isinstance(boxes, list) or not all(_box_ok(b) for b in boxes):
+            raise ValueError("boxes are not a list of boxes")
+        if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+            raise ValueError("files are not a map of kind to path")
+        if crop is not None and not (isinstance(crop, list) and len(crop) == 4 and all(_int(v) for v in crop)):
+            raise ValueError("crop is not [x, y, width, height]")
+        score = None if d["score"] is None else float(d["score"])
+        if score is not None and not 0 <= score <= 1:
+            raise ValueError(f"score {score!r} is not in [0, 1]")
+        return FailureRecord(**{**d, "boxes": boxes, "files": files, "crop": crop, "score": score,
+                                "ts": float(d["ts"]), "bytes": int(d["bytes"] or 0)})
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
+        text = lambda k: str(d.get(k) or "")[:200]  # noqa: E731
+        try:
+            ts = float(d.get("ts") or 0)
+        except (ValueError, TypeError):
+            ts = 0.0
+        return FailureRecord(text("part_id"), text("station"), ts, text("model_version"), text("verdict"), None, None,
+                             [], {}, 0, text("review_status") or "unreviewed", d.get("id"), None,
+                             damaged=f"{type(exc).__name__}: {str(exc)[:200]}")
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _box_ok(b) -> bool:
+    if not isinstance(b, dict):
+        return False
+    if "error" in b:
+        return isinstance(b["error"], str)
+    return all(isinstance(b.get(k), (int, float)) and not isinstance(b.get(k), bool)
+               for k in ("x0", "y0", "x1", "y1", "score"))
 
 
 def _safe(name: str) -> str:

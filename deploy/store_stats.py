@@ -26,16 +26,23 @@ class Statistics:
             return out.setdefault((day, station), {"day": day, "station": station, "inspected": 0, "fail": 0,
                                                    "review": 0, "error": 0, "logged": 0, "confirmed": 0,
                                                    "false_alarm": 0, "unsure": 0, "unreviewed": 0})
+        self.damaged_tallies = 0
         for t in self._rows("SELECT day, station, verdict, n FROM tallies WHERE day >= ?", (since,)):
-            r = row(t["day"], t["station"])
-            r["inspected"] += int(t["n"])
+            try:
+                n = int(t["n"])
+            except (ValueError, TypeError):  # a row someone else wrote: counted, never a broken page
+                self.damaged_tallies += 1
+                continue
+            r = row(str(t["day"]), str(t["station"]))
+            r["inspected"] += n
             if t["verdict"] in ("fail", "review", "error"):
-                r[t["verdict"]] += int(t["n"])
+                r[t["verdict"]] += n
         for f in self._rows("SELECT day, station, review_status, COUNT(*) AS n FROM failures WHERE day >= ? "
                             "GROUP BY day, station, review_status", (since,)):
-            r = row(f["day"], f["station"])
+            r = row(str(f["day"]), str(f["station"]))
             r["logged"] += int(f["n"])
-            r[f["review_status"]] = r.get(f["review_status"], 0) + int(f["n"])
+            status = f["review_status"] if f["review_status"] in ("confirmed", "false_alarm", "unsure") else "unreviewed"
+            r[status] += int(f["n"])
         for r in out.values():
             reviewed = r["confirmed"] + r["false_alarm"]
             r["fail_rate"] = r["fail"] / r["inspected"] if r["inspected"] else None

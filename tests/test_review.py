@@ -748,3 +748,38 @@ def test_cli_creates_accounts_and_serves_the_station(line_log, log, tmp_path):
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_hostile_bodies_tokens_and_store_rows_get_answers_not_500s(client, log):
+    """A body of 100k nested '[', a non-ASCII CSRF token (header or form field), a damaged failure row (boxes not
+    JSON, files a list, score text) and a tally with a text count: each gets a 4xx or is shown as damaged;
+    every other part's page still opens."""
+    csrf = _login(client)
+    part = _store(log).records(limit=1)[0]
+    r = client.post(f"/api/parts/{part.id}/review", content=b"[" * 100_000, headers={"X-CSRF-Token": csrf,
+                                                                                   "Content-Type": "application/json"})
+    assert r.status_code == 400 and "JSON" in r.json()["error"]
+    r = client.post(f"/api/parts/{part.id}/review", json={"verdict": "unsure"},
+                    headers={"X-CSRF-Token": "tökén".encode()})
+    assert r.status_code == 403
+    r = client.post("/admin/users", data={"csrf": "tökén", "action": "disable", "name": "nina"})
+    assert r.status_code == 403
+    db = sqlite3.connect(log / "failures.db")
+    ids = [row[0] for row in db.execute("SELECT id FROM failures ORDER BY ts DESC, id DESC LIMIT 4")]
+    db.execute("UPDATE failures SET boxes = 'not json' WHERE id = ?", (ids[0],))
+    db.execute("UPDATE failures SET files = '[\"a\", \"b\"]' WHERE id = ?", (ids[1],))
+    db.execute("UPDATE failures SET score = 'high' WHERE id = ?", (ids[2],))
+    db.execute("INSERT INTO tallies (day, station, verdict, n) VALUES (?, 'line-a', 'pass', 'many')",
+               (time.strftime("%Y-%m-%d"),))
+    db.commit()
+    db.close()
+    queue = client.get("/")
+    assert queue.status_code == 200 and queue.text.count("damaged record") == 3
+    parts = client.get("/api/parts?limit=500")
+    assert parts.status_code == 200
+    damaged = {p["id"]: p["damaged"] for p in parts.json()["parts"] if p["damaged"]}
+    assert set(damaged) == set(ids[:3]) and "JSON" in damaged[ids[0]] and "files" in damaged[ids[1]]
+    for i in ids:
+        page = client.get(f"/parts/{i}")
+        assert page.status_code == 200 and (("Damaged record" in page.text) == (i in ids[:3]))
+    assert client.get("/stats").status_code == 200 and client.get("/api/stats").status_code == 200

@@ -120,7 +120,8 @@ def user(request: Request) -> User:
 async def csrf(request: Request, u: User = Depends(user)) -> User:
     """Every state-changing request carries the session's CSRF token (header or form field)."""
     token = request.headers.get("x-csrf-token") or (await _form(request)).get("csrf", "")
-    if not token or not hmac.compare_digest(str(token), u.csrf):
+    # bytes: compare_digest refuses str with non-ASCII characters (a 500 before)
+    if not token or not hmac.compare_digest(str(token).encode("utf-8", "replace"), u.csrf.encode()):
         raise HTTPException(403, "missing or wrong CSRF token; reload the page")
     return u
 
@@ -539,8 +540,8 @@ async def _form(request: Request) -> dict:
 async def _json(request: Request) -> dict:
     try:
         body = await request.json()
-    except ValueError:
-        raise HTTPException(400, "request body must be JSON") from None
+    except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
+        raise HTTPException(400, "request body must be JSON (at most a few hundred levels deep)") from None
     if not isinstance(body, dict):
         raise HTTPException(400, "request body must be a JSON object")
     return body
@@ -549,7 +550,7 @@ async def _json(request: Request) -> dict:
 def _part_json(r: FailureRecord) -> dict:
     return {"id": r.id, "part_id": r.part_id, "station": r.station, "ts": r.ts, "verdict": r.verdict,
             "score": r.score, "defect_type": r.defect_type, "review_status": r.review_status,
-            "model_version": r.model_version, "boxes": r.boxes}
+            "model_version": r.model_version, "boxes": r.boxes, "damaged": r.damaged}
 
 
 def _review_json(v) -> dict:
