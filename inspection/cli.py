@@ -195,7 +195,10 @@ def cmd_review(args) -> int:
         return 2
     print(f"review station on http://{args.host}:{args.port} (failure log {args.log}, "
           f"re-scoring {'with ' + str(cfg.package) if cfg.package else 'off'})", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # X-Forwarded-For is trusted only from the proxies named (uvicorn's default trusts 127.0.0.1, so any client
+    # on the same host could pose as any address and pass the per-address login hold)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", proxy_headers=bool(args.trusted_proxy),
+                forwarded_allow_ips=",".join(args.trusted_proxy) or None)
     return 0
 
 
@@ -378,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0: the whole network)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--secure-cookies", action="store_true", help="behind HTTPS: cookies only over TLS")
+    p.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDRESS",
+                   help="a TLS proxy in front whose X-Forwarded-For/-Proto headers are believed (repeatable; "
+                        "default: none, the client address is the connection's)")
     p.add_argument("--accounts", help="accounts/audit SQLite file (default: <log>.accounts.db beside the --log folder)")
     _add_db_arg(p)
     p.set_defaults(func=cmd_review)
@@ -458,8 +464,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from deploy.store import StoreUnavailable
 
+    from deploy.review.auth import AccountsError
+
     errors = (PackageError, FrameError, ImageError, SourceError, StationConfigError, RegistryError, StoreUnavailable,
-              FileNotFoundError, PLCError)
+              FileNotFoundError, PLCError, AccountsError)
     if args.command in ("models",) and args.action in ("add", "promote") and not args.target:
         print(f"error: models {args.action} needs a {'package folder' if args.action == 'add' else 'version'}",
               file=sys.stderr)

@@ -127,16 +127,28 @@ def test_wrong_passwords_hold_off_the_address_not_the_account(client):
     assert stored.startswith("scrypt$") and LEAD[1] not in stored
 
 
-def test_accounts_live_outside_the_log_folder_and_an_old_file_moves_there(tmp_path):
-    from deploy.review.auth import Accounts, default_accounts
+def test_accounts_live_outside_the_log_folder_and_a_file_planted_inside_is_not_taken_over(tmp_path, capsys):
+    """A station that can write the log folder plants review.db (where earlier versions kept accounts) with a
+    lead of its own: it is neither moved into place nor used; the command says how to check and move it. The
+    accounts file is readable by its owner only."""
+    import stat
+
+    from deploy.review.auth import Accounts, AccountsError, default_accounts
 
     log = tmp_path / "failures"
     log.mkdir()
-    Accounts(log / "review.db").add_user("ana", "a long passphrase", "lead")  # where an older version kept them
+    Accounts(log / "review.db").add_user("intruder", "a long passphrase", "lead")
+    with pytest.raises(AccountsError, match="not used"):
+        default_accounts(log)
+    assert main(["users", "add", "ana", "--role", "lead", "--log", str(log)]) == 2
+    assert "review.db" in capsys.readouterr().err
+    assert (log / "review.db").exists() and not (tmp_path / "failures.accounts.db").exists()
+    (log / "review.db").unlink()
     path = default_accounts(log)
-    assert path == tmp_path / "failures.accounts.db" and not (log / "review.db").exists()
+    assert path == tmp_path / "failures.accounts.db"
+    Accounts(path).add_user("ana", "a long passphrase", "lead")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [u["name"] for u in Accounts(path).users()] == ["ana"]
-    assert main(["users", "list", "--log", str(log)]) == 0 and not (log / "review.db").exists()
 
 
 def test_a_stranger_cannot_keep_a_user_out_nor_tell_real_names(client, monkeypatch):
@@ -783,3 +795,37 @@ def test_hostile_bodies_tokens_and_store_rows_get_answers_not_500s(client, log):
         page = client.get(f"/parts/{i}")
         assert page.status_code == 200 and (("Damaged record" in page.text) == (i in ids[:3]))
     assert client.get("/stats").status_code == 200 and client.get("/api/stats").status_code == 200
+
+
+def test_parallel_guesses_on_one_account_queue_behind_its_back_off(tmp_path, monkeypatch):
+    """16 wrong guesses at once from 16 addresses on an account already in back-off finished together (the
+    waits ran in parallel); now they take one back-off each, one after the other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from deploy.review import auth
+
+    monkeypatch.setattr(auth, "ACCOUNT_DELAY_S", 0.25)
+    accounts = auth.Accounts(tmp_path / "a.db")
+    accounts.add_user("ana", "a long passphrase", "lead")
+    for i in range(auth.ACCOUNT_SLOW_AFTER):
+        with pytest.raises(auth.AuthError):
+            accounts.login("ana", "wrong", f"10.0.0.{i}")
+
+    def guess(i):
+        with pytest.raises(auth.AuthError):
+            accounts.login("ana", "wrong", f"10.0.1.{i}")
+    t = time.perf_counter()
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(guess, range(16)))
+    assert time.perf_counter() - t >= 16 * 0.25
+
+
+def test_forwarded_addresses_are_not_believed_unless_a_proxy_is_named(line_log, log):
+    """A client on the station's own host rotating X-Forwarded-For used to look like a new address each time and
+    never met the per-address hold; now the hold comes after 5 failures, whatever the header says."""
+    with _station_process(log, line_log["package"]) as st:
+        import httpx
+
+        answers = [httpx.post(st.base + "/login", data={"user": LEAD[0], "password": "wrong-password"},
+                              headers={"X-Forwarded-For": f"203.0.113.{i}"}, timeout=30).text for i in range(7)]
+    assert "too many failed logins" in answers[-1]

@@ -16,9 +16,11 @@ names get the same answer and cost the same time as a wrong password.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
+import os
 import secrets
 import sqlite3
 import threading
@@ -94,13 +96,21 @@ def _sha(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+class AccountsError(ValueError):
+    """An accounts file that is not used (planted where a station can write); the message says what to do."""
+
+
 class Accounts:
     def __init__(self, db_path: str | Path):
+        if str(db_path) != ":memory:":  # password hashes: readable by the owner only (0600), from the start
+            os.close(os.open(db_path, os.O_CREAT | os.O_RDWR, 0o600))
+            os.chmod(db_path, 0o600)
         self.db = sqlite3.connect(db_path, check_same_thread=False, timeout=30)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
         self._lock = threading.Lock()
         self._failures: dict[str, list[float]] = {}  # "addr:<ip>" / "user:<name>" → times of recent failures
+        self._account_locks: dict[str, threading.Lock] = {}
 
     # -- users ---------------------------------------------------------------------------------------------------
     def add_user(self, name: str, password: str, role: str = "operator", by: str | None = None) -> None:
@@ -157,6 +167,12 @@ class Accounts:
             self._failures.pop(key, None)
         return times
 
+    def _account_lock(self, name: str) -> threading.Lock:
+        with self._lock:
+            if len(self._account_locks) > 10_000:  # a flood of names: forget the idle ones
+                self._account_locks = {k: v for k, v in self._account_locks.items() if v.locked()}
+            return self._account_locks.setdefault(name, threading.Lock())
+
     def login(self, name: str, password: str, address: str = "local") -> tuple[str, str]:
         """(session token, CSRF token); AuthError with one message for any wrong name or password. Blocking
         (scrypt, the back-off): call it off an event loop."""
@@ -167,10 +183,11 @@ class Accounts:
         if len(held) >= ADDRESS_LIMIT:
             raise AuthError(f"too many failed logins from this address; try again in "
                             f"{int(held[0] + WINDOW_S - now) // 60 + 1} min")
-        if slow:
-            time.sleep(ACCOUNT_DELAY_S)
-        row = self.db.execute("SELECT pw_hash, active FROM users WHERE name = ?", (name,)).fetchone()
-        ok = check_password(password, row[0] if row else _DUMMY_HASH) and row is not None and bool(row[1])
+        with self._account_lock(name) if slow else contextlib.nullcontext():
+            if slow:  # one guess at a time per account, each after the back-off: parallel guesses queue up
+                time.sleep(ACCOUNT_DELAY_S)
+            row = self.db.execute("SELECT pw_hash, active FROM users WHERE name = ?", (name,)).fetchone()
+            ok = check_password(password, row[0] if row else _DUMMY_HASH) and row is not None and bool(row[1])
         if not ok:
             with self._lock, self.db:
                 for key in (f"addr:{address}", f"user:{name}"):
@@ -236,13 +253,16 @@ class Accounts:
 
 def default_accounts(log: str | Path) -> Path:
     """The accounts file when none is named: beside the failure-log folder, never inside it (a station that can
-    write the log folder must not reach the password hashes). An accounts file at the old place, review.db
-    inside the log folder, is moved here once."""
+    write the log folder must not reach the password hashes, nor plant accounts). An accounts file at the old
+    place, review.db inside the log folder, is not taken over: anyone who can write the log folder could have
+    put it there; AccountsError says how to move it after checking it."""
     log = Path(log)
     path = log.parent / f"{log.name}.accounts.db"
     old = log / LEGACY_NAME
-    if old.is_file() and not path.exists():
-        for suffix in ("", "-wal", "-shm"):
-            if Path(f"{old}{suffix}").exists():
-                Path(f"{old}{suffix}").replace(f"{path}{suffix}")
+    if old.exists() and not path.exists():
+        raise AccountsError(
+            f"{old}: an accounts file inside the failure-log folder (where earlier versions kept it). It is not "
+            f"used: any station that can write that folder could have planted it. Check its users "
+            f"(sqlite3 {old} 'SELECT name, role FROM users'), then move it beside the folder: mv {old} {path}; "
+            f"or delete it and add the users again (inspection users add NAME --role lead --log {log})")
     return path
