@@ -53,6 +53,26 @@ class _Users:
         return User(role=UserRole.User, name="anonymous") if self.anonymous else None
 
 
+def _secure_sessions_only(create, ua):
+    """The server's session factory, with activation refused on a channel without security: asyncua opens a
+    None channel even when None is not configured (GetEndpoints over it is how a client learns the server's
+    certificate), and would activate a session there with a password sent in clear, or with no client
+    certificate where only trusted certificates may open channels."""
+    from asyncua.server.internal_session import ServiceError
+
+    def create_checked(*args, **kw):
+        session = create(*args, **kw)
+        activate = session.activate_session
+
+        def checked(params, peer_certificate):
+            if not peer_certificate:  # every configured secure policy carries the client's certificate (None: b"")
+                raise ServiceError(ua.StatusCodes.BadSecurityPolicyRejected)
+            return activate(params, peer_certificate)
+        session.activate_session = checked
+        return session
+    return create_checked
+
+
 class OPCUAServer:
     """Serves the handshake; start() and stop() run in the PLC link's event loop."""
 
@@ -114,6 +134,8 @@ class OPCUAServer:
             await server.start()
         except (OSError, RuntimeError) as exc:
             raise PLCError(f"plc.opcua.port: cannot listen on {self.host}:{cfg.port} ({getattr(exc, 'strerror', None) or exc})") from None
+        if "NoSecurity" not in cfg.security:
+            server.iserver.create_session = _secure_sessions_only(server.iserver.create_session, ua)
         self.server = server
         self.publish(self.hs.snapshot())
 

@@ -474,3 +474,46 @@ def test_modbus_writes_past_the_map_or_with_odd_coil_values_are_refused_whole_be
             await server.stop()
 
     asyncio.run(drive())
+
+
+def test_opcua_refuses_channels_without_the_configured_security_and_passwords_in_clear(exported, tmp_path,
+                                                                                      monkeypatch):
+    """Only Basic256Sha256 Sign&Encrypt configured: a client asking for security None used to get a None channel
+    (asyncua falls back to it), send the password in clear and start jobs. Its session is refused now (the
+    channel still serves discovery, as OPC UA clients need it); the proper client still works."""
+    monkeypatch.setenv("OPCUA_PASSWORD", "pw-plc")
+    port = _free_port()
+    runner = _in_process(exported, tmp_path, **{"source.loop": "true", "plc.opcua.port": port, "station": "cell-s",
+                                                "plc.opcua.username": "plc", "plc.opcua.pki": tmp_path / "pki"})
+    runner.self_check()
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+
+    from asyncua import ua as ua_types
+
+    async def drive():
+        cert = await _client_cert(tmp_path / "client", "plc")
+        plain = Client(f"opc.tcp://127.0.0.1:{port}/inspection/", timeout=5)
+        plain.set_user("plc")
+        plain.set_password("pw-plc")
+        # an attacker's client does not stop where asyncua's does (no endpoint offers None): it takes the secure
+        # endpoint's description and goes on over a None channel
+        monkeypatch.setattr(Client, "find_endpoint", staticmethod(lambda endpoints, mode, uri: next(
+            e for e in endpoints if e.SecurityMode == ua_types.MessageSecurityMode.SignAndEncrypt)))
+        with pytest.raises(Exception, match="BadSecurityPolicyRejected"):  # no session on a None channel
+            await plain.connect()
+        monkeypatch.undo()
+        monkeypatch.setenv("OPCUA_PASSWORD", "pw-plc")
+        ua = await UAStation(await _opcua(port, cert), "cell-s").bind()
+        assert await ua.trigger("S-1") == 0
+        got = await ua.wait_result()
+        assert await ua.ack() == 0
+        await ua.c.disconnect()
+        return got
+
+    try:
+        got = asyncio.run(drive())
+    finally:
+        runner.stop()
+        thread.join(30)
+    assert got["part"] == "S-1"
