@@ -2,8 +2,15 @@
 
     writer = FailureLogWriter(cfg, store, metrics, log); writer.start()
     writer.count("fail")                                   # every verdict (the tallies' denominators)
+    writer.journal(jobs)                                   # before their verdicts leave: durable small records
     writer.put((frame, result, error, model_version, model_roi))   # a part to log; blocks when the queue is full
     writer.close()                                         # write what is queued, flush the tallies, join
+
+A verdict is durable before it is announced: the runner journals the small record of every part it will log
+(part ID, station, time, verdict, score, class, boxes, model version: one line each, one fsync per batch) before
+the verdicts leave on any output. The images follow through the queue. At the next start, a journaled part that
+never reached the log (the process was killed with it in the queue) is logged without its images, marked
+"image lost", instead of vanishing.
 
 Each record's files (the judged crop, its map as a 16-bit PNG, an overlay) are written to hidden temporary
 names, fsynced and renamed before the record is committed (deploy/store.py). While the database is down the
@@ -13,9 +20,12 @@ wait in memory (up to log.queue, then the oldest are dropped and counted). torch
 from __future__ import annotations
 
 import collections
+import json
+import os
 import queue
 import threading
 import time
+from dataclasses import asdict
 
 import cv2
 import numpy as np
@@ -23,13 +33,15 @@ import numpy as np
 from deploy.runtime import Inspection, frame_to_rgb
 from deploy.sources import Frame
 from deploy.station import StationConfig, station_crop
-from deploy.store import FailureRecord, FailureStore, StoreFull, StoreUnavailable
+from deploy.store import FailureRecord, FailureStore, StoreFull, StoreUnavailable, _safe
 from inspection.boxes import upsample_attention
 from inspection.mapfile import encode_map
 from inspection.overlay import overlay
 
 _END = object()
 TALLY_S = 5.0  # how often the verdict counts reach the store (a crash loses at most this much of them)
+JOURNAL = "journal.jsonl"  # in the station's outbox folder
+IMAGE_LOST = "image lost: the runner stopped before this part's images were written (recovered from the journal)"
 
 
 class FailureLogWriter:
@@ -41,7 +53,79 @@ class FailureLogWriter:
         self.counts: collections.Counter = collections.Counter()  # verdicts not yet in the store's tallies
         self._tally_flushed = time.time()
         self.thread = threading.Thread(target=self._run, name="writer", daemon=True)
+        self.journal_path = store.outbox / _safe(cfg.station) / JOURNAL
+        self._journal_lock = threading.Lock()
+        self._journal_file, self._journal_dirty = None, False
+        self._journaled = self._settled = 0  # parts journaled, and of those the ones the writer is done with
         metrics.set("log_outbox_records", self.outbox)
+
+    def recover_journal(self) -> int:
+        """At start-up: journaled parts of an earlier run that never reached the log go to the outbox without
+        images (marked IMAGE_LOST); the journal is emptied. Returns how many."""
+        try:
+            lines = self.journal_path.read_text().splitlines()
+        except FileNotFoundError:
+            return 0
+        found = 0
+        for line in lines:
+            try:
+                record = FailureRecord(**json.loads(line))
+            except (ValueError, TypeError):  # the line a kill cut short: its verdict never left
+                continue
+            try:
+                if self.store.has_record(record.station, record.part_id, record.ts):
+                    continue
+            except StoreUnavailable:
+                pass  # the outbox replay skips it if the log has it by then
+            record.boxes = [{"error": IMAGE_LOST}, *record.boxes]
+            try:
+                self.store.spool(record, {})
+            except OSError as exc:
+                self.log.error(f"failure log: journal {self.journal_path} kept: its parts cannot go to the outbox "
+                               f"({exc}); the next start tries again")
+                return found
+            found += 1
+        self.journal_path.unlink()
+        self.outbox = len(self.store.spooled(self.cfg.station))
+        self.metrics.set("log_outbox_records", self.outbox)
+        if found:
+            self.metrics.inc("log_records_image_lost_total", found)
+            self.log.warning(f"failure log: {found} part(s) of the last run were journaled but not logged (the "
+                             "process was stopped hard); logged now without images")
+        return found
+
+    def journal(self, jobs: list) -> None:
+        """Make these parts' small records durable (one line each, one fsync for all) before their verdicts are
+        announced. A journal that cannot be written (disk full) is counted and never stops the line."""
+        if not jobs:
+            return
+        lines = "".join(json.dumps(self._row(job)) + "\n" for job in jobs)
+        with self._journal_lock:
+            try:
+                if self._journal_file is None:
+                    self.journal_path.parent.mkdir(parents=True, exist_ok=True)
+                    self._journal_file = open(self.journal_path, "a")
+                self._journal_file.write(lines)
+                self._journal_file.flush()
+                self._journal_dirty = True
+                if self.cfg.log.fsync:
+                    os.fsync(self._journal_file.fileno())
+            except OSError as exc:
+                if not self.metrics.get("log_journal_errors_total"):
+                    self.log.warning(f"failure log: journal {self.journal_path} not written ({exc})")
+                self.metrics.inc("log_journal_errors_total")
+            self._journaled += len(jobs)
+
+    def _settle(self, n: int = 1) -> None:
+        with self._journal_lock:
+            self._settled += n
+
+    def _trim_journal(self) -> None:
+        """Empty the journal once every journaled part is in the log (or the outbox)."""
+        with self._journal_lock:
+            if self._journal_dirty and self._settled >= self._journaled:
+                self._journal_file.truncate(0)
+                self._journal_dirty = False
 
     def start(self) -> None:
         self.thread.start()
@@ -85,7 +169,17 @@ class FailureLogWriter:
             files["overlay"] = (".jpg", cv2.imencode(".jpg", vis, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
         return files
 
+    def _row(self, job) -> dict:
+        """The small record of a part (no files), as the journal keeps it."""
+        row = asdict(self._record_of(job))
+        for key in ("id", "files", "bytes", "review_status", "damaged"):
+            row.pop(key)
+        return row
+
     def _record(self, job) -> tuple[FailureRecord, dict]:
+        return self._record_of(job), self._files(job[0], job[1], job[4])
+
+    def _record_of(self, job) -> FailureRecord:
         frame, result, error, version, job_roi = job
         record = FailureRecord(frame.part_id, self.cfg.station, frame.ts, version,
                                "error" if result is None else result.verdict,
@@ -95,7 +189,7 @@ class FailureLogWriter:
                                crop=station_crop(frame.image, self.cfg.source.roi)[1] if result is not None else None)
         if error:
             record.boxes = [{"error": error}]
-        return record, self._files(frame, result, job_roi)
+        return record
 
     def _run(self) -> None:
         """Write the records to the store, oldest first. While the database is unreachable they go to the
@@ -113,6 +207,7 @@ class FailureLogWriter:
                     waiting.append(self._record(job))
                 except Exception as exc:  # noqa: BLE001 - one bad record must not stop the writer
                     self._write_error(job[0].part_id, exc)
+                    self._settle()
             blocked = self.blocked()
             if (waiting or self.outbox) and (not blocked or time.time() - last_try >= self.cfg.log.retry_s):
                 last_try = time.time()
@@ -129,11 +224,20 @@ class FailureLogWriter:
             while len(waiting) > self.cfg.log.queue:
                 waiting.popleft()
                 self.metrics.inc("log_records_lost_total")
+                self._settle()
+            if not waiting and self.queue.empty():
+                self._trim_journal()
             self.metrics.set("log_waiting_records", len(waiting))
             self.metrics.set("log_outbox_records", self.outbox)
             if job is _END or time.time() - self._tally_flushed >= TALLY_S:
                 self._flush_tally()
             if job is _END:
+                with self._journal_lock:
+                    if self._journal_file is not None:
+                        self._journal_file.close()
+                        self._journal_file = None
+                        if self._settled >= self._journaled:
+                            self.journal_path.unlink(missing_ok=True)
                 if waiting:
                     self.metrics.inc("log_records_lost_total", len(waiting))
                     self.log.error(f"failure log: {len(waiting)} record(s) could not be written at shutdown "
@@ -162,6 +266,7 @@ class FailureLogWriter:
             except Exception as exc:  # noqa: BLE001 - one bad record must not stop the writer
                 self._write_error(record.part_id, exc)
             waiting.popleft()
+            self._settle()
 
     def _write_error(self, part_id: str, exc: Exception) -> None:
         self.log.error(f"failure log: record of part {part_id} not written: {exc}")
@@ -180,6 +285,7 @@ class FailureLogWriter:
                 return
             self.metrics.set("log_outbox_unwritable", 0)
             waiting.popleft()
+            self._settle()
             self.outbox += 1
 
     def blocked(self) -> bool:

@@ -212,6 +212,7 @@ class LineRunner:
         except StoreUnavailable as exc:  # the database is down: start anyway, records go to the outbox
             self.log.warning(f"failure log: {exc}; starting with records in the outbox {self.store.outbox}")
             self.metrics.set("log_db_unavailable", 1)
+        self.writer.recover_journal()  # parts announced by a run that was killed before logging them
 
     def _load(self, package) -> Runtime:
         rt = Runtime(resolve_package(package), self.cfg.backend, self.cfg.precision, self.cfg.threads,
@@ -426,7 +427,9 @@ class LineRunner:
                     self.metrics.inc("inference_errors_total")
                     self.log.error(f"inference failed on {len(batch)} frame(s): {exc}")
                     judged = [(f, None, f"inference failed: {exc}") for f in batch]
-                for frame, result, error in judged:
+                self.writer.journal([(f, r, e, self.runtime.version, self.runtime.roi) for f, r, e in judged
+                                     if ("error" if r is None else r.verdict) in self.cfg.log.verdicts])
+                for frame, result, error in judged:  # announced only once their records are durable
                     verdict = self._emit(frame, result, error, time.time())
                     self._log(frame, result, error, verdict)
         finally:

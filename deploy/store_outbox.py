@@ -35,6 +35,11 @@ class Outbox:
         write_atomic(path, json.dumps(blob), self.fsync)
         return path
 
+    def has_record(self, station: str, part_id: str, ts: float) -> bool:
+        """Whether the log holds this part's record already (a part ID repeats; with its time it does not)."""
+        return bool(self._rows("SELECT id FROM failures WHERE station = ? AND part_id = ? AND ts = ?",
+                               (station, part_id, ts)))
+
     def spooled(self, station: str) -> list[Path]:
         """The station's outbox, oldest first."""
         return sorted(p for p in (self.outbox / _safe(station)).glob("*.json") if TMP_MARK not in p.name)
@@ -56,8 +61,7 @@ class Outbox:
                 LOG.warning(f"failure log: outbox file {path} is unreadable ({exc}); kept as .bad")
                 continue
             try:
-                if not self._rows("SELECT id FROM failures WHERE station = ? AND part_id = ? AND ts = ?",
-                                  (record.station, record.part_id, record.ts)):
+                if not self.has_record(record.station, record.part_id, record.ts):
                     self.add(record, files)
             except StoreUnavailable:
                 raise

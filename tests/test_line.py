@@ -691,3 +691,47 @@ def test_health_answers_within_a_second_while_slow_clients_trickle_their_request
     thread.join(30)
     assert all(s in (200, 503) for s in slow), [s for s in slow if s not in (200, 503)][:3]
     assert max(waits) < 1.0 and len(waits) >= 30
+
+
+def test_every_announced_failure_has_a_record_after_repeated_kill_9(exported, tmp_path):
+    """Five SIGKILLs of `inspection run` while every part fails (the writer behind, its queue full of parts
+    already announced on the JSON lines): after a clean start every announced fail/review/error verdict has a
+    record, the ones whose images were lost in the kill marked so."""
+    import sqlite3
+
+    from deploy.failure_log import IMAGE_LOST
+
+    pkg = _always_fail(exported, tmp_path)
+    jsonl = tmp_path / "verdicts.jsonl"
+    station = _write_yaml(tmp_path / "station.yaml", {
+        "package": str(pkg), "jsonl": str(jsonl), "reload_s": 0, "station": "k9",
+        "source": {"kind": "simulated", "path": str(exported["manifest"].root), "loop": True, "fps": 300},
+        "log": {"folder": str(tmp_path / "log"), "fsync": True, "verdicts": ["fail", "review", "error"]}})
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        proc = subprocess.Popen([sys.executable, "-m", "inspection.cli", "run", "--station", str(station)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline, size = time.time() + 60, jsonl.stat().st_size if jsonl.exists() else 0
+        while time.time() < deadline and proc.poll() is None and (not jsonl.exists() or jsonl.stat().st_size <= size):
+            time.sleep(0.05)
+        time.sleep(float(rng.uniform(0.5, 1.5)))
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    run = subprocess.run([sys.executable, "-m", "inspection.cli", "run", "--station", str(station), "--set",
+                          "source.limit=1", "--set", "source.loop=false"], capture_output=True, timeout=120)
+    assert run.returncode == 0, run.stderr.decode()[-2000:]
+    announced = set()
+    for line in jsonl.read_text().splitlines():
+        try:
+            x = json.loads(line)
+        except ValueError:
+            continue  # a line the kill cut short was never fully announced
+        if x["verdict"] in ("fail", "review", "error"):
+            announced.add((x["part_id"], x["ts"]))
+    con = sqlite3.connect(tmp_path / "log" / "failures.db")
+    rows = con.execute("SELECT part_id, ts, boxes FROM failures").fetchall()
+    logged = {(p, round(t, 3)) for p, t, _ in rows}
+    lost = sum(IMAGE_LOST in b for _, _, b in rows)
+    print(f"announced {len(announced)}, logged {len(logged)}, images lost {lost}")
+    assert len(announced) > 100 and announced <= logged
