@@ -137,6 +137,7 @@ def webhook_throughput(package: Path, data: str, frames: int, tmp: Path) -> dict
             "refused (nothing listens)": f"http://127.0.0.1:{free_port()}/",
             "slow endpoint (5 s per answer)": f"http://127.0.0.1:{slow.server_address[1]}/"}
     out = {}
+    os.environ.setdefault("WEBHOOK_SECRET", "benchmark-secret")
     for name, url in urls.items():
         log = tmp / f"webhook-{len(out)}"
         cfg = load_station(None, [f"package={package}", f"source.path={data}", "source.kind=simulated",

@@ -286,5 +286,9 @@ def load_station(path: str | Path | None = None, overrides: list[str] | None = N
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise StationConfigError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(value)
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise StationConfigError(f"override {item!r}: the value is not plain YAML "
+                                     f"({str(exc).splitlines()[0]})") from None
     return _check(_build(StationConfig, data, "", source), source)

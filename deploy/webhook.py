@@ -33,6 +33,11 @@ def signature(secret: bytes, body: bytes) -> str:
 
 class WebhookSink:
     def __init__(self, cfg, secret: str, metrics, log=LOG):
+        if not secret:  # a signature with an empty key proves nothing: the receiver could not tell us from anyone
+            from deploy.station import StationConfigError
+
+            raise StationConfigError("webhook.url is set but the WEBHOOK_SECRET environment variable is empty: set "
+                                     "the shared secret the receiver checks X-Inspection-Signature with")
         self.cfg, self.secret, self.metrics, self.log = cfg, secret.encode(), metrics, log
         self.waiting: collections.deque = collections.deque()
         self.cond = threading.Condition()

@@ -198,7 +198,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected section.key=value")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not plain YAML ({str(exc).splitlines()[0]})") from None
+        _set_dotted(tree, key.strip(), value)
     if overrides:
         source += " with overrides " + " ".join(overrides)
     return config_from_dict(tree, source)

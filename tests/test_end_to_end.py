@@ -1,5 +1,6 @@
 """The CLI on a tiny dataset: train (ours, plain ABN, CNN), resume, eval with report; errors exit cleanly."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -44,6 +45,17 @@ def test_resume_continues_from_last_checkpoint(trained, tiny_dataset, capsys):
     assert main(["train", "--data", str(tiny_dataset), "--out", str(run), "--set", "train.epochs=3", *TINY]) == 0
     history = json.loads((run / "history.json").read_text())
     assert before == 1 and [h["epoch"] for h in history] == [1, 2, 3]
+
+
+def test_training_into_a_folder_of_another_datasets_run_touches_nothing(trained, tiny_dataset, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_dataset, other)
+    next(p for p in sorted((other / "good").iterdir()) if p.is_file()).unlink()  # another dataset
+    run = trained / "abn"
+    before = {p: p.read_bytes() for p in (run / "config.yaml", run / "manifest.json")}
+    assert main(["train", "--data", str(other), "--out", str(run), *TINY]) == 2
+    assert "another model kind or dataset" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in before} == before
 
 
 def test_eval_compares_checkpoints_and_writes_report(trained, tiny_dataset, tmp_path, capsys):

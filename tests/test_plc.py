@@ -323,6 +323,10 @@ def test_plc_config_errors_name_the_field(exported, tmp_path, capsys):
         load_station(None, ["plc.modbus.port=70000"])
     with pytest.raises(StationConfigError, match="webhook.url must start with http"):
         load_station(None, ["webhook.url=ftp://x"])
+    from deploy.station import WebhookConfig
+    from deploy.webhook import WebhookSink
+    with pytest.raises(StationConfigError, match="WEBHOOK_SECRET"):  # an empty key would sign for anyone
+        WebhookSink(WebhookConfig(url="http://127.0.0.1:9/"), "", None)
     with pytest.raises(StationConfigError, match="choose one"):
         load_station(None, ["plc.modbus.port=5020", "source.part_id=trigger", "mqtt.host=x"])
     with socket.socket() as busy:  # a port in use: the runner stops at start-up, naming the field

@@ -829,3 +829,13 @@ def test_forwarded_addresses_are_not_believed_unless_a_proxy_is_named(line_log, 
         answers = [httpx.post(st.base + "/login", data={"user": LEAD[0], "password": "wrong-password"},
                               headers={"X-Forwarded-For": f"203.0.113.{i}"}, timeout=30).text for i in range(7)]
     assert "too many failed logins" in answers[-1]
+
+
+def test_a_login_sent_from_another_sites_page_is_refused(client):
+    """Login CSRF: a page elsewhere posts the station's login form with an account of its own choosing."""
+    r = client.post("/login", data={"user": LEAD[0], "password": LEAD[1]}, follow_redirects=False,
+                    headers={"Origin": "https://evil.example"})
+    assert r.status_code == 403 and "review_session" not in r.headers.get("set-cookie", "")
+    r = client.post("/login", data={"user": LEAD[0], "password": LEAD[1]}, follow_redirects=False,
+                    headers={"Origin": "http://testserver"})
+    assert r.status_code == 303

@@ -32,7 +32,7 @@ from inspection.config import Config, dump_config
 from inspection.data import BalancedBatchSampler, InspectionDataset, Manifest, default_steps, mask_targets
 from inspection.losses import abn_loss
 from inspection.metrics import image_metrics
-from inspection.model import build_model
+from inspection.model import CheckpointError, build_model
 from inspection.preprocess import input_size
 
 
@@ -238,6 +238,12 @@ def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn
         if progress:
             h, w = cfg.data.image_size
             print(f"input size (data.image_size auto): {h}x{w}", file=sys.stderr)
+    last = out / "last.pt"
+    if resume and last.exists():  # refuse before touching anything of the run that folder holds
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        if state.get("kind") != kind or state.get("manifest_hash") != manifest.content_hash:
+            raise CheckpointError(f"{last}: this folder holds a run of another model kind or dataset; nothing was "
+                                  "changed there: use a new --out folder, or delete that one to start over")
     if lead:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(dump_config(cfg))
@@ -276,12 +282,8 @@ def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn
     scaler = torch.amp.GradScaler(enabled=use_amp)
     history: list[dict] = []
     best, start, stale = None, 0, 0
-    last = out / "last.pt"
     if resume and last.exists():
         state = torch.load(last, map_location=device, weights_only=False)
-        if state.get("kind") != kind or state.get("manifest_hash") != manifest.content_hash:
-            raise RuntimeError(f"{last}: checkpoint is for another model kind or dataset; use a new out_dir "
-                               f"or delete it to start over")
         core.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

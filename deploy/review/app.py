@@ -22,8 +22,8 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from html import escape
-from urllib.parse import quote, urlencode
 from pathlib import Path
+from urllib.parse import quote, urlencode, urlsplit
 from tempfile import TemporaryDirectory
 
 import cv2
@@ -153,6 +153,11 @@ def login_form(request: Request, next: str = "/", st: ReviewApp = Depends(get_st
 
 @auth_routes.post("/login")
 async def login(request: Request, st: ReviewApp = Depends(get_state)):
+    # login CSRF (another site logging a browser into an account of its choosing): a browser names the page a
+    # form was sent from; a login sent from another site's page is refused
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("host", ""):
+        raise HTTPException(403, "log in from this review station's own page")
     form = await _form(request)
     nxt = _local(form.get("next", "/"))
     try:
