@@ -120,15 +120,30 @@ def gpu_name() -> str:
         return "unknown-gpu"
 
 
+def default_engine_cache() -> Path:
+    """Where TensorRT engines are built and kept unless a cache is named: the runner user's own cache
+    ($INSPECTION_ENGINE_CACHE, else $XDG_CACHE_HOME or ~/.cache, /inspection/engines), never inside a model
+    package: an engine is code (plugins), and a package folder is written by whoever deploys models."""
+    if os.environ.get("INSPECTION_ENGINE_CACHE"):
+        return Path(os.environ["INSPECTION_ENGINE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "inspection" / "engines"
+
+
 def engine_cache_dir(cache_root: Path) -> Path:
-    """TensorRT engines are not portable: one cache folder per GPU model and TensorRT version."""
+    """TensorRT engines are not portable: one cache folder per GPU model and TensorRT version (the engine's
+    name adds the ONNX graph's hash). Made owner-only; a folder on the way that is a symlink is refused."""
     try:
         import tensorrt
         trt_version = tensorrt.__version__
     except ImportError:
         trt_version = "ort-bundled"
     key = f"{gpu_name()}-trt{trt_version}".replace(" ", "_").replace("/", "_")
-    return cache_root / key
+    folder = Path(cache_root) / key
+    for p in (Path(cache_root), folder):
+        if p.is_symlink():
+            raise PackageError(f"{p}: the engine cache is a symlink; engines are built only into a real folder")
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder
 
 
 def open_session(model_path: Path, backend: str = "cpu", precision: str = "fp32", threads: int = 0,
@@ -141,9 +156,8 @@ def open_session(model_path: Path, backend: str = "cpu", precision: str = "fp32"
     available = ort.get_available_providers()
     trt_options = {"trt_fp16_enable": precision == "fp16", "trt_engine_cache_enable": True,
                    "trt_timing_cache_enable": True}
-    if cache_root is not None:
+    if cache_root is not None and any(p.startswith("Tensorrt") for p in available) and backend in ("auto", "ort-tensorrt"):
         cache = engine_cache_dir(cache_root)
-        cache.mkdir(parents=True, exist_ok=True)
         trt_options["trt_engine_cache_path"] = str(cache)
         trt_options["trt_timing_cache_path"] = str(cache)
     wanted = {"ort-tensorrt": ("TensorrtExecutionProvider", trt_options), "cuda": "CUDAExecutionProvider",
@@ -198,7 +212,7 @@ class Runtime:
         self.precision = precision
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        cache = Path(cache_root) if cache_root else self.root / "engines"
+        cache = Path(cache_root) if cache_root else default_engine_cache()  # never the package's own folder
         inp = self.meta["input"]
         self.session = None
         if backend in ("auto", "tensorrt"):

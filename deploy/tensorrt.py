@@ -12,6 +12,7 @@ the graph's SHA-256. Device memory goes through cuda-python (`pip install cuda-p
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -53,8 +54,12 @@ def build_engine(onnx_path: Path, cache_dir: Path, max_batch: int, image_hw: tup
     onnx_path = Path(onnx_path)
     key = f"{file_sha256(onnx_path)[:16]}-{precision}-b{max_batch}.engine"
     engine = Path(cache_dir) / key
+    if engine.is_symlink():
+        raise RuntimeError(f"{engine}: a symlink in the engine cache; refused (delete it to rebuild)")
     if engine.exists():
-        return engine
+        if verified_engine(engine):
+            return engine
+        engine.unlink()  # damaged or replaced since it was built: build it again
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0
@@ -79,10 +84,22 @@ def build_engine(onnx_path: Path, cache_dir: Path, max_batch: int, image_hw: tup
     if serialized is None:
         raise RuntimeError(f"{onnx_path}: TensorRT failed to build an engine (see the log above)")
     engine.parent.mkdir(parents=True, exist_ok=True)
-    tmp = engine.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_bytes(bytes(serialized))
-    os.replace(tmp, engine)
+    data = bytes(serialized)
+    for path, content in ((Path(f"{engine}.sha256"), hashlib.sha256(data).hexdigest().encode()), (engine, data)):
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_bytes(content)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
     return engine
+
+
+def verified_engine(engine: Path) -> bool:
+    """Whether an engine file is the one this runtime built: a plain file whose SHA-256 matches the hash written
+    beside it at build time."""
+    mark = Path(f"{engine}.sha256")
+    if engine.is_symlink() or mark.is_symlink() or not engine.is_file() or not mark.is_file():
+        return False
+    return hashlib.sha256(engine.read_bytes()).hexdigest() == mark.read_text().strip()
 
 
 class TensorRTSession:

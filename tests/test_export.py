@@ -258,3 +258,35 @@ def test_predict_cli_judges_files_and_reports_bad_ones(exported, tmp_path, capsy
     rt = Runtime(exported["package"], backend="cpu")
     first = rt.inspect([read_frame(f"{root}/{items[0].path}")], "BGR")[0]
     assert lines[0]["score"] == pytest.approx(first.score, abs=1e-6)
+
+
+def test_engines_are_built_outside_the_package_hashed_and_never_through_a_symlink(exported, tmp_path, monkeypatch):
+    """An engine is code: the runtime never reads one from the package folder (whoever can write a package could
+    plant one there), keeps its own cache (owner-only, no symlinks on the way) and loads an engine only when it
+    matches the hash written when it was built."""
+    import hashlib
+
+    from deploy.runtime import Runtime, default_engine_cache, engine_cache_dir
+    from deploy.package import PackageError
+    from deploy.tensorrt import verified_engine
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_engine_cache() == tmp_path / "xdg" / "inspection" / "engines"
+    pkg = tmp_path / "pkg"
+    shutil.copytree(exported["package"], pkg)
+    (pkg / "engines").symlink_to(tmp_path, target_is_directory=True)  # a planted link out of the package
+    Runtime(pkg, backend="cpu")
+    assert not (tmp_path / "unknown-gpu-trtort-bundled").exists()
+    folder = engine_cache_dir(tmp_path / "cache")
+    assert folder.is_dir() and (folder.stat().st_mode & 0o777) == 0o700
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.raises(PackageError, match="symlink"):
+        engine_cache_dir(tmp_path / "linked")
+    engine = folder / "abc-fp32-b8.engine"
+    engine.write_bytes(b"serialized engine")
+    assert not verified_engine(engine)  # planted: no hash from a build
+    Path(f"{engine}.sha256").write_text(hashlib.sha256(b"serialized engine").hexdigest())
+    assert verified_engine(engine)
+    engine.write_bytes(b"replaced engine")
+    assert not verified_engine(engine)
