@@ -120,7 +120,8 @@ def _level(name: str):
     """A box-rule level's setting: its bounds and words come from the rule itself (inspection/boxes.LEVELS)."""
     level = LEVELS[name]
     bounds = {"ge": level.low, ("lt" if level.high_open else "le"): level.high}
-    return Field(None, **bounds, description=f"{level.words}; None = calibrate on validation")
+    unset = "calibrate on validation" if level.calibrated else "the default rule's value"
+    return Field(None, **bounds, description=f"{level.words}; None = {unset}")
 
 
 class BoxConfig(_Section):

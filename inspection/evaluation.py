@@ -24,8 +24,6 @@ from inspection.layout import GOOD, Manifest
 from inspection.metrics import (aupro, box_metrics, box_recall_by, calibrate_threshold, hit_rate, image_metrics,
                                 pixel_auroc, size_class)
 
-SEARCH = (("threshold", "relative"), ("low",), ("merge",), ("peak_share",), ("area_share",),  # coordinate steps
-          ("threshold",))
 GOOD_LEVEL_QUANTILE = 0.5  # the level good parts reach: the median over good val parts of each map's peak
 PIXEL_SIDE = 128  # pixel metrics are computed at this longest side to keep memory flat
 
@@ -66,25 +64,25 @@ def good_level(pred: Predictions, items) -> float:
 
 def calibrate_box_rule(pred: Predictions, items, truths: dict[int, np.ndarray], flagged: np.ndarray,
                        cfg) -> BoxRule:
-    """The box rule whose levels maximize box F1 @ IoU 0.3 on validation, over the parts the line would box (those
-    that fail or go to review). Levels the config sets stay fixed; with no pixel truth the others keep the untuned
-    default (BoxRule.default()).
+    """The box rule on validation: the untuned default (BoxRule.default()) with its calibrated levels (the
+    threshold) moved only where that raises box F1 @ IoU 0.3 over the parts the line would box (those that fail
+    or go to review); ties keep the default. Levels the config sets stay fixed; with no pixel truth the default
+    stands.
 
-    Search, from the default: threshold and extent together, then hysteresis, merging, peak share and area share
-    one at a time, then the threshold again, each change kept only when it raises F1 (ties keep the default).
-    The candidates are each level's fixed values (inspection/boxes.LEVELS), so calibration cannot degenerate:
-    thresholds on the map's own probability scale, never under what the validation good parts' maps reach
-    (good_level; where that is above every candidate, that level itself).
+    The candidates are fixed levels of the map's own probability scale (inspection/boxes.LEVELS), never under
+    what the validation good parts' maps reach (good_level; where that is above every candidate, that level
+    itself): calibration cannot degenerate to a level that boxes a whole part.
     """
     b = cfg.eval.boxes
     fixed = {k: getattr(b, k) for k in LEVELS if getattr(b, k) is not None}
     rule = dataclasses.replace(BoxRule.default(), **fixed, min_area=b.min_area, score=b.score)
-    if all(items[i].defect_type == GOOD for i in truths):
+    free = [n for n in BoxRule.calibrated() if n not in fixed]
+    if not free or all(items[i].defect_type == GOOD for i in truths):
         return rule
     floor = good_level(pred, items)
     thresholds = [t for t in LEVELS["threshold"].candidates if t >= floor] or [min(floor, 1.0)]
     candidates = {**BoxRule.ablation(), "threshold": thresholds}
-    if "threshold" not in fixed and rule.threshold < floor:
+    if "threshold" in free and rule.threshold < floor:
         rule = dataclasses.replace(rule, threshold=thresholds[0])
     ups = {i: _upsampled(pred.maps[i], items[i], cfg.data.roi) for i in truths if flagged[i]}
     truth = [_xyxy(mask_to_boxes(truths[i])) for i in truths]
@@ -94,13 +92,11 @@ def calibrate_box_rule(pred: Predictions, items, truths: dict[int, np.ndarray], 
         return box_metrics(boxes, truth, 0.3)["f1"]
 
     best = f1(rule)
-    for names in SEARCH:
-        free = [n for n in names if n not in fixed]
-        for values_ in itertools.product(*(candidates[n] for n in free)):
-            trial = dataclasses.replace(rule, **dict(zip(free, values_)))
-            score = f1(trial)
-            if score > best:
-                best, rule = score, trial
+    for values in itertools.product(*(candidates[n] for n in free)):
+        trial = dataclasses.replace(rule, **dict(zip(free, values)))
+        score = f1(trial)
+        if score > best:
+            best, rule = score, trial
     return rule
 
 
