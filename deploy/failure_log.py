@@ -60,8 +60,8 @@ class FailureLogWriter:
         metrics.set("log_outbox_records", self.outbox)
 
     def recover_journal(self) -> int:
-        """At start-up: journaled parts of an earlier run that never reached the log go to the outbox without
-        images (marked IMAGE_LOST); the journal is emptied. Returns how many."""
+        """At start-up: journaled parts of an earlier run that never reached the log are logged without images
+        (marked IMAGE_LOST; to the outbox while the database is down); the journal is emptied. Returns how many."""
         try:
             lines = self.journal_path.read_text().splitlines()
         except FileNotFoundError:
@@ -72,12 +72,14 @@ class FailureLogWriter:
                 record = FailureRecord(**json.loads(line))
             except (ValueError, TypeError):  # the line a kill cut short: its verdict never left
                 continue
-            try:
-                if self.store.has_record(record.station, record.part_id, record.ts):
-                    continue
-            except StoreUnavailable:
-                pass  # the outbox replay skips it if the log has it by then
             record.boxes = [{"error": IMAGE_LOST}, *record.boxes]
+            try:
+                if not self.store.has_record(record.station, record.part_id, record.ts):
+                    self.store.add(record, {})
+                    found += 1
+                continue
+            except StoreUnavailable:
+                pass  # the database is down: the outbox keeps it (its replay skips it if the log has it by then)
             try:
                 self.store.spool(record, {})
             except OSError as exc:

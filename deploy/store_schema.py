@@ -141,12 +141,13 @@ def _int(v) -> bool:
 
 
 def _box_ok(b) -> bool:
-    if not isinstance(b, dict):
+    """A dict whose box fields, where it has any, are numbers (the pages compute with them) and whose error, where
+    it has one, is text."""
+    if not isinstance(b, dict) or ("error" in b and not isinstance(b["error"], str)):
         return False
-    if "error" in b:
-        return isinstance(b["error"], str)
-    return all(isinstance(b.get(k), (int, float)) and not isinstance(b.get(k), bool)
-               for k in ("x0", "y0", "x1", "y1", "score"))
+    coords = ("x0", "y0", "x1", "y1", "score")
+    return not any(k in b for k in coords) or all(
+        isinstance(b.get(k), (int, float)) and not isinstance(b.get(k), bool) for k in coords)
 
 
 def _safe(name: str) -> str:
