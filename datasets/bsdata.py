@@ -24,6 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from inspection_datasets.splits import write_split
+
 SPLIT_CYCLE = ("train", "test", "train", "val", "train")  # groups dealt in turn: 3/5 train, 1/5 val, 1/5 test
 SPOT = re.compile(r"^\d+_\d+_(\d+_\d+)_crop")
 
@@ -85,14 +87,8 @@ def convert(git_dir: str | Path, out: str | Path) -> dict:
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         (out / rel).write_bytes(data)
         groups.setdefault(group_of(stem), []).append(rel)
-    split: dict[str, list[str]] = {"train": [], "val": [], "test": []}
-    spots = sorted(g for g in groups if g.startswith("spot_"))
-    for kind in (spots, sorted(g for g in groups if not g.startswith("spot_"))):
-        for i, g in enumerate(kind):
-            split[SPLIT_CYCLE[i % len(SPLIT_CYCLE)]] += groups[g]
-    (out / "split.json").write_text(json.dumps(split, indent=1))
-    return {k: (sum(r.startswith("good/") for r in v), sum(r.startswith("defect/") for r in v))
-            for k, v in split.items()}
+    spots = [groups[g] for g in sorted(groups) if g.startswith("spot_")]
+    return write_split(out, [spots, [groups[g] for g in sorted(groups) if not g.startswith("spot_")]], SPLIT_CYCLE)
 
 
 if __name__ == "__main__":

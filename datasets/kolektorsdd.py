@@ -14,7 +14,6 @@ together), the parts with a crack dealt over all three splits. Deterministic.
 from __future__ import annotations
 
 import io
-import json
 import subprocess
 import sys
 import tarfile
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from inspection_datasets.splits import write_split
 
 SPLIT_CYCLE = ("train", "train", "train", "val", "test")  # parts dealt in turn: 3/5 train, 1/5 val, 1/5 test
 
@@ -64,14 +65,9 @@ def convert(git_dir: str | Path, out: str | Path) -> dict:
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         (out / rel).write_bytes(data)
         parts.setdefault(int(stem) // 8, []).append(rel)
-    split: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     cracked = [p for p in sorted(parts) if any(r.startswith("defect/") for r in parts[p])]
-    for group in (cracked, [p for p in sorted(parts) if p not in cracked]):
-        for i, p in enumerate(group):
-            split[SPLIT_CYCLE[i % len(SPLIT_CYCLE)]] += parts[p]
-    (out / "split.json").write_text(json.dumps(split, indent=1))
-    return {k: (sum(r.startswith("good/") for r in v), sum(r.startswith("defect/") for r in v))
-            for k, v in split.items()}
+    return write_split(out, [[parts[p] for p in cracked], [parts[p] for p in sorted(parts) if p not in cracked]],
+                       SPLIT_CYCLE)
 
 
 if __name__ == "__main__":

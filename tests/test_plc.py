@@ -222,6 +222,15 @@ def test_opcua_and_modbus_drive_200_parts_each_and_read_every_verdict(plc_runner
     assert [g["part"] for g in got_ua] == [f"UA-{i:04d}" for i in range(200)]
 
 
+def _drive(runner: LineRunner, thread: threading.Thread, drive):
+    """Run the client coroutine `drive` against a runner running in `thread`; stop the runner whatever happens."""
+    try:
+        return asyncio.run(drive())
+    finally:
+        runner.stop()
+        thread.join(30)
+
+
 def _in_process(exported, tmp_path, **sets) -> LineRunner:
     values = {"package": exported["package"], "source.path": exported["manifest"].root, "source.kind": "simulated",
               "jsonl": str(tmp_path / "verdicts.jsonl"), "log.folder": str(tmp_path / "log"), "reload_s": 0,
@@ -304,11 +313,7 @@ def test_opcua_certificate_login_only_for_trusted_clients(exported, tmp_path):
             await rogue.connect()
         return got
 
-    try:
-        got = asyncio.run(drive())
-    finally:
-        runner.stop()
-        thread.join(30)
+    got = _drive(runner, thread, drive)
     assert got["part"] == "C-1" and got["verdict"] in ("OK", "NG", "REVIEW")
 
 
@@ -418,14 +423,6 @@ def test_webhook_queue_bound_drops_the_oldest_and_counts_them(tmp_path):
     assert [json.loads(b)["part_id"] for _, b in receiver.got] == [f"p{i}" for i in range(15, 20)]
 
 
-class _Counts:
-    def __init__(self):
-        self.n: dict[str, int] = {}
-
-    def inc(self, name: str, v: int = 1) -> None:
-        self.n[name] = self.n.get(name, 0) + v
-
-
 def test_modbus_writes_past_the_map_or_with_odd_coil_values_are_refused_whole_before_anything_acts():
     """A multi-coil write that reaches past the two coils used to fire Trigger and Ack before failing; a Write
     Single Coil with 0x1234 was taken as on. Both are refused with the documented exception, counted, and act
@@ -448,7 +445,9 @@ def test_modbus_writes_past_the_map_or_with_odd_coil_values_are_refused_whole_be
         def snapshot(self):
             return {"state": "Ready", "part_id": "", "command_error": 0, "refused": 0, "result": asdict(PLCResult())}
 
-    hs, counts, port = Recorder(), _Counts(), _free_port()
+    from deploy.line import Metrics
+
+    hs, counts, port = Recorder(), Metrics(), _free_port()
 
     async def drive():
         server = ModbusServer(hs, "127.0.0.1", port, counts)
@@ -469,7 +468,7 @@ def test_modbus_writes_past_the_map_or_with_odd_coil_values_are_refused_whole_be
             r = await c.execute(False, odd)
             assert r.isError() and r.exception_code == 3
             assert hs.calls == []
-            assert counts.n.get("plc_bad_requests_total") == 3
+            assert counts.get("plc_bad_requests_total") == 3
             assert not (await c.write_coils(0, [False, False])).isError()
             assert not (await c.write_coil(0, True)).isError()
             assert hs.calls == [("trigger", "0")]
@@ -515,9 +514,5 @@ def test_opcua_refuses_channels_without_the_configured_security_and_passwords_in
         await ua.c.disconnect()
         return got
 
-    try:
-        got = asyncio.run(drive())
-    finally:
-        runner.stop()
-        thread.join(30)
+    got = _drive(runner, thread, drive)
     assert got["part"] == "S-1"
