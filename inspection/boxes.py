@@ -95,7 +95,7 @@ class BoxRule:
     """The levels of the box rule (LEVELS): the defaults are the untuned rule every model starts from;
     calibration on validation may change them and the result is stored per model variant."""
 
-    threshold: float = 0.7
+    threshold: float = 0.8
     low: float = 1.0
     relative: float = 0.0
     merge: float = 0.0
