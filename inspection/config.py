@@ -117,11 +117,17 @@ class TrainConfig(_Section):
 
 
 def _level(name: str):
-    """A box-rule level's setting: its bounds and words come from the rule itself (inspection/boxes.LEVELS)."""
+    """A box-rule level's setting: its bounds and words come from the rule itself (inspection/boxes.LEVELS). The
+    threshold defaults to the untuned rule's level (null: calibrate it on validation); the others to null (the
+    default rule's value, off)."""
+    from inspection.boxes import BoxRule
+
     level = LEVELS[name]
     bounds = {"ge": level.low, ("lt" if level.high_open else "le"): level.high}
-    unset = "calibrate on validation" if level.calibrated else "the default rule's value"
-    return Field(None, **bounds, description=f"{level.words}; None = {unset}")
+    if level.calibrated:
+        return Field(getattr(BoxRule.default(), name), **bounds,
+                     description=f"{level.words}; null = calibrate on validation")
+    return Field(None, **bounds, description=f"{level.words}; null = the default rule's value")
 
 
 class BoxConfig(_Section):

@@ -64,26 +64,26 @@ def good_level(pred: Predictions, items) -> float:
 
 def calibrate_box_rule(pred: Predictions, items, truths: dict[int, np.ndarray], flagged: np.ndarray,
                        cfg) -> BoxRule:
-    """The box rule on validation: the untuned default (BoxRule.default()) with its calibrated levels (the
-    threshold) moved only where that raises box F1 @ IoU 0.3 over the parts the line would box (those that fail
-    or go to review); ties keep the default. Levels the config sets stay fixed; with no pixel truth the default
-    stands.
+    """The box rule for a model: the config's levels (by default the untuned rule, BoxRule.default()), with the
+    threshold never under what the validation good parts' maps reach (good_level: boxing under it would box the
+    surface of a typical good part). Levels the config leaves null and calibration may choose (the threshold)
+    are moved from the default only where that raises box F1 @ IoU 0.3 on validation, over the parts the line
+    would box (those that fail or go to review); ties keep the default; with no pixel truth the default stands.
 
-    The candidates are fixed levels of the map's own probability scale (inspection/boxes.LEVELS), never under
-    what the validation good parts' maps reach (good_level; where that is above every candidate, that level
-    itself): calibration cannot degenerate to a level that boxes a whole part.
+    The candidates are fixed levels of the map's own probability scale (inspection/boxes.LEVELS), so
+    calibration cannot degenerate to a level that boxes a whole part.
     """
     b = cfg.eval.boxes
     fixed = {k: getattr(b, k) for k in LEVELS if getattr(b, k) is not None}
     rule = dataclasses.replace(BoxRule.default(), **fixed, min_area=b.min_area, score=b.score)
+    floor = min(good_level(pred, items), 1.0)
+    if rule.threshold < floor:
+        rule = dataclasses.replace(rule, threshold=floor)
     free = [n for n in BoxRule.calibrated() if n not in fixed]
     if not free or all(items[i].defect_type == GOOD for i in truths):
         return rule
-    floor = good_level(pred, items)
-    thresholds = [t for t in LEVELS["threshold"].candidates if t >= floor] or [min(floor, 1.0)]
-    candidates = {**BoxRule.ablation(), "threshold": thresholds}
-    if "threshold" in free and rule.threshold < floor:
-        rule = dataclasses.replace(rule, threshold=thresholds[0])
+    candidates = {**BoxRule.ablation(),
+                  "threshold": [t for t in LEVELS["threshold"].candidates if t >= floor] or [floor]}
     ups = {i: _upsampled(pred.maps[i], items[i], cfg.data.roi) for i in truths if flagged[i]}
     truth = [_xyxy(mask_to_boxes(truths[i])) for i in truths]
 

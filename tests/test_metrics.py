@@ -105,8 +105,8 @@ def _items(n_good: int, n_defect: int, hw=(32, 32)):
 
 def test_calibration_on_a_near_zero_map_keeps_the_threshold_on_the_probability_scale():
     """A map ~0 everywhere but a faint blob: quantiles of the map's values are all ~0, and a threshold among them
-    boxes the whole part. The calibrated threshold stays among the rule's candidates, never under the level the
-    good parts' maps reach."""
+    boxes the whole part. The calibrated threshold stays among the rule's candidates, and neither it nor the
+    default one is ever under the level the good parts' maps reach."""
     from inspection.boxes import LEVELS
     from inspection.config import load_config
     from inspection.evaluation import Predictions, calibrate_box_rule, good_level
@@ -119,17 +119,19 @@ def test_calibration_on_a_near_zero_map_keeps_the_threshold_on_the_probability_s
         maps[i, 2:4, 2:4] = 0.2          # a faint blob on the defect, far under 0.5
         truths[i][8:16, 8:16] = True
     pred = Predictions(np.linspace(0, 1, 12), np.zeros((12, 2)), maps)
-    rule = calibrate_box_rule(pred, items, truths, np.ones(12, bool), load_config(None, []))
-    assert rule.threshold in LEVELS["threshold"].candidates and rule.threshold >= 0.3
+    calibrate = load_config(None, ["eval.boxes.threshold=null"])
+    rule = calibrate_box_rule(pred, items, truths, np.ones(12, bool), calibrate)
+    assert rule.threshold in LEVELS["threshold"].candidates and rule.threshold >= 0.5
     # good parts whose maps reach 0.93 (a hot border on every part): no threshold under that level
     maps[:6, 0, :] = 0.93
     maps[6:, 2:4, 2:4] = 0.97
     pred = Predictions(np.linspace(0, 1, 12), np.zeros((12, 2)), maps)
     assert good_level(pred, items) == pytest.approx(0.93)
-    rule = calibrate_box_rule(pred, items, truths, np.ones(12, bool), load_config(None, []))
+    rule = calibrate_box_rule(pred, items, truths, np.ones(12, bool), calibrate)
     assert rule.threshold >= 0.93
+    assert calibrate_box_rule(pred, items, truths, np.ones(12, bool), load_config(None, [])).threshold >= 0.93
     # above every candidate: that level itself
     maps[:6, 0, :] = 0.995
     pred = Predictions(np.linspace(0, 1, 12), np.zeros((12, 2)), maps)
-    rule = calibrate_box_rule(pred, items, truths, np.ones(12, bool), load_config(None, []))
+    rule = calibrate_box_rule(pred, items, truths, np.ones(12, bool), calibrate)
     assert rule.threshold == pytest.approx(0.995)
