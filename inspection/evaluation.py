@@ -82,8 +82,8 @@ def calibrate_box_rule(pred: Predictions, items, truths: dict[int, np.ndarray], 
     free = [n for n in BoxRule.calibrated() if n not in fixed]
     if not free or all(items[i].defect_type == GOOD for i in truths):
         return rule
-    candidates = {**BoxRule.ablation(),
-                  "threshold": [t for t in LEVELS["threshold"].candidates if t >= floor] or [floor]}
+    candidates = {n: LEVELS[n].candidates for n in free}
+    candidates["threshold"] = [t for t in LEVELS["threshold"].candidates if t >= floor] or [floor]
     ups = {i: _upsampled(pred.maps[i], items[i], cfg.data.roi) for i in truths if flagged[i]}
     truth = [_xyxy(mask_to_boxes(truths[i])) for i in truths]
 
