@@ -17,9 +17,6 @@ ARG EXTRAS="line postgres review plc"
 RUN python docker/requirements.py $EXTRAS > requirements.txt \
     && /opt/inspection/bin/pip install -r requirements.txt
 COPY inspection inspection
-COPY deploy deploy
-COPY training training
-COPY datasets datasets
 # the package itself (no dependency resolution: the runtime set above is the whole of it), then the trim
 COPY docker/trim-venv.sh /usr/local/bin/
 RUN /opt/inspection/bin/pip install --no-deps . && trim-venv.sh /opt/inspection

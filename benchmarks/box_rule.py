@@ -39,7 +39,7 @@ def predictions(folder: Path) -> tuple[Predictions, Predictions, Manifest, objec
     if not cache.exists():
         from inspection.data import InspectionDataset
         from inspection.model import load_checkpoint
-        from training.evaluate import predict
+        from inspection.training.evaluate import predict
 
         model, cfg_ckpt, ckpt = load_checkpoint(folder / "best.pt")
         pv, pt = (predict(model, InspectionDataset(manifest, s, cfg_ckpt.data), ckpt["kind"]) for s in ("val", "test"))

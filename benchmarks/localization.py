@@ -22,8 +22,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from inspection.config import load_config  # noqa: E402
 from inspection.data import scan_dataset  # noqa: E402
-from training.evaluate import evaluate_checkpoint  # noqa: E402
-from training.train import plain_abn, train  # noqa: E402
+from inspection.training.evaluate import evaluate_checkpoint  # noqa: E402
+from inspection.training.train import plain_abn, train  # noqa: E402
 
 MODELS = {"ours": "abn", "plain_abn": "abn", "gradcam": "cnn"}
 KEYS = {  # column → getter over a run's metrics

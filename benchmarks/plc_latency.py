@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from deploy.runtime import Runtime  # noqa: E402
-from deploy.sources import SimulatedCamera  # noqa: E402
+from inspection.deploy.runtime import Runtime  # noqa: E402
+from inspection.deploy.line.sources import SimulatedCamera  # noqa: E402
 
 
 def free_port() -> int:
@@ -113,8 +113,8 @@ def webhook_throughput(package: Path, data: str, frames: int, tmp: Path) -> dict
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from deploy.line import LineRunner
-    from deploy.station import load_station
+    from inspection.deploy.line.runner import LineRunner
+    from inspection.deploy.line.station import load_station
 
     def server(delay: float) -> ThreadingHTTPServer:
         class Handler(BaseHTTPRequestHandler):

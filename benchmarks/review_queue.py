@@ -23,8 +23,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from deploy.review.auth import Accounts  # noqa: E402
-from deploy.store import SQLiteStore  # noqa: E402
+from inspection.deploy.review.auth import Accounts  # noqa: E402
+from inspection.deploy.store.sql import SQLiteStore  # noqa: E402
 
 
 def fill(folder: Path, n: int, seed: int = 0) -> None:
@@ -70,7 +70,7 @@ def main() -> None:
         port = s.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-c", (
         "import sys; sys.path.insert(0, %r); import uvicorn; from pathlib import Path; "
-        "from deploy.review.app import ReviewConfig, create_app; "
+        "from inspection.deploy.review.app import ReviewConfig, create_app; "
         "uvicorn.run(create_app(ReviewConfig(Path(%r))), host='127.0.0.1', port=%d, log_level='warning')")
         % (str(ROOT), str(work), port)])
     base = f"http://127.0.0.1:{port}"

@@ -26,16 +26,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from deploy.export import export_package  # noqa: E402
-from deploy.line import LineRunner  # noqa: E402
-from deploy.registry import Registry  # noqa: E402
-from deploy.station import load_station  # noqa: E402
+from inspection.training.export import export_package  # noqa: E402
+from inspection.deploy.line.runner import LineRunner  # noqa: E402
+from inspection.deploy.registry import Registry  # noqa: E402
+from inspection.deploy.line.station import load_station  # noqa: E402
 from inspection.config import load_config  # noqa: E402
 from inspection.data import GOOD, scan_dataset  # noqa: E402
-from inspection_datasets.scripted_reviewer import scripted_review  # noqa: E402
-from training.gate import golden_items, score_package  # noqa: E402
-from training.retrain import retrain  # noqa: E402
-from training.train import train  # noqa: E402
+from inspection.datasets.scripted_reviewer import scripted_review  # noqa: E402
+from inspection.training.gate import golden_items, score_package  # noqa: E402
+from inspection.training.retrain import retrain  # noqa: E402
+from inspection.training.train import train  # noqa: E402
 
 GOLDEN_KEYS = ("auroc", "false_reject", "miss", "box_f1@0.3")
 

@@ -26,9 +26,6 @@ ARG EXTRAS="gpu tensorrt postgres"
 RUN python3 docker/requirements.py $EXTRAS > requirements.txt \
     && /opt/inspection/bin/pip install --extra-index-url https://pypi.nvidia.com -r requirements.txt
 COPY inspection inspection
-COPY deploy deploy
-COPY training training
-COPY datasets datasets
 COPY docker/trim-venv.sh /usr/local/bin/
 # onnxruntime-gpu loads its CUDA and TensorRT providers through its own libraries: keep them all
 RUN /opt/inspection/bin/pip install --no-deps . && KEEP_ORT_LIBS=1 trim-venv.sh /opt/inspection

@@ -19,9 +19,6 @@ ARG EXTRAS="train line export postgres"
 RUN python docker/requirements.py $EXTRAS > requirements.txt \
     && /opt/inspection/bin/pip install -r requirements.txt
 COPY inspection inspection
-COPY training training
-COPY deploy deploy
-COPY datasets datasets
 COPY configs configs
 # editable: the configs/ next to the code stay the defaults (`inspection demo`, `--config` omitted)
 RUN /opt/inspection/bin/pip install --no-deps -e .

@@ -7,7 +7,7 @@ venv=$1
 "$venv/bin/python" -m pip uninstall -q -y pip setuptools
 for site in "$venv"/lib/python3*/site-packages; do
     find "$venv" -depth \( -name __pycache__ -o -name tests -o -name "*.pyi" \) -exec rm -rf {} +
-    rm -rf "$site/training" "$site/inspection_datasets" \
+    rm -rf "$site/inspection/training" "$site/inspection/datasets" \
            "$site/onnxruntime/transformers" "$site/onnxruntime/quantization" "$site/onnxruntime/tools"
     if [ "${KEEP_ORT_LIBS:-0}" != 1 ]; then  # CPU build: Python inference never loads the C-API library
         rm -f "$site"/onnxruntime/capi/libonnxruntime.so.*

@@ -3,7 +3,7 @@
     >>> result = evaluate_predictions(val_predictions, test_predictions, manifest, cfg, "ours")
     >>> result["metrics"]["image"]["auroc"], result["metrics"]["box@0.3"]["f1"], result["box_rule"]
 
-Predictions come from any backend (PyTorch in training/evaluate.py, ONNX Runtime or TensorRT at export): the
+Predictions come from any backend (PyTorch in inspection/training/evaluate.py, ONNX Runtime or TensorRT at export): the
 same calibration and the same box function (inspection/boxes.py) as the line runtime.
 """
 from __future__ import annotations

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
+from inspection.errors import UserError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MAX_PIXELS = 8192 * 8192  # larger images (a decompression bomb: a small file that decodes to gigabytes) are refused
                           # from their header, before decoding: 64 MP covers the largest line-scan frames in use
 HEADER_BYTES = 1 << 18    # what header_size needs at most (a JPEG's size follows its EXIF block, up to 64 KB)
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """An image file that cannot be used; the message names the file and the reason."""
 
 

@@ -21,12 +21,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from inspection.imageio import IMAGE_SUFFIXES, ImageError, decode_image, read_mask
+from inspection.errors import UserError
 
 GOOD = "good"
 SPLITS = ("train", "val", "test")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset that cannot be used as a whole; the message names the folder or file."""
 
 

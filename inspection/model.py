@@ -1,11 +1,13 @@
-"""The Attention Branch Network of METHOD.md, and the plain-CNN baseline (pure nn.Modules, exportable).
+"""The Attention Branch Network of docs/method.md, and the plain-CNN baseline (pure nn.Modules, exportable).
 
     features  F = trunk.features(image)                                    (B, C, h, w)
-    attention branch: E = conv1x1(next backbone stage at stride 1 (F))     K class-evidence maps
+    attention branch: S = BN(next backbone stage at stride 1 (F))          (B, C', h, w)
+                      E = conv1x1(ReLU(BN(conv1x1(S))))                    K class-evidence maps
                       z_att = maxpool or GAP (E)
-                      A = sigmoid(a · (logsumexp_k>0 E_k − E_good) + b)     (B, h, w) in [0, 1]
-                          (head "evidence": the defect log-odds of the evidence; "conv": sigmoid(conv1x1(E));
-                           "bn": sigmoid(BN(conv1x1(E))), the ABN reference)
+                      A = sigmoid(conv1x1(S) + b)                          (B, h, w) in [0, 1]
+                          (model.attention_head: "stage", the default, as above; "conv": sigmoid(conv1x1(E));
+                           "evidence": sigmoid(a · (logsumexp_k>0 E_k − E_good) + b), the defect log-odds of the
+                           evidence; "bn": sigmoid(BN(conv1x1(E))), the ABN reference)
     synthesis G = F * A  (+ r · F, r = model.residual)
     perception z_per = FC(GAP(trunk.perception(G)))
 
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from inspection.backbones import Trunk, build_trunk
+from inspection.errors import UserError
 
 
 class ABNOutput(NamedTuple):
@@ -37,7 +40,9 @@ class AttentionBranch(nn.Module):
     The body is a copy of the backbone's next stage run at stride 1 (as in the ABN reference), so the
     class-evidence maps are as deep as the perception branch's first stage and keep F's resolution.
 
-    The map head: "evidence" reads A off the class evidence itself, as the defect log-odds at each place
+    The map head: "stage" (the default) is a 1x1 conv with bias on the stage copy's C' channels, before the
+    K-channel bottleneck, so the map can use every feature of the stage, not only what separates the classes.
+    "evidence" reads A off the class evidence itself, as the defect log-odds at each place
     (logsumexp of the defect classes' evidence minus the good class's), through one learnt scale and bias;
     the map cannot stay flat while the evidence localizes, and its level means something in absolute terms
     (no BatchNorm re-centring it per batch). "conv" is a free 1x1 conv with bias; "bn" the ABN reference's
@@ -150,7 +155,7 @@ def build_model(model_cfg, num_classes: int, kind: str = "abn", topk: float = 0.
 LEGACY = {"model": {"attention_head": "bn", "map_score": 0.0}, "train": {"w_defect": 0.0}}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A file that is not a usable checkpoint; the message names the file and the reason."""
 
 

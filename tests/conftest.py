@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from inspection.config import load_config
-from inspection_datasets.synthetic import generate
+from inspection.datasets.synthetic import generate
 
 
 @pytest.fixture(scope="session")
@@ -38,9 +38,9 @@ def tiny_config(root, **overrides):
 @pytest.fixture(scope="session")
 def exported(tiny_dataset, tmp_path_factory):
     """A tiny ABN trained for 2 epochs, a plain CNN, and the ABN's exported package."""
-    from deploy.export import export_package
+    from inspection.training.export import export_package
     from inspection.data import scan_dataset
-    from training.train import train
+    from inspection.training.train import train
 
     runs = tmp_path_factory.mktemp("export")
     cfg = tiny_config(tiny_dataset)
@@ -129,7 +129,7 @@ def open_log(request, tmp_path):
     """open_log(name, **kw): a failure log in tmp_path/name, on SQLite or on a new PostgreSQL database.
 
     The same name opens the same log again (a second process's view)."""
-    from deploy.store import open_store
+    from inspection.deploy.store.sql import open_store
 
     dbs, stores = {}, []
 

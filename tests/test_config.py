@@ -42,6 +42,6 @@ def test_overrides_and_bad_yaml(tmp_path):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="not plain YAML"):  # a YAML tag in an override: a message, no traceback
         load_config(None, ["train.epochs=!!python/object:os.system x"])
-    from deploy.station import StationConfigError, load_station
+    from inspection.deploy.line.station import StationConfigError, load_station
     with pytest.raises(StationConfigError, match="not plain YAML"):
         load_station(None, ["station=!!python/name:os.system"])

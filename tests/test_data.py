@@ -203,7 +203,7 @@ def test_auto_input_size_follows_the_parts_shape():
 def test_training_keeps_the_size_auto_chose(tiny_dataset, tmp_path):
     from inspection.config import load_config
     from inspection.model import load_checkpoint
-    from training.train import train
+    from inspection.training.train import train
 
     cfg = tiny_config(tiny_dataset, **{"data.image_size": "auto", "data.roi": "[0, 0, 32, 96]", "train.epochs": 1})
     manifest = scan_dataset(tiny_dataset, cfg.data)

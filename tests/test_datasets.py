@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from inspection_datasets.bsdata import convert, group_of, labelme_mask
-from inspection_datasets.synthetic import generate
+from inspection.datasets.bsdata import convert, group_of, labelme_mask
+from inspection.datasets.synthetic import generate
 
 
 def test_labelme_polygons_rectangles_and_circles_become_a_mask():

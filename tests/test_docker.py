@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy.station import load_station
+from inspection.deploy.line.station import load_station
 from inspection.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent

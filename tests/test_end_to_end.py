@@ -140,9 +140,9 @@ def test_corrected_maps_enter_training_as_l_map(dataset_copy, tmp_path):
 
 
 def test_demo_trains_reports_and_exports_a_package(tiny_dataset, tmp_path):
-    from deploy.package import load_package
+    from inspection.deploy.package import load_package
     from tests.conftest import tiny_config
-    from training.demo import run_demo
+    from inspection.training.demo import run_demo
 
     result = run_demo(tiny_config(tiny_dataset, **{"train.epochs": 1}), tmp_path / "demo", progress=False,
                       baselines=False)

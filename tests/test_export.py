@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from deploy.export import ExportError, export_package
-from deploy.package import PackageError, load_package
-from deploy.runtime import FrameError, Runtime, frame_to_rgb, read_frame
+from inspection.training.export import ExportError, export_package
+from inspection.deploy.package import PackageError, load_package
+from inspection.deploy.runtime import FrameError, Runtime, frame_to_rgb, read_frame
 from inspection.boxes import attention_to_boxes
 from inspection.cli import main
 from inspection.imageio import read_image
 from inspection.model import CheckpointError, load_checkpoint
-from training.evaluate import evaluate
+from inspection.training.evaluate import evaluate
 
 
 def test_package_holds_graphs_metadata_and_parity(exported):
@@ -150,7 +150,7 @@ def _edit_meta(pkg, fn):
 
 
 def _sha(path) -> str:
-    from deploy.package import file_sha256
+    from inspection.deploy.package import file_sha256
 
     return file_sha256(Path(path))
 
@@ -210,7 +210,7 @@ def test_missing_variant_and_unknown_backend_are_clear(exported, package_copy):
 
 
 def test_tensorrt_without_tensorrt_says_what_is_missing(exported, monkeypatch):
-    from deploy.tensorrt import TensorRTUnavailable
+    from inspection.deploy.tensorrt import TensorRTUnavailable
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # a line PC without TensorRT, whatever this one has
     with pytest.raises(TensorRTUnavailable, match="not installed"):
@@ -266,9 +266,9 @@ def test_engines_are_built_outside_the_package_hashed_and_never_through_a_symlin
     matches the hash written when it was built."""
     import hashlib
 
-    from deploy.runtime import Runtime, default_engine_cache, engine_cache_dir
-    from deploy.package import PackageError
-    from deploy.tensorrt import verified_engine
+    from inspection.deploy.runtime import Runtime, default_engine_cache, engine_cache_dir
+    from inspection.deploy.package import PackageError
+    from inspection.deploy.tensorrt import verified_engine
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_engine_cache() == tmp_path / "xdg" / "inspection" / "engines"

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from deploy.export import export_package
+from inspection.training.export import export_package
 from inspection.model import build_model
-from training.gate import gate
+from inspection.training.gate import gate
 
 
 def test_an_equal_candidate_is_promoted_with_a_report(exported, tmp_path):
@@ -67,8 +67,8 @@ def test_corrected_maps_stand_in_for_masks(exported, tmp_path):
     from inspection.data import scan_dataset
     from inspection.imageio import read_mask
     from inspection.model import load_checkpoint
-    from training.evaluate import evaluate
-    from training.gate import golden_items, score_package
+    from inspection.training.evaluate import evaluate
+    from inspection.training.gate import golden_items, score_package
 
     root = exported["manifest"].root
     reviewed = tmp_path / "reviewed"

@@ -10,7 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from deploy.runtime import Runtime
+from inspection.deploy.runtime import Runtime
 from inspection.imageio import read_image
 from inspection.preprocess import to_input
 

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 from conftest import always_fail
 
-from deploy.line import LineRunner
-from deploy.runtime import Runtime
-from deploy.sources import SourceError
-from deploy.station import StationConfigError, load_station
-from deploy.store import FailureRecord, SQLiteStore, StoreFull
+from inspection.deploy.line.runner import LineRunner
+from inspection.deploy.runtime import Runtime
+from inspection.deploy.line.sources import SourceError
+from inspection.deploy.line.station import StationConfigError, load_station
+from inspection.deploy.store.sql import FailureRecord, SQLiteStore, StoreFull
 from inspection.cli import main
 
 
@@ -276,7 +276,7 @@ def test_full_disk_keeps_verdicts_flowing_and_raises_the_alarm(exported, tmp_pat
         st = os.statvfs(mnt)
         assert st.f_bavail * st.f_frsize < 300 * 2**10, "the tmpfs was not filled"
     else:
-        import deploy.store as store_module
+        import inspection.deploy.store.sql as store_module
         real_write = store_module.write_atomic
         state = {"full": False, "n": 0}
 
@@ -460,7 +460,7 @@ def test_station_roi_crops_before_the_model_and_boxes_come_back_in_frame_pixels(
     rescored = Runtime(pkg, backend="cpu").rescore(crop, model_map, color="BGR")
     assert abs(rescored["defect_score"] - rec.score) < 1e-3  # the logged score, from the stored image
     store.add_review(rec.id, "qa", "defect", "hole", corrected=np.ones(crop.shape[:2], np.float32))  # crop-sized
-    from deploy.reviewed import export_reviewed
+    from inspection.deploy.store.to_dataset import export_reviewed
 
     export_reviewed(store, tmp_path / "reviewed")  # what the nightly retrain trains on
     (image,) = (tmp_path / "reviewed" / "defect").rglob("*.png")
@@ -512,7 +512,8 @@ def test_startup_errors_name_what_is_wrong(exported, tmp_path, capsys):
                           (["source.fps=fast"], "source.fps must be float"),
                           (["sorce.kind=folder"], "unknown field"),
                           (["source.roi=[1, 2, 3]"], "source.roi"),
-                          (["batch.max_size=0"], "batch.max_size must be at least 1")]:
+                          (["batch.max_size=0"], "batch.max_size must be at least 1"),
+                          (["log.writer_nice=25"], "log.writer_nice must be 0-19")]:
         with pytest.raises(StationConfigError, match=message):
             load_station(None, sets)
     (tmp_path / "bad.yaml").write_text("source: [1, 2\n")
@@ -700,7 +701,7 @@ def test_every_announced_failure_has_a_record_after_repeated_kill_9(exported, tm
     record, the ones whose images were lost in the kill marked so."""
     import sqlite3
 
-    from deploy.failure_log import IMAGE_LOST
+    from inspection.deploy.line.failure_log import IMAGE_LOST
 
     pkg = _always_fail(exported, tmp_path)
     jsonl = tmp_path / "verdicts.jsonl"
@@ -736,3 +737,31 @@ def test_every_announced_failure_has_a_record_after_repeated_kill_9(exported, tm
     lost = sum(IMAGE_LOST in b for _, _, b in rows)
     print(f"announced {len(announced)}, logged {len(logged)}, images lost {lost}")
     assert len(announced) > 100 and announced <= logged
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="per-thread niceness is read from Linux's /proc")
+def test_the_failure_log_writer_runs_at_a_lower_priority_than_judging(tmp_path):
+    """log.writer_nice: the writer thread (image encoding) yields the CPU to the judging thread; 0 leaves it."""
+    import logging
+
+    from inspection.deploy.line.failure_log import FailureLogWriter
+    from inspection.deploy.line.metrics import Metrics
+
+    def niceness(tid: int) -> int:
+        stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[16])  # field 19 of proc(5), counted after the command name
+
+    mine = niceness(threading.get_native_id())
+    for nice, expected in ((7, min(19, mine + 7)), (0, mine)):
+        cfg = load_station(None, [f"log.folder={tmp_path / str(nice)}", f"log.writer_nice={nice}"])
+        writer = FailureLogWriter(cfg, SQLiteStore(tmp_path / f"{nice}.db", tmp_path / str(nice)), Metrics(),
+                                  logging.getLogger("test"))
+        writer.start()
+        try:
+            deadline = time.time() + 5
+            while niceness(writer.thread.native_id) != expected and time.time() < deadline:
+                time.sleep(0.01)
+            assert niceness(writer.thread.native_id) == expected
+            assert niceness(threading.get_native_id()) == mine  # the caller (judging) keeps its priority
+        finally:
+            writer.close()

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import always_fail
 
-from deploy.line import LineRunner
-from deploy.station import StationConfigError, load_station
+from inspection.deploy.line.runner import LineRunner
+from inspection.deploy.line.station import StationConfigError, load_station
 from inspection.cli import main
 
 from asyncua import Client  # the plc extra: installed by make setup, so these tests never skip
@@ -328,8 +328,8 @@ def test_plc_config_errors_name_the_field(exported, tmp_path, capsys):
         load_station(None, ["plc.modbus.port=70000"])
     with pytest.raises(StationConfigError, match="webhook.url must start with http"):
         load_station(None, ["webhook.url=ftp://x"])
-    from deploy.station import WebhookConfig
-    from deploy.webhook import WebhookSink
+    from inspection.deploy.line.station import WebhookConfig
+    from inspection.deploy.line.webhook import WebhookSink
     with pytest.raises(StationConfigError, match="WEBHOOK_SECRET"):  # an empty key would sign for anyone
         WebhookSink(WebhookConfig(url="http://127.0.0.1:9/"), "", None)
     with pytest.raises(StationConfigError, match="choose one"):
@@ -401,9 +401,9 @@ def test_webhook_gets_every_failure_once_signed_even_after_the_endpoint_was_down
 
 
 def test_webhook_queue_bound_drops_the_oldest_and_counts_them(tmp_path):
-    from deploy.line import Metrics
-    from deploy.station import WebhookConfig
-    from deploy.webhook import WebhookSink
+    from inspection.deploy.line.metrics import Metrics
+    from inspection.deploy.line.station import WebhookConfig
+    from inspection.deploy.line.webhook import WebhookSink
 
     port = _free_port()
     metrics = Metrics()
@@ -427,10 +427,10 @@ def test_modbus_writes_past_the_map_or_with_odd_coil_values_are_refused_whole_be
     """A multi-coil write that reaches past the two coils used to fire Trigger and Ack before failing; a Write
     Single Coil with 0x1234 was taken as on. Both are refused with the documented exception, counted, and act
     on nothing; a proper write still fires."""
-    from deploy.modbus import ModbusServer
+    from inspection.deploy.plc.modbus import ModbusServer
     from dataclasses import asdict
 
-    from deploy.plc import PLCResult
+    from inspection.deploy.plc.handshake import PLCResult
 
     class Recorder:  # stands in for the handshake, to see what acts
         def __init__(self):
@@ -445,7 +445,7 @@ def test_modbus_writes_past_the_map_or_with_odd_coil_values_are_refused_whole_be
         def snapshot(self):
             return {"state": "Ready", "part_id": "", "command_error": 0, "refused": 0, "result": asdict(PLCResult())}
 
-    from deploy.line import Metrics
+    from inspection.deploy.line.metrics import Metrics
 
     hs, counts, port = Recorder(), Metrics(), _free_port()
 

@@ -14,10 +14,10 @@ import pytest
 from conftest import always_fail
 from fastapi.testclient import TestClient
 
-from deploy.line import LineRunner
-from deploy.review.app import ReviewConfig, create_app
-from deploy.station import load_station
-from deploy.store import open_store
+from inspection.deploy.line.runner import LineRunner
+from inspection.deploy.review.app import ReviewConfig, create_app
+from inspection.deploy.line.station import load_station
+from inspection.deploy.store.sql import open_store
 
 STATIONS = ("line-a", "line-b", "line-c")
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.registry import resolve_package
-from deploy.registry import Registry, RegistryError
+from inspection.deploy.registry import resolve_package
+from inspection.deploy.registry import Registry, RegistryError
 from inspection.cli import main
 
 
@@ -74,7 +74,7 @@ def test_damaged_or_unknown_versions_leave_production_untouched(exported, tmp_pa
 
 
 def test_a_copy_refused_after_copying_leaves_nothing_behind(exported, tmp_path, monkeypatch):
-    from deploy import registry
+    from inspection.deploy import registry
 
     reg = Registry(tmp_path / "models")
     checks = iter([None])  # the source passes; the copy, checked again, does not

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from deploy.line import LineRunner
-from deploy.registry import Registry
-from deploy.station import load_station
-from inspection_datasets.scripted_reviewer import scripted_review
-from inspection_datasets.synthetic import generate
-from training.retrain import RetrainError, retrain
+from inspection.deploy.line.runner import LineRunner
+from inspection.deploy.registry import Registry
+from inspection.deploy.line.station import load_station
+from inspection.datasets.scripted_reviewer import scripted_review
+from inspection.datasets.synthetic import generate
+from inspection.training.retrain import RetrainError, retrain
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_one_retrain_at_a_time_and_an_interrupted_one_changes_nothing(plant, tmp
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    import training.retrain as module
+    import inspection.training.retrain as module
     monkeypatch.setattr(module, "gate", interrupted)
     with pytest.raises(KeyboardInterrupt):
         retrain(plant["registry"].root, plant["log"], plant["golden"], out, plant["data"], min_reviews=1,
@@ -119,7 +119,7 @@ def test_merge_keeps_the_newest_review_of_a_part_and_replaces_its_older_data(tmp
     import cv2
     import numpy as np
 
-    from training.retrain import _merge
+    from inspection.training.retrain import _merge
 
     part = np.full((16, 16), 90, np.uint8)
     other = np.full((16, 16), 30, np.uint8)

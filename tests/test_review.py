@@ -24,10 +24,10 @@ from conftest import always_fail
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from deploy.line import LineRunner
-from deploy.review.app import ReviewConfig, create_app
-from deploy.station import load_station
-from deploy.store import SQLiteStore
+from inspection.deploy.line.runner import LineRunner
+from inspection.deploy.review.app import ReviewConfig, create_app
+from inspection.deploy.line.station import load_station
+from inspection.deploy.store.sql import SQLiteStore
 from inspection.cli import main
 
 LEAD, OPERATOR = ("lea", "lead-password"), ("otto", "operator-pw")
@@ -133,7 +133,7 @@ def test_accounts_live_outside_the_log_folder_and_a_file_planted_inside_is_not_t
     accounts file is readable by its owner only."""
     import stat
 
-    from deploy.review.auth import Accounts, AccountsError, default_accounts
+    from inspection.deploy.review.auth import Accounts, AccountsError, default_accounts
 
     log = tmp_path / "failures"
     log.mkdir()
@@ -152,7 +152,7 @@ def test_accounts_live_outside_the_log_folder_and_a_file_planted_inside_is_not_t
 
 
 def test_a_stranger_cannot_keep_a_user_out_nor_tell_real_names(client, monkeypatch):
-    from deploy.review import auth
+    from inspection.deploy.review import auth
 
     clock = [auth.time.time()]
     monkeypatch.setattr(auth, "_now", lambda: clock[0])
@@ -548,7 +548,7 @@ def test_a_stored_image_or_map_that_is_a_png_bomb_is_not_decoded(line_log, log):
     """A station with write access to the log folder replaces a part's image and map with PNG bombs (under a MB,
     30000x30000 px): the part page, the map to paint on, the overlay and the dataset export read the header and
     refuse them; the server's memory stays within 100 MB of idle and /health answers in 1 s."""
-    from deploy.reviewed import export_reviewed
+    from inspection.deploy.store.to_dataset import export_reviewed
 
     store = _store(log)
     part = store.records(limit=1)[0]
@@ -802,7 +802,7 @@ def test_parallel_guesses_on_one_account_queue_behind_its_back_off(tmp_path, mon
     waits ran in parallel); now they take one back-off each, one after the other."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from deploy.review import auth
+    from inspection.deploy.review import auth
 
     monkeypatch.setattr(auth, "ACCOUNT_DELAY_S", 0.25)
     accounts = auth.Accounts(tmp_path / "a.db")

@@ -12,18 +12,18 @@ import shutil
 import numpy as np
 import pytest
 
-from deploy.export import export_package
-from deploy.line import LineRunner
-from deploy.registry import resolve_package
-from deploy.registry import Registry
-from deploy.station import load_station
-from deploy.store import SQLiteStore
+from inspection.training.export import export_package
+from inspection.deploy.line.runner import LineRunner
+from inspection.deploy.registry import resolve_package
+from inspection.deploy.registry import Registry
+from inspection.deploy.line.station import load_station
+from inspection.deploy.store.sql import SQLiteStore
 from inspection.config import load_config
 from inspection.data import scan_dataset
-from inspection_datasets.scripted_reviewer import scripted_review
-from inspection_datasets.synthetic import generate
-from training.retrain import retrain
-from training.train import train
+from inspection.datasets.scripted_reviewer import scripted_review
+from inspection.datasets.synthetic import generate
+from inspection.training.retrain import retrain
+from inspection.training.train import train
 
 TYPES = ("scratch", "hole", "stain")
 

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from deploy.store import FailureRecord, ReviewError, SQLiteStore
+from inspection.deploy.store.sql import FailureRecord, ReviewError, SQLiteStore
 
 
 @pytest.fixture
@@ -97,7 +97,7 @@ def test_quota_removes_a_settled_part_with_its_reviews_and_keeps_unsure_ones(ope
 
 
 def test_reviewed_parts_export_to_a_dataset_the_trainer_reads(open_log, tmp_path):
-    from deploy.reviewed import export_reviewed
+    from inspection.deploy.store.to_dataset import export_reviewed
     from inspection.config import load_config
     from inspection.data import InspectionDataset, scan_dataset
 
@@ -189,7 +189,7 @@ def test_recovery_removes_only_files_no_record_names(open_log):
 
 
 def _write_many(db, folder, station, n):
-    from deploy.store import open_store
+    from inspection.deploy.store.sql import open_store
     s = open_store(db, folder, fsync=False)
     for i in range(n):
         _add(s, f"{station}-{i}", station=station)
@@ -225,7 +225,7 @@ def test_a_log_newer_than_the_program_is_refused(open_log):
 def test_a_log_from_before_versioning_is_migrated_in_place(tmp_path):
     import sqlite3
 
-    from deploy.store import MIGRATIONS
+    from inspection.deploy.store.sql import MIGRATIONS
 
     old = sqlite3.connect(tmp_path / "failures.db")  # the first release's schema, one record in it
     old.executescript(MIGRATIONS[0][1].format(**SQLiteStore.DIALECT))
@@ -288,7 +288,7 @@ def test_recovery_and_writes_never_follow_a_symlinked_day_or_station_folder(open
     (s.folder / "2026-01-02" / "line-1").symlink_to(outside, target_is_directory=True)
     assert s.recover() == {"temporary": 0, "orphans": 0}
     assert sorted(p.name for p in outside.iterdir()) == [".c.tmp-1", "a.bin", "b.png"]
-    from deploy.store import StoreUnavailable
+    from inspection.deploy.store.sql import StoreUnavailable
     with pytest.raises(StoreUnavailable, match="symlink"):
         _add(s, "through-link", station="line-9")
     assert sorted(p.name for p in outside.iterdir()) == [".c.tmp-1", "a.bin", "b.png"]

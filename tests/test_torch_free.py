@@ -43,16 +43,20 @@ def test_line_side_helpers_import_without_torch():
 LINE_SIDE = """
 import sys
 
-BLOCKED = ("torch", "torchvision", "PIL", "sklearn", "scipy", "matplotlib", "pydantic", "yaml", "tqdm", "training")
+BLOCKED = ("torch", "torchvision", "PIL", "sklearn", "scipy", "matplotlib", "pydantic", "yaml", "tqdm",
+           "inspection.training")
+
+def blocked(name):
+    return any(name == b or name.startswith(b + ".") for b in BLOCKED)
 
 class Block:  # the line PC has onnxruntime, numpy and OpenCV only
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
+        if blocked(name):
             raise ImportError(f"{name} is not installed on the line side")
 
 sys.meta_path.insert(0, Block())
 import numpy as np
-from deploy.runtime import Runtime, read_frame
+from inspection.deploy.runtime import Runtime, read_frame
 from inspection.cli import main
 
 package, image = sys.argv[1], sys.argv[2]
@@ -61,7 +65,7 @@ result = rt.inspect([read_frame(image)], color="BGR")[0]
 assert result.verdict in ("pass", "review", "fail"), result
 assert 0 <= rt.rescore(read_frame(image), result.attention, color="BGR")["defect_score"] <= 1
 assert main(["predict", "--package", package, image]) == 0
-loaded = sorted({m.split(".")[0] for m in sys.modules} & set(BLOCKED))
+loaded = sorted(m for m in sys.modules if blocked(m))
 assert not loaded, loaded
 print("ok")
 """
@@ -75,11 +79,14 @@ def test_runtime_and_predict_run_with_only_onnxruntime_numpy_opencv(exported):
 RUNNER = """
 import sys
 
-BLOCKED = ("torch", "torchvision", "PIL", "sklearn", "scipy", "matplotlib", "pydantic", "tqdm", "training")
+BLOCKED = ("torch", "torchvision", "PIL", "sklearn", "scipy", "matplotlib", "pydantic", "tqdm", "inspection.training")
+
+def blocked(name):
+    return any(name == b or name.startswith(b + ".") for b in BLOCKED)
 
 class Block:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
+        if blocked(name):
             raise ImportError(f"{name} is not installed on the line side")
 
 sys.meta_path.insert(0, Block())
@@ -90,7 +97,7 @@ code = main(["run", "--package", package, "--set", f"source.path={data}", "--set
              "--set", f"log.folder={log}", "--set", "jsonl=", "--set", "reload_s=0"])
 assert code == 0, code
 assert main(["failures", "--log", log]) == 0
-loaded = sorted({m.split(".")[0] for m in sys.modules} & set(BLOCKED))
+loaded = sorted(m for m in sys.modules if blocked(m))
 assert not loaded, loaded
 print(" ".join(sorted({m.split(".")[0] for m in sys.modules})))
 print("ok")
@@ -127,7 +134,7 @@ def test_the_line_extra_declares_every_package_the_runner_imports(torch_free_log
 REVIEW = RUNNER.replace('"pydantic", ', "").split("from inspection.cli import main")[0] + """
 from pathlib import Path
 from fastapi.testclient import TestClient
-from deploy.review.app import ReviewConfig, create_app
+from inspection.deploy.review.app import ReviewConfig, create_app
 
 package, log = sys.argv[1:3]
 app = create_app(ReviewConfig(Path(log), Path(package)))
@@ -136,7 +143,7 @@ client = TestClient(app)
 assert client.post("/login", data={"user": "lead", "password": "lead-password"}).status_code == 200
 assert client.get("/").status_code == client.get("/stats").status_code == 200
 assert client.get("/api/stats").json()["days"][0]["inspected"] == 12
-loaded = sorted({m.split(".")[0] for m in sys.modules} & set(BLOCKED))
+loaded = sorted(m for m in sys.modules if blocked(m))
 assert not loaded, loaded
 print(" ".join(sorted({m.split(".")[0] for m in sys.modules})))
 print("ok")
@@ -194,32 +201,130 @@ def test_training_on_a_line_side_install_says_which_extra_to_install(tiny_datase
 
 
 def _imports(path) -> set[str]:
-    """Top-level package names a module imports, at any depth of its code (function-level imports too)."""
+    """Names a module imports, at any depth of its code (function-level imports too); for `from a import b`
+    both a and a.b (b may be a module)."""
     import ast
 
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[0] for a in node.names}
+            names |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.add(node.module.split(".")[0])
+            names |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
     return names
 
 
+# The torch-free core modules the line side may use (numpy and OpenCV only: no pydantic, SciPy or scikit-learn).
+LINE_CORE = [f"inspection.{m}" for m in ("boxes", "decision", "errors", "imageio", "layout", "mapfile", "overlay", "preprocess")]
+DEPLOY_BASE = ["inspection.deploy.atomic", "inspection.deploy.package", "inspection.deploy.registry",
+               "inspection.deploy.runtime", "inspection.deploy.tensorrt"]
+# Importer (longest prefix wins) → what of ours it may import. Anything not listed is refused.
+MAY_IMPORT = {
+    "inspection": ["inspection.<core>"],  # the core (inspection/*.py) imports nothing above it
+    "inspection.deploy.atomic": [],
+    "inspection.deploy.package": ["inspection.deploy.atomic"],
+    "inspection.deploy.tensorrt": ["inspection.deploy.package"],
+    "inspection.deploy.registry": ["inspection.deploy.atomic", "inspection.deploy.package"],
+    "inspection.deploy.runtime": [*LINE_CORE, "inspection.deploy.package", "inspection.deploy.tensorrt"],
+    "inspection.deploy.store": [*LINE_CORE, *DEPLOY_BASE, "inspection.deploy.store"],
+    "inspection.deploy.plc": ["inspection.deploy.plc"],
+    "inspection.deploy.line": [*LINE_CORE, *DEPLOY_BASE, "inspection.deploy.store", "inspection.deploy.plc",
+                               "inspection.deploy.line"],
+    "inspection.deploy.review": [*LINE_CORE, *DEPLOY_BASE, "inspection.deploy.store", "inspection.deploy.review"],
+    "inspection.training": ["inspection.<core>", *DEPLOY_BASE, "inspection.deploy.store", "inspection.training"],
+    "inspection.training.demo": ["inspection.<core>", *DEPLOY_BASE, "inspection.deploy.store", "inspection.training",
+                                 "inspection.datasets.synthetic", "inspection.deploy.line"],  # only the demo runs a line
+    "inspection.datasets": ["inspection.<core>", "inspection.datasets", "inspection.deploy.store"],
+    "inspection.cli": ["inspection"],  # the roof: wires everything, imported by nothing
+}
+
+
+def _module(path, root) -> str:
+    rel = path.relative_to(root).with_suffix("")
+    return ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+
+
+def _allowed(importer: str, imported: str, core: set[str]) -> bool:
+    rule = max((k for k in MAY_IMPORT if importer == k or importer.startswith(k + ".")), key=len)
+    if rule == "inspection" and importer not in core:
+        raise AssertionError(f"{importer} is in no layer: add it to MAY_IMPORT")
+    if imported in ("inspection", "inspection.errors", importer):  # errors: the one base class, imports nothing
+        return True
+    allowed = [a for entry in MAY_IMPORT[rule] for a in (sorted(core) if entry == "inspection.<core>" else [entry])]
+    return any(imported == a or imported.startswith(a + ".") for a in allowed)
+
+
+def layer_violations(root) -> list[str]:
+    """Every import of ours that the layer rules refuse, as 'importer -> imported'."""
+    files = sorted((root / "inspection").rglob("*.py"))
+    modules = {_module(p, root): p for p in files}
+    core = {m for m in modules if m.count(".") == 1 and m not in ("inspection.cli",)
+            and not (root / m.replace(".", "/")).is_dir()}
+    bad = []
+    for importer, path in modules.items():
+        for imported in sorted(_imports(path)):
+            if imported.startswith("inspection.") and imported not in modules and imported.rsplit(".", 1)[0] in modules:
+                continue  # `from inspection.x import name`: the module inspection.x is checked
+            if imported.split(".")[0] == "inspection" and not _allowed(importer, imported, core):
+                bad.append(f"{importer} -> {imported}")
+            if imported.startswith("inspection.cli") and not importer.startswith("inspection.cli"):
+                bad.append(f"{importer} -> {imported} (nothing imports the CLI)")
+    torch_free = [m for m in modules if m.startswith("inspection.deploy")] + LINE_CORE + [
+        "inspection.evaluation", "inspection.metrics"]
+    for m in torch_free:
+        if {i.split(".")[0] for i in _imports(modules[m])} & {"torch", "torchvision"}:
+            bad.append(f"{m} -> torch")
+    return bad
+
+
 def test_layers_point_one_way():
-    """inspection/ (the CLI aside) imports neither training/ nor deploy/; deploy/ never imports training/; the
-    torch-free modules (the whole line side and the review station, evaluation and layout) import no torch."""
+    """The floor plan (docs/layout.md): core < deploy (package < registry, runtime; store < line, review; plc only
+    under line) < training < CLI; deploy/** and the core modules the line side uses import no torch."""
+    from pathlib import Path
+
+    assert layer_violations(Path(__file__).resolve().parent.parent) == []
+
+
+def test_the_layer_rules_catch_a_wrong_import(tmp_path):
+    """A copy of the tree with one import that breaks a rule (the review station importing the line runner)."""
+    import shutil
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    core = [p for p in (root / "inspection").glob("*.py") if p.name != "cli.py"]
-    for p in core:
-        assert not _imports(p) & {"training", "deploy"}, f"{p.name} imports a higher layer"
-    deploy = list((root / "deploy").rglob("*.py"))
-    for p in deploy:
-        assert "training" not in _imports(p), f"deploy/{p.relative_to(root / 'deploy')} imports training/"
-    torch_free = [p for p in deploy if p.name != "export.py"] + [
-        root / "inspection" / f"{m}.py" for m in ("boxes", "decision", "evaluation", "imageio", "layout", "metrics",
-                                                  "overlay", "preprocess")]
-    for p in torch_free:
-        assert not _imports(p) & {"torch", "torchvision"}, f"{p.relative_to(root)} imports torch"
+    shutil.copytree(root / "inspection", tmp_path / "inspection", ignore=shutil.ignore_patterns("__pycache__"))
+    auth = tmp_path / "inspection/deploy/review/auth.py"
+    auth.write_text(auth.read_text() + "\nfrom inspection.deploy.line.runner import LineRunner\n")
+    store = tmp_path / "inspection/deploy/store/stats.py"
+    store.write_text(store.read_text() + "\nimport torch\n")
+    assert layer_violations(tmp_path) == ["inspection.deploy.review.auth -> inspection.deploy.line.runner",
+                                          "inspection.deploy.store.stats -> torch"]
+
+
+def test_every_module_imports_on_its_own():
+    """No import circles: each module imports alone in a fresh interpreter."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    names = [_module(p, root) for p in sorted((root / "inspection").rglob("*.py")) if p.name != "__main__.py"]
+    code = "import importlib, sys\nfor n in sys.argv[1:]:\n    for m in [k for k in sys.modules if k.startswith('inspection')]:\n        del sys.modules[m]\n    importlib.import_module(n)\nprint('ok')"
+    _python(code, *names)
+
+
+def test_the_wheel_holds_every_package(tmp_path):
+    """packages.find: every folder under inspection/ with Python in it ships (with the review station's files)."""
+    import zipfile
+    from pathlib import Path
+
+    import shutil
+
+    root, src = Path(__file__).resolve().parent.parent, tmp_path / "src"  # a copy: no build/ left in the checkout
+    shutil.copytree(root / "inspection", src / "inspection", ignore=shutil.ignore_patterns("__pycache__"))
+    for f in ("pyproject.toml", "README.md"):
+        shutil.copy(root / f, src / f)
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                        str(tmp_path), str(src)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    names = zipfile.ZipFile(next(tmp_path.glob("inspection-*.whl"))).namelist()
+    want = {p.relative_to(root).as_posix() for p in (root / "inspection").rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith(".")}
+    assert want - set(names) == set(), sorted(want - set(names))

@@ -1,1 +1,0 @@
-"""Dataset tools: the synthetic generator (imported as inspection_datasets)."""

@@ -1,0 +1,1 @@
+"""The line runner: frame sources, station config, the runner, its failure log writer and its outputs."""

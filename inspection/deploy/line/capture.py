@@ -1,0 +1,130 @@
+"""The capture thread: frames from the source into a bounded queue, one per PLC trigger in PLC mode, with
+reconnect and back-off when the source goes away. torch-free.
+
+    capture = Capture(cfg, metrics, log, stop_event)      # handshake / triggers: PLC or MQTT part IDs
+    threading.Thread(target=capture.run).start()
+    batch = capture.next_batch(max_size=8, max_wait_s=0.002)
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+from inspection.deploy.line.sources import Frame, open_source
+from inspection.deploy.line.station import StationConfig
+from inspection.deploy.plc.handshake import NO_FRAME
+
+
+class Capture:
+    """Reads the source until it ends, `source.limit` frames, or the stop event; `done` is set when it returns."""
+
+    def __init__(self, cfg: StationConfig, metrics, log, stop_event: threading.Event, handshake=None,
+                 triggers: queue.Queue | None = None):
+        self.cfg, self.metrics, self.log, self.stop_event = cfg, metrics, log, stop_event
+        self.handshake = handshake  # PLC mode: one frame per accepted trigger, with the PLC's part ID
+        self.triggers = triggers    # MQTT trigger mode: part IDs announced by the line controller
+        self.source = open_source(cfg.source)
+        self.frames: queue.Queue = queue.Queue(cfg.queue.size)
+        self.done = threading.Event()
+        self.state = "starting"  # starting | connected | reconnecting | ended
+        self.last_frame = 0.0
+
+    def open(self) -> None:
+        self.source.open()
+        self.state = "connected"
+
+    def close(self) -> None:
+        self.source.close()
+
+    def run(self) -> None:
+        delay = 0.5
+        limit, n = self.cfg.source.limit, 0
+        part = None  # PLC mode: the triggered part waiting for its frame
+        hs = self.handshake
+        try:
+            while not self.stop_event.is_set() and (not limit or n < limit):
+                if hs is not None and (part is None or not hs.pending(part)):
+                    part = hs.take(timeout=0.1)
+                    if part is None:
+                        continue
+                try:
+                    if self.state != "connected":
+                        self.source.open()
+                        self.state, delay = "connected", 0.5
+                        self.metrics.set("source_connected", 1)
+                    frame = self.source.read(self.stop_event.is_set)
+                except Exception as exc:  # noqa: BLE001 - Disconnected, SourceError, or a driver's own error
+                    self.state = "reconnecting"
+                    self.metrics.set("source_connected", 0)
+                    self.metrics.inc("source_reconnects_total")
+                    self.log.warning(f"source: {exc}; retrying in {delay:.1f} s")
+                    self.stop_event.wait(delay)
+                    delay = min(delay * 2, self.cfg.source.reconnect_max_s)
+                    continue
+                if frame is None:
+                    self.state = "ended"
+                    if part is not None:
+                        hs.fail(part, NO_FRAME)
+                    break
+                n += 1
+                self.last_frame = time.time()
+                if self.triggers is not None:
+                    frame.part_id = self._triggered_id(n)
+                if part is not None and not hs.pending(part):
+                    part = hs.take(timeout=0)  # it timed out; a trigger since then takes the frame
+                    if part is None:
+                        self.metrics.inc("plc_late_frames_total")
+                        continue
+                if part is not None:
+                    frame.part_id, part = part, None
+                self._enqueue(frame)
+        finally:
+            self.done.set()
+
+    def _triggered_id(self, n: int) -> str:
+        """The next part ID the line controller announced; a frame without one is still judged, and counted."""
+        try:
+            return self.triggers.get(timeout=self.cfg.source.trigger_wait_ms / 1000)
+        except queue.Empty:
+            self.metrics.inc("frames_untriggered_total")
+            return f"untriggered-{n:08d}"
+
+    def _enqueue(self, frame: Frame) -> None:
+        if self.cfg.queue.policy == "block":
+            while not self.stop_event.is_set():
+                try:
+                    self.frames.put(frame, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+            return
+        while True:
+            try:
+                self.frames.put_nowait(frame)
+                return
+            except queue.Full:
+                try:
+                    self.frames.get_nowait()
+                    self.metrics.inc("frames_dropped_total")
+                except queue.Empty:
+                    pass
+
+    def next_batch(self, max_size: int, max_wait_s: float) -> list[Frame]:
+        """Up to max_size queued frames, waiting at most max_wait_s for more once the first has come."""
+        try:
+            batch = [self.frames.get(timeout=0.05)]
+        except queue.Empty:
+            return []
+        deadline = time.time() + max_wait_s
+        while len(batch) < max_size:
+            try:
+                batch.append(self.frames.get(timeout=max(0.0, deadline - time.time())) if time.time() < deadline
+                             else self.frames.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def finished(self) -> bool:
+        """The source is done and every frame it delivered has been taken."""
+        return self.done.is_set() and self.frames.empty()

@@ -1,0 +1,326 @@
+"""The failure-log writer: its own thread, the records queue, the outbox and the daily verdict tallies.
+
+    writer = FailureLogWriter(cfg, store, metrics, log); writer.start()
+    writer.count("fail")                                   # every verdict (the tallies' denominators)
+    job = writer.job(frame, result, error, model_version, model_roi)  # a part to log (LogJob)
+    writer.journal([job, ...])                             # before their verdicts leave: durable small records
+    writer.put(job)                                        # its files are written here; blocks when the queue is full
+    writer.close()                                         # write what is queued, flush the tallies, join
+
+A verdict is durable before it is announced: the runner journals the small record of every part it will log
+(part ID, station, time, verdict, score, class, boxes, model version: one line each, one fsync per batch) before
+the verdicts leave on any output. The images follow through the queue. At the next start, a journaled part that
+never reached the log (the process was killed with it in the queue) is logged without its images, marked
+"image lost", instead of vanishing.
+
+Each record's files (the judged crop, its map as a 16-bit PNG, an overlay) are written to hidden temporary
+names, fsynced and renamed before the record is committed (store/sql.py). While the database is down the
+records go to the outbox on disk and are replayed oldest first when it is back; while the disk is full they
+wait in memory (up to log.queue, then the oldest are dropped and counted). torch-free.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import queue
+import threading
+import time
+from dataclasses import asdict
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+from inspection.deploy.runtime import Inspection, frame_to_rgb
+from inspection.deploy.line.sources import Frame
+from inspection.deploy.line.station import StationConfig, station_crop
+from inspection.deploy.store.sql import FailureRecord, FailureStore, StoreFull, StoreUnavailable, safe_name
+from inspection.boxes import upsample_attention
+from inspection.mapfile import encode_map
+from inspection.overlay import overlay
+
+_END = object()
+TALLY_S = 5.0  # how often the verdict counts reach the store (a crash loses at most this much of them)
+JOURNAL = "journal.jsonl"  # in the station's outbox folder
+IMAGE_LOST = "image lost: the runner stopped before this part's images were written (recovered from the journal)"
+
+
+class LogJob(NamedTuple):
+    """A part for the failure log: the frame, what the model said about it (or why it could not), the model's
+    ROI at the time, and the part's small record (built once: the journal and the store write the same)."""
+    frame: Frame
+    result: Inspection | None
+    error: str | None
+    model_roi: tuple | None
+    record: FailureRecord
+
+
+class FailureLogWriter:
+    def __init__(self, cfg: StationConfig, store: FailureStore, metrics, log):
+        self.cfg, self.store, self.metrics, self.log = cfg, store, metrics, log
+        self.queue: queue.Queue = queue.Queue(cfg.log.queue)
+        self.outbox = len(store.spooled(cfg.station))  # records from an earlier outage, replayed first
+        self.lock = threading.Lock()
+        self.counts: collections.Counter = collections.Counter()  # verdicts not yet in the store's tallies
+        self._tally_flushed = time.time()
+        self.thread = threading.Thread(target=self._run, name="writer", daemon=True)
+        self.journal_path = store.outbox / safe_name(cfg.station) / JOURNAL
+        self._journal_lock = threading.Lock()
+        self._journal_file, self._journal_dirty = None, False
+        self._journaled = self._settled = 0  # parts journaled, and of those the ones the writer is done with
+        metrics.set("log_outbox_records", self.outbox)
+
+    def recover_journal(self) -> int:
+        """At start-up: journaled parts of an earlier run that never reached the log are logged without images
+        (marked IMAGE_LOST; to the outbox while the database is down); the journal is emptied. Returns how many."""
+        try:
+            lines = self.journal_path.read_text().splitlines()
+        except FileNotFoundError:
+            return 0
+        found = 0
+        for line in lines:
+            try:
+                record = FailureRecord(**json.loads(line))
+            except (ValueError, TypeError):  # the line a kill cut short: its verdict never left
+                continue
+            record.boxes = [{"error": IMAGE_LOST}, *record.boxes]
+            try:
+                if not self.store.has_record(record.station, record.part_id, record.ts):
+                    self.store.add(record, {})
+                    found += 1
+                continue
+            except StoreUnavailable:
+                pass  # the database is down: the outbox keeps it (its replay skips it if the log has it by then)
+            try:
+                self.store.spool(record, {})
+            except OSError as exc:
+                self.log.error(f"failure log: journal {self.journal_path} kept: its parts cannot go to the outbox "
+                               f"({exc}); the next start tries again")
+                return found
+            found += 1
+        self.journal_path.unlink()
+        self.outbox = len(self.store.spooled(self.cfg.station))
+        self.metrics.set("log_outbox_records", self.outbox)
+        if found:
+            self.metrics.inc("log_records_image_lost_total", found)
+            self.log.warning(f"failure log: {found} part(s) of the last run were journaled but not logged (the "
+                             "process was stopped hard); logged now without images")
+        return found
+
+    def job(self, frame: Frame, result: Inspection | None, error: str | None, version: str, model_roi) -> LogJob:
+        """The work item for a part to log, with its record."""
+        record = FailureRecord(frame.part_id, self.cfg.station, frame.ts, version,
+                               "error" if result is None else result.verdict,
+                               None if result is None else result.score,
+                               None if result is None else result.defect_type,
+                               [] if result is None else [b.to_dict() for b in result.boxes],
+                               crop=station_crop(frame.image, self.cfg.source.roi)[1] if result is not None else None)
+        if error:
+            record.boxes = [{"error": error}]
+        return LogJob(frame, result, error, model_roi, record)
+
+    def journal(self, jobs: list[LogJob]) -> None:
+        """Make these parts' small records durable (one line each, one fsync for all) before their verdicts are
+        announced. A journal that cannot be written (disk full) is counted and never stops the line."""
+        if not jobs:
+            return
+        lines = "".join(json.dumps(self._row(job)) + "\n" for job in jobs)
+        with self._journal_lock:
+            try:
+                if self._journal_file is None:
+                    self.journal_path.parent.mkdir(parents=True, exist_ok=True)
+                    self._journal_file = open(self.journal_path, "a")
+                self._journal_file.write(lines)
+                self._journal_file.flush()
+                self._journal_dirty = True
+                if self.cfg.log.fsync:
+                    os.fsync(self._journal_file.fileno())
+            except OSError as exc:
+                if not self.metrics.get("log_journal_errors_total"):
+                    self.log.warning(f"failure log: journal {self.journal_path} not written ({exc})")
+                self.metrics.inc("log_journal_errors_total")
+            self._journaled += len(jobs)
+
+    def _settle(self, n: int = 1) -> None:
+        with self._journal_lock:
+            self._settled += n
+
+    def _trim_journal(self) -> None:
+        """Empty the journal once every journaled part is in the log (or the outbox)."""
+        with self._journal_lock:
+            if self._journal_dirty and self._settled >= self._journaled:
+                self._journal_file.truncate(0)
+                self._journal_dirty = False
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def count(self, verdict: str) -> None:
+        with self.lock:
+            self.counts[verdict] += 1
+
+    def put(self, job: LogJob) -> None:
+        """Queue a part to log; blocks while the queue is full (no record is dropped), and says how long."""
+        t = time.time()
+        self.queue.put(job)
+        waited = time.time() - t
+        if waited > 0.01:
+            self.metrics.inc("log_backpressure_seconds_total", waited)
+
+    def close(self) -> None:
+        self.queue.put(_END)
+        self.thread.join()
+
+    def _files(self, frame: Frame, result: Inspection | None, job_roi) -> dict[str, tuple[str, bytes]]:
+        """The image the model judged (the station crop of the frame, so that review, re-scoring and retraining
+        see what the model saw; an unjudged frame whole), its map and an overlay."""
+        files = {}
+        crop = station_crop(frame.image, self.cfg.source.roi)[0]
+        image = crop if result is not None else frame.image
+        if image is not None:
+            ext = "." + self.cfg.log.image_format
+            if self.cfg.source.color == "RGB" and image.ndim == 3 and image.shape[2] >= 3:  # files are BGR(A)
+                image = image[..., [2, 1, 0, *range(3, image.shape[2])]]
+            ok, data = cv2.imencode(ext, image)
+            if ok:
+                files["image"] = (ext, data.tobytes())
+        if result is not None and image is not None:
+            att = np.clip(result.attention, 0, 1)
+            files["map"] = (".png", encode_map(att))
+            rgb = frame_to_rgb(crop, self.cfg.source.color)
+            full = upsample_attention(att, rgb.shape[:2], job_roi)
+            label = f"{result.verdict} {result.score:.3f}"
+            vis = overlay(rgb, full, result.boxes, label=label)[..., ::-1]
+            files["overlay"] = (".jpg", cv2.imencode(".jpg", vis, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
+        return files
+
+    def _row(self, job: LogJob) -> dict:
+        """The small record of a part (no files), as the journal keeps it."""
+        row = asdict(job.record)
+        for key in ("id", "files", "bytes", "review_status", "damaged"):
+            row.pop(key)
+        return row
+
+    def _run(self) -> None:
+        """Write the records to the store, oldest first. While the database is unreachable they go to the
+        outbox on disk (kept across restarts) and are replayed when it is back; while the disk is full they
+        wait in memory (up to log.queue). Retried every log.retry_s."""
+        if self.cfg.log.writer_nice:  # Linux: a thread's own niceness; encoding yields to judging, never stops
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.cfg.log.writer_nice)
+            except (OSError, AttributeError):  # no per-thread priority here (not Linux): the writer runs as is
+                pass
+        waiting: collections.deque = collections.deque()  # (record, files) the store has not taken yet
+        last_try = 0.0
+        while True:
+            try:
+                job = self.queue.get(timeout=0.2)
+            except queue.Empty:
+                job = None
+            if job is not None and job is not _END:
+                try:
+                    waiting.append((job.record, self._files(job.frame, job.result, job.model_roi)))
+                except Exception as exc:  # noqa: BLE001 - one bad record must not stop the writer
+                    self._write_error(job.frame.part_id, exc)
+                    self._settle()
+            blocked = self.blocked()
+            if (waiting or self.outbox) and (not blocked or time.time() - last_try >= self.cfg.log.retry_s):
+                last_try = time.time()
+                try:
+                    self._drain(waiting)
+                    self.metrics.set("log_disk_full", 0)
+                    self.metrics.set("log_db_unavailable", 0)
+                except StoreUnavailable as exc:
+                    if not blocked:
+                        self.log.warning(f"failure log: {exc}; verdicts continue, records wait")
+                    self.metrics.set("log_disk_full" if isinstance(exc, StoreFull) else "log_db_unavailable", 1)
+            if self.metrics.get("log_db_unavailable"):
+                self._spool(waiting)
+            while len(waiting) > self.cfg.log.queue:
+                waiting.popleft()
+                self.metrics.inc("log_records_lost_total")
+                self._settle()
+            if not waiting and self.queue.empty():
+                self._trim_journal()
+            self.metrics.set("log_waiting_records", len(waiting))
+            self.metrics.set("log_outbox_records", self.outbox)
+            if job is _END or time.time() - self._tally_flushed >= TALLY_S:
+                self._flush_tally()
+            if job is _END:
+                with self._journal_lock:
+                    if self._journal_file is not None:
+                        self._journal_file.close()
+                        self._journal_file = None
+                        if self._settled >= self._journaled:
+                            self.journal_path.unlink(missing_ok=True)
+                if waiting:
+                    self.metrics.inc("log_records_lost_total", len(waiting))
+                    self.log.error(f"failure log: {len(waiting)} record(s) could not be written at shutdown "
+                          "(disk full)")
+                if self.outbox:
+                    self.log.warning(f"failure log: {self.outbox} record(s) wait in the outbox {self.store.outbox}; "
+                          "the next start writes them")
+                return
+
+    def _drain(self, waiting: collections.deque) -> None:
+        """The outbox first, then the waiting records; raises StoreUnavailable where the store stops taking them."""
+        if self.outbox:
+            before = self.outbox
+            try:
+                self.store.replay(self.cfg.station)
+            finally:
+                self.outbox = len(self.store.spooled(self.cfg.station))
+                self.metrics.inc("log_records_total", max(0, before - self.outbox))
+        while waiting:
+            record, files = waiting[0]
+            try:
+                self.store.add(record, files)
+                self.metrics.inc("log_records_total")
+            except StoreUnavailable:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one bad record must not stop the writer
+                self._write_error(record.part_id, exc)
+            waiting.popleft()
+            self._settle()
+
+    def _write_error(self, part_id: str, exc: Exception) -> None:
+        self.log.error(f"failure log: record of part {part_id} not written: {exc}")
+        self.metrics.inc("log_write_errors_total")
+
+    def _spool(self, waiting: collections.deque) -> None:
+        """Database down: move the waiting records to the outbox on disk (in memory still if that fails too)."""
+        while waiting:
+            try:
+                self.store.spool(*waiting[0])
+            except OSError as exc:
+                if not self.metrics.get("log_outbox_unwritable"):
+                    self.log.warning(f"failure log: outbox {self.store.outbox} not writable either ({exc}); records wait "
+                          "in memory")
+                self.metrics.set("log_outbox_unwritable", 1)
+                return
+            self.metrics.set("log_outbox_unwritable", 0)
+            waiting.popleft()
+            self._settle()
+            self.outbox += 1
+
+    def blocked(self) -> bool:
+        return bool(self.metrics.get("log_disk_full") or self.metrics.get("log_db_unavailable"))
+
+    def _flush_tally(self) -> None:
+        """Add the verdicts counted since the last flush to today's tallies (fail-rate denominators).
+
+        Parts judged in the last TALLY_S seconds before midnight count for the new day. A failed write is retried
+        next time (the counts wait)."""
+        self._tally_flushed = time.time()
+        with self.lock:
+            counts, self.counts = self.counts, collections.Counter()
+        if not counts:
+            return
+        day = time.strftime("%Y-%m-%d")
+        try:
+            self.store.tally(self.cfg.station, {(day, v): n for v, n in counts.items()})
+        except Exception as exc:  # noqa: BLE001 - statistics must never stop the writer
+            self.log.warning(f"failure log: verdict counts not written yet: {exc}")
+            with self.lock:
+                self.counts.update(counts)

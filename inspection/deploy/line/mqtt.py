@@ -1,0 +1,74 @@
+"""The MQTT output (a verdict per part) and trigger input (part IDs announced by the line controller), on paho-mqtt.
+torch-free."""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import queue
+import time
+
+from inspection.deploy.line.metrics import Metrics
+
+
+class MQTTOutput:
+    """Publishes each verdict; paho queues (bounded) while the broker is away and reconnects by itself."""
+
+    def __init__(self, cfg, station: str, metrics: Metrics, trigger: bool = False):
+        import paho.mqtt.client as mqtt
+
+        self.topic, self.qos, self.metrics = cfg.topic.format(station=station), cfg.qos, metrics
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id or f"inspection-{station}")
+        if cfg.username:  # the password stays out of config files
+            self.client.username_pw_set(cfg.username, os.environ.get("MQTT_PASSWORD", ""))
+        self.client.max_queued_messages_set(10000)
+        self.client.reconnect_delay_set(0.5, 10)
+        self.triggers: queue.Queue = queue.Queue(1000)  # part IDs announced by the line controller, oldest first
+        self.trigger_topic = cfg.trigger_topic.format(station=station) if trigger else None
+        self.client.on_connect = self._connected
+        self.client.on_disconnect = lambda *a: metrics.set("mqtt_connected", 0)
+        self.client.on_message = self._message
+        self.client.connect_async(cfg.host, cfg.port, cfg.keepalive)
+        self.client.loop_start()
+        self.pending: collections.deque = collections.deque(maxlen=10000)
+
+    def _connected(self, client, userdata, flags, reason, properties=None) -> None:
+        if getattr(reason, "is_failure", False):  # e.g. not authorized: paho retries, the metrics say why
+            self.metrics.set("mqtt_connected", 0)
+            self.metrics.inc("mqtt_connect_refused_total")
+            return
+        self.metrics.set("mqtt_connected", 1)
+        if self.trigger_topic:
+            client.subscribe(self.trigger_topic, qos=1)
+
+    def _message(self, client, userdata, msg) -> None:
+        """A trigger: the payload is the part ID (plain text, or JSON with a part_id field)."""
+        text = msg.payload.decode("utf-8", "replace").strip()
+        try:
+            part = json.loads(text)
+            part = str(part["part_id"]) if isinstance(part, dict) else str(part)
+        except (ValueError, KeyError):
+            part = text
+        try:
+            self.triggers.put_nowait(part)
+        except queue.Full:
+            self.triggers.get_nowait()
+            self.triggers.put_nowait(part)
+            self.metrics.inc("triggers_dropped_total")
+
+    def publish(self, payload: str) -> None:
+        info = self.client.publish(self.topic, payload, qos=self.qos)
+        if info.rc != 0:
+            self.metrics.inc("mqtt_publish_failures_total")
+        elif self.qos:
+            self.pending.append(info)
+
+    def close(self, timeout: float = 5.0) -> None:
+        deadline = time.time() + timeout
+        for info in list(self.pending):
+            try:
+                info.wait_for_publish(max(0.0, deadline - time.time()))
+            except (RuntimeError, ValueError):
+                pass
+        self.client.loop_stop()
+        self.client.disconnect()

@@ -1,0 +1,1 @@
+"""The PLC handshake (protocol-independent) and its OPC UA and Modbus TCP servers."""

@@ -1,0 +1,240 @@
+"""The trigger/result handshake with the line's PLC, independent of the protocol (OPC UA, Modbus TCP).
+
+    Ready ─Trigger(part)─▶ Busy ─result─▶ ResultReady ─Ack─▶ Ready
+                            └─ no frame or result within result_timeout_ms: ResultReady with error NO_FRAME
+                                             └─ no Ack within ack_timeout_ms: Ready, error ACK_TIMEOUT
+
+One part at a time: a trigger while Busy or ResultReady is refused with BUSY (counted, never merged with the
+part in progress). The runner's capture thread takes one frame per accepted trigger (`take`), its inference
+loop hands the verdict back (`complete`); the protocol servers read `snapshot()` and call `trigger`/`ack`.
+Codes are documented for integrators in docs/plc.md. torch-free, stdlib only.
+"""
+from __future__ import annotations
+
+import collections
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+from inspection.errors import UserError
+
+READY, BUSY, RESULT_READY = "Ready", "Busy", "ResultReady"
+STATE_CODES = {READY: 1, BUSY: 2, RESULT_READY: 3}
+
+# error codes (result errors and refused commands share one table)
+OK, BUSY_ERROR, NO_FRAME, FRAME_ERROR, ACK_TIMEOUT, NOTHING_TO_ACK, BAD_PART_ID = range(7)
+ERRORS = {OK: "none", BUSY_ERROR: "trigger refused: the previous part is not finished or not acknowledged",
+          NO_FRAME: "no frame for the trigger within plc.result_timeout_ms (or the source ended)",
+          FRAME_ERROR: "the frame could not be judged (see the verdict's error)",
+          ACK_TIMEOUT: "the previous result was not acknowledged within plc.ack_timeout_ms",
+          NOTHING_TO_ACK: "acknowledge without a result ready",
+          BAD_PART_ID: "part ID must be 1-64 printable characters"}
+VERDICT_CODES = {"pass": 1, "fail": 2, "review": 3, "error": 4}  # OK, NG, REVIEW, ERROR
+VERDICT_NAMES = {0: "", 1: "OK", 2: "NG", 3: "REVIEW", 4: "ERROR"}
+NO_CLASS = -1
+_PART_ID = re.compile(r"[\x21-\x7e]{1,64}")
+
+
+class PLCError(UserError, RuntimeError):
+    """A PLC server that cannot start; the message names the config field."""
+
+
+@dataclass
+class PLCResult:
+    """What the PLC reads for one part."""
+
+    part_id: str = ""
+    sequence: int = 0                # results given so far (the PLC sees a new result by this changing)
+    verdict: int = 0                 # VERDICT_CODES; 0 before the first part
+    class_code: int = NO_CLASS       # index in the package's classes (0 = good); -1 when not judged
+    defect_type: str = ""
+    score: float = 0.0               # defect score in [0, 1]
+    boxes: int = 0
+    largest_box: list = field(default_factory=lambda: [0, 0, 0, 0])  # x, y, w, h in frame pixels
+    model_version: str = ""
+    error: int = OK
+    created: float = 0.0             # time.time() when the result became ready
+    processing_ms: float = 0.0       # trigger to result ready
+
+    @property
+    def verdict_name(self) -> str:
+        return VERDICT_NAMES[self.verdict]
+
+
+def result_fields(line: dict, classes: list[str]) -> dict:
+    """The PLC's view of one verdict line (the JSON line the runner writes)."""
+    boxes = [b for b in line.get("boxes") or [] if "x0" in b]
+    big = max(boxes, key=lambda b: (b["x1"] - b["x0"]) * (b["y1"] - b["y0"]), default=None)
+    verdict = line["verdict"]
+    if verdict == "error":
+        code = NO_CLASS
+    elif verdict == "pass" or not line.get("defect_type"):
+        code = 0
+    else:
+        code = classes.index(line["defect_type"]) if line["defect_type"] in classes else NO_CLASS
+    return {"verdict": VERDICT_CODES[verdict], "class_code": code, "defect_type": line.get("defect_type") or "",
+            "score": float(line.get("score") or 0.0), "boxes": len(boxes), "model_version": line["model_version"],
+            "largest_box": [int(big["x0"]), int(big["y0"]), int(big["x1"] - big["x0"]), int(big["y1"] - big["y0"])]
+            if big else [0, 0, 0, 0], "error": FRAME_ERROR if verdict == "error" else OK}
+
+
+def version_id(version: str) -> int:
+    """A model version as a 16-bit number: the digits that end its name (registry v0007 → 7), else 0."""
+    m = re.search(r"(\d+)\D*$", version or "")
+    return int(m.group(1)) % 65536 if m else 0
+
+
+class Handshake:
+    """Thread-safe handshake state; `on_change(snapshot)` is called after every change (outside the lock)."""
+
+    def __init__(self, metrics, result_timeout_s: float = 2.0, ack_timeout_s: float = 5.0):
+        self.metrics = metrics
+        self.result_timeout, self.ack_timeout = result_timeout_s, ack_timeout_s
+        self.cond = threading.Condition()
+        self.state = READY
+        self.part: str | None = None         # part in progress (Busy) or waiting for its ack (ResultReady)
+        self.taken = False                   # the capture thread has taken the current trigger
+        self.triggered_at = 0.0
+        self.ready_at = 0.0
+        self.result = PLCResult()
+        self.command_error = OK              # last refused command (cleared by an accepted trigger)
+        self.refused = 0
+        self.listeners: list = []
+        self.latencies: collections.deque = collections.deque(maxlen=10000)  # trigger → result ready, s
+        self.closed = False
+        metrics.set("plc_state", STATE_CODES[READY])
+        self._watchdog = threading.Thread(target=self._watch, name="plc-watchdog", daemon=True)
+        self._watchdog.start()
+
+    # -- commands from the PLC (any protocol) ------------------------------------------------------------------------
+    def trigger(self, part_id: str) -> int:
+        """Accept a trigger for part_id (→ Busy) or refuse it; returns the error code (0 = accepted)."""
+        part_id = str(part_id).strip()
+        with self.cond:
+            if not _PART_ID.fullmatch(part_id):
+                code = BAD_PART_ID
+            elif self.state != READY:
+                code = BUSY_ERROR
+                self.refused += 1
+            else:
+                self.state, self.part, self.taken, self.triggered_at = BUSY, part_id, False, time.time()
+                self.command_error = OK
+                self.metrics.inc("plc_triggers_total")
+                self.metrics.set("plc_state", STATE_CODES[BUSY])
+                self.cond.notify_all()
+                code = OK
+            if code:
+                self.command_error = code
+                self.metrics.inc("plc_commands_refused_total")
+        self._changed()
+        return code
+
+    def ack(self) -> int:
+        """The PLC has read the result (→ Ready); returns the error code (0 = accepted)."""
+        with self.cond:
+            if self.state != RESULT_READY:
+                self.command_error = NOTHING_TO_ACK
+                self.metrics.inc("plc_commands_refused_total")
+                code = NOTHING_TO_ACK
+            else:
+                self._to_ready()
+                self.metrics.inc("plc_acks_total")
+                code = OK
+        self._changed()
+        return code
+
+    # -- the runner's side -----------------------------------------------------------------------------------------
+    def take(self, timeout: float) -> str | None:
+        """Wait for an accepted trigger not yet taken; return its part ID (the capture thread reads one frame)."""
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.state == BUSY and not self.taken or self.closed, timeout):
+                return None
+            if self.closed:
+                return None
+            self.taken = True
+            return self.part
+
+    def pending(self, part_id: str) -> bool:
+        """Is part_id still the part the PLC waits for (not timed out)?"""
+        with self.cond:
+            return self.state == BUSY and self.part == part_id
+
+    def complete(self, part_id: str, fields: dict) -> bool:
+        """The verdict for part_id (→ ResultReady); False (counted) when it comes after its timeout."""
+        with self.cond:
+            if self.state != BUSY or self.part != part_id:
+                self.metrics.inc("plc_late_results_total")
+                return False
+            self._result(fields)
+        self._changed()
+        return True
+
+    def fail(self, part_id: str, error: int) -> None:
+        """No verdict can come for part_id (source ended, frame lost): ResultReady with the error."""
+        with self.cond:
+            if self.state == BUSY and self.part == part_id:
+                self._result({"verdict": VERDICT_CODES["error"], "error": error})
+        self._changed()
+
+    def snapshot(self) -> dict:
+        with self.cond:
+            return {"state": self.state, "part_id": self.part or "", "command_error": self.command_error,
+                    "refused": self.refused, "result": asdict(self.result)}
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+    # -- internals (lock held) ---------------------------------------------------------------------------------------
+    def _result(self, fields: dict) -> None:
+        now = time.time()
+        seq = self.result.sequence + 1
+        self.result = PLCResult(part_id=self.part, sequence=seq, created=now,
+                                processing_ms=round(1000 * (now - self.triggered_at), 3), **fields)
+        self.latencies.append(now - self.triggered_at)
+        self.state, self.ready_at = RESULT_READY, now
+        self.metrics.inc("plc_results_total")
+        if self.result.error:
+            self.metrics.inc(f'plc_result_errors_total|error="{self.result.error}"')
+        self.metrics.set("plc_state", STATE_CODES[RESULT_READY])
+        self.cond.notify_all()
+
+    def _to_ready(self) -> None:
+        self.state, self.part = READY, None
+        self.metrics.set("plc_state", STATE_CODES[READY])
+        self.cond.notify_all()
+
+    def _watch(self) -> None:
+        """Timeouts: a trigger with no result, a result with no acknowledgement."""
+        while True:
+            changed = False
+            with self.cond:
+                if self.closed:
+                    return
+                now = time.time()
+                if self.state == BUSY and now - self.triggered_at >= self.result_timeout:
+                    self.metrics.inc("plc_result_timeouts_total")
+                    self._result({"verdict": VERDICT_CODES["error"], "error": NO_FRAME})
+                    changed = True
+                elif self.state == RESULT_READY and self.ack_timeout and now - self.ready_at >= self.ack_timeout:
+                    self.metrics.inc("plc_ack_timeouts_total")
+                    self.command_error = ACK_TIMEOUT  # the result stays readable; Ready again
+                    self._to_ready()
+                    changed = True
+                else:
+                    due = (self.triggered_at + self.result_timeout if self.state == BUSY else
+                           self.ready_at + self.ack_timeout if self.state == RESULT_READY and self.ack_timeout
+                           else now + 1.0)
+                    self.cond.wait(max(0.001, min(1.0, due - now)))
+            if changed:
+                self._changed()
+
+    def _changed(self) -> None:
+        snap = self.snapshot()
+        for fn in self.listeners:
+            try:
+                fn(snap)
+            except Exception:  # noqa: BLE001 - a protocol server's trouble must not stop the handshake
+                self.metrics.inc("plc_publish_errors_total")

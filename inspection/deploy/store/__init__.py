@@ -1,0 +1,1 @@
+"""The failure store: records and reviews in SQLite or PostgreSQL, the outbox, statistics and exports."""

@@ -1,0 +1,158 @@
+"""The failure log's schema, record types and names: shared by the store and its parts (inspection/deploy/store/).
+
+The schema is plain versioned SQL (MIGRATIONS), applied on open under a lock, so an older log is upgraded in
+place and several stations starting at once migrate it once; a log newer than the program is refused.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+from inspection.errors import UserError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS failures (
+    id {id},
+    part_id TEXT NOT NULL,
+    station TEXT NOT NULL,
+    ts {real} NOT NULL,
+    model_version TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    score {real},
+    defect_type TEXT,
+    boxes TEXT NOT NULL,
+    files TEXT NOT NULL,
+    bytes {big} NOT NULL,
+    review_status TEXT NOT NULL DEFAULT 'unreviewed'
+);
+CREATE INDEX IF NOT EXISTS failures_ts ON failures (ts);
+CREATE INDEX IF NOT EXISTS failures_station_ts ON failures (station, ts);
+CREATE INDEX IF NOT EXISTS failures_review ON failures (review_status, ts);
+CREATE TABLE IF NOT EXISTS reviews (
+    id {id},
+    failure_id {big} NOT NULL REFERENCES failures (id),
+    reviewer TEXT NOT NULL,
+    ts {real} NOT NULL,
+    verdict TEXT NOT NULL,
+    defect_type TEXT,
+    comment TEXT NOT NULL DEFAULT '',
+    files TEXT NOT NULL DEFAULT '{{}}'
+);
+CREATE INDEX IF NOT EXISTS reviews_failure ON reviews (failure_id, id);
+CREATE INDEX IF NOT EXISTS reviews_ts ON reviews (ts);
+CREATE TABLE IF NOT EXISTS tallies (
+    day TEXT NOT NULL,
+    station TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    n {big} NOT NULL,
+    PRIMARY KEY (day, station, verdict)
+)
+"""
+# Versioned schema changes, applied in order on open; never edit a released one, append a new one.
+# 1 is the schema from before versioning (IF NOT EXISTS: such a log passes through it unchanged).
+MIGRATIONS = [
+    (1, SCHEMA),
+    (2, """ALTER TABLE failures ADD COLUMN day TEXT;
+UPDATE failures SET day = {day_of_ts} WHERE day IS NULL;
+CREATE INDEX IF NOT EXISTS failures_day ON failures (day)"""),  # the station's local day: per-day statistics
+    (3, "ALTER TABLE failures ADD COLUMN crop TEXT"),  # station ROI: the stored image is the part the model judged
+]
+# a reviewer's verdict → the failure's review status
+REVIEW_VERDICTS = {"defect": "confirmed", "false_alarm": "false_alarm", "unsure": "unsure"}
+SETTLED = ("confirmed", "false_alarm")  # reviewed for good: the quota may delete these, oldest first
+DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+# The only names the store writes: <day>/<station>/<part>-<token>-<kind>.<ext>, relative, no dot-leading parts
+STORED_NAME = re.compile(r"\d{4}-\d{2}-\d{2}/[\w-][\w.-]*/[\w-][\w.-]*-[0-9a-f]{10}-(?P<kind>[a-z_]+)\.[a-z0-9]{2,5}")
+
+
+class StoreUnavailable(UserError, OSError):
+    """The store cannot take records now (database unreachable); the writer keeps them and retries."""
+
+
+class StoreFull(StoreUnavailable):
+    """The disk (or the quota, with only unreviewed records left) has no room for this record."""
+
+
+@dataclass
+class FailureRecord:
+    part_id: str
+    station: str
+    ts: float
+    model_version: str
+    verdict: str
+    score: float | None           # None for parts that could not be judged (verdict 'error')
+    defect_type: str | None
+    boxes: list[dict]
+    files: dict[str, str] = field(default_factory=dict)  # kind → path relative to the store's folder
+    bytes: int = 0
+    review_status: str = "unreviewed"
+    id: int | None = None
+    crop: list | None = None      # the station ROI [x, y, w, h] the image was cut to in the frame (None: the frame)
+    damaged: str | None = None    # read back from a row that does not hold what the writer writes: why (shown, counted)
+
+
+class ReviewError(UserError, ValueError):
+    """A review the store refuses (unknown part, verdict, wrong map); the message says what was expected."""
+
+
+@dataclass
+class Review:
+    failure_id: int
+    reviewer: str
+    ts: float
+    verdict: str                  # defect | false_alarm | unsure
+    defect_type: str | None = None
+    comment: str = ""
+    files: dict[str, str] = field(default_factory=dict)  # corrected maps: "map" (model resolution), "map_full"
+    id: int | None = None
+
+
+def _record(row: dict) -> FailureRecord:
+    """A record from a row; a row that does not hold what the writer writes (anyone who can write the database
+    can put anything there) comes back as a damaged record with its readable fields, never as an exception."""
+    d = dict(row)
+    d.pop("day", None)
+    try:
+        boxes, files = json.loads(d["boxes"]), json.loads(d["files"])
+        crop = json.loads(d["crop"]) if d.get("crop") else None
+        if not isinstance(boxes, list) or not all(_box_ok(b) for b in boxes):
+            raise ValueError("boxes are not a list of boxes")
+        if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+            raise ValueError("files are not a map of kind to path")
+        if crop is not None and not (isinstance(crop, list) and len(crop) == 4 and all(_int(v) for v in crop)):
+            raise ValueError("crop is not [x, y, width, height]")
+        score = None if d["score"] is None else float(d["score"])
+        if score is not None and not 0 <= score <= 1:
+            raise ValueError(f"score {score!r} is not in [0, 1]")
+        return FailureRecord(**{**d, "boxes": boxes, "files": files, "crop": crop, "score": score,
+                                "ts": float(d["ts"]), "bytes": int(d["bytes"] or 0)})
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
+        text = lambda k: str(d.get(k) or "")[:200]  # noqa: E731
+        try:
+            ts = float(d.get("ts") or 0)
+        except (ValueError, TypeError):
+            ts = 0.0
+        return FailureRecord(text("part_id"), text("station"), ts, text("model_version"), text("verdict"), None, None,
+                             [], {}, 0, text("review_status") or "unreviewed", d.get("id"), None,
+                             damaged=f"{type(exc).__name__}: {str(exc)[:200]}")
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _box_ok(b) -> bool:
+    """A dict whose box fields, where it has any, are numbers (the pages compute with them) and whose error, where
+    it has one, is text."""
+    if not isinstance(b, dict) or ("error" in b and not isinstance(b["error"], str)):
+        return False
+    coords = ("x0", "y0", "x1", "y1", "score")
+    return not any(k in b for k in coords) or all(
+        isinstance(b.get(k), (int, float)) and not isinstance(b.get(k), bool) for k in coords)
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe version of a part ID or station name (no separators, no leading dot)."""
+    out = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name)).lstrip(".")
+    return out[:120] or "part"

@@ -1,0 +1,69 @@
+"""Reviewed parts → a dataset folder in the trainer's layout (for retraining and offline use).
+
+    >>> export_reviewed(store, "data/reviewed-2026-11-23")
+    {'good': 12, 'defect': 30, 'corrected': 9, 'skipped': {'unsure': 2, 'no image': 1}}
+
+    out/good/<station>_<part>_<id>.png            false alarms: the part was good
+    out/defect/<type>/<station>_<part>_<id>.png   confirmed defects, by the type the reviewer gave
+    out/corrected/<same relative path>.png        the latest corrected attention map, at frame resolution
+
+The latest review of each part decides; `unsure` parts are left out. Files are copied byte for byte, named
+by station, part and record ID, so exporting again adds only what is new. numpy-free, torch-free.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from inspection.deploy.atomic import write_atomic
+from inspection.deploy.store.sql import FailureStore, safe_name
+from inspection.imageio import HEADER_BYTES, ImageError, check_pixels
+
+
+def export_reviewed(store: FailureStore, out_dir: str | Path, page: int = 1000) -> dict:
+    out = Path(out_dir)
+    counts = {"good": 0, "defect": 0, "corrected": 0, "skipped": {}}
+
+    def skip(reason: str) -> None:
+        counts["skipped"][reason] = counts["skipped"].get(reason, 0) + 1
+
+    for status in ("confirmed", "false_alarm"):
+        offset = 0
+        while batch := store.records(limit=page, offset=offset, review_status=status):
+            offset += len(batch)
+            for record in batch:
+                reviews = store.reviews(record.id)
+                if not reviews:
+                    skip("status without a review")
+                    continue
+                last = reviews[-1]
+                image = store.stored_file(record.files.get("image"), "image")
+                if image is None:
+                    skip("no image")
+                    continue
+                try:
+                    with open(image, "rb") as f:
+                        check_pixels(f.read(HEADER_BYTES), image)
+                except ImageError:
+                    skip("image over the pixel limit")
+                    continue
+                name = f"{safe_name(record.station)}_{safe_name(record.part_id)}_{record.id}{image.suffix}"
+                if last.verdict == "false_alarm":
+                    rel = Path("good") / name
+                else:
+                    kind = safe_name(last.defect_type or record.defect_type or "defect")
+                    rel = Path("defect") / kind / name
+                _copy(image, out / rel)
+                counts["good" if rel.parts[0] == "good" else "defect"] += 1
+                corrected = next((r.files["corrected_full"] for r in reversed(reviews) if "corrected_full" in r.files),
+                                 None)
+                if (corrected := store.stored_file(corrected, "corrected_full")) is not None:
+                    _copy(corrected, (out / "corrected" / rel).with_suffix(".png"))
+                    counts["corrected"] += 1
+    return counts
+
+
+def _copy(src: Path, dst: Path) -> None:
+    if dst.exists() and dst.stat().st_size == src.stat().st_size:
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(dst, src.read_bytes(), fsync=False)

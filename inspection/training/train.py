@@ -1,0 +1,359 @@
+"""Train an ABN (or the plain-CNN baseline) on a dataset manifest: the loop, checkpoints, logs, curves.
+
+    >>> best = train(cfg, manifest, out_dir="runs/abn", kind="abn")      # -> runs/abn/best.pt
+
+Writes to out_dir: config.yaml, manifest.json, last.pt (resumable), best.pt (by validation),
+history.csv / history.json (loss terms per epoch) and training_curves.png.
+
+Several GPUs or machines: the same command under torchrun (DDP, NCCL on GPUs, gloo on CPUs), e.g.
+`torchrun --nproc_per_node 4 -m inspection.cli train --config ...`. train.batch_size stays the global batch
+(each process takes its share) so one config means the same training on any number of processes; BatchNorm
+is synchronized across GPUs (SyncBatchNorm; on CPUs each process keeps its own statistics). Rank 0 writes
+the files and shows the progress.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from inspection.config import Config, dump_config
+from inspection.data import BalancedBatchSampler, InspectionDataset, Manifest, default_steps, mask_targets
+from inspection.losses import abn_loss
+from inspection.metrics import image_metrics
+from inspection.model import CheckpointError, build_model
+from inspection.preprocess import input_size
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def plain_abn(cfg: Config) -> Config:
+    """The plain-ABN baseline of a config: the same model and schedule without the map losses
+    (W_normal = W_defect = 0), i.e. the attention branch learns from classification alone; its score is the
+    perception branch's alone."""
+    plain = cfg.model_copy(deep=True)
+    plain.train.w_normal = 0.0
+    plain.train.w_defect = 0.0
+    plain.model.map_score = 0.0  # a map no loss shapes is no defect probability
+    return plain
+
+
+def _param_groups(model, cfg: Config) -> list[dict]:
+    """Pretrained trunk at lr · backbone_lr_scale, new heads at lr, and the attention branch's BatchNorm and
+    bias parameters (plus the 1-channel map head) at lr · map_lr_scale.
+
+    Those are scalars that must travel far: the map's BN bias to about −4 so that sigmoid gives ~0 on good
+    regions, the class-evidence BN biases so that evidence becomes sparse. At the heads' lr a short CPU
+    fine-tune would never get them there.
+    """
+    pre = cfg.model.pretrained or bool(cfg.model.weights)
+    scale = cfg.train.backbone_lr_scale if pre and cfg.model.backbone != "tiny" else 1.0
+    groups: dict[str, list] = {"trunk": [], "heads": [], "map": []}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            key = ("trunk" if name.startswith(("features.", "perception.", "attention_branch.body.0.")) else
+                   "map" if name.startswith("attention_branch.to_map.") or
+                   (name.startswith("attention_branch.") and p.ndim == 1) else "heads")
+            groups[key].append(p)
+    lrs = {"trunk": cfg.train.lr * scale, "heads": cfg.train.lr, "map": cfg.train.lr * cfg.train.map_lr_scale}
+    return [{"params": ps, "lr": lrs[k]} for k, ps in groups.items() if ps]
+
+
+def _make_optimizer(model, cfg: Config):
+    groups = _param_groups(model, cfg)
+    if cfg.train.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay, nesterov=True)
+    return torch.optim.AdamW(groups, weight_decay=cfg.train.weight_decay)
+
+
+def _make_scheduler(optimizer, cfg: Config, steps_per_epoch: int):
+    total, warm = cfg.train.epochs * steps_per_epoch, cfg.train.warmup_epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.train.scheduler == "none":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(total - warm, 1)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def forward_loss(model, batch, kind: str, cfg: Config, device) -> tuple[torch.Tensor, dict, object]:
+    """Loss, its terms, and the model's output (logits for the CNN, ABNOutput for the ABN)."""
+    labels = batch["label"].to(device)
+    out = model(batch["image"].to(device))
+    if kind == "cnn":
+        loss = F.cross_entropy(out, labels)
+        return loss, {"classify": loss.item(), "att": 0.0, "normal": 0.0, "defect": 0.0, "map": 0.0,
+                      "total": loss.item()}, out
+    loss, terms = abn_loss(out, labels, good_index=0, w_normal=cfg.train.w_normal, strict=cfg.train.strict,
+                           target_maps=batch["target_map"].to(device), has_target=batch["has_target"].to(device),
+                           gamma_map=cfg.train.gamma_map, w_defect=cfg.train.w_defect,
+                           defect_topk=cfg.train.defect_topk, defect_on_good=cfg.train.defect_on_good)
+    return loss, terms, out
+
+
+@torch.no_grad()
+def validate(model, loader, kind: str, cfg: Config, device) -> dict:
+    """Validation loss terms, image AUROC and the mean attention on good images."""
+    model.eval()
+    sums: dict[str, float] = {}
+    scores, is_defect, att_good = [], [], []
+    n = 0
+    for batch in loader:
+        _, terms, out = forward_loss(model, batch, kind, cfg, device)
+        bs = len(batch["label"])
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + v * bs
+        n += bs
+        score = 1 - out.softmax(1)[:, 0] if kind == "cnn" else model.defect_score(out.logits, out.attention)
+        scores += score.tolist()
+        is_defect += (batch["label"] != 0).tolist()
+        if kind != "cnn":
+            good = batch["label"] == 0
+            att_good += out.attention[good.to(device)].mean(dim=(1, 2)).tolist()
+    m = image_metrics(is_defect, scores, 0.5)
+    result = {f"val_{k}": v / n for k, v in sums.items()}
+    result.update(val_auroc=m["auroc"], val_att_good=float(np.mean(att_good)) if att_good else float("nan"))
+    return result
+
+
+def _is_better(new: dict, best: dict | None) -> bool:
+    """Validation AUROC to two decimals (finer steps are noise on a small val split), then the val loss."""
+    if best is None:
+        return True
+    return (round(new["val_auroc"], 2), -new["val_total"]) > (round(best["val_auroc"], 2), -best["val_total"])
+
+
+def save_checkpoint(path: Path, model, cfg: Config, manifest: Manifest, kind: str, extra: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"kind": kind, "config": cfg.model_dump(mode="json"), "classes": manifest.classes,
+                "manifest_hash": manifest.content_hash, "state_dict": model.state_dict(), **extra}, tmp)
+    tmp.replace(path)
+
+
+def plot_history(history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for key in ("total", "classify", "att", "normal", "defect", "map"):
+        if any(h.get(f"train_{key}", 0) for h in history):
+            axes[0].plot(ep, [h[f"train_{key}"] for h in history], label=f"train {key}")
+    axes[0].plot(ep, [h["val_total"] for h in history], "k--", label="val total")
+    axes[0].set(title="loss terms", xlabel="epoch")
+    axes[0].legend(fontsize=7)
+    axes[1].plot(ep, [h["val_auroc"] for h in history], "o-")
+    axes[1].set(title="validation image AUROC", xlabel="epoch")
+    axes[2].plot(ep, [h["val_att_good"] for h in history], "o-", color="tab:red")
+    axes[2].set(title="mean attention on good val images", xlabel="epoch", ylim=(0, 1))
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank): under torchrun joins the process group; (0, 1, 0) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, 0
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world, local
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, kind: str, cfg: Config, device, desc: str = "",
+                    progress: bool = False) -> dict:
+    """One pass over the loader (as torchvision's references do it): mean loss terms as train_<term>, the last
+    learning rate and images/s, averaged over all processes when distributed."""
+    from tqdm import tqdm
+
+    core = model.module if hasattr(model, "module") else model
+    model.train()
+    if cfg.train.freeze_features:
+        core.features.eval()
+    use_amp = scaler.is_enabled()
+    sums: dict[str, float] = {}
+    t0, seen = time.time(), 0
+    bar = tqdm(loader, desc=desc, leave=False, disable=not progress, file=sys.stderr)
+    for batch in bar:
+        with torch.autocast(device.type, enabled=use_amp):
+            loss, terms, _ = forward_loss(model, batch, kind, cfg, device)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + v
+        seen += len(batch["label"])
+        bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items() if k != "map" or v})
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:  # terms over all processes
+        world = dist.get_world_size()
+        keys = sorted(sums)
+        total = torch.tensor([sums[k] for k in keys] + [seen], dtype=torch.float64, device=device)
+        dist.all_reduce(total)
+        sums = {k: v / world for k, v in zip(keys, total.tolist())}
+        seen = int(total[-1])
+    return {**{f"train_{k}": v / len(loader) for k, v in sums.items()}, "lr": scheduler.get_last_lr()[-1],
+            "images_per_s": seen / (time.time() - t0)}
+
+
+def with_input_size(cfg: Config, manifest: Manifest) -> Config:
+    """The config with data.image_size concrete ('auto' resolved on the dataset), as checkpoints keep it."""
+    size = input_size(cfg.data, manifest.items)
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"image_size": size})})
+
+
+def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn", resume: bool = True,
+          progress: bool = True, init_state: dict | None = None) -> Path:
+    """Train and return the path of best.pt. `kind`: 'abn' or 'cnn' (plain classifier, Grad-CAM baseline)."""
+    rank, world, local = _distributed()
+    lead = rank == 0  # writes files, shows progress
+    progress = progress and lead
+    out, last = Path(out_dir), Path(out_dir) / "last.pt"
+    cfg = _start_run(cfg, manifest, out, kind, resume, lead, progress)
+    seed_everything(cfg.train.seed)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    train_loader, val_loader, sampler, steps = _loaders(cfg, manifest, rank, world)
+    model, core = _model(cfg, len(manifest.classes), kind, device, init_state, world, local)
+    optimizer = _make_optimizer(core, cfg)
+    scheduler = _make_scheduler(optimizer, cfg, steps)
+    scaler = torch.amp.GradScaler(enabled=device.type == "cuda" and cfg.train.amp != "off")
+    history, best, stale, start = [], None, 0, 0
+    if resume and last.exists():
+        history, best, stale, start = _resume(last, core, optimizer, scheduler, device)
+        sampler.epoch = start
+
+    for epoch in range(start, cfg.train.epochs):
+        row = {"epoch": epoch + 1, **train_one_epoch(model, train_loader, optimizer, scheduler, scaler, kind, cfg,
+                                                     device, f"{kind} {out.name} epoch {epoch + 1}/{cfg.train.epochs}",
+                                                     progress)}
+        row.update(validate(core, val_loader, kind, cfg, device))
+        history.append(row)
+        improved = _is_better(row, best)
+        best, stale = (row, 0) if improved else (best, stale + 1)
+        if lead:
+            if improved:
+                save_checkpoint(out / "best.pt", core, cfg, manifest, kind, {"epoch": epoch + 1, "val": row})
+            save_checkpoint(last, core, cfg, manifest, kind, {
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+                "history": history, "best": best, "stale": stale, "torch_rng": torch.get_rng_state()})
+            _write_history(history, out)
+        if progress:
+            print(f"{kind} {out.name} epoch {epoch + 1}: loss {row['train_total']:.3f} "
+                  f"(normal {row['train_normal']:.3f}) val AUROC {row['val_auroc']:.4f} "
+                  f"val att(good) {row['val_att_good']:.3f} {row['images_per_s']:.1f} img/s"
+                  f"{' *' if improved else ''}", file=sys.stderr)
+        if _early_stop(cfg, stale, world, device):
+            print(f"early stop after epoch {epoch + 1}: no validation gain in {stale} epochs", file=sys.stderr)
+            break
+    if lead:
+        _write_history(history, out)
+        plot_history(history, out / "training_curves.png", f"{kind} ({out.name})")
+    return out / "best.pt"
+
+
+def _start_run(cfg: Config, manifest: Manifest, out: Path, kind: str, resume: bool, lead: bool,
+               progress: bool) -> Config:
+    """The run's config with its input size resolved; refuses a folder holding another run before writing to
+    it, then writes config.yaml and manifest.json there."""
+    if cfg.data.image_size == "auto":
+        cfg = with_input_size(cfg, manifest)
+        if progress:
+            h, w = cfg.data.image_size
+            print(f"input size (data.image_size auto): {h}x{w}", file=sys.stderr)
+    last = out / "last.pt"
+    if resume and last.exists():  # refuse before touching anything of the run that folder holds
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        if state.get("kind") != kind or state.get("manifest_hash") != manifest.content_hash:
+            raise CheckpointError(f"{last}: this folder holds a run of another model kind or dataset; nothing was "
+                                  "changed there: use a new --out folder, or delete that one to start over")
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(dump_config(cfg))
+        manifest.save(out / "manifest.json")
+    return cfg
+
+
+def _loaders(cfg: Config, manifest: Manifest, rank: int, world: int):
+    """Train loader (balanced good/defect batches, this process's share), val loader, the sampler, steps/epoch."""
+    train_set = InspectionDataset(manifest, "train", cfg.data, augment=True,
+                                  mask_targets=mask_targets(manifest, cfg.train.mask_supervision, cfg.train.seed))
+    val_set = InspectionDataset(manifest, "val", cfg.data, augment=False)
+    steps = cfg.train.steps_per_epoch or default_steps(len(train_set), cfg.train.batch_size)
+    sampler = BalancedBatchSampler([lb == 0 for lb in train_set.labels], cfg.train.batch_size, steps, cfg.train.seed,
+                                   rank, world)
+    return (DataLoader(train_set, batch_sampler=sampler), DataLoader(val_set, batch_size=cfg.train.batch_size),
+            sampler, steps)
+
+
+def _model(cfg: Config, n_classes: int, kind: str, device, init_state: dict | None, world: int, local: int):
+    """The model to step (DDP-wrapped when distributed) and the module itself (checkpoints, validation)."""
+    model = build_model(cfg.model, n_classes, kind, cfg.train.defect_topk).to(device)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    if cfg.train.freeze_features:
+        for p in model.features.parameters():
+            p.requires_grad_(False)
+    core = model
+    if world > 1:
+        if device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            core = model
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local] if device.type == "cuda" else None)
+    return model, core
+
+
+def _resume(last: Path, core, optimizer, scheduler, device) -> tuple[list, dict | None, int, int]:
+    """Model, optimizer, scheduler and RNG from last.pt; returns history, best row, stale epochs, next epoch."""
+    state = torch.load(last, map_location=device, weights_only=False)
+    core.load_state_dict(state["state_dict"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"].cpu())  # map_location moved it to the GPU
+    print(f"resuming {last.parent} at epoch {state['epoch'] + 2}", file=sys.stderr)
+    return state["history"], state["best"], state["stale"], state["epoch"] + 1
+
+
+def _early_stop(cfg: Config, stale: int, world: int, device) -> bool:
+    stop = bool(cfg.train.early_stopping and stale >= cfg.train.early_stopping)
+    if world > 1:  # rank 0 decides for all (BatchNorm statistics may differ per process on CPUs)
+        flag = torch.tensor([int(stop)], device=device)
+        dist.broadcast(flag, 0)
+        stop = bool(flag.item())
+    return stop
+
+
+def _write_history(history: list[dict], out: Path) -> None:
+    (out / "history.json").write_text(json.dumps(history, indent=1))
+    keys = list(dict.fromkeys(k for h in history for k in h))
+    with open(out / "history.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)

@@ -1,1 +1,0 @@
-"""Training: the loop, evaluation, Grad-CAM baseline, reports and the demo."""
