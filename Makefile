@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: setup broker browser postgres demo test bench
+.PHONY: setup broker browser postgres genicam demo test bench
 setup:
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -33,7 +33,18 @@ postgres:
 	  $(SUDO) apt-get install -y -q postgresql >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q postgresql >/dev/null; }
 
-test: setup broker browser postgres
+# GenICam cameras: Debian's Aravis (its typelib, and arv-fake-gv-camera-0.8, a GigE Vision camera emulator the
+# tests run against), the headers PyGObject builds with, then the genicam extra.
+genicam: setup
+	{ test -x /usr/bin/arv-fake-gv-camera-0.8 && ls /usr/lib/*/girepository-1.0/Aravis-0.8.typelib >/dev/null 2>&1 && \
+	  pkg-config --exists gobject-introspection-1.0 cairo; } || \
+	  $(SUDO) apt-get install -y -q $(GENICAM_DEBS) >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q $(GENICAM_DEBS) >/dev/null; }
+	$(PY) -m pip install -q -e '.[genicam]'
+
+GENICAM_DEBS := aravis-tools aravis-tools-cli gir1.2-aravis-0.8 libgirepository1.0-dev libcairo2-dev pkg-config
+
+test: setup broker browser postgres genicam
 	$(PY) -m pytest tests
 
 bench: setup

@@ -24,15 +24,20 @@ class Capture:
         self.cfg, self.metrics, self.log, self.stop_event = cfg, metrics, log, stop_event
         self.handshake = handshake  # PLC mode: one frame per accepted trigger, with the PLC's part ID
         self.triggers = triggers    # MQTT trigger mode: part IDs announced by the line controller
-        self.source = open_source(cfg.source)
+        self.source = open_source(cfg.source, metrics, log)
+        self.fire = getattr(self.source, "fire", None)  # a camera triggered by software: one frame per PLC trigger
+        self.live = getattr(self.source, "live", False)  # a source that never ends (GenICam)
         self.frames: queue.Queue = queue.Queue(cfg.queue.size)
         self.done = threading.Event()
         self.state = "starting"  # starting | connected | reconnecting | ended
         self.last_frame = 0.0
 
-    def open(self) -> None:
+    def open(self) -> str:
+        """Open the source; what was opened, in words."""
         self.source.open()
         self.state = "connected"
+        describe = getattr(self.source, "describe", None)
+        return describe() if describe else f"{self.cfg.source.kind} {self.cfg.source.path}: open"
 
     def close(self) -> None:
         self.source.close()
@@ -40,12 +45,12 @@ class Capture:
     def run(self) -> None:
         delay = 0.5
         limit, n = self.cfg.source.limit, 0
-        part = None  # PLC mode: the triggered part waiting for its frame
+        part, fired = None, False  # PLC mode: the triggered part waiting for its frame; its trigger sent (camera)
         hs = self.handshake
         try:
             while not self.stop_event.is_set() and (not limit or n < limit):
                 if hs is not None and (part is None or not hs.pending(part)):
-                    part = hs.take(timeout=0.1)
+                    part, fired = hs.take(timeout=0.1), False
                     if part is None:
                         continue
                 try:
@@ -53,7 +58,10 @@ class Capture:
                         self.source.open()
                         self.state, delay = "connected", 0.5
                         self.metrics.set("source_connected", 1)
-                    frame = self.source.read(self.stop_event.is_set)
+                    if part is not None and self.fire is not None and not fired:
+                        self.fire()
+                        fired = True
+                    frame = self.source.read(self._stop_waiting(part))
                 except Exception as exc:  # noqa: BLE001 - Disconnected, SourceError, or a driver's own error
                     self.state = "reconnecting"
                     self.metrics.set("source_connected", 0)
@@ -62,6 +70,8 @@ class Capture:
                     self.stop_event.wait(delay)
                     delay = min(delay * 2, self.cfg.source.reconnect_max_s)
                     continue
+                if frame is None and self.live:
+                    continue  # a camera has no end: the wait was cut short (stopping, or the part timed out)
                 if frame is None:
                     self.state = "ended"
                     if part is not None:
@@ -72,7 +82,9 @@ class Capture:
                 if self.triggers is not None:
                     frame.part_id = self._triggered_id(n)
                 if part is not None and not hs.pending(part):
-                    part = hs.take(timeout=0)  # it timed out; a trigger since then takes the frame
+                    # it timed out; a trigger since then takes the frame, unless the camera fires per trigger
+                    part = hs.take(timeout=0) if self.fire is None else None
+                    fired = False
                     if part is None:
                         self.metrics.inc("plc_late_frames_total")
                         continue
@@ -81,6 +93,13 @@ class Capture:
                 self._enqueue(frame)
         finally:
             self.done.set()
+
+    def _stop_waiting(self, part):
+        """When a read should give up: the runner stops, or, for a camera in PLC mode, the part's handshake timed
+        out (a folder or video read returns None only at its end)."""
+        if part is None or self.handshake is None or not self.live:
+            return self.stop_event.is_set
+        return lambda: self.stop_event.is_set() or not self.handshake.pending(part)
 
     def _triggered_id(self, n: int) -> str:
         """The next part ID the line controller announced; a frame without one is still judged, and counted."""
@@ -124,6 +143,18 @@ class Capture:
             except queue.Empty:
                 break
         return batch
+
+    def health(self) -> dict:
+        """A GenICam camera's part of /health: which camera, its frames, losses and reconnects."""
+        if not self.live:
+            return {}
+        m = self.metrics
+        return {"camera": {**{k: getattr(self.source, "info", {}).get(k) for k in ("id", "serial", "address",
+                                                                                  "pixel_format", "trigger")},
+                           **{k: int(m.get(f"camera_{k}_total")) for k in
+                              ("frames", "frames_incomplete", "frames_stale", "buffer_underruns", "packets_missing")},
+                           "reconnects": int(m.get("source_reconnects_total")),
+                           "temperature_celsius": m.get("camera_temperature_celsius") or None}}
 
     def finished(self) -> bool:
         """The source is done and every frame it delivered has been taken."""

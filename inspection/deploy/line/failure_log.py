@@ -115,7 +115,8 @@ class FailureLogWriter:
                                None if result is None else result.score,
                                None if result is None else result.defect_type,
                                [] if result is None else [b.to_dict() for b in result.boxes],
-                               crop=station_crop(frame.image, self.cfg.source.roi)[1] if result is not None else None)
+                               crop=station_crop(frame.image, self.cfg.source.roi)[1] if result is not None else None,
+                               camera=frame.camera)
         if error:
             record.boxes = [{"error": error}]
         return LogJob(frame, result, error, model_roi, record)

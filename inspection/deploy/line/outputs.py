@@ -57,6 +57,8 @@ class Outputs:
                 "boxes": [] if result is None else [Box(b.x0 + x, b.y0 + y, b.x1 + x, b.y1 + y, b.score,
                                                         b.area).to_dict() for b in result.boxes],
                 "latency_ms": round(1000 * (done - frame.ts), 2), "model_version": version}
+        if frame.camera:
+            line["camera"] = frame.camera
         if error:
             line["error"] = error
         text = json.dumps(line)

@@ -97,8 +97,7 @@ class LineRunner:
     def self_check(self) -> dict:
         """Model loaded and answering, source opens, failure log writable; raises SourceError/OSError if not."""
         report = {"model": f"{self.runtime.version} on {self.runtime.backend} ({self.runtime.precision})"}
-        self.capture.open()
-        report["source"] = f"{self.cfg.source.kind} {self.cfg.source.path}: open"
+        report["source"] = self.capture.open()
         probe = Path(self.cfg.log.folder) / f".write-probe.tmp-{id(self)}"
         probe.write_bytes(b"ok")
         probe.unlink()
@@ -222,4 +221,4 @@ class LineRunner:
                 "log_db_unavailable": bool(self.metrics.get("log_db_unavailable")),
                 "log_outbox_records": int(self.metrics.get("log_outbox_records")),
                 "last_frame_age_s": round(time.time() - last, 2) if last else None,
-                **self.outputs.health()}
+                **self.capture.health(), **self.outputs.health()}

@@ -1,4 +1,5 @@
-"""Frame sources for the line runner: simulated camera, image folder (one-shot or watched), video, camera.
+"""Frame sources for the line runner: simulated camera, image folder (one-shot or watched), video, camera
+(OpenCV), and GenICam cameras (genicam.py).
 
     >>> src = open_source(cfg.source)       # SourceConfig
     >>> src.open(); frame = src.read()       # Frame, or None at the end; raises Disconnected for a lost camera
@@ -37,6 +38,7 @@ class Frame:
     ts: float                     # capture time (time.time())
     ref: str = ""                 # file the frame came from, if any
     error: str | None = None
+    camera: dict | None = None    # GenICam: {"frame_id", "timestamp_ns"} as the camera stamped the frame
 
 
 def _images(folder: Path, dataset: bool = False) -> list[Path]:
@@ -192,9 +194,13 @@ class VideoSource:
             self.cap = None
 
 
-def open_source(cfg):
-    """The source a SourceConfig describes (not yet opened)."""
+def open_source(cfg, metrics=None, log=None):
+    """The source a SourceConfig describes (not yet opened); a camera's counters go to `metrics`."""
     names = cfg.part_id == "auto"
+    if cfg.kind == "genicam":
+        from inspection.deploy.line.genicam import GenICamSource
+
+        return GenICamSource(cfg, metrics, log)
     if cfg.kind == "simulated":
         return SimulatedCamera(cfg.path, cfg.fps, cfg.loop, names)
     if cfg.kind in ("folder", "watch"):

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_type_hints
 
+from inspection.deploy.line.genicam import GenICamConfig
 from inspection.errors import UserError
 
-SOURCE_KINDS = ("simulated", "folder", "watch", "video", "camera")
+SOURCE_KINDS = ("simulated", "folder", "watch", "video", "camera", "genicam")
 
 
 class StationConfigError(UserError, ValueError):
@@ -23,7 +24,7 @@ class StationConfigError(UserError, ValueError):
 
 @dataclass
 class SourceConfig:
-    kind: str = "simulated"          # simulated | folder | watch | video | camera
+    kind: str = "simulated"          # simulated | folder | watch | video | camera | genicam
     path: str = "data/synthetic"     # folder / dataset / video file; camera: device index ("0") or URL (rtsp://, gst)
     fps: float = 0.0                 # simulated: frames per second (0 = as fast as the runner takes them)
     loop: bool = False               # simulated/video: start again at the end
@@ -33,7 +34,8 @@ class SourceConfig:
     part_id: str = "auto"            # auto (file name for files, counter otherwise) | counter | trigger (MQTT)
     trigger_wait_ms: float = 500.0   # trigger: wait this long for the part ID that goes with a frame
     settle_ms: int = 200             # watch: a new file is read once its size has not changed for this long
-    reconnect_max_s: float = 10.0    # camera/video: longest wait between reconnect attempts
+    reconnect_max_s: float = 10.0    # camera/video/genicam: longest wait between reconnect attempts
+    genicam: GenICamConfig = field(default_factory=GenICamConfig)  # kind genicam: the camera (genicam.py)
 
 
 @dataclass
@@ -167,6 +169,7 @@ def _coerce(value, hint, key: str, source: str):
     text = str(hint)
     if value is None and "None" in text:
         return None
+    text = text.removesuffix(" | None")
     if hint is bool or text == "bool":
         if isinstance(value, bool):
             return value
@@ -184,7 +187,12 @@ def _coerce(value, hint, key: str, source: str):
     elif "list" in text:
         if isinstance(value, list):
             return value
-    name = getattr(hint, "__name__", text.replace("typing.", ""))
+    elif "dict" in text:
+        if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, (str, int, float, bool))
+                                           for k, v in value.items()):
+            return value
+        hint = "a mapping of names to plain values"
+    name = hint if isinstance(hint, str) else getattr(hint, "__name__", text.replace("typing.", ""))
     raise StationConfigError(f"{source}: field {key} must be {name}, got {value!r}")
 
 
@@ -216,6 +224,7 @@ def _check(cfg: StationConfig, source: str) -> StationConfig:
         if not 0 <= _lookup(cfg, key) <= 65535:
             raise StationConfigError(f"{source}: field {key} must be a TCP port (0-65535), got {_lookup(cfg, key)!r}")
     _check_plc(cfg, source)
+    _check_genicam(cfg, source)
     if not cfg.station.strip():
         raise StationConfigError(f"{source}: field station must name the station")
     return cfg
@@ -251,6 +260,31 @@ def _check_plc(cfg: StationConfig, source: str) -> None:
     if cfg.webhook.url and not cfg.webhook.url.startswith(("http://", "https://")):
         raise StationConfigError(f"{source}: field webhook.url must start with http:// or https://, "
                                  f"got {cfg.webhook.url!r}")
+
+
+def _check_genicam(cfg: StationConfig, source: str) -> None:
+    from inspection.deploy.line.genicam import PIXEL_FORMATS, TRIGGERS
+
+    g = cfg.source.genicam
+    for key, value, allowed in (("pixel_format", g.pixel_format, ("", *PIXEL_FORMATS)),
+                                ("trigger", g.trigger, TRIGGERS)):
+        if value not in allowed:
+            names = ", ".join(a or '""' for a in allowed)
+            raise StationConfigError(f"{source}: field source.genicam.{key} must be one of {names}, got {value!r}")
+    if g.roi is not None and not (len(g.roi) == 4 and all(isinstance(v, int) and v >= 0 for v in g.roi)
+                                  and g.roi[2] > 0 and g.roi[3] > 0):
+        raise StationConfigError(f"{source}: field source.genicam.roi must be [x, y, width, height] in sensor "
+                                 f"pixels, got {g.roi!r}")
+    for key in ("binning", "exposure_us", "frame_rate", "packet_size", "packet_delay"):
+        if getattr(g, key) < 0:
+            raise StationConfigError(f"{source}: field source.genicam.{key} must not be negative, "
+                                     f"got {getattr(g, key)!r}")
+    if g.buffers < 2 or g.timeout_ms <= 0:
+        raise StationConfigError(f"{source}: field source.genicam.buffers must be at least 2 and timeout_ms "
+                                 f"positive, got {g.buffers!r} and {g.timeout_ms!r}")
+    if cfg.source.kind == "genicam" and g.trigger == "software" and not (cfg.plc.opcua.port or cfg.plc.modbus.port):
+        raise StationConfigError(f"{source}: source.genicam.trigger software is fired by the PLC handshake; set "
+                                 "plc.opcua.port or plc.modbus.port (or use trigger free or hardware)")
 
 
 def station_crop(image, roi):

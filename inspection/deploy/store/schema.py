@@ -57,6 +57,7 @@ MIGRATIONS = [
 UPDATE failures SET day = {day_of_ts} WHERE day IS NULL;
 CREATE INDEX IF NOT EXISTS failures_day ON failures (day)"""),  # the station's local day: per-day statistics
     (3, "ALTER TABLE failures ADD COLUMN crop TEXT"),  # station ROI: the stored image is the part the model judged
+    (4, "ALTER TABLE failures ADD COLUMN camera TEXT"),  # a GenICam camera's frame ID and timestamp (JSON)
 ]
 # a reviewer's verdict → the failure's review status
 REVIEW_VERDICTS = {"defect": "confirmed", "false_alarm": "false_alarm", "unsure": "unsure"}
@@ -89,6 +90,7 @@ class FailureRecord:
     review_status: str = "unreviewed"
     id: int | None = None
     crop: list | None = None      # the station ROI [x, y, w, h] the image was cut to in the frame (None: the frame)
+    camera: dict | None = None    # GenICam: {"frame_id", "timestamp_ns"} of the frame as the camera stamped it
     damaged: str | None = None    # read back from a row that does not hold what the writer writes: why (shown, counted)
 
 
@@ -116,6 +118,9 @@ def _record(row: dict) -> FailureRecord:
     try:
         boxes, files = json.loads(d["boxes"]), json.loads(d["files"])
         crop = json.loads(d["crop"]) if d.get("crop") else None
+        camera = json.loads(d["camera"]) if d.get("camera") else None
+        if camera is not None and not (isinstance(camera, dict) and all(_int(v) for v in camera.values())):
+            raise ValueError("camera is not a map of frame_id and timestamp_ns")
         if not isinstance(boxes, list) or not all(_box_ok(b) for b in boxes):
             raise ValueError("boxes are not a list of boxes")
         if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
@@ -125,7 +130,7 @@ def _record(row: dict) -> FailureRecord:
         score = None if d["score"] is None else float(d["score"])
         if score is not None and not 0 <= score <= 1:
             raise ValueError(f"score {score!r} is not in [0, 1]")
-        return FailureRecord(**{**d, "boxes": boxes, "files": files, "crop": crop, "score": score,
+        return FailureRecord(**{**d, "boxes": boxes, "files": files, "crop": crop, "camera": camera, "score": score,
                                 "ts": float(d["ts"]), "bytes": int(d["bytes"] or 0)})
     except (ValueError, TypeError, KeyError, RecursionError) as exc:
         text = lambda k: str(d.get(k) or "")[:200]  # noqa: E731

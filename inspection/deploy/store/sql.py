@@ -175,6 +175,7 @@ class SQLStore(Outbox, Reviews, Statistics):
                 row.pop("damaged")
                 row["boxes"], row["files"], row["day"] = json.dumps(row["boxes"]), json.dumps(row["files"]), day
                 row["crop"] = None if record.crop is None else json.dumps([int(v) for v in record.crop])
+                row["camera"] = None if record.camera is None else json.dumps(record.camera)
                 with self._transaction() as ex:
                     new_id = ex(f"INSERT INTO failures ({', '.join(row)}) VALUES ({', '.join('?' * len(row))}) "
                                 "RETURNING id", list(row.values())).fetchone()["id"]
