@@ -54,11 +54,11 @@ def bare(package: Path, frames: list, batch: int, seconds: float) -> float:
     return n / (time.perf_counter() - start)
 
 
-def runner(package: Path, data: str, batch: int, frames: int, log: Path, fps: float = 0.0) -> dict:
+def runner(package: Path, data: str, batch: int, frames: int, log: Path, fps: float = 0.0, sets=()) -> dict:
     cfg = load_station(None, [f"package={package}", f"source.path={data}", "source.kind=simulated",
                               f"source.fps={fps}", "source.loop=true", f"source.limit={frames}", "queue.policy=block",
                               f"batch.max_size={batch}", f"jsonl={log / 'verdicts.jsonl'}", f"log.folder={log}",
-                              "reload_s=0", "backend=cpu"])
+                              "reload_s=0", "backend=cpu", *sets])
     r = LineRunner(cfg)
     r.self_check()
     samples = []
@@ -100,6 +100,7 @@ def main() -> None:
     p.add_argument("--defect-shares", type=float, nargs="+", default=[1.0, 0.05])
     p.add_argument("--bare-seconds", type=float, default=20.0)
     p.add_argument("--paced-frames", type=int, default=2000, help="frames of the paced run (latency)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="station overrides for the runner")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "line_throughput.json"))
     args = p.parse_args()
     package = Path(args.package)
@@ -114,7 +115,7 @@ def main() -> None:
             frames = [f[1] for f in cam.frames if f[1] is not None]
             rss0 = rss_mb()
             before = bare(package, frames, args.batch, args.bare_seconds / 2)
-            line = runner(package, str(data), args.batch, args.frames, Path(tmp) / "log")
+            line = runner(package, str(data), args.batch, args.frames, Path(tmp) / "log", sets=args.set)
             after = bare(package, frames, args.batch, args.bare_seconds / 2)
         bare_ips = (before + after) / 2
         s, rss = line["summary"], line["rss_samples"]
@@ -136,14 +137,15 @@ def main() -> None:
         fps = round(0.7 * results[-1]["runner_images_per_s"], 1)
         with tempfile.TemporaryDirectory() as tmp:
             data = subset(Path(args.data), args.defect_shares[-1], Path(tmp) / "data")
-            s = runner(package, str(data), args.batch, args.paced_frames, Path(tmp) / "log", fps)["summary"]
+            s = runner(package, str(data), args.batch, args.paced_frames, Path(tmp) / "log", fps, args.set)["summary"]
         paced = {"fps": fps, "defect_share": args.defect_shares[-1], "frames": s["frames_total"],
                  "latency_ms_p50": s["latency_ms_p50"], "latency_ms_p99": s["latency_ms_p99"],
                  "dropped": s["frames_dropped_total"]}
         print("paced:", json.dumps(paced))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(),
-                                          "package": str(package), "runs": results, "paced": paced}, indent=1))
+                                          "package": str(package), "station_overrides": args.set, "runs": results,
+                                          "paced": paced}, indent=1))
 
 
 if __name__ == "__main__":

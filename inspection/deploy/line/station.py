@@ -80,7 +80,7 @@ class LogConfig:
     retry_s: float = 5.0             # while the disk is full or the database down, retry this often
     outbox: str = ""                 # records waiting for the database: "" = <folder>/outbox; a local folder
                                      # when folder is a network share
-    writer_nice: int = 10            # the writer thread's niceness (0-19): encoding images yields the CPU to judging
+    writer_nice: int = 0             # the writer thread's niceness (0-19): encoding images yields the CPU to judging
 
 
 @dataclass
