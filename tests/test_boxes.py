@@ -87,16 +87,17 @@ def test_nearby_regions_merge_into_one_box():
     att[4:6, 2:6] = 0.9    # a crack the map breaks into two beads, 2 px apart ...
     att[5:7, 8:12] = 0.7
     att[4, 18:20] = 0.6    # ... and a separate mark 6 px further
-    apart = attention_to_boxes(att, (10, 20), threshold=0.5)
+    apart = attention_to_boxes(att, (10, 20), threshold=0.5, area_share=0)
     assert [b.xyxy for b in apart] == [(2, 4, 6, 6), (8, 5, 12, 7), (18, 4, 20, 5)]
     # merge = 0.1 of the longer side (20 px) = 2 px: the beads join, the mark 6 px away stays apart
-    merged = attention_to_boxes(att, (10, 20), threshold=0.5, merge=0.1)
+    merged = attention_to_boxes(att, (10, 20), threshold=0.5, merge=0.1, area_share=0)
     assert [(b.xyxy, b.area, b.score) for b in merged] == [((2, 4, 12, 7), 16, pytest.approx(0.9)),
                                                           ((18, 4, 20, 5), 2, pytest.approx(0.6))]
-    mean = attention_to_boxes(att, (10, 20), threshold=0.5, merge=0.1, score="mean")
+    mean = attention_to_boxes(att, (10, 20), threshold=0.5, merge=0.1, score="mean", area_share=0)
     assert mean[0].score == pytest.approx((8 * 0.9 + 8 * 0.7) / 16)
     # merged areas count for min_area: the beads (8 px each) pass 10 px together, the mark does not
-    assert [b.xyxy for b in attention_to_boxes(att, (10, 20), threshold=0.5, merge=0.1, min_area=10)] == [(2, 4, 12, 7)]
+    assert [b.xyxy for b in attention_to_boxes(att, (10, 20), threshold=0.5, merge=0.1, min_area=10,
+                                               area_share=0)] == [(2, 4, 12, 7)]
 
 
 def test_relative_level_boxes_each_region_near_its_own_peak():
@@ -129,13 +130,15 @@ def test_a_faint_blob_beside_a_strong_defect_is_not_a_second_defect():
     att = np.zeros((10, 20), np.float32)
     att[3:6, 4:8] = 0.95   # the defect
     att[8, 15:17] = 0.55   # a faint blob: over the threshold, but far under the defect's peak
-    assert [b.xyxy for b in attention_to_boxes(att, (10, 20), threshold=0.5)] == [(4, 3, 8, 6), (15, 8, 17, 9)]
-    rule = BoxRule(threshold=0.5, peak_share=0.7)  # seeds must reach max(0.5, 0.7 * 0.95 = 0.665)
+    assert [b.xyxy for b in attention_to_boxes(att, (10, 20), threshold=0.5, area_share=0)] == [(4, 3, 8, 6),
+                                                                                               (15, 8, 17, 9)]
+    rule = BoxRule(threshold=0.5, peak_share=0.7, area_share=0)  # seeds must reach max(0.5, 0.7 * 0.95 = 0.665)
     assert [b.xyxy for b in attention_to_boxes(att, (10, 20), rule)] == [(4, 3, 8, 6)]
     att[8, 15:17] = 0.7    # a second defect nearly as strong is kept
     assert len(attention_to_boxes(att, (10, 20), rule)) == 2
     assert attention_to_boxes(np.full((10, 20), 0.3, np.float32), (10, 20), rule) == []  # the threshold still holds
-    assert BoxRule.from_dict({"threshold": 0.7, "unknown": 1}) == BoxRule(threshold=0.7)  # older packages: defaults
+    # an older package's rule: its levels as stored, a level it lacks off (not today's default)
+    assert BoxRule.from_dict({"threshold": 0.7, "unknown": 1}) == BoxRule(threshold=0.7, area_share=0)
     with pytest.raises(ValueError, match="peak_share"):
         BoxRule(peak_share=1.5)
 
@@ -144,8 +147,9 @@ def test_a_saturated_speck_beside_a_crack_is_dropped_by_the_area_share():
     att = np.zeros((40, 100), np.float32)
     att[18:22, 10:90] = 1.0   # a long crack, saturated
     att[5:7, 50:52] = 1.0     # a speck elsewhere, just as saturated: peaks cannot tell them apart
-    both = attention_to_boxes(att, (40, 100), threshold=0.5, peak_share=0.7)
+    both = attention_to_boxes(att, (40, 100), threshold=0.5, peak_share=0.7, area_share=0)
     assert len(both) == 2
+    assert [b.xyxy for b in attention_to_boxes(att, (40, 100))] == [(10, 18, 90, 22)]  # the default rule drops it
     crack = attention_to_boxes(att, (40, 100), threshold=0.5, peak_share=0.7, area_share=0.1)
     assert [b.xyxy for b in crack] == [(10, 18, 90, 22)]
     two = att.copy()
