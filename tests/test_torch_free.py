@@ -187,10 +187,15 @@ TRAIN_WITHOUT_TORCH = RUNNER.split("from inspection.cli import main")[0].replace
     'raise ImportError(f"{name} is not installed on the line side")',
     'raise ModuleNotFoundError(f"No module named {name!r}", name=name)') + """
 import contextlib, io
+BLOCKED = BLOCKED + ("inspection.datasets",)  # the runner image trims it with the training code
 from inspection.cli import main
 err = io.StringIO()
 with contextlib.redirect_stderr(err):
     code = main(["train", "--data", sys.argv[1], "--quiet"])
+assert code == 2 and "pip install 'inspection[train]'" in err.getvalue(), (code, err.getvalue())
+err = io.StringIO()
+with contextlib.redirect_stderr(err):
+    code = main(["generate", "--out", sys.argv[1] + "-generated", "--quiet"])
 assert code == 2 and "pip install 'inspection[train]'" in err.getvalue(), (code, err.getvalue())
 print("ok")
 """

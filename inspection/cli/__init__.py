@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ModuleNotFoundError as exc:  # a slim install (the runner image) lacks the training packages
-        extra = next((e for e, mods in EXTRAS.items() if (exc.name or "").split(".")[0] in mods), None)
+        name = exc.name or ""
+        extra = "train" if name.startswith(("inspection.training", "inspection.datasets")) else next(
+            (e for e, mods in EXTRAS.items() if name.split(".")[0] in mods), None)  # the runner image trims those
         if extra is None:
             raise
         print(f"error: `inspection {args.command}` needs {exc.name}, which this install lacks: "
