@@ -220,3 +220,22 @@ def test_pixel_formats_become_gray_or_bgr():
     rgb = np.array([[[1, 2, 3]]], np.uint8)
     assert to_image(rgb.tobytes(), 1, 1, "RGB8").tolist() == [[[3, 2, 1]]]
     assert cv2.countNonZero(to_image(bytes(4), 2, 2, "Mono8")) == 0
+
+
+def test_a_camera_is_found_by_serial_id_address_or_its_stored_name(monkeypatch):
+    """The emulator has no DeviceUserID, so the name lookup runs on two listed cameras with names stored."""
+    from inspection.deploy.line import genicam
+
+    cams = [{"id": "Basler-acA1300-21845123", "serial": "21845123", "address": "192.168.10.20"},
+            {"id": "Basler-acA1300-21845124", "serial": "21845124", "address": "192.168.11.20"}]
+    names = {"Basler-acA1300-21845123": "inlet", "Basler-acA1300-21845124": "outlet"}
+    monkeypatch.setattr(genicam, "list_cameras", lambda: cams)
+    monkeypatch.setattr(genicam, "_user_id", names.get)
+
+    def found(device: str) -> str:
+        cfg = load_station(None, ["source.kind=genicam", f"source.genicam.device={device}"]).source
+        return genicam.GenICamSource(cfg)._find()[0]
+    assert found("21845124") == found("192.168.11.20") == found("outlet") == "Basler-acA1300-21845124"
+    assert found("Basler-acA1300-21845123") == found("") == "Basler-acA1300-21845123"  # "" = the first found
+    with pytest.raises(genicam.SourceError, match="'press': no such camera found .*21845123.*21845124"):
+        found("press")
