@@ -144,6 +144,7 @@ class GenICamSource:
         self.lost = False
         camera.get_device().connect("control-lost", self._control_lost)
         self.camera, self.stream, self.seen = camera, stream, {}
+        self.complete = Aravis.BufferStatus.SUCCESS  # looked up once, not per frame
         self.format = camera.get_pixel_format_as_string()
         self.info = {**info, "pixel_format": self.format, "trigger": self.g.trigger,
                      "region": list(camera.get_region())}
@@ -255,8 +256,7 @@ class GenICamSource:
         return None
 
     def _frame(self, buf) -> Frame | None:
-        Aravis, _ = _aravis()
-        if buf.get_status() != Aravis.BufferStatus.SUCCESS:
+        if buf.get_status() != self.complete:
             self.metrics.inc("camera_frames_incomplete_total")  # lost packets: never judged
             return None
         image = to_image(buf.get_data(), buf.get_image_width(), buf.get_image_height(), self.format)

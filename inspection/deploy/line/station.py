@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_type_hints
 
-from inspection.deploy.line.genicam import GenICamConfig
+from inspection.deploy.line.genicam import PIXEL_FORMATS, TRIGGERS, GenICamConfig
 from inspection.errors import UserError
 
 SOURCE_KINDS = ("simulated", "folder", "watch", "video", "camera", "genicam")
@@ -263,8 +263,6 @@ def _check_plc(cfg: StationConfig, source: str) -> None:
 
 
 def _check_genicam(cfg: StationConfig, source: str) -> None:
-    from inspection.deploy.line.genicam import PIXEL_FORMATS, TRIGGERS
-
     g = cfg.source.genicam
     for key, value, allowed in (("pixel_format", g.pixel_format, ("", *PIXEL_FORMATS)),
                                 ("trigger", g.trigger, TRIGGERS)):
