@@ -108,6 +108,8 @@ class TrainConfig(_Section):
     defect_topk: float = Field(0.02, gt=0, le=1, description="share of map cells in L_defect's top-k mean")
     defect_on_good: bool = Field(True, description="L_defect also asks the top-k to be low on good images")
     gamma_map: float = Field(1.0, ge=0, description="weight of L_map for images with a corrected map")
+    map_loss: Literal["balanced", "l2"] = Field(
+        "balanced", description="L_map's form: balanced (hot and other cells weigh half each) | l2 (plain mean)")
     mask_supervision: int = Field(0, ge=0, description="masked defect training images used as L_map targets")
     freeze_features: bool = False
     early_stopping: int = Field(0, ge=0, description="stop after this many epochs without val gain; 0 = off")

@@ -55,12 +55,36 @@ def resize_target(target: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
-def map_loss(attention: torch.Tensor, target: torch.Tensor, has_target: torch.Tensor) -> torch.Tensor:
-    """L_map: mean squared difference to corrected maps (resized to A), over images that have one."""
+MAP_HOT = 0.5  # a map cell at or above this is hot: what the review overlay shows as a defect, where boxes start
+
+
+def map_loss(attention: torch.Tensor, target: torch.Tensor, has_target: torch.Tensor,
+             form: str = "balanced") -> torch.Tensor:
+    """L_map: squared difference to corrected maps (resized to A), over the images that have one.
+
+    form "l2": the mean over every cell (the patent's plain form). A correction of a few cells (a thin crack
+    painted, a small false hot spot erased) then weighs as little as its share of the map (about 0.007 for one
+    cell of a 12x12 map) beside the cells nobody touched.
+    form "balanced": per image, the hot cells (where the target or the map is at least MAP_HOT, which is where
+    an operator paints or erases) and the other cells each weigh half; an image with no hot cell gets the plain
+    mean. A correction on a share s of the cells thus moves the gradient there by 1 / (2s) against "l2" (50x
+    at 1 %), and the untouched cells by 1 / (2(1 - s)).
+    """
     if not bool(has_target.any()):
         return attention.sum() * 0.0
-    t = resize_target(target[has_target], attention.shape[-2:])
-    return ((attention[has_target] - t) ** 2).mean()
+    a = attention[has_target]
+    t = resize_target(target[has_target], a.shape[-2:])
+    err = (a - t) ** 2
+    if form == "l2":
+        return err.mean()
+    if form != "balanced":
+        raise ValueError(f"map loss form must be 'balanced' or 'l2', got {form!r}")
+    hot = ((t >= MAP_HOT) | (a.detach() >= MAP_HOT)).float()
+    n_hot, n_cold = hot.sum((1, 2)), (1 - hot).sum((1, 2))
+    hot_mean = (err * hot).sum((1, 2)) / n_hot.clamp(min=1)
+    cold_mean = (err * (1 - hot)).sum((1, 2)) / n_cold.clamp(min=1)
+    per_image = torch.where((n_hot > 0) & (n_cold > 0), 0.5 * hot_mean + 0.5 * cold_mean, err.mean((1, 2)))
+    return per_image.mean()
 
 
 def classify_loss(logits: torch.Tensor, labels: torch.Tensor, use: torch.Tensor | None = None) -> torch.Tensor:
@@ -75,7 +99,7 @@ def classify_loss(logits: torch.Tensor, labels: torch.Tensor, use: torch.Tensor 
 def abn_loss(out, labels: torch.Tensor, good_index: int, w_normal: float, strict: bool = False,
              target_maps: torch.Tensor | None = None, has_target: torch.Tensor | None = None,
              gamma_map: float = 0.0, w_defect: float = 0.0, defect_topk: float = 0.02,
-             defect_on_good: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+             defect_on_good: bool = True, map_form: str = "balanced") -> tuple[torch.Tensor, dict[str, float]]:
     """Total ABN loss and its terms. `strict`: classification terms on defective images only."""
     logits, att_logits, attention = out
     is_normal = labels == good_index
@@ -87,7 +111,7 @@ def abn_loss(out, labels: torch.Tensor, good_index: int, w_normal: float, strict
     total = l_cls + l_att + w_normal * l_norm + w_defect * l_def
     l_map = torch.zeros((), device=attention.device)
     if target_maps is not None and has_target is not None and gamma_map > 0:
-        l_map = map_loss(attention, target_maps, has_target)
+        l_map = map_loss(attention, target_maps, has_target, map_form)
         total = total + gamma_map * l_map
     terms = {k: v.item() for k, v in
              {"classify": l_cls, "att": l_att, "normal": l_norm, "defect": l_def, "map": l_map,

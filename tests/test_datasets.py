@@ -86,3 +86,28 @@ def test_multi_defect_parts_carry_several_defects(tmp_path):
     assert single == [1] * 6
     with pytest.raises(ValueError, match="multi_fraction"):
         generate(tmp_path / "bad", n_good=2, n_per_type=2, multi_fraction=1.5)
+
+
+def test_the_scripted_reviewer_erases_false_spots_and_overhang_and_paints_a_missed_crack():
+    from inspection.datasets.scripted_reviewer import BRUSH_SIZES, ERASE_MARGIN, correct_map
+
+    att = np.full((100, 120), 0.05, np.float32)
+    att[10:20, 90:110] = 0.9                  # a false hot spot far from any defect
+    att[60:90, 20:50] = 0.8                   # a blob much larger than the pit inside it
+    mask = np.zeros_like(att, bool)
+    mask[72:77, 33:38] = True                 # the pit (5 px): hot already, its overhang must go
+    mask[30:50, 60:63] = True                 # a thin crack (3 px) the map missed
+    out, did = correct_map(att, mask)
+    assert did["defects"] == 2 and did["missed"] == 1
+    assert out[10:20, 90:110].max() == 0 and out[10 - ERASE_MARGIN + 1, 100] == 0   # spot and its foot erased
+    assert out[74, 35] == att[74, 35] == np.float32(0.8)   # the pit, already hot, is left as it is
+    assert out[62, 22] == 0 and out[88, 48] == 0           # the overhang is erased ...
+    assert 2 < (out[60:90, 20:50] > 0.5).sum() < 80        # ... down to the pit and the brush's margin
+    assert out[30:50, 60:63].min() == 1.0                   # the crack is painted at full strength
+    d = BRUSH_SIZES[BRUSH_SIZES.index(4)]                   # the smallest brush at least 3-4 px wide
+    painted_cols = np.flatnonzero(out[40] == 1.0)
+    assert painted_cols.min() >= 60 - d and painted_cols.max() <= 62 + d   # a brush stroke, not the whole map
+    assert out[0:5, 0:5].max() == np.float32(0.05)          # cold untouched cells are kept
+
+    good, did = correct_map(att)                             # a false alarm: every hot region erased
+    assert good.max() < 0.5 and did["painted"] == 0 and did["erased"] >= 20 * 10 + 30 * 30

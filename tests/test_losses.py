@@ -68,6 +68,41 @@ def test_map_loss_on_images_with_targets_only():
     assert abs(t["map"] - 0.25) < 1e-6 and abs(t["total"] - (t["classify"] + t["att"] + t["normal"] + 0.5)) < 1e-5
 
 
+def test_a_correction_on_one_percent_of_the_cells_weighs_fifty_times_more_in_the_balanced_map_loss():
+    att = torch.full((1, 10, 10), 0.1, requires_grad=True)
+    target = torch.full((1, 10, 10), 0.1)
+    target[0, 4, 7] = 1.0                                  # the operator painted one cell of 100
+    has = torch.tensor([True])
+    grads = {}
+    for form in ("l2", "balanced"):
+        att.grad = None
+        map_loss(att, target, has, form).backward()
+        grads[form] = att.grad[0].clone()
+    painted = grads["balanced"][4, 7] / grads["l2"][4, 7]
+    assert abs(painted - 1 / (2 * 0.01)) < 1e-3            # 50x where the correction is
+    att2 = att.detach().clone()
+    att2[0, 0, 0] = 0.3                                     # an untouched cell off its target
+    for form in ("l2", "balanced"):
+        a = att2.clone().requires_grad_(True)
+        map_loss(a, target, has, form).backward()
+        grads[form] = a.grad[0, 0, 0]
+    assert abs(grads["balanced"] / grads["l2"] - 1 / (2 * 0.99)) < 1e-3  # about half on the other cells
+
+
+def test_an_erased_hot_spot_counts_as_hot_in_the_balanced_map_loss():
+    att = torch.full((1, 10, 10), 0.05)
+    att[0, 2, 2] = 0.9                                      # the map is hot here, the operator erased it
+    target = torch.zeros(1, 10, 10)
+    has = torch.tensor([True])
+    l2, balanced = map_loss(att, target, has, "l2").item(), map_loss(att, target, has, "balanced").item()
+    assert abs(l2 - (0.81 + 99 * 0.0025) / 100) < 1e-6
+    assert abs(balanced - (0.5 * 0.81 + 0.5 * 0.0025)) < 1e-6
+    flat = torch.full((1, 10, 10), 0.05)                    # nothing hot anywhere: the plain mean
+    assert abs(map_loss(flat, target, has, "balanced").item() - 0.0025) < 1e-7
+    with pytest.raises(ValueError, match="balanced"):
+        map_loss(att, target, has, "dice")
+
+
 def test_defect_loss_is_cross_entropy_of_the_top_k_mean():
     att = torch.full((3, 10, 10), 0.01)
     att[1, 2, 3], att[1, 5, 5] = 0.9, 0.5      # defect image: two high cells

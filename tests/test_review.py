@@ -376,6 +376,63 @@ def test_a_corrected_map_rescores_at_once_and_is_saved_as_a_training_target(clie
     assert "export" in actions and "rescore" in actions and "login" in actions
 
 
+def test_rescoring_returns_the_boxes_of_the_corrected_map(client, log):
+    csrf = _login(client)
+    part = _store(log).records(limit=1)[0]
+    h, w = cv2.imread(str(_store(log).path(part, "image")), cv2.IMREAD_UNCHANGED).shape[:2]
+    painted = np.zeros((h, w), np.uint8)
+    y0, y1, x0, x1 = h // 4, 3 * h // 4, w // 2, w - 2
+    painted[y0:y1, x0:x1] = 255                                 # the operator paints one region
+    out = client.post(f"/api/parts/{part.id}/rescore", json={"corrected": _png(painted)},
+                      headers={"X-CSRF-Token": csrf}).json()
+    assert out["after"]["verdict"] != "pass"                    # (the test package fails every part)
+    (box,) = out["after"]["boxes"]                              # one box, on the region (at the map's cell grid)
+    inter = max(0, min(box["x1"], x1) - max(box["x0"], x0)) * max(0, min(box["y1"], y1) - max(box["y0"], y0))
+    union = (box["x1"] - box["x0"]) * (box["y1"] - box["y0"]) + (x1 - x0) * (y1 - y0) - inter
+    assert inter / union > 0.5, (box, w, h)
+    assert isinstance(out["before"]["boxes"], list)
+    empty = client.post(f"/api/parts/{part.id}/rescore", json={"corrected": _png(np.zeros((h, w), np.uint8))},
+                        headers={"X-CSRF-Token": csrf}).json()
+    assert empty["after"]["boxes"] == []
+
+
+def test_one_verdict_for_several_parts_is_a_review_and_an_audit_entry_per_part(client, log):
+    csrf = _login(client, OPERATOR)
+    parts = _store(log).records(limit=4)
+    ids = [p.id for p in parts[:3]]
+    bad = client.post("/api/reviews", json={"ids": ids + [10**9], "verdict": "false_alarm"},
+                      headers={"X-CSRF-Token": csrf})
+    assert bad.status_code == 404 and str(10**9) in bad.text
+    assert all(not _store(log).reviews(i) for i in ids)        # nothing written when one id is unknown
+    for body in ({"ids": [], "verdict": "false_alarm"}, {"ids": ["1"], "verdict": "false_alarm"},
+                 {"ids": list(range(1, 502)), "verdict": "false_alarm"}, {"ids": ids, "verdict": "maybe"}):
+        r = client.post("/api/reviews", json=body, headers={"X-CSRF-Token": csrf})
+        assert r.status_code == 400 and ("ids" in r.text or "verdict" in r.text), r.text
+    r = client.post("/api/reviews", json={"ids": ids + ids[:1], "verdict": "false_alarm", "comment": "lamp glare"},
+                    headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 200, r.text
+    assert [x["id"] for x in r.json()["reviewed"]] == ids and {x["review_status"] for x in r.json()["reviewed"]} == {"false_alarm"}
+    for i in ids:
+        (v,) = _store(log).reviews(i)
+        assert (v.reviewer, v.verdict, v.comment) == (OPERATOR[0], "false_alarm", "lamp glare")
+    assert not _store(log).reviews(parts[3].id)
+    audit = [a for a in client.app.state.review.accounts.audit_log() if a["action"] == "review"]
+    assert sorted(a["detail"]["part"] for a in audit) == sorted(ids) and {a["detail"]["group"] for a in audit} == {3}
+    assert {a["user"] for a in audit} == {OPERATOR[0]}
+
+
+def test_the_queue_grid_shows_a_thumbnail_of_each_part(client, log):
+    _login(client)
+    part = _store(log).records(limit=1)[0]
+    page = client.get("/?view=grid")
+    assert page.status_code == 200 and f'data-id="{part.id}"' in page.text and "view=grid" in page.text
+    thumb = client.get(f"/parts/{part.id}/thumb.jpg")
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    img = cv2.imdecode(np.frombuffer(thumb.content, np.uint8), cv2.IMREAD_COLOR)
+    assert img is not None and max(img.shape[:2]) <= 240
+    assert client.get("/parts/999999999/thumb.jpg").status_code == 404
+
+
 def test_a_map_of_the_wrong_shape_is_rejected_with_a_message(client, log):
     csrf = _login(client)
     part = _store(log).records(limit=1)[0]
@@ -715,6 +772,65 @@ def test_browser_login_filter_open_confirm_paint_rescore_logout(server, log):
         expect(page).to_have_url(re.compile(r"/login"))
         browser.close()
     assert (ARTIFACTS / "review_part.png").stat().st_size > 10_000
+
+
+def test_browser_grid_selects_parts_with_the_keyboard_and_judges_them_at_once(server, log):
+    from playwright.sync_api import expect, sync_playwright
+
+    store = _store(log)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(server + "/login")
+        page.fill("input[name=user]", OPERATOR[0])
+        page.fill("input[name=password]", OPERATOR[1])
+        page.press("input[name=password]", "Enter")
+        expect(page.locator("#queue")).to_be_visible()
+        page.keyboard.press("g")                                        # to the grid
+        expect(page.locator("#grid")).to_be_visible()
+        cards = page.locator("#grid li.card")
+        assert cards.count() == min(50, store.count())
+        loaded = "[...document.querySelectorAll('#grid img')].slice(0, 4).every((i) => i.complete && i.naturalWidth > 0)"
+        deadline = time.time() + 10
+        while not page.evaluate(loaded) and time.time() < deadline:   # (the page's CSP forbids wait_for_function)
+            time.sleep(0.1)
+        assert page.evaluate(loaded), "thumbnails did not load"
+        for key in ("l", "x", "l", "Shift+L", "l"):                     # pick cards 1-3, leave card 4 focused only
+            page.keyboard.press(key)
+        expect(page.locator("#picked-count")).to_have_text("3 selected")
+        ids = [int(cards.nth(k).get_attribute("data-id")) for k in range(4)]
+        page.keyboard.press("f")
+        expect(page.locator("#bulk-message")).to_contain_text("3 part(s) marked false alarm")
+        for i in ids[:3]:
+            (v,) = store.reviews(i)
+            assert (v.reviewer, v.verdict) == (OPERATOR[0], "false_alarm")
+        assert not store.reviews(ids[3])
+        expect(cards.nth(0).locator(".status")).to_have_text("false alarm")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "review_grid.png"))
+        # a part: paint with the add brush, re-score: the corrected map's boxes are drawn dashed beside the line's
+        page.goto(server + f"/parts/{ids[3]}")
+        expect(page.locator("#heat")).to_be_visible()
+        page.keyboard.press("e")                                        # erase everything, then add one stroke
+        page.evaluate("document.getElementById('brush').value = 200")
+        box = page.locator("#heat").bounding_box()
+        page.mouse.move(box["x"] + 2, box["y"] + 2)
+        page.mouse.down()
+        for k in range(12):
+            for x in (2, box["width"] - 2):
+                page.mouse.move(box["x"] + x, box["y"] + box["height"] * k / 11, steps=6)
+        page.mouse.up()
+        page.keyboard.press("a")
+        page.evaluate("document.getElementById('brush').value = 30")   # px of the frame (this one is ~70 px wide)
+        page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.5)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.75, box["y"] + box["height"] * 0.5, steps=10)
+        page.mouse.up()
+        page.keyboard.press("r")
+        expect(page.locator("#rescored-boxes")).to_have_text("1")
+        expect(page.locator("#boxes rect.after")).to_have_count(1)
+        expect(page.locator("#box-legend")).to_be_visible()
+        browser.close()
 
 
 def test_cli_creates_accounts_and_serves_the_station(line_log, log, tmp_path):

@@ -323,7 +323,9 @@ class Runtime:
         return results
 
     def rescore(self, frame: np.ndarray, attention: np.ndarray, color: str = "RGB") -> dict:
-        """Perception-branch probabilities with an operator-corrected attention map in [0, 1].
+        """Perception-branch probabilities with an operator-corrected attention map in [0, 1], the defect score
+        and verdict they give, and the boxes the corrected map gives by the package's rule (none on a pass, as at
+        the line).
 
         The map is at the model's resolution, at the frame's (cropped to the model's ROI here), or any size
         covering the model's input region.
@@ -348,5 +350,7 @@ class Runtime:
         outs = self._rescore.run(names, {"image": x, "attention": att[None]})
         p = outs[0][0].astype(float)
         score = float(outs[1][0]) if len(outs) > 1 else float(1 - p[0])
-        return {"probs": dict(zip(self.classes, p.tolist())), "defect_score": score,
-                "verdict": self.decide(score, self.meta["variants"]["fp32"]["threshold"])}
+        verdict = self.decide(score, self.meta["variants"]["fp32"]["threshold"])
+        boxes = attention_to_boxes(att, np.asarray(frame).shape[:2], self.box_rule, self.roi) if verdict != "pass" else []
+        return {"probs": dict(zip(self.classes, p.tolist())), "defect_score": score, "verdict": verdict,
+                "boxes": [b.to_dict() for b in boxes]}

@@ -105,7 +105,8 @@ def forward_loss(model, batch, kind: str, cfg: Config, device) -> tuple[torch.Te
     loss, terms = abn_loss(out, labels, good_index=0, w_normal=cfg.train.w_normal, strict=cfg.train.strict,
                            target_maps=batch["target_map"].to(device), has_target=batch["has_target"].to(device),
                            gamma_map=cfg.train.gamma_map, w_defect=cfg.train.w_defect,
-                           defect_topk=cfg.train.defect_topk, defect_on_good=cfg.train.defect_on_good)
+                           defect_topk=cfg.train.defect_topk, defect_on_good=cfg.train.defect_on_good,
+                           map_form=cfg.train.map_loss)
     return loss, terms, out
 
 

@@ -21,6 +21,8 @@ from inspection.deploy.store.sql import REVIEW_VERDICTS, FailureRecord, FailureS
 from inspection.mapfile import decode_map, read_map_file
 
 FILES = ("image", "overlay", "map")          # kinds of a part's own files that the browser may fetch
+THUMB = 240                    # px, the long side of a queue-grid thumbnail
+MAX_BULK = 500                 # parts in one bulk review (a queue page holds at most 500)
 MAX_MAP_PIXELS = 4096 * 4096   # a corrected map larger than its frame is refused from the PNG header, before decoding
 routes = APIRouter()
 
@@ -68,10 +70,39 @@ def attention_png(part_id: int, corrected: int = 0, u: User = Depends(user), st:
                     headers={"Cache-Control": "no-store"})
 
 
-@routes.post("/api/parts/{part_id}/review")
-async def review(request: Request, part_id: int, u: User = Depends(csrf), st: ReviewApp = Depends(get_state)):
-    body = await json_body(request)
+@routes.get("/parts/{part_id}/thumb.jpg")
+def thumbnail(part_id: int, u: User = Depends(user), st: ReviewApp = Depends(get_state)):
+    """The queue grid's picture of a part: its overlay (map and boxes, as the line drew it), or its image with the
+    boxes when no overlay was logged, at most THUMB px on the long side."""
     r = record(st, part_id)
+    picture = None
+    for kind in ("overlay", "image"):
+        try:
+            path = _file(st.store, r, kind)
+            picture = None if path is None else read_frame(path)
+        except FrameError:
+            picture = None
+        if picture is not None:
+            break
+    if picture is None:
+        raise HTTPException(404, f"part {part_id} has no image to show")
+    picture = cv2.cvtColor(picture, cv2.COLOR_GRAY2BGR) if picture.ndim == 2 else picture[..., :3]
+    if picture.dtype != np.uint8:
+        picture = cv2.convertScaleAbs(picture, alpha=255 / max(1, int(picture.max())))
+    if kind == "image":
+        for b in r.boxes:
+            if "x0" in b:
+                cv2.rectangle(picture, (int(b["x0"]), int(b["y0"])), (int(b["x1"]) - 1, int(b["y1"]) - 1),
+                              (40, 40, 255), max(1, round(max(picture.shape[:2]) / 150)))
+    s = THUMB / max(picture.shape[:2])
+    if s < 1:
+        picture = cv2.resize(picture, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+    return Response(cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes(),
+                    media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+def verdict_fields(body: dict, st: ReviewApp) -> tuple[str, str | None, str]:
+    """(verdict, defect type or None, comment) of a review request, checked; HTTP 400 naming the field."""
     verdict, defect_type, comment = body.get("verdict"), body.get("defect_type") or None, body.get("comment", "")
     if not isinstance(verdict, str) or verdict not in REVIEW_VERDICTS:
         raise HTTPException(400, f"verdict must be one of {', '.join(REVIEW_VERDICTS)}, got {str(verdict)[:40]!r}")
@@ -82,14 +113,46 @@ async def review(request: Request, part_id: int, u: User = Depends(csrf), st: Re
                             + f", got {str(defect_type)[:40]!r}")
     if not isinstance(comment, str):
         raise HTTPException(400, "comment must be text")
-    defect_type = defect_type if verdict == "defect" else None
+    return verdict, (defect_type if verdict == "defect" else None), comment[:2000]
+
+
+@routes.post("/api/parts/{part_id}/review")
+async def review(request: Request, part_id: int, u: User = Depends(csrf), st: ReviewApp = Depends(get_state)):
+    body = await json_body(request)
+    r = record(st, part_id)
+    verdict, defect_type, comment = verdict_fields(body, st)
     corrected = await run_in_threadpool(lambda: _decode_map(body.get("corrected"), _hw(_frame(st.store, r))))
     try:
-        rid = await run_in_threadpool(st.store.add_review, r.id, u.name, verdict, defect_type, comment[:2000],
+        rid = await run_in_threadpool(st.store.add_review, r.id, u.name, verdict, defect_type, comment,
                                       corrected=corrected)
     except ReviewError as exc:
         raise HTTPException(400, str(exc)) from None
     return {"review_id": rid, "history": [_review_json(v) for v in st.store.reviews(r.id)]}
+
+
+@routes.post("/api/reviews")
+async def bulk_review(request: Request, u: User = Depends(csrf), st: ReviewApp = Depends(get_state)):
+    """One verdict for several parts (a run of false alarms from one station): a review of each part, as if
+    judged one by one, and an audit entry per part marked as part of a group. Every id is checked before anything
+    is written."""
+    body = await json_body(request)
+    ids = body.get("ids")
+    if not (isinstance(ids, list) and 0 < len(ids) <= MAX_BULK
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
+        raise HTTPException(400, f"ids must be a list of 1 to {MAX_BULK} part ids (integers)")
+    verdict, defect_type, comment = verdict_fields(body, st)
+    records = [record(st, i) for i in dict.fromkeys(ids)]
+    done = []
+    for r in records:
+        try:
+            rid = await run_in_threadpool(st.store.add_review, r.id, u.name, verdict, defect_type, comment)
+        except ReviewError as exc:
+            done.append({"id": r.id, "error": str(exc)})
+            continue
+        st.accounts.audit(u.name, "review", {"part": r.id, "verdict": verdict, "defect_type": defect_type,
+                                             "group": len(records)})
+        done.append({"id": r.id, "review_id": rid, "review_status": st.store.get(r.id).review_status})
+    return {"reviewed": done}
 
 
 @routes.post("/api/parts/{part_id}/rescore")

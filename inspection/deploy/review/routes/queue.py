@@ -14,7 +14,7 @@ from inspection.deploy.store.sql import FILTERS, FailureRecord
 
 PAGE = 50
 QUERY_KEYS = ("station", "verdict", "review_status", "defect_type", "model_version", "date_from", "date_to",
-              "score_min", "score_max")
+              "score_min", "score_max", "view")   # view: list (default) | grid; kept in links, not a filter
 routes = APIRouter()
 
 
@@ -38,7 +38,10 @@ def queue(request: Request, st: ReviewApp) -> dict:
 def queue_page(request: Request, u: User = Depends(user), st: ReviewApp = Depends(get_state)):
     started = time.perf_counter()
     qs = queue(request, st)
+    view = "grid" if qs["query"]["view"] == "grid" else "list"
+    other = query_string({**qs["query"], "view": "" if view == "grid" else "grid"})
     return page(request, "queue.html", u, **qs, qs=query_string(qs["query"]), stations=st.store.stations(),
+                view=view, other_view=other,
                 verdicts=("fail", "review", "error"), statuses=("unreviewed", "confirmed", "false_alarm", "unsure"),
                 defect_types=st.defect_types(), ms=1000 * (time.perf_counter() - started))
 

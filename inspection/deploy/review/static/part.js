@@ -107,6 +107,19 @@ async function post(path, body) {
   return data;
 }
 
+function drawAfter(boxes) {      // the corrected map's boxes, dashed, beside the line's (solid)
+  const svg = $('boxes');
+  for (const e of svg.querySelectorAll('rect.after')) e.remove();
+  for (const b of boxes) {
+    const e = document.createElementNS('http://www.w3.org/2000/svg', 'rect');
+    e.setAttribute('class', 'after');
+    e.setAttribute('x', b.x0); e.setAttribute('y', b.y0);
+    e.setAttribute('width', b.x1 - b.x0); e.setAttribute('height', b.y1 - b.y0);
+    svg.appendChild(e);
+  }
+  $('box-legend').hidden = false;
+}
+
 async function rescore() {
   if (!A || !$('rescore')) return;
   $('message').textContent = 're-scoring…';
@@ -124,6 +137,11 @@ async function rescore() {
     tr.insertCell().textContent = 'defect score';
     tr.insertCell().textContent = r.before.defect_score.toFixed(4);
     const cell = tr.insertCell(); cell.id = 'rescored'; cell.textContent = `${r.after.defect_score.toFixed(4)} (${r.after.verdict})`;
+    const nb = body.insertRow(); nb.className = 'box-count';
+    nb.insertCell().textContent = 'boxes';
+    nb.insertCell().textContent = r.before.boxes.length;
+    const na = nb.insertCell(); na.id = 'rescored-boxes'; na.textContent = r.after.boxes.length;
+    drawAfter(r.after.boxes);
     $('rescore-result').hidden = false;
     $('rescore-note').textContent = r.model_version === r.part_model_version ? '' :
       `re-scored with model ${r.model_version}; the line used ${r.part_model_version}`;
