@@ -2,6 +2,8 @@
 
     python benchmarks/review_rounds.py --config configs/demo.yaml --seeds 0 1 2
     python benchmarks/review_rounds.py --config configs/kolektorsdd.yaml --seeds 0 --tag kolektorsdd
+    python benchmarks/review_rounds.py --config configs/default.yaml --data data/bsdata \
+        --split-file data/bsdata/split.json --seeds 0 --tag bsdata_default
 
 Works on any dataset in the folder layout, with its split (the config's split file or the seeded split).
 Per seed: production v0 is trained with the config's recipe on half of the train split (the "history",
@@ -67,8 +69,9 @@ def golden_summary(package: Path, items: list[dict]) -> dict:
     return {k: round(float(m.get(k, float("nan"))), 4) for k in GOLDEN_KEYS}
 
 
-def run_seed(config: str, seed: int, rounds: int, epochs: int, gammas, overrides, work: Path) -> dict:
-    cfg = load_config(config, [f"train.seed={seed}", f"data.seed={seed}"])
+def run_seed(config: str, seed: int, rounds: int, epochs: int, gammas, overrides, work: Path,
+             data: list[str] = ()) -> dict:
+    cfg = load_config(config, [*data, f"train.seed={seed}", f"data.seed={seed}"])
     manifest = scan_dataset(cfg.data.root, cfg.data)
     root = Path(manifest.root)
     history, stream = halves(manifest.split("train"), seed)
@@ -151,6 +154,8 @@ def main() -> None:
     ap.add_argument("--gammas", type=float, nargs="+", default=[1.0, 0.0])
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="fine-tuning overrides, e.g. --set train.lr=0.0005 --set train.freeze_features=true")
+    ap.add_argument("--data", help="dataset folder (default: the config's data.root)")
+    ap.add_argument("--split-file", help="the dataset's split file (default: the config's, else a seeded split)")
     ap.add_argument("--tag", help="results name (default: the config's file name)")
     ap.add_argument("--work", default="runs/rounds")
     args = ap.parse_args()
@@ -160,8 +165,10 @@ def main() -> None:
     for seed in args.seeds:
         if any(r["seed"] == seed for r in results):
             continue
+        data = ([f"data.root={args.data}"] if args.data else []) + \
+            ([f"data.split_file={args.split_file}"] if args.split_file else [])
         results.append(run_seed(args.config, seed, args.rounds, args.epochs, args.gammas, args.set,
-                                Path(args.work) / tag / f"s{seed}"))
+                                Path(args.work) / tag / f"s{seed}", data))
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"config": args.config, "rounds": args.rounds, "epochs": args.epochs,
                                    "overrides": args.set, "results": results}, indent=1, default=float))

@@ -98,11 +98,16 @@ def test_the_scripted_reviewer_erases_false_spots_and_overhang_and_paints_a_miss
     mask[72:77, 33:38] = True                 # the pit (5 px): hot already, its overhang must go
     mask[30:50, 60:63] = True                 # a thin crack (3 px) the map missed
     out, did = correct_map(att, mask)
-    assert did["defects"] == 2 and did["missed"] == 1
+    assert did["defects"] == 2 and did["missed"] == 1 and did["too_large"] == 1
     assert out[10:20, 90:110].max() == 0 and out[10 - ERASE_MARGIN + 1, 100] == 0   # spot and its foot erased
-    assert out[74, 35] == att[74, 35] == np.float32(0.8)   # the pit, already hot, is left as it is
-    assert out[62, 22] == 0 and out[88, 48] == 0           # the overhang is erased ...
-    assert 2 < (out[60:90, 20:50] > 0.5).sum() < 80        # ... down to the pit and the brush's margin
+    assert out[72:77, 33:38].min() == 1.0                   # the pit, hot in a blob far too large, is painted ...
+    assert out[62, 22] == 0 and out[88, 48] == 0           # ... and the overhang is erased ...
+    assert 25 <= (out[60:90, 20:50] > 0.5).sum() < 80       # ... down to the pit and the brush's margin
+    fits = att.copy()
+    fits[60:90, 20:50] = 0.05
+    fits[71:78, 32:39] = 0.8                                # a hot region about the pit's size: not painted,
+    out2, did2 = correct_map(fits, mask)                    # its 1-px rim outside the pit erased
+    assert did2["too_large"] == 0 and (out2[72:77, 33:38] == np.float32(0.8)).all() and out2[71, 32] == 0
     assert out[30:50, 60:63].min() == 1.0                   # the crack is painted at full strength
     d = BRUSH_SIZES[BRUSH_SIZES.index(4)]                   # the smallest brush at least 3-4 px wide
     painted_cols = np.flatnonzero(out[40] == 1.0)

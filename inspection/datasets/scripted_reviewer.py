@@ -11,10 +11,11 @@ type. Its map (the line's, upsampled to the frame as the station shows it) is co
   erased with the erase brush, whose round footprint reaches ERASE_MARGIN px beyond the region's edge (the
   soft foot of the blob goes too); on a false alarm that is every hot region. The part of a hot region that
   overhangs the defect (a blob larger than the defect) is erased the same way.
-- add: a defect the map missed (less than half of its pixels hot) is painted at full strength with the
-  smallest brush of the station's sizes at least as wide as the defect (24 px by default, scaled by 1.25 per
-  [ / ] key, 2-200 px), stroked along it: the paint covers the defect and overshoots its sides by half the
-  brush's excess width. A defect already hot is left as it is.
+- add: a defect the map missed (less than half of its pixels hot) or drew too large (its hot region reaches
+  beyond the defect by more than the defect's own painted area) is painted at full strength with the smallest
+  brush of the station's sizes at least as wide as the defect (24 px by default, scaled by 1.25 per [ / ] key,
+  2-200 px), stroked along it: the paint covers the defect and overshoots its sides by half the brush's excess
+  width. A defect whose hot region already fits is left as it is.
 
 The reviewer never sees the mask itself: it sees where the defect is and paints it with a brush, so thin cracks
 come out wider and round pits rounder than their masks.
@@ -47,12 +48,13 @@ def _disc(radius: int) -> np.ndarray:
 
 def correct_map(att: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """The operator's corrected map (frame resolution, [0, 1]) for a map `att` and the truth `mask` (None or
-    empty: a good part), and what was done: {"erased": px, "painted": px, "defects": n, "missed": n}."""
+    empty: a good part), and what was done: {"erased": px, "painted": px, "defects": n, "missed": n,
+    "too_large": n}."""
     att = np.clip(np.asarray(att, np.float32), 0, 1)
     out = att.copy()
     keep = np.zeros(att.shape, np.uint8)      # the defects and the paint's margin: the erase brush stays off
     paint = np.zeros(att.shape, bool)
-    missed = 0
+    missed = too_large = 0
     n = 0
     if mask is not None and np.any(mask):
         n, labels = cv2.connectedComponents((np.asarray(mask) > 0).astype(np.uint8), connectivity=8)
@@ -62,16 +64,28 @@ def correct_map(att: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.nda
             d = brush_for(width)
             region = cv2.dilate(comp, _disc(round((d - width) / 2)))
             keep |= region
+            blob = _touching((att >= HOT).astype(np.uint8), region)
             if (att[comp > 0] >= HOT).mean() < 0.5:   # missed or too weak: painted over
                 paint |= region > 0
                 missed += 1
+            elif (blob & (region == 0)).sum() > region.sum():  # too large: painted where it is (the rest erased)
+                paint |= region > 0
+                too_large += 1
         n -= 1
     hot_outside = ((att >= HOT) & (keep == 0)).astype(np.uint8)
     erase = (cv2.dilate(hot_outside, _disc(ERASE_MARGIN)) > 0) & (keep == 0) if hot_outside.any() else \
         np.zeros(att.shape, bool)
     out[erase] = 0.0
     out[paint] = 1.0
-    return out, {"erased": int(erase.sum()), "painted": int(paint.sum()), "defects": int(n), "missed": missed}
+    return out, {"erased": int(erase.sum()), "painted": int(paint.sum()), "defects": int(n), "missed": missed,
+                 "too_large": too_large}
+
+
+def _touching(binary: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """The 8-connected components of `binary` that overlap `region` (bool)."""
+    n, labels = cv2.connectedComponents(binary, connectivity=8)
+    hit = np.unique(labels[(region > 0) & (binary > 0)])
+    return np.isin(labels, hit[hit > 0])
 
 
 def scripted_review(log: Path, data: str | Path, reviewer: str = "script") -> int:
