@@ -27,7 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -38,7 +37,7 @@ from inspection.config import load_config  # noqa: E402
 from inspection.data import GOOD, InspectionDataset, scan_dataset  # noqa: E402
 from inspection.datasets.scripted_reviewer import correct_map  # noqa: E402
 from inspection.imageio import read_mask  # noqa: E402
-from inspection.mapfile import encode_map  # noqa: E402
+from inspection.mapfile import encode_map, shrink_map  # noqa: E402
 from inspection.model import load_checkpoint  # noqa: E402
 from inspection.training.evaluate import evaluate_checkpoint, predict  # noqa: E402
 from inspection.training.retrain import FINE_TUNE  # noqa: E402
@@ -80,9 +79,7 @@ def rescore(model, parts: list[dict], threshold: float) -> dict:
     model.eval()
     rows = []
     for p in parts:
-        h, w = p["map"].shape
-        small = cv2.resize(p["corrected"], (w, h), interpolation=cv2.INTER_AREA)
-        a = torch.from_numpy(small)[None]
+        a = torch.from_numpy(shrink_map(p["corrected"], p["map"].shape))[None]   # as the runtime's rescore does
         logits = model.forward_with_attention(p["image"][None].float(), a)
         after = float(model.defect_score(logits, a)[0])
         rows.append({"good": p["item"].defect_type == GOOD, "before": p["score"], "after": after,

@@ -114,5 +114,12 @@ def test_the_scripted_reviewer_erases_false_spots_and_overhang_and_paints_a_miss
     assert painted_cols.min() >= 60 - d and painted_cols.max() <= 62 + d   # a brush stroke, not the whole map
     assert out[0:5, 0:5].max() == np.float32(0.05)          # cold untouched cells are kept
 
+    footed = att.copy()
+    footed[5:25, 85:115] = 0.3                              # the false spot's visible foot (JET cyan) ...
+    footed[10:20, 90:110] = 0.9
+    footed[40, 0:60] = 0.3                                  # ... and a lukewarm line with no hot seed
+    out3, _ = correct_map(footed, mask)
+    assert out3[5:25, 85:115].max() == 0 and out3[40, 5] == np.float32(0.3)  # the foot goes, the line stays
+
     good, did = correct_map(att)                             # a false alarm: every hot region erased
     assert good.max() < 0.5 and did["painted"] == 0 and did["erased"] >= 20 * 10 + 30 * 30

@@ -2,6 +2,7 @@ import math
 
 import torch
 
+import numpy as np
 import pytest
 
 from inspection.losses import abn_loss, defect_loss, map_loss, normal_loss, resize_target
@@ -140,3 +141,17 @@ def test_targets_shrink_by_cell_maximum_so_thin_defects_mark_every_cell_they_tou
     expected[1, 0:4] = 1.0                      # row 13 is in cell row 1; columns 5..29 touch cell columns 0..3
     assert torch.equal(small[0], expected)
     assert resize_target(torch.ones(1, 2, 2), (4, 4)).shape == (1, 4, 4)  # growing: bilinear
+
+
+def test_shrinking_a_painted_map_keeps_thin_strokes_as_training_targets_do():
+    from inspection.mapfile import shrink_map
+
+    painted = np.zeros((61, 95), np.float32)
+    painted[30, 10:80] = 1.0                                # a 1-px stroke
+    small = shrink_map(painted, (8, 12))
+    assert small.max() == 1.0 and (small == 1.0).sum() >= 8  # every cell it touches, at full strength
+    rng = np.random.default_rng(0)
+    a = rng.random((61, 95)).astype(np.float32)
+    expected = resize_target(torch.from_numpy(a)[None], (8, 12))[0].numpy()   # torch's adaptive max pooling
+    assert np.array_equal(shrink_map(a, (8, 12)), expected)
+    assert shrink_map(a[:4, :5], (8, 12)).shape == (8, 12)  # growing: bilinear

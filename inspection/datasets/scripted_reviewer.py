@@ -8,9 +8,9 @@ A part whose source image is under good/ is a false alarm; one under defect/<typ
 type. Its map (the line's, upsampled to the frame as the station shows it) is corrected by `correct_map`:
 
 - erase: every hot region (map ≥ HOT, what the overlay shows as a defect) that lies outside the defect is
-  erased with the erase brush, whose round footprint reaches ERASE_MARGIN px beyond the region's edge (the
-  soft foot of the blob goes too); on a false alarm that is every hot region. The part of a hot region that
-  overhangs the defect (a blob larger than the defect) is erased the same way.
+  erased with its visible foot (down to VISIBLE, where the overlay's colours start) by the erase brush, whose
+  round footprint reaches ERASE_MARGIN px beyond; on a false alarm that is every hot region. The part of a hot
+  region that overhangs the defect (a blob larger than the defect) is erased the same way.
 - add: a defect the map missed (less than half of its pixels hot) or drew too large (its hot region reaches
   beyond the defect by more than the defect's own painted area) is painted at full strength with the smallest
   brush of the station's sizes at least as wide as the defect (24 px by default, scaled by 1.25 per [ / ] key,
@@ -32,6 +32,7 @@ from inspection.deploy.store.sql import SQLiteStore
 from inspection.imageio import read_mask
 
 HOT = 0.5             # a map value the overlay shows as a defect (the training's MAP_HOT)
+VISIBLE = 0.25        # the overlay's colours start here (JET cyan): an erased hot region goes down to this level
 ERASE_MARGIN = 6      # px the erase brush's footprint reaches beyond a hot region (a quarter of the 24-px default)
 BRUSH_SIZES = tuple(sorted({int(round(min(200.0, max(2.0, 24 * 1.25 ** k)))) for k in range(-12, 12)}))
 
@@ -72,9 +73,9 @@ def correct_map(att: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.nda
                 paint |= region > 0
                 too_large += 1
         n -= 1
-    hot_outside = ((att >= HOT) & (keep == 0)).astype(np.uint8)
-    erase = (cv2.dilate(hot_outside, _disc(ERASE_MARGIN)) > 0) & (keep == 0) if hot_outside.any() else \
-        np.zeros(att.shape, bool)
+    visible = ((att >= VISIBLE) & (keep == 0)).astype(np.uint8)
+    blobs = _touching(visible, (att >= HOT) & (keep == 0)).astype(np.uint8)   # hot regions with their visible foot
+    erase = (cv2.dilate(blobs, _disc(ERASE_MARGIN)) > 0) & (keep == 0) if blobs.any() else np.zeros(att.shape, bool)
     out[erase] = 0.0
     out[paint] = 1.0
     return out, {"erased": int(erase.sum()), "painted": int(paint.sum()), "defects": int(n), "missed": missed,

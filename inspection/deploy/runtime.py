@@ -21,6 +21,7 @@ import numpy as np
 from inspection.deploy.package import PackageError, load_package
 from inspection.boxes import Box, BoxRule, attention_to_boxes, full_roi
 from inspection.decision import VERDICTS, verdict
+from inspection.mapfile import shrink_map
 from inspection.imageio import HEADER_BYTES, ImageError, check_pixels
 from inspection.preprocess import prepare, to_input
 from inspection.errors import UserError
@@ -339,10 +340,7 @@ class Runtime:
         if self.roi is not None and att.shape == np.asarray(frame).shape[:2]:  # a frame-sized map: the model's part
             x, y, w, h = self.roi
             att = att[y:y + h, x:x + w]
-        h, w = self.attention_size
-        if att.shape != (h, w):
-            interp = cv2.INTER_AREA if att.shape[0] > h else cv2.INTER_LINEAR
-            att = cv2.resize(att, (w, h), interpolation=interp)
+        att = shrink_map(att, tuple(self.attention_size))  # cell = its hottest pixel, as training targets are
         if self._rescore is None:
             self._rescore = open_session(self.root / "rescore.onnx", *self._rescore_args)
         x = to_input([self.prepare(frame, color)], self.mean, self.std)

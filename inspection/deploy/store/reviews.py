@@ -64,7 +64,7 @@ class Reviews:
         import cv2
         import numpy as np
 
-        from inspection.mapfile import encode_map
+        from inspection.mapfile import encode_map, shrink_map
 
         att = np.asarray(corrected, np.float32)
         if "map" not in record.files:
@@ -83,7 +83,7 @@ class Reviews:
             raise ReviewError(f"corrected map for part {record.part_id} holds NaN or infinite values")
         att = np.clip(att, 0, 1)
         h, w = model.shape[:2]
-        small = att if att.shape == (h, w) else cv2.resize(att, (w, h), interpolation=cv2.INTER_AREA)
+        small = shrink_map(att, (h, w))
         full = att if frame is None or att.shape == frame.shape[:2] else \
             cv2.resize(att, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_LINEAR)
         return {kind: encode_map(a) for kind, a in (("corrected", small), ("corrected_full", full))}
