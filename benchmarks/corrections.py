@@ -105,9 +105,11 @@ def data_folder(root: Path, folder: Path, parts: list[dict]) -> Path:
     return folder
 
 
-def fine_tune(config: str, sets: list[str], seed: int, data: Path, init: dict, form: str, out: Path) -> dict:
+def fine_tune(config: str, sets: list[str], seed: int, data: Path, init: dict, form: str, out: Path,
+              tune: list[str] = ()) -> dict:
     cfg = load_config(config, [*sets, f"train.seed={seed}", f"data.seed={seed}", f"data.root={data}",
-                               "model.pretrained=false", *FINE_TUNE, f"train.map_loss={form}", "train.gamma_map=1"])
+                               "model.pretrained=false", *FINE_TUNE, f"train.map_loss={form}", "train.gamma_map=1",
+                               *tune])
     manifest = scan_dataset(data, cfg.data)
     t = time.time()
     best = train(cfg, manifest, out, kind="abn", resume=False, progress=False, init_state=init)
@@ -145,7 +147,7 @@ def run_seed(args, seed: int, done: dict, save) -> dict:
                             "defect": sum(p["item"].defect_type != GOOD for p in parts),
                             "painted_px": int(sum(p["did"]["painted"] for p in parts)),
                             "erased_px": int(sum(p["did"]["erased"] for p in parts))}
-    work = Path(args.work) / "corrections" / args.tag / f"s{seed}"
+    work = Path(args.work) / "corrections" / (args.tag + (f"_{args.name}" if args.name else "")) / f"s{seed}"
     for count in args.counts:
         n = ALL if count == "all" else int(count)
         for form in (args.forms if n else ["none"]):
@@ -155,7 +157,7 @@ def run_seed(args, seed: int, done: dict, save) -> dict:
             chosen = parts[:n]
             folder = data_folder(Path(manifest.root), work / f"data_n{count}", chosen)
             r = fine_tune(args.config, sets, seed, folder, ckpt["state_dict"], form if n else "balanced",
-                          work / f"n{count}_{form}")
+                          work / f"n{count}_{form}", args.tune)
             r["corrected"] = len(chosen)
             res["runs"][name] = r
             print(f"seed {seed} {name} ({r['train_s']:.0f} s, {r['targets']} targets): " +
@@ -222,23 +224,27 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--counts", nargs="+", default=["0", "5", "10", "20", "all"])
     ap.add_argument("--forms", nargs="+", default=["balanced", "l2"], choices=["balanced", "l2"])
+    ap.add_argument("--tune", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="fine-tuning overrides after the retrain's recipe, e.g. train.freeze_features=false")
+    ap.add_argument("--name", default="", help="results name suffix for another recipe (with --tune)")
     ap.add_argument("--work", default="runs")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    out = Path(__file__).parent / "results" / f"corrections_{args.tag}.json"
+    name = args.tag + (f"_{args.name}" if args.name else "")
+    out = Path(__file__).parent / "results" / f"corrections_{name}.json"
     results = json.loads(out.read_text())["results"] if out.exists() else {}
 
     def save(seed: int, res: dict) -> None:
         results[str(seed)] = res
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"config": args.config, "data": args.data, "overrides": args.set,
-                                   "fine_tune": FINE_TUNE, "results": results}, indent=1, default=float))
+                                   "fine_tune": FINE_TUNE + args.tune, "results": results}, indent=1, default=float))
 
     for seed in args.seeds:
         save(seed, run_seed(args, seed, results, save))
     print(tables(results, args.counts, args.forms))
-    plot(results, args.counts, args.forms, Path(__file__).resolve().parent.parent / "docs" / f"corrections_{args.tag}.png",
-         args.tag)
+    plot(results, args.counts, args.forms, Path(__file__).resolve().parent.parent / "docs" / f"corrections_{name}.png",
+         name)
 
 
 if __name__ == "__main__":
