@@ -228,6 +228,7 @@ def main() -> None:
                     help="fine-tuning overrides after the retrain's recipe, e.g. train.freeze_features=false")
     ap.add_argument("--name", default="", help="results name suffix for another recipe (with --tune)")
     ap.add_argument("--work", default="runs")
+    ap.add_argument("--report", action="store_true", help="only print the tables and draw the curve from the JSON")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     name = args.tag + (f"_{args.name}" if args.name else "")
@@ -240,7 +241,7 @@ def main() -> None:
         out.write_text(json.dumps({"config": args.config, "data": args.data, "overrides": args.set,
                                    "fine_tune": FINE_TUNE + args.tune, "results": results}, indent=1, default=float))
 
-    for seed in args.seeds:
+    for seed in [] if args.report else args.seeds:
         save(seed, run_seed(args, seed, results, save))
     print(tables(results, args.counts, args.forms))
     plot(results, args.counts, args.forms, Path(__file__).resolve().parent.parent / "docs" / f"corrections_{name}.png",
