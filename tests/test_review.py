@@ -712,6 +712,20 @@ def test_script_in_every_stored_text_field_never_runs_in_a_browser(server, log):
     assert policies and all(csp and "script-src 'self'" in csp for _, csp in policies), policies
 
 
+def _erase_everything(page) -> dict:
+    """The erase brush at full size in zigzags across the whole map; returns the map canvas's bounding box."""
+    page.keyboard.press("e")
+    page.evaluate("document.getElementById('brush').value = 200")
+    box = page.locator("#heat").bounding_box()
+    page.mouse.move(box["x"] + 2, box["y"] + 2)
+    page.mouse.down()
+    for k in range(12):
+        for x in (2, box["width"] - 2):
+            page.mouse.move(box["x"] + x, box["y"] + box["height"] * k / 11, steps=6)
+    page.mouse.up()
+    return box
+
+
 def test_browser_login_filter_open_confirm_paint_rescore_logout(server, log):
     from playwright.sync_api import expect, sync_playwright
 
@@ -739,15 +753,7 @@ def test_browser_login_filter_open_confirm_paint_rescore_logout(server, log):
         expect(page.locator("#heat")).to_be_visible()
         part_id = int(page.locator("#part").get_attribute("data-id"))
         # paint: the erase brush at full size across the whole image, then re-score
-        page.keyboard.press("e")
-        page.evaluate("document.getElementById('brush').value = 200")
-        box = page.locator("#heat").bounding_box()
-        page.mouse.move(box["x"] + 2, box["y"] + 2)
-        page.mouse.down()
-        for k in range(12):
-            for x in (2, box["width"] - 2):
-                page.mouse.move(box["x"] + x, box["y"] + box["height"] * k / 11, steps=6)
-        page.mouse.up()
+        box = _erase_everything(page)
         expect(page.locator("#edited")).to_contain_text("edited")
         page.keyboard.press("r")
         expect(page.locator("#rescored")).to_be_visible()
@@ -811,15 +817,7 @@ def test_browser_grid_selects_parts_with_the_keyboard_and_judges_them_at_once(se
         # a part: paint with the add brush, re-score: the corrected map's boxes are drawn dashed beside the line's
         page.goto(server + f"/parts/{ids[3]}")
         expect(page.locator("#heat")).to_be_visible()
-        page.keyboard.press("e")                                        # erase everything, then add one stroke
-        page.evaluate("document.getElementById('brush').value = 200")
-        box = page.locator("#heat").bounding_box()
-        page.mouse.move(box["x"] + 2, box["y"] + 2)
-        page.mouse.down()
-        for k in range(12):
-            for x in (2, box["width"] - 2):
-                page.mouse.move(box["x"] + x, box["y"] + box["height"] * k / 11, steps=6)
-        page.mouse.up()
+        box = _erase_everything(page)                                   # then add one stroke
         page.keyboard.press("a")
         page.evaluate("document.getElementById('brush').value = 30")   # px of the frame (this one is ~70 px wide)
         page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.5)
