@@ -49,11 +49,6 @@ SHOWN = {"box F1@0.3": lambda m: m["box@0.3"]["f1"], "box F1@0.5": lambda m: m["
          "hit rate": lambda m: m["hit_rate"]}
 
 
-def full_map(att: np.ndarray, item, roi) -> np.ndarray:
-    """A model-resolution map at the item's frame size, as the review station shows it."""
-    return upsample_attention(att, (item.height, item.width), roi)
-
-
 def corrections(model, cfg, manifest, split: str, threshold: float) -> list[dict]:
     """v0's flagged parts of a split with the scripted reviewer's corrected maps (frame resolution)."""
     ds = InspectionDataset(manifest, split, cfg.data)
@@ -66,7 +61,7 @@ def corrections(model, cfg, manifest, split: str, threshold: float) -> list[dict
         mask = read_mask(root / it.mask) if it.defect_type != GOOD and it.mask else None
         if it.defect_type != GOOD and mask is None:
             continue  # a defect without a mask: the reviewer would not know where to paint
-        att = full_map(pred.maps[i], it, cfg.data.roi)
+        att = upsample_attention(pred.maps[i], (it.height, it.width), cfg.data.roi)  # as the station shows it
         corrected, did = correct_map(att, mask)
         out.append({"item": it, "index": i, "score": float(pred.scores[i]), "map": pred.maps[i],
                     "corrected": corrected, "did": did, "image": ds[i]["image"]})

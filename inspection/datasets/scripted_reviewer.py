@@ -30,6 +30,7 @@ import numpy as np
 from inspection.boxes import upsample_attention
 from inspection.deploy.store.sql import SQLiteStore
 from inspection.imageio import read_mask
+from inspection.mapfile import read_map_file
 
 HOT = 0.5             # a map value the overlay shows as a defect (the training's MAP_HOT)
 VISIBLE = 0.25        # the overlay's colours start here (JET cyan): an erased hot region goes down to this level
@@ -100,7 +101,9 @@ def scripted_review(log: Path, data: str | Path, reviewer: str = "script") -> in
         source = sources.get(r.part_id)
         if "map" not in r.files or source is None:
             continue
-        small = cv2.imread(str(store.folder / r.files["map"]), cv2.IMREAD_UNCHANGED).astype(np.float32) / 65535
+        small = read_map_file(store.folder / r.files["map"])
+        if small is None:
+            continue
         frame = cv2.imread(str(store.folder / r.files["image"]), cv2.IMREAD_UNCHANGED) if "image" in r.files else None
         hw = frame.shape[:2] if frame is not None else small.shape
         att = upsample_attention(small, hw)  # the stored image is what the model judged (a model ROI: not here)

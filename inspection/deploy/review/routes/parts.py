@@ -179,7 +179,7 @@ def _rescore(st: ReviewApp, r: FailureRecord, body: dict, u: User) -> dict:  # d
             raise HTTPException(400, f"corrected map for part {r.part_id} has shape {corrected.shape}; expected "
                                      + " or ".join(f"{h}x{w}" for h, w in shapes) + " (frame or model map)")
         after = st.runtime.rescore(frame, corrected, color="BGR")
-        before = st.runtime.rescore(frame, _attention(st, r, False, frame.shape[:2]), color="BGR")
+        before = st.runtime.rescore(frame, _attention(st, r, False, None), color="BGR")  # the logged map as it is
     except FrameError as exc:
         raise HTTPException(400, str(exc)) from None
     st.accounts.audit(u.name, "rescore", {"part": part_id, "score": after["defect_score"]})
