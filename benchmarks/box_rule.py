@@ -9,7 +9,8 @@ in predictions.npz), then measures on test, with the same pass/fail threshold:
 - ablation: the untuned default rule, and the default with one level changed at a time;
 - calibrated: the rule calibrated on the set's own val (eval.boxes all null), and on every other set's val
   (transfer: the levels calibrated on set A applied to set B).
-Prints tables of box F1@0.3 (mean and minimum over seeds) and writes benchmarks/results/box_rule.json.
+Prints tables of box F1@0.3 (mean and minimum over seeds) and the rule's cost per image with and without
+`refine`, and writes benchmarks/results/box_rule.json.
 """
 from __future__ import annotations
 
@@ -29,6 +30,35 @@ from inspection.evaluation import Predictions, evaluate_predictions  # noqa: E40
 from inspection.layout import Manifest  # noqa: E402
 
 KEYS = ("box@0.1", "box@0.3", "box@0.5")
+
+
+def timing(pt, manifest, cfg, repeats: int = 3) -> dict:
+    """Milliseconds per test image for the default rule with and without `refine` (the frame read beforehand),
+    interleaved in one run on the same maps; the line draws boxes only on parts that fail or go to review,
+    every test image is boxed here."""
+    import time
+
+    import cv2
+
+    from inspection.boxes import full_roi, map_boxes
+    from inspection.imageio import read_image
+
+    items = manifest.split("test")
+    regions = []
+    for i, it in enumerate(items):
+        x, y, w, h = full_roi((it.height, it.width), cfg.data.roi)
+        up = cv2.resize(pt.maps[i], (w, h), interpolation=cv2.INTER_LINEAR)
+        regions.append((up, (x, y), read_image(Path(manifest.root) / it.path)[y:y + h, x:x + w]))
+    rules = {"refine": BoxRule.default(), "whole region": dataclasses.replace(BoxRule.default(), refine=0.0)}
+    spent = dict.fromkeys(rules, 0.0)
+    for _ in range(repeats):
+        for name, rule in rules.items():
+            t = time.perf_counter()
+            for up, off, image in regions:
+                map_boxes(up, rule, off, image)
+            spent[name] += time.perf_counter() - t
+    ms = {k: 1000 * v / (repeats * len(regions)) for k, v in spent.items()}
+    return {**ms, "ratio": ms["refine"] / ms["whole region"], "images": len(regions)}
 
 
 def predictions(folder: Path) -> tuple[Predictions, Predictions, Manifest, object]:
@@ -60,7 +90,8 @@ def measure(pv, pt, manifest, cfg, levels: dict) -> dict:
     r = evaluate_predictions(pv, pt, manifest, with_boxes(cfg, levels), "ours")
     m = r["metrics"]
     return {"rule": r["box_rule"], **{k: m[k]["f1"] for k in KEYS}, "pixel_auroc": m["pixel_auroc"],
-            "recall_by_size": {k: v["recall"] for k, v in m["recall_by_size@0.3"].items()}}
+            "recall_by_size": {k: v["recall"] for k, v in m["recall_by_size@0.3"].items()},
+            "recall_by_count": {k: v["recall"] for k, v in m["recall_by_count@0.3"].items()}}
 
 
 def variants() -> dict[str, dict]:
@@ -107,6 +138,12 @@ def main() -> None:
                     measure(pv, pt, manifest, cfg, {k: rule[k] for k in BoxRule.calibrated()}))
         print(f"{name} seed {seed}: default {results['default'][name][-1]['box@0.3']:.3f}, "
               f"calibrated {calibrated['box@0.3']:.3f} ({calibrated['rule']})", flush=True)
+    times = {}
+    for (name, seed), (pv, pt, manifest, cfg) in data.items():
+        if name not in times:  # one seed per set: the maps' shapes, not the seed, set the cost
+            times[name] = timing(pt, manifest, cfg)
+            print(f"{name}: box rule {times[name]['whole region']:.2f} ms/image, with refine "
+                  f"{times[name]['refine']:.2f} ms (x{times[name]['ratio']:.2f})", flush=True)
     names = list(sets)
     print("\n| rule | " + " | ".join(f"{n} F1@0.3" for n in names) + " | " + " | ".join(f"{n} F1@0.5" for n in names) + " |")
     print("|---" * (2 * len(names) + 1) + "|")
@@ -118,7 +155,7 @@ def main() -> None:
                 cells.append(f"{v.mean():.3f} ({v.min():.3f})" if len(v) else "–")
         print(f"| {label} | " + " | ".join(cells) + " |")
     Path(args.out).write_text(json.dumps({"sets": sets, "seeds": args.seeds, "default": default,
-                                          "results": results}, indent=1, default=float))
+                                          "results": results, "ms_per_image": times}, indent=1, default=float))
 
 
 if __name__ == "__main__":

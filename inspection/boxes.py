@@ -8,11 +8,14 @@ lie at least `relative` of the way from the foot to the region's peak (a soft bl
 boxed near its tip, a plateau whole); boxes closer than `merge` (a share of the longer side of the region
 the model saw) become one (a crack that the map breaks into beads is one defect); regions under `min_area`
 pixels, or under `area_share` of the largest region's area on the same part (a speck beside a defect, where
-the map saturates and peaks cannot tell them apart), are dropped; each box is scored by the peak (or mean)
-attention inside.
+the map saturates and peaks cannot tell them apart), are dropped; where the frame is given, each box is drawn
+around the part of its region where the image stands out from the surface around the region (`refine`: at
+least that share of the strongest deviation; a blob of stride-8 cells is larger than a small defect, the pixels
+are not); each box is scored by the peak (or mean) attention inside.
 
     >>> boxes = attention_to_boxes(att, frame_hw=(480, 640), threshold=0.5, low=0.5, relative=0.5, min_area=20)
-    >>> boxes = attention_to_boxes(att, frame_hw=(480, 640), rule=BoxRule.from_dict(package_variant["box_rule"]))
+    >>> boxes = attention_to_boxes(att, frame_hw=(480, 640), rule=BoxRule.from_dict(package_variant["box_rule"]),
+    ...                            frame=frame)  # the frame: boxes refined to the pixels that stand out
     >>> boxes[0].xyxy, boxes[0].score
 """
 from __future__ import annotations
@@ -68,8 +71,8 @@ class Level:
 # The levels, in the order the rule applies them. Only the threshold is calibrated, among levels of the map's own
 # probability scale (never under what the validation good parts' maps reach: see inspection/evaluation.py). Of
 # the others, measured one at a time over the synthetic set (one and several defects per part), KolektorSDD and
-# BSData, only area_share raised box F1 on every set without lowering recall on parts with several defects, so
-# the default rule keeps it at 0.2; the rest are off unless the config sets them (docs/method.md).
+# BSData, only area_share and refine raised box F1 on some sets without lowering it on any, so the default rule
+# keeps them at 0.2; the rest are off unless the config sets them (docs/method.md).
 LEVELS: dict[str, Level] = {
     "threshold": Level(0.5, (0.5, 0.6, 0.7, 0.8, 0.9), 0, 1, False,
                        "seed level: a region is a defect where the map reaches it", calibrated=True),
@@ -81,6 +84,10 @@ LEVELS: dict[str, Level] = {
     "relative": Level(0.0, (0.0, 0.5, 0.7, 0.85), 0, 1, True,
                       "extent: each region is boxed where its log-odds lie at least this share of the way from its "
                       "foot to its peak (a soft blob around a small defect is boxed near its tip); 0 = whole region"),
+    "refine": Level(0.0, (0.0, 0.2, 0.3, 0.4), 0, 1, True,
+                    "boxes are drawn around the pixels of each region whose deviation from the surface around "
+                    "the region is at least this share of the strongest one (needs the frame; a region where "
+                    "nothing stands out keeps its box); 0 = the whole region"),
     "merge": Level(0.0, (0.0, 0.02, 0.05), 0, 1, False,
                    "boxes closer than this share of the ROI's longer side merge (a crack the map breaks into "
                    "beads); 0 = off"),
@@ -98,6 +105,7 @@ class BoxRule:
     threshold: float = 0.8
     low: float = 1.0
     relative: float = 0.0
+    refine: float = 0.2
     merge: float = 0.0
     peak_share: float = 0.0
     area_share: float = 0.2
@@ -153,6 +161,8 @@ class BoxRule:
             parts.append(f"grown down to {self.low:g} of that level")
         if self.relative:
             parts.append(f"boxed where {self.relative:g} of the way from foot to peak (log-odds)")
+        if self.refine:
+            parts.append(f"boxed around the pixels that stand out at {self.refine:g} of the strongest deviation")
         if self.merge:
             parts.append(f"boxes closer than {self.merge:g} of the image side merged")
         if self.area_share:
@@ -186,13 +196,14 @@ def upsample_attention(attention: np.ndarray, frame_hw: tuple[int, int],
 def components_to_boxes(binary: np.ndarray, values: np.ndarray | None = None, min_area: int = 0,
                         score: str = "peak", offset: tuple[int, int] = (0, 0), seed: float | None = None,
                         merge_gap: float = 0.0, relative: float = 0.0, foot: float = 0.0,
-                        area_share: float = 0.0) -> list[Box]:
+                        area_share: float = 0.0, image: np.ndarray | None = None, refine: float = 0.0) -> list[Box]:
     """Boxes of the 8-connected components of a bool image, scored by `values` inside each one.
 
     seed: keep only components where `values` reach it (hysteresis); relative: box only the pixels of each
     component whose log-odds lie at least this share of the way from `foot` (the level that cut the component)
     to the component's peak (log-odds, because a map near 1 saturates: 0.9998 and 0.99998 are 8.5 and 10.8 in
-    log-odds); merge_gap: merge boxes whose gap in x and in y is at most this many pixels (their areas add up,
+    log-odds); refine (with `image`, the pixels under `binary`): box only the component's pixels that stand out
+    from the surface around it (_standing_out); merge_gap: merge boxes whose gap in x and in y is at most this many pixels (their areas add up,
     the score is the peak or the area-weighted mean); area_share: drop (merged) components whose area is under
     this share of the largest one's.
     """
@@ -214,6 +225,8 @@ def components_to_boxes(binary: np.ndarray, values: np.ndarray | None = None, mi
             level = 1 / (1 + np.exp(-(z_foot + relative * (z_peak - z_foot))))  # back to the map's scale
             ys, xs = np.nonzero(member & (window >= min(level, peak)))
             x, y, w, h = x + int(xs.min()), y + int(ys.min()), int(xs.max() - xs.min()) + 1, int(ys.max() - ys.min()) + 1
+        if refine > 0 and image is not None:
+            x, y, w, h = _standing_out(image, labels, i, (x, y, w, h), refine)
         parts.append([x, y, x + w, y + h, peak, float(inside.sum()), area])
     if merge_gap > 0:
         parts = _merge_near(parts, merge_gap)
@@ -227,6 +240,36 @@ def components_to_boxes(binary: np.ndarray, values: np.ndarray | None = None, mi
         s = 1.0 if values is None else peak if score == "peak" else total / area
         boxes.append(Box(x0 + offset[0], y0 + offset[1], x1 + offset[0], y1 + offset[1], s, area))
     return sorted(boxes, key=lambda b: -b.score)
+
+
+REFINE_PAD = 0.5     # the surface around a region: its box widened by this share of its longer side on each side
+REFINE_FLOOR = 3.0   # a region whose pixels deviate less than this (in MADs of the surface) keeps its box
+
+
+def _standing_out(image: np.ndarray, labels: np.ndarray, i: int, box: tuple[int, int, int, int],
+                  share: float) -> tuple[int, int, int, int]:
+    """The box (x, y, w, h) around the pixels of component i that deviate most from the surface around it: each
+    pixel's deviation from the median of the window's pixels outside the component, in MADs of those pixels,
+    largest over the channels, smoothed (sigma 1 px); the pixels at least `share` of the strongest deviation.
+    The component's box where too few pixels surround it or nothing stands out (REFINE_FLOOR)."""
+    x, y, w, h = box
+    pad = int(REFINE_PAD * max(w, h)) + 2
+    x0, y0 = max(0, x - pad), max(0, y - pad)
+    x1, y1 = min(labels.shape[1], x + w + pad), min(labels.shape[0], y + h + pad)
+    img = np.asarray(image[y0:y1, x0:x1], np.float32).reshape(y1 - y0, x1 - x0, -1)
+    member = labels[y0:y1, x0:x1] == i
+    surface = img[labels[y0:y1, x0:x1] == 0]  # (n, channels): the window outside every region
+    if len(surface) < 16:
+        return box
+    ref = np.median(surface, 0)
+    mad = np.maximum(np.median(np.abs(surface - ref), 0), 1e-6)
+    dev = cv2.GaussianBlur(np.ascontiguousarray((np.abs(img - ref) / mad).max(-1)), (0, 0), 1.0)
+    dev[~member] = 0
+    top = float(dev.max())
+    if top < REFINE_FLOOR:
+        return box
+    ys, xs = np.nonzero(dev >= share * top)
+    return x0 + int(xs.min()), y0 + int(ys.min()), int(xs.max() - xs.min()) + 1, int(ys.max() - ys.min()) + 1
 
 
 def _log_odds(p: float) -> float:
@@ -253,27 +296,35 @@ def _merge_near(parts: list[list], gap: float) -> list[list]:
     return parts
 
 
-def map_boxes(up: np.ndarray, rule: BoxRule, offset: tuple[int, int] = (0, 0)) -> list[Box]:
-    """The box rule on a map already upsampled to the region the model saw (`offset`: its corner in the frame)."""
+def map_boxes(up: np.ndarray, rule: BoxRule, offset: tuple[int, int] = (0, 0),
+              image: np.ndarray | None = None) -> list[Box]:
+    """The box rule on a map already upsampled to the region the model saw (`offset`: its corner in the frame);
+    `image`: that region of the frame (H, W[, C], any dtype), for the rule's `refine` level (None: unrefined)."""
+    if image is not None and np.asarray(image).shape[:2] != up.shape:
+        raise ValueError(f"box refinement: image region {np.asarray(image).shape[:2]} does not match the map's "
+                         f"{up.shape}")
     seed = rule.threshold
     if rule.peak_share > 0 and up.size:
         seed = max(seed, rule.peak_share * float(up.max()))
     foot = seed * rule.low
     return components_to_boxes(up >= foot, up, rule.min_area, rule.score, offset, seed=seed,
                                merge_gap=rule.merge * max(up.shape), relative=rule.relative, foot=foot,
-                               area_share=rule.area_share)
+                               area_share=rule.area_share, image=image, refine=rule.refine)
 
 
 def attention_to_boxes(attention: np.ndarray, frame_hw: tuple[int, int], rule: BoxRule | None = None,
-                       roi: tuple[int, int, int, int] | None = None, **levels) -> list[Box]:
+                       roi: tuple[int, int, int, int] | None = None, frame: np.ndarray | None = None,
+                       **levels) -> list[Box]:
     """Defect boxes from an attention map that covers `roi` of a frame of size `frame_hw` (H, W); the rule's
-    levels as a BoxRule or as keywords (threshold=0.5, low=..., ...)."""
+    levels as a BoxRule or as keywords (threshold=0.5, low=..., ...); `frame` (H, W[, C]): the image, for the
+    rule's `refine` level (without it boxes are the map's regions whole)."""
     if attention.ndim != 2:
         raise ValueError(f"attention map must be 2-D (h, w), got shape {attention.shape}")
     rule = rule if rule is not None else BoxRule(**levels)
     x, y, w, h = full_roi(frame_hw, roi)
     up = cv2.resize(np.asarray(attention, np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-    return map_boxes(up, rule, offset=(x, y))
+    crop = None if frame is None or not rule.refine else np.asarray(frame)[y:y + h, x:x + w]
+    return map_boxes(up, rule, offset=(x, y), image=crop)
 
 
 def mask_to_boxes(mask: np.ndarray, min_area: int = 0) -> list[Box]:

@@ -137,6 +137,7 @@ class BoxConfig(_Section):
     threshold: Optional[float] = _level("threshold")
     low: Optional[float] = _level("low")
     relative: Optional[float] = _level("relative")
+    refine: Optional[float] = _level("refine")
     merge: Optional[float] = _level("merge")
     peak_share: Optional[float] = _level("peak_share")
     area_share: Optional[float] = _level("area_share")

@@ -19,7 +19,7 @@ import numpy as np
 
 from inspection.boxes import LEVELS, BoxRule, full_roi, map_boxes, mask_to_boxes
 from inspection.decision import verdict
-from inspection.imageio import read_truth
+from inspection.imageio import read_image, read_truth
 from inspection.layout import GOOD, Manifest
 from inspection.metrics import (aupro, box_metrics, box_recall_by, calibrate_threshold, hit_rate, image_metrics,
                                 pixel_auroc, size_class)
@@ -39,6 +39,15 @@ def _upsampled(amap: np.ndarray, item, roi) -> tuple[np.ndarray, tuple[int, int]
     """Map upsampled to the ROI in original pixels, and the ROI offset."""
     x, y, w, h = full_roi((item.height, item.width), roi)
     return cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR), (x, y)
+
+
+def _region(item, root: Path | None, roi, rule: BoxRule) -> np.ndarray | None:
+    """The image region the model saw, for the rule's `refine` level (None when the rule does not refine or
+    no dataset folder is given: the map's regions are boxed whole)."""
+    if not rule.refine or root is None:
+        return None
+    x, y, w, h = full_roi((item.height, item.width), roi)
+    return read_image(root / item.path)[y:y + h, x:x + w]
 
 
 def _truths(items, root: Path) -> dict[int, np.ndarray]:
@@ -63,7 +72,7 @@ def good_level(pred: Predictions, items) -> float:
 
 
 def calibrate_box_rule(pred: Predictions, items, truths: dict[int, np.ndarray], flagged: np.ndarray,
-                       cfg) -> BoxRule:
+                       cfg, root: Path | None = None) -> BoxRule:
     """The box rule for a model: the config's levels (by default the untuned rule, BoxRule.default()), with the
     threshold never under what the validation good parts' maps reach (good_level: boxing under it would box the
     surface of a typical good part). Levels the config leaves null and calibration may choose (the threshold)
@@ -71,7 +80,8 @@ def calibrate_box_rule(pred: Predictions, items, truths: dict[int, np.ndarray], 
     would box (those that fail or go to review); ties keep the default; with no pixel truth the default stands.
 
     The candidates are fixed levels of the map's own probability scale (inspection/boxes.LEVELS), so
-    calibration cannot degenerate to a level that boxes a whole part.
+    calibration cannot degenerate to a level that boxes a whole part. `root`: the dataset folder, whose images
+    the `refine` level reads (None: regions boxed whole).
     """
     b = cfg.eval.boxes
     fixed = {k: getattr(b, k) for k in LEVELS if getattr(b, k) is not None}
@@ -84,11 +94,13 @@ def calibrate_box_rule(pred: Predictions, items, truths: dict[int, np.ndarray], 
         return rule
     candidates = {n: LEVELS[n].candidates for n in free}
     candidates["threshold"] = [t for t in LEVELS["threshold"].candidates if t >= floor] or [floor]
-    ups = {i: _upsampled(pred.maps[i], items[i], cfg.data.roi) for i in truths if flagged[i]}
+    ups = {i: (*_upsampled(pred.maps[i], items[i], cfg.data.roi), _region(items[i], root, cfg.data.roi, rule))
+           for i in truths if flagged[i]}
     truth = [_xyxy(mask_to_boxes(truths[i])) for i in truths]
 
     def f1(r: BoxRule) -> float:
-        boxes = [_xyxy(map_boxes(ups[i][0], r, ups[i][1])) if i in ups else np.zeros((0, 4)) for i in truths]
+        boxes = [_xyxy(map_boxes(ups[i][0], r, ups[i][1], ups[i][2])) if i in ups else np.zeros((0, 4))
+                 for i in truths]
         return box_metrics(boxes, truth, 0.3)["f1"]
 
     best = f1(rule)
@@ -127,7 +139,7 @@ def evaluate_predictions(pv: Predictions, pt: Predictions, manifest: Manifest, c
     band = cfg.eval.review_band
     val_flagged = np.array([verdict(float(s), threshold, band) != "pass" for s in pv.scores])
     test_flagged = np.array([verdict(float(s), threshold, band) != "pass" for s in pt.scores])
-    rule = calibrate_box_rule(pv, val_items, _truths(val_items, root), val_flagged, cfg)
+    rule = calibrate_box_rule(pv, val_items, _truths(val_items, root), val_flagged, cfg, root)
 
     metrics = {"image": image_metrics(test_defect, pt.scores, threshold)}
     peak = pt.maps.reshape(len(pt.maps), -1).max(1)
@@ -144,7 +156,7 @@ def evaluate_predictions(pv: Predictions, pt: Predictions, manifest: Manifest, c
     truths = _truths(test_items, root)
     for i, it in enumerate(test_items):
         up, off = _upsampled(pt.maps[i], it, cfg.data.roi)
-        boxes = map_boxes(up, rule, off) if test_flagged[i] else []
+        boxes = map_boxes(up, rule, off, _region(it, root, cfg.data.roi, rule)) if test_flagged[i] else []
         truth = mask_to_boxes(truths[i]) if i in truths else None
         per_image.append({"path": it.path, "defect_type": it.defect_type, "score": float(pt.scores[i]),
                           "fail": bool(pt.scores[i] >= threshold), "flagged": bool(test_flagged[i]),

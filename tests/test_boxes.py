@@ -138,7 +138,7 @@ def test_a_faint_blob_beside_a_strong_defect_is_not_a_second_defect():
     assert len(attention_to_boxes(att, (10, 20), rule)) == 2
     assert attention_to_boxes(np.full((10, 20), 0.3, np.float32), (10, 20), rule) == []  # the threshold still holds
     # an older package's rule: its levels as stored, a level it lacks off (not today's default)
-    assert BoxRule.from_dict({"threshold": 0.7, "unknown": 1}) == BoxRule(threshold=0.7, area_share=0)
+    assert BoxRule.from_dict({"threshold": 0.7, "unknown": 1}) == BoxRule(threshold=0.7, area_share=0, refine=0)
     with pytest.raises(ValueError, match="peak_share"):
         BoxRule(peak_share=1.5)
 
@@ -157,3 +157,46 @@ def test_a_saturated_speck_beside_a_crack_is_dropped_by_the_area_share():
     assert len(attention_to_boxes(two, (40, 100), threshold=0.5, area_share=0.1)) == 2
     with pytest.raises(ValueError, match="area_share must be in"):
         attention_to_boxes(att, (40, 100), area_share=1.5)
+
+
+def _hole_under_a_blob(channels: int = 0):
+    """A 120x160 frame of noisy surface with a 6x6 dark hole at rows 50..55, cols 70..75, and a map whose blob
+    (stride-8 cells, as the model's) covers about 40x40 pixels around it."""
+    rng = np.random.default_rng(0)
+    frame = (128 + rng.normal(0, 4, (120, 160) + ((channels,) if channels else ()))).astype(np.uint8)
+    frame[50:56, 70:76] = 60
+    att = np.zeros((15, 20), np.float32)
+    att[5:8, 8:10] = 1.0
+    return frame, att
+
+
+def test_refine_boxes_the_pixels_that_stand_out_within_the_maps_region():
+    from inspection.boxes import BoxRule
+
+    frame, att = _hole_under_a_blob()
+    rule = BoxRule(threshold=0.5, area_share=0)
+    whole = attention_to_boxes(att, frame.shape, BoxRule(threshold=0.5, area_share=0, refine=0), frame=frame)
+    assert [b.xyxy for b in whole] == [(64, 40, 80, 64)]  # the map's cells: far larger than the hole
+    refined = attention_to_boxes(att, frame.shape, rule, frame=frame)
+    assert len(refined) == 1 and np.allclose(refined[0].xyxy, (70, 50, 76, 56), atol=1)
+    assert refined[0].score == whole[0].score and refined[0].area == whole[0].area  # scored as the region
+    assert attention_to_boxes(att, frame.shape, rule) == whole  # no frame: the region whole
+    # color, any channel order and dtype: the hole in one channel only is found as well
+    color, _ = _hole_under_a_blob(3)
+    color[50:56, 70:76] = (128, 128, 250)
+    assert np.allclose(attention_to_boxes(att, color.shape[:2], rule, frame=color.astype(np.float32) / 255)[0].xyxy,
+                       (70, 50, 76, 56), atol=1)
+    # a region where nothing stands out keeps its box; a hole outside the region does not pull the box out
+    flat = frame.copy()
+    flat[50:56, 70:76] = flat[10:16, 10:16]
+    assert attention_to_boxes(att, frame.shape, rule, frame=flat) == whole
+    away = flat.copy()
+    away[100:110, 140:150] = 0
+    assert attention_to_boxes(att, frame.shape, rule, frame=away) == whole
+    # the model's ROI: the frame is cropped as the map is, boxes land in frame pixels
+    big = np.full((200, 300), 128, np.uint8)
+    big[30:150, 40:200] = frame
+    roi = attention_to_boxes(att, big.shape, rule, roi=(40, 30, 160, 120), frame=big)
+    assert np.allclose(roi[0].xyxy, (110, 80, 116, 86), atol=1)
+    with pytest.raises(ValueError, match="refine must be in"):
+        BoxRule(refine=1.0)

@@ -291,10 +291,13 @@ class Runtime:
         """pass / review / fail by the package's threshold and review band (inspection.decision.verdict)."""
         return verdict(score, self.threshold if threshold is None else threshold, self.review_band)
 
-    def judge(self, probs: np.ndarray, score: float, attention: np.ndarray, frame_hw: tuple[int, int]) -> Inspection:
-        """Verdict, defect type and boxes (in frame pixels) from one image's model outputs."""
+    def judge(self, probs: np.ndarray, score: float, attention: np.ndarray, frame: np.ndarray) -> Inspection:
+        """Verdict, defect type and boxes (in frame pixels, refined on the frame by the rule) from one image's
+        model outputs."""
         verdict = self.decide(float(score))
-        boxes = attention_to_boxes(attention, frame_hw, self.box_rule, self.roi) if verdict != "pass" else []
+        frame = np.asarray(frame)
+        boxes = (attention_to_boxes(attention, frame.shape[:2], self.box_rule, self.roi, frame=frame)
+                 if verdict != "pass" else [])
         defect = None if verdict == "pass" else self.classes[1 + int(np.argmax(probs[1:]))]
         return Inspection(verdict, float(score), {c: float(p) for c, p in zip(self.classes, probs)}, defect,
                           boxes, attention, self.version)
@@ -320,7 +323,7 @@ class Runtime:
         if prepared:
             probs, scores, maps = self.run_batch(to_input(prepared, self.mean, self.std))
             for k, i in enumerate(slots):
-                results[i] = self.judge(probs[k], scores[k], maps[k], frames[i].shape[:2])
+                results[i] = self.judge(probs[k], scores[k], maps[k], frames[i])
         return results
 
     def rescore(self, frame: np.ndarray, attention: np.ndarray, color: str = "RGB") -> dict:
@@ -349,6 +352,8 @@ class Runtime:
         p = outs[0][0].astype(float)
         score = float(outs[1][0]) if len(outs) > 1 else float(1 - p[0])
         verdict = self.decide(score, self.meta["variants"]["fp32"]["threshold"])
-        boxes = attention_to_boxes(att, np.asarray(frame).shape[:2], self.box_rule, self.roi) if verdict != "pass" else []
+        frame = np.asarray(frame)
+        boxes = (attention_to_boxes(att, frame.shape[:2], self.box_rule, self.roi, frame=frame)
+                 if verdict != "pass" else [])
         return {"probs": dict(zip(self.classes, p.tolist())), "defect_score": score, "verdict": verdict,
                 "boxes": [b.to_dict() for b in boxes]}
