@@ -244,6 +244,7 @@ def components_to_boxes(binary: np.ndarray, values: np.ndarray | None = None, mi
 
 REFINE_PAD = 0.5     # the surface around a region: its box widened by this share of its longer side on each side
 REFINE_FLOOR = 3.0   # a region whose pixels deviate less than this (in MADs of the surface) keeps its box
+REFINE_SIDE = 384    # a window longer than this (pixels) is refined on a copy shrunk to it (bounded cost per region)
 
 
 def _standing_out(image: np.ndarray, labels: np.ndarray, i: int, box: tuple[int, int, int, int],
@@ -257,19 +258,27 @@ def _standing_out(image: np.ndarray, labels: np.ndarray, i: int, box: tuple[int,
     x0, y0 = max(0, x - pad), max(0, y - pad)
     x1, y1 = min(labels.shape[1], x + w + pad), min(labels.shape[0], y + h + pad)
     img = np.asarray(image[y0:y1, x0:x1], np.float32).reshape(y1 - y0, x1 - x0, -1)
-    member = labels[y0:y1, x0:x1] == i
-    surface = img[labels[y0:y1, x0:x1] == 0]  # (n, channels): the window outside every region
-    if len(surface) < 16:
+    window = labels[y0:y1, x0:x1]
+    member, outside = (window == i).astype(np.uint8), (window == 0).astype(np.uint8)
+    scale = min(1.0, REFINE_SIDE / max(x1 - x0, y1 - y0))  # a large region is refined on a smaller copy
+    if scale < 1:
+        size = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))
+        img = cv2.resize(img, size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], -1)
+        member, outside = (cv2.resize(m, size, interpolation=cv2.INTER_NEAREST) for m in (member, outside))
+    surface = img[outside > 0]  # (n, channels): the window outside every region
+    if len(surface) < 16 or not member.any():
         return box
     ref = np.median(surface, 0)
     mad = np.maximum(np.median(np.abs(surface - ref), 0), 1e-6)
     dev = cv2.GaussianBlur(np.ascontiguousarray((np.abs(img - ref) / mad).max(-1)), (0, 0), 1.0)
-    dev[~member] = 0
+    dev[member == 0] = 0
     top = float(dev.max())
     if top < REFINE_FLOOR:
         return box
     ys, xs = np.nonzero(dev >= share * top)
-    return x0 + int(xs.min()), y0 + int(ys.min()), int(xs.max() - xs.min()) + 1, int(ys.max() - ys.min()) + 1
+    bx0, by0 = max(x, x0 + int(xs.min() / scale)), max(y, y0 + int(ys.min() / scale))
+    bx1, by1 = min(x + w, x0 + int(np.ceil((xs.max() + 1) / scale))), min(y + h, y0 + int(np.ceil((ys.max() + 1) / scale)))
+    return bx0, by0, max(1, bx1 - bx0), max(1, by1 - by0)
 
 
 def _log_odds(p: float) -> float:
