@@ -208,8 +208,9 @@ class FailureLogWriter:
         outbox on disk (kept across restarts) and are replayed when it is back; while the disk is full they
         wait in memory (up to log.queue). Retried every log.retry_s."""
         if self.cfg.log.writer_nice:  # Linux: a thread's own niceness; encoding yields to judging, never stops
-            try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.cfg.log.writer_nice)
+            try:  # relative to the line's own niceness (a line started under nice keeps the writer below it)
+                tid = threading.get_native_id()
+                os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + self.cfg.log.writer_nice))
             except (OSError, AttributeError):  # no per-thread priority here (not Linux): the writer runs as is
                 pass
         waiting: collections.deque = collections.deque()  # (record, files) the store has not taken yet
