@@ -805,8 +805,13 @@ def test_browser_grid_selects_parts_with_the_keyboard_and_judges_them_at_once(se
             page.keyboard.press(key)
         expect(page.locator("#picked-count")).to_have_text("3 selected")
         ids = [int(cards.nth(k).get_attribute("data-id")) for k in range(4)]
+        moved = sum("false_alarm" not in cards.nth(k).locator(".status").get_attribute("class") for k in range(3))
+        false_alarms = page.locator('#counts [data-status="false_alarm"]')
+        assert moved, "the picked parts must not be false alarms yet"
+        before = int(false_alarms.get_attribute("data-n"))
         page.keyboard.press("f")
         expect(page.locator("#bulk-message")).to_contain_text("3 part(s) marked false alarm")
+        expect(false_alarms).to_have_text(f"false alarm {before + moved}")  # the counts line follows the verdict
         for i in ids[:3]:
             (v,) = store.reviews(i)
             assert (v.reviewer, v.verdict) == (OPERATOR[0], "false_alarm")

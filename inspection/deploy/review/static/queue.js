@@ -25,6 +25,20 @@ function pick(card, on) {
   $('picked-count').textContent = `${picked().length} selected`;
 }
 
+function recount(from, to) {  // the counts line follows a verdict given here (a part moves between statuses)
+  for (const [status, step] of [[from, -1], [to, 1]]) {
+    let span = document.querySelector(`#counts [data-status="${status}"]`);
+    if (!span) {
+      span = Object.assign(document.createElement('span'), {className: `status ${status}`});
+      span.dataset.status = status; span.dataset.n = '0';
+      $('counts').insertBefore(span, $('counts').querySelector('small'));
+      $('counts').insertBefore(document.createTextNode(' '), $('counts').querySelector('small'));
+    }
+    span.dataset.n = String(Number(span.dataset.n) + step);
+    span.textContent = `${status.replace('_', ' ')} ${span.dataset.n}`;
+  }
+}
+
 async function judge(verdict) {
   const cards = picked().length ? picked() : (at >= 0 ? [items[at]] : []);
   if (!cards.length) { $('bulk-message').textContent = 'select parts first (x)'; return; }
@@ -41,6 +55,8 @@ async function judge(verdict) {
       const card = items.find((c) => Number(c.dataset.id) === r.id);
       if (r.error) { failed += 1; continue; }
       const status = card.querySelector('.status');
+      const before = [...status.classList].find((c) => c !== 'status');
+      if (before && before !== r.review_status) recount(before, r.review_status);
       status.className = `status ${r.review_status}`;
       status.textContent = r.review_status.replace('_', ' ');
       pick(card, false);
