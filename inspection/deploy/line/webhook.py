@@ -5,7 +5,8 @@
     X-Inspection-Event: <uuid, the same on every retry of one verdict: receivers drop repeats by it>
     X-Inspection-Signature: sha256=<hex HMAC-SHA256 of the raw body with the secret in WEBHOOK_SECRET>
 
-A bounded queue in memory (webhook.queue; when full the oldest waiting verdict is dropped and counted) and one
+A bounded queue in memory (webhook.queue; when full the oldest waiting verdict is dropped and counted, never one
+being posted at that moment, which may still arrive) and one
 sender thread: the line only appends. A 2xx answer delivers; a connection error, a timeout, 408, 429 or 5xx is
 retried, oldest first, with back-off (0.5 s doubling to webhook.retry_max_s); another 4xx is refused and counted.
 Stdlib only (urllib), so the line side needs nothing more.
@@ -40,6 +41,7 @@ class WebhookSink:
                                      "the shared secret the receiver checks X-Inspection-Signature with")
         self.cfg, self.secret, self.metrics, self.log = cfg, secret.encode(), metrics, log
         self.waiting: collections.deque = collections.deque()
+        self.sending = None  # the event being posted right now: never dropped (it may arrive)
         self.cond = threading.Condition()
         self.closing = False
         self.deadline = 0.0
@@ -51,9 +53,11 @@ class WebhookSink:
         if line["verdict"] not in self.cfg.verdicts:
             return
         with self.cond:
-            if len(self.waiting) >= self.cfg.queue:
-                self.waiting.popleft()
-                self.metrics.inc("webhook_dropped_total")
+            if len(self.waiting) >= self.cfg.queue:  # drop the oldest, unless it is being posted: then the next
+                posting = self.waiting[0][0] == self.sending
+                if len(self.waiting) > 1 or not posting:
+                    del self.waiting[1 if posting else 0]
+                    self.metrics.inc("webhook_dropped_total")
             self.waiting.append((str(uuid.uuid4()), json.dumps(line).encode()))
             self.metrics.set("webhook_waiting", len(self.waiting))
             self.cond.notify()
@@ -78,8 +82,10 @@ class WebhookSink:
                 if not self.waiting or self.closing and time.time() >= self.deadline:
                     return
                 event, body = self.waiting[0]
+                self.sending = event
             outcome = self._post(event, body)
             with self.cond:
+                self.sending = None
                 if outcome != "retry":
                     if self.waiting and self.waiting[0][0] == event:  # not dropped meanwhile by a full queue
                         self.waiting.popleft()
