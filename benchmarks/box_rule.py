@@ -38,17 +38,13 @@ def timing(pt, manifest, cfg, repeats: int = 3) -> dict:
     every test image is boxed here."""
     import time
 
-    import cv2
-
-    from inspection.boxes import full_roi, map_boxes
-    from inspection.imageio import read_image
+    from inspection.boxes import map_boxes
+    from inspection.evaluation import _region, _upsampled
 
     items = manifest.split("test")
-    regions = []
-    for i, it in enumerate(items):
-        x, y, w, h = full_roi((it.height, it.width), cfg.data.roi)
-        up = cv2.resize(pt.maps[i], (w, h), interpolation=cv2.INTER_LINEAR)
-        regions.append((up, (x, y), read_image(Path(manifest.root) / it.path)[y:y + h, x:x + w]))
+    regions = [(*_upsampled(pt.maps[i], it, cfg.data.roi), _region(it, Path(manifest.root), cfg.data.roi,
+                                                                     BoxRule.default()))
+               for i, it in enumerate(items)]
     rules = {"refine": BoxRule.default(), "whole region": dataclasses.replace(BoxRule.default(), refine=0.0)}
     spent = dict.fromkeys(rules, 0.0)
     for _ in range(repeats):
