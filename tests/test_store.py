@@ -83,6 +83,25 @@ def test_corrected_maps_at_map_or_frame_resolution_are_stored_at_both(store):
     assert len(store.reviews(rid)) == 2
 
 
+def test_corrected_maps_of_a_model_with_a_roi_cover_its_crop(store):
+    """A model that sees only a crop [x, y, w, h] of the frame: a frame-sized correction's model-resolution copy is
+    the crop's, and a model-resolution correction lands in the crop of the frame-sized copy (0 outside)."""
+    rid = store.records(part_id="p1")[0].id
+    roi = (40, 20, 40, 32)  # the frame is 60x80; the model's 8x10 map covers x 40-80, y 20-52
+    full = np.zeros((60, 80), np.float32)
+    full[20:24, 40:44] = 1.0  # the crop's top-left cell
+    full[0:10, 0:10] = 1.0   # outside the crop: the model never saw it
+    store.add_review(rid, "ana", "defect", "scratch", corrected=full, roi=roi)
+    small = _read(store, store.reviews(rid)[-1].files["corrected"]) / 65535
+    assert small[0, 0] > 0.99 and np.isclose(small.sum(), 1.0, atol=1e-3)
+    cell = np.zeros((8, 10), np.float32)
+    cell[7, 9] = 1.0
+    store.add_review(rid, "ana", "defect", "scratch", corrected=cell, roi=roi)
+    big = _read(store, store.reviews(rid)[-1].files["corrected_full"]) / 65535
+    ys, xs = np.nonzero(big > 0.5)
+    assert ys.min() >= 44 and xs.min() >= 70 and ys.max() < 52 and xs.max() < 80 and big[:20].max() == 0
+
+
 def test_quota_removes_a_settled_part_with_its_reviews_and_keeps_unsure_ones(open_log, tmp_path):
     s = open_log("q", quota_bytes=2500)
     att = cv2.imencode(".png", np.zeros((4, 4), np.uint16))[1].tobytes()

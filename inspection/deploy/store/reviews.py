@@ -20,11 +20,12 @@ class Reviews:
             ex("UPDATE failures SET review_status = ? WHERE id = ?", (status, record_id))
 
     def add_review(self, failure_id: int, reviewer: str, verdict: str, defect_type: str | None = None,
-                   comment: str = "", corrected=None) -> int:
+                   comment: str = "", corrected=None, roi=None) -> int:
         """Append a review (history is never overwritten) and set the part's review status from it.
 
         `corrected`: an operator-corrected attention map in [0, 1], at the model's map resolution or at the
-        frame's; both resolutions are stored (16-bit PNG) and become training targets (L_map).
+        frame's; both resolutions are stored (16-bit PNG) and become training targets (L_map). `roi`: the model's
+        crop [x, y, w, h] of the frame (the model-resolution copy of a frame-sized map covers only that crop).
         """
         if verdict not in REVIEW_VERDICTS:
             raise ReviewError(f"review verdict must be one of {', '.join(REVIEW_VERDICTS)}, got {verdict!r}")
@@ -33,7 +34,7 @@ class Reviews:
         record = self.get(failure_id)
         if record is None:
             raise ReviewError(f"no logged part with id {failure_id}")
-        files = self._corrected_files(record, corrected) if corrected is not None else {}
+        files = self._corrected_files(record, corrected, roi) if corrected is not None else {}
         with self._lock:
             rel_dir = Path(record.files["map"]).parent if files else None  # beside the part's own map (checked)
             token, stored, written = uuid.uuid4().hex[:10], {}, []
@@ -60,10 +61,11 @@ class Reviews:
                 raise
             return review_id
 
-    def _corrected_files(self, record: FailureRecord, corrected) -> dict[str, bytes]:
+    def _corrected_files(self, record: FailureRecord, corrected, roi=None) -> dict[str, bytes]:
         import cv2
         import numpy as np
 
+        from inspection.boxes import full_roi, upsample_attention
         from inspection.mapfile import encode_map, shrink_map
 
         att = np.asarray(corrected, np.float32)
@@ -83,9 +85,10 @@ class Reviews:
             raise ReviewError(f"corrected map for part {record.part_id} holds NaN or infinite values")
         att = np.clip(att, 0, 1)
         h, w = model.shape[:2]
-        small = shrink_map(att, (h, w))
+        x, y, cw, ch = full_roi(att.shape, roi if att.shape != (h, w) else None)  # the crop the model saw
+        small = shrink_map(att[y:y + ch, x:x + cw], (h, w))
         full = att if frame is None or att.shape == frame.shape[:2] else \
-            cv2.resize(att, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_LINEAR)
+            upsample_attention(att, frame.shape[:2], roi)  # a model-resolution map: into the crop, 0 outside
         return {kind: encode_map(a) for kind, a in (("corrected", small), ("corrected_full", full))}
 
     def reviews(self, failure_id: int) -> list[Review]:

@@ -106,7 +106,8 @@ class Review:
     verdict: str                  # defect | false_alarm | unsure
     defect_type: str | None = None
     comment: str = ""
-    files: dict[str, str] = field(default_factory=dict)  # corrected maps: "map" (model resolution), "map_full"
+    files: dict[str, str] = field(default_factory=dict)  # corrected maps: "corrected" (model resolution),
+                                                          # "corrected_full" (the frame's)
     id: int | None = None
 
 

@@ -124,7 +124,7 @@ async def review(request: Request, part_id: int, u: User = Depends(csrf), st: Re
     corrected = await run_in_threadpool(lambda: _decode_map(body.get("corrected"), _hw(_frame(st.store, r))))
     try:
         rid = await run_in_threadpool(st.store.add_review, r.id, u.name, verdict, defect_type, comment,
-                                      corrected=corrected)
+                                      corrected=corrected, roi=st.runtime.roi if st.runtime else None)
     except ReviewError as exc:
         raise HTTPException(400, str(exc)) from None
     return {"review_id": rid, "history": [_review_json(v) for v in st.store.reviews(r.id)]}
