@@ -22,7 +22,7 @@ from inspection.decision import verdict
 from inspection.imageio import read_image, read_truth
 from inspection.layout import GOOD, Manifest
 from inspection.metrics import (aupro, box_metrics, box_recall_by, calibrate_threshold, hit_rate, image_metrics,
-                                pixel_auroc, size_class)
+                                missed_by_cause, pixel_auroc, size_class)
 
 GOOD_LEVEL_QUANTILE = 0.5  # the level good parts reach: the median over good val parts of each map's peak
 PIXEL_SIDE = 128  # pixel metrics are computed at this longest side to keep memory flat
@@ -166,18 +166,19 @@ def evaluate_predictions(pv: Predictions, pt: Predictions, manifest: Manifest, c
             m, k = _pixel_pair(up, off, it, truths[i])
             x, y, w, h = full_roi((it.height, it.width), cfg.data.roi)
             sizes = [size_class(t.area / (w * h)) for t in truth]
-            rows.append(Row(it.defect_type, _xyxy(boxes), _xyxy(truth), m, k, truths[i], up, off, boxes, sizes))
+            rows.append(Row(it.defect_type, _xyxy(boxes), _xyxy(truth), m, k, truths[i], up, off, boxes, sizes,
+                            bool(test_flagged[i])))
             if it.defect_type != GOOD:
                 inside.append(float(m[k].mean()) if k.any() else float("nan"))
     metrics["boxes_per_failed_good"] = (float(np.mean([len(per_image[i]["boxes"]) for i in np.flatnonzero(good_flagged)]))
                                         if good_flagged.any() else 0.0)
     metrics["failed_good"] = int(good_flagged.sum())
     if any(r.defect_type != GOOD for r in rows):
-        metrics.update(_localization(rows))
+        metrics.update(_localization(rows, rule.threshold))
         metrics["attention_inside_defects"] = float(np.nanmean(inside))
         good_rows = [r for r in rows if r.defect_type == GOOD]
         metrics["per_type_localization"] = {
-            t: _localization([r for r in rows if r.defect_type == t] + good_rows)
+            t: _localization([r for r in rows if r.defect_type == t] + good_rows, rule.threshold)
             for t in sorted({r.defect_type for r in rows} - {GOOD})}
     return {"name": name, "kind": kind, "metrics": metrics, "threshold": threshold,
             "box_threshold": rule.threshold, "box_rule": rule.to_dict(), "images": per_image, "maps": pt.maps, "val_scores": pv.scores.tolist(),
@@ -198,11 +199,13 @@ class Row(NamedTuple):
     offset: tuple[int, int]   # that region's corner in the frame
     boxes: list               # predicted Box objects
     sizes: list[str]          # size class of each true region (share of the region the model saw)
+    flagged: bool             # the part failed or went to review (boxes are drawn only then)
 
 
-def _localization(rows: list[Row]) -> dict:
+def _localization(rows: list[Row], threshold: float) -> dict:
     """Box P/R/F1 at IoU 0.1, 0.3 and 0.5, box recall by defect size and by the number of defects on the part,
-    pixel AUROC, AUPRO and hit rate."""
+    pixel AUROC, AUPRO, hit rate, and why the true defects a box did not find at IoU 0.3 were missed (the map's
+    box `threshold` decides "map dark")."""
     pred, true = [r.pred for r in rows], [r.true for r in rows]
     out = {f"box@{iou}": box_metrics(pred, true, iou) for iou in (0.1, 0.3, 0.5)}
     out["recall_by_size@0.3"] = box_recall_by(pred, true, [r.sizes for r in rows], 0.3)
@@ -213,4 +216,6 @@ def _localization(rows: list[Row]) -> dict:
     bad = [r for r in rows if r.defect_type != GOOD]
     out["hit_rate"] = hit_rate([r.truth for r in bad], [r.up for r in bad], [r.offset for r in bad],
                                [r.boxes for r in bad])
+    out["missed@0.3"] = missed_by_cause([r.truth for r in bad], [r.up for r in bad], [r.offset for r in bad],
+                                        [r.boxes for r in bad], [r.flagged for r in bad], threshold)
     return out

@@ -153,6 +153,48 @@ def hit_rate(masks: list[np.ndarray], maps: list[np.ndarray], offsets: list[tupl
     return hits / total if total else float("nan")
 
 
+MISS_CAUSES = ("passed", "map dark", "shared box", "box off", "no box")
+
+
+def missed_by_cause(masks: list[np.ndarray], maps: list[np.ndarray], offsets: list[tuple[int, int]], boxes: list,
+                    flagged: list[bool], threshold: float, iou: float = 0.3) -> dict:
+    """Where the true defect regions (8-connected components of each mask) end up at IoU `iou`: "found" (a box
+    matches it one-to-one), or the first reason that applies of MISS_CAUSES: "passed" (the part passed, so no
+    boxes were drawn), "map dark" (the map stays under the box threshold everywhere on the region), "shared box"
+    (a box that touches it also touches another true region: one box over several defects), "box off" (a box
+    touches it, at IoU under `iou`: too large, too small or shifted), "no box" (the map reaches the threshold on
+    it, yet no box touches it: its region was dropped). Counts, with "n" the number of true regions.
+
+    masks: full-frame bool masks; maps: each map upsampled to the region the model saw, whose corner in the frame
+    is `offsets`; boxes: each image's predicted Box list; flagged: whether each part failed or went to review."""
+    import cv2
+
+    out = dict.fromkeys(("n", "found", *MISS_CAUSES), 0)
+    for mask, up, (ox, oy), pred, flag in zip(masks, maps, offsets, boxes, flagged):
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+        if n < 2:
+            continue
+        true = np.array([[x, y, x + w, y + h] for x, y, w, h in stats[1:, :4]], float)
+        found = matched_true(np.array([b.xyxy for b in pred], float).reshape(-1, 4), true, iou)
+        full = np.zeros(mask.shape, np.float32)
+        full[oy:oy + up.shape[0], ox:ox + up.shape[1]] = up[:mask.shape[0] - oy, :mask.shape[1] - ox]
+        seen = [np.unique(labels[b.y0:b.y1, b.x0:b.x1]) for b in pred]  # true regions under each box
+        for j in range(1, n):
+            out["n"] += 1
+            if found[j - 1]:
+                cause = "found"
+            elif not flag:
+                cause = "passed"
+            elif full[labels == j].max() < threshold:
+                cause = "map dark"
+            else:
+                under = [s for s in seen if j in s]
+                cause = ("no box" if not under else
+                         "shared box" if any(len(s[(s > 0) & (s != j)]) for s in under) else "box off")
+            out[cause] += 1
+    return out
+
+
 def pixel_auroc(maps: list[np.ndarray], masks: list[np.ndarray]) -> float:
     s = np.concatenate([m.ravel() for m in maps])
     y = np.concatenate([m.ravel() for m in masks]).astype(bool)

@@ -75,8 +75,13 @@ def test_eval_compares_checkpoints_and_writes_report(trained, tiny_dataset, tmp_
         assert 0 <= rule["threshold"] <= 1 and 0 < rule["low"] <= 1 and 0 <= rule["relative"] < 1
         assert 0 <= m["metrics"]["hit_rate"] <= 1 and m["metrics"]["boxes_per_failed_good"] >= 0
         assert set(m["metrics"]["per_type_localization"]) == {"hole", "scratch", "stain"}
+        missed = m["metrics"]["missed@0.3"]  # every true defect is found or missed for one named cause
+        assert missed["n"] == m["metrics"]["box@0.3"]["n_true"] > 0
+        assert sum(v for k, v in missed.items() if k != "n") == missed["n"]
+        assert missed["found"] == round(m["metrics"]["box@0.3"]["recall"] * missed["n"])
     text = (out / "results.md").read_text()
     assert "box F1@0.3" in text and "### Per defect type" in text and "| abn | hole |" in text
+    assert "### Where the true defects went (IoU 0.3)" in text and "| abn | " in text.split("went (IoU 0.3)")[1]
 
 
 def test_errors_exit_with_a_message(tmp_path, capsys):

@@ -82,6 +82,28 @@ def test_hit_rate_counts_regions_holding_the_peak_or_touched_by_a_box():
     assert hit_rate([mask], [np.roll(up, -10, axis=1)], [(30, 20)], [[]]) == 0.0  # peak moved off B
 
 
+def test_missed_defects_are_sorted_by_cause():
+    from inspection.boxes import Box
+    from inspection.metrics import missed_by_cause
+
+    mask = np.zeros((60, 100), bool)
+    regions = {"found": (5, 5, 10, 10), "dark": (30, 5, 10, 10), "shared_a": (5, 40, 6, 6),
+               "shared_b": (15, 40, 6, 6), "off": (60, 5, 6, 6), "dropped": (80, 40, 8, 8)}
+    for x, y, w, h in regions.values():
+        mask[y:y + h, x:x + w] = True
+    up = np.full((60, 100), 0.9, np.float32)  # the map over the whole frame: hot on every region but one
+    x, y, w, h = regions["dark"]
+    up[y - 2:y + h + 2, x - 2:x + w + 2] = 0.3
+    boxes = [Box(5, 5, 15, 15, 0.9, 100),    # exactly the first region
+             Box(4, 39, 22, 47, 0.9, 100),   # one box over the two close regions
+             Box(50, 0, 75, 25, 0.9, 300)]   # a box far larger than the region it touches
+    out = missed_by_cause([mask], [up], [(0, 0)], [boxes], [True], threshold=0.8)
+    assert out == {"n": 6, "found": 1, "passed": 0, "map dark": 1, "shared box": 2, "box off": 1, "no box": 1}
+    passed = missed_by_cause([mask], [up], [(0, 0)], [[]], [False], threshold=0.8)
+    assert passed["passed"] == 6 and passed["found"] == 0
+    assert missed_by_cause([np.zeros((60, 100), bool)], [up], [(0, 0)], [boxes], [True], 0.8)["n"] == 0
+
+
 def test_box_recall_by_size_and_by_group():
     from inspection.metrics import box_recall_by, size_class
 

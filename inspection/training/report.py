@@ -83,6 +83,19 @@ def per_type_table(results: list[dict]) -> str:
     return "\n".join([head, "|---" * (len(TYPE_COLUMNS) + 3) + "|", *rows]) if rows else ""
 
 
+def missed_table(results: list[dict]) -> str:
+    """Markdown: where the true defects went at IoU 0.3 (found, or why not), one row per model with pixel truth."""
+    from inspection.metrics import MISS_CAUSES
+
+    heads = ("found", *MISS_CAUSES)
+    rows = [f"| {r['name']} | {m['n']} | " + " | ".join(f"{m[k]} ({m[k] / m['n']:.0%})" for k in heads) + " |"
+            for r in results if (m := r["metrics"].get("missed@0.3")) and m["n"]]
+    if not rows:
+        return ""
+    return ("| model | true defects | " + " | ".join(heads) + " |\n" + "|---" * (len(heads) + 2) + "|\n"
+            + "\n".join(rows))
+
+
 def plot_curves(results: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -193,7 +206,12 @@ def write_report(results: list[dict], out_dir: str | Path, n_overlays: int = 16,
     types = per_type_table(results)
     types = (f"### Per defect type\n\n{types}\n\nBox and pixel figures per type are over that type's parts and every "
              "good part (a box on a good part counts against each type).\n\n") if types else ""
-    md = (f"# Inspection report\n\n{extra_md}\n## Test split\n\n{markdown_table(results)}\n\n{types}"
+    missed = missed_table(results)
+    missed = (f"### Where the true defects went (IoU 0.3)\n\n{missed}\n\nA defect is found when a box matches it "
+              "one-to-one at IoU 0.3; otherwise the first of: its part passed (no boxes drawn), the map stays under "
+              "the box threshold on it, the box on it also covers another defect, the box on it is too large, too "
+              "small or shifted, no box at all (its region was dropped).\n\n") if missed else ""
+    md = (f"# Inspection report\n\n{extra_md}\n## Test split\n\n{markdown_table(results)}\n\n{types}{missed}"
           f"Thresholds calibrated on the validation split:\n{thresholds}\n\n"
           f"![ROC and PR](roc_pr.png)\n\n## Attention overlays (red: predicted boxes, green: true boxes)\n\n"
           f"![overlays](overlays.png)\n{curve_md}")
