@@ -5,7 +5,7 @@
 
 For each checkpoint trained by benchmarks/localization.py: the backbone features F (the branch point, stride 8)
 of every cell of the good training parts form a bank (at most --bank cells, drawn at random); each val and test
-cell gets its distance to the nearest cell of the bank (cached beside the checkpoint in feature_distance.npz).
+cell gets its distance to the nearest cell of the bank (cached beside the checkpoint in feature_distance_<bank>.npz).
 Measured on test with the default box rule and the same pass/fail threshold as the attention map:
 - "attention": the map as it is;
 - "distance": the distance map, scaled so that the good val parts' peaks (99th percentile) reach 1;
@@ -52,7 +52,7 @@ def _nearest(cells: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -> torc
 
 def distances(folder: Path, bank_size: int) -> dict[str, np.ndarray]:
     """{"val", "test"}: (N, h, w) distance of each cell's features to the nearest good training cell."""
-    cache = folder / "feature_distance.npz"
+    cache = folder / f"feature_distance_{bank_size}.npz"
     if cache.exists():
         z = np.load(cache)
         return {"val": z["val"], "test": z["test"]}
