@@ -90,6 +90,20 @@ def measure(pv, pt, manifest, cfg, levels: dict) -> dict:
             "recall_by_count": {k: v["recall"] for k, v in m["recall_by_count@0.3"].items()}}
 
 
+def checkpoints(runs: list[str], seeds) -> list[tuple[str, int, Path]]:
+    """(set, seed, folder) for each --run SET=GLOB and seed ({seed} in GLOB replaced); a missing one is said and
+    left out."""
+    out = []
+    for name, pattern in (r.split("=", 1) for r in runs):
+        for seed in seeds:
+            found = sorted(glob.glob(pattern.format(seed=seed)))
+            if not found:
+                print(f"{name} seed {seed}: no folder matches {pattern.format(seed=seed)}", file=sys.stderr)
+                continue
+            out.append((name, seed, Path(found[0])))
+    return out
+
+
 def variants() -> dict[str, dict]:
     """Ablation: the default rule, then one level changed at a time (levels not named keep the default's)."""
     default = BoxRule.default().to_dict()
@@ -109,14 +123,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "box_rule.json"))
     args = ap.parse_args()
     sets = dict(r.split("=", 1) for r in args.run)
-    data = {}  # (set, seed) → (pv, pt, manifest, cfg)
-    for name, pattern in sets.items():
-        for seed in args.seeds:
-            found = sorted(glob.glob(pattern.format(seed=seed)))
-            if not found:
-                print(f"{name} seed {seed}: no folder matches {pattern.format(seed=seed)}", file=sys.stderr)
-                continue
-            data[(name, seed)] = predictions(Path(found[0]))
+    data = {(name, seed): predictions(folder) for name, seed, folder in checkpoints(args.run, args.seeds)}
     default = BoxRule.default().to_dict()
     fixed_default = {k: default[k] for k in BoxRule.calibrated()}
     results: dict[str, dict[str, list]] = {}

@@ -17,7 +17,6 @@ benchmarks/results/feature_distance.json. Nothing here is in the product; docs/m
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from box_rule import measure, predictions  # noqa: E402
+from box_rule import checkpoints, measure, predictions  # noqa: E402
 from inspection.boxes import BoxRule  # noqa: E402
 from inspection.evaluation import Predictions  # noqa: E402
 from inspection.layout import GOOD  # noqa: E402
@@ -113,20 +112,14 @@ def main() -> None:
     args = ap.parse_args()
     fixed = {"threshold": BoxRule.default().threshold}
     results: dict[str, dict[str, list]] = {}
-    for name, pattern in (r.split("=", 1) for r in args.run):
-        for seed in args.seeds:
-            found = sorted(glob.glob(pattern.format(seed=seed)))
-            if not found:
-                print(f"{name} seed {seed}: no folder matches {pattern.format(seed=seed)}", file=sys.stderr)
-                continue
-            folder = Path(found[0])
-            pv, pt, manifest, cfg = predictions(folder)
-            for label, (v, t) in variants(pv, pt, manifest, distances(folder, args.bank)).items():
-                m = measure(v, t, manifest, cfg, fixed)
-                results.setdefault(label, {}).setdefault(name, []).append(
-                    {"seed": seed, **{k: m[k] for k in ("box@0.3", "box@0.5", "pixel_auroc")}})
-            print(f"{name} seed {seed}: " + ", ".join(f"{k} {v[name][-1]['box@0.3']:.3f}" for k, v in results.items()),
-                  flush=True)
+    for name, seed, folder in checkpoints(args.run, args.seeds):
+        pv, pt, manifest, cfg = predictions(folder)
+        for label, (v, t) in variants(pv, pt, manifest, distances(folder, args.bank)).items():
+            m = measure(v, t, manifest, cfg, fixed)
+            results.setdefault(label, {}).setdefault(name, []).append(
+                {"seed": seed, **{k: m[k] for k in ("box@0.3", "box@0.5", "pixel_auroc")}})
+        print(f"{name} seed {seed}: " + ", ".join(f"{k} {v[name][-1]['box@0.3']:.3f}" for k, v in results.items()),
+              flush=True)
     sets = list(dict.fromkeys(s for v in results.values() for s in v))
     cols = [(s, k) for s in sets for k in ("box@0.3", "box@0.5", "pixel_auroc")]
     print("\n| variant | " + " | ".join(f"{s} {k}" for s, k in cols) + " |\n" + "|---" * (len(cols) + 1) + "|")
