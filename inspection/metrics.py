@@ -168,6 +168,7 @@ def missed_by_cause(masks: list[np.ndarray], maps: list[np.ndarray], offsets: li
     masks: full-frame bool masks; maps: each map upsampled to the region the model saw, whose corner in the frame
     is `offsets`; boxes: each image's predicted Box list; flagged: whether each part failed or went to review."""
     import cv2
+    from scipy.ndimage import maximum
 
     out = dict.fromkeys(("n", "found", *MISS_CAUSES), 0)
     for mask, up, (ox, oy), pred, flag in zip(masks, maps, offsets, boxes, flagged):
@@ -176,8 +177,9 @@ def missed_by_cause(masks: list[np.ndarray], maps: list[np.ndarray], offsets: li
             continue
         true = np.array([[x, y, x + w, y + h] for x, y, w, h in stats[1:, :4]], float)
         found = matched_true(np.array([b.xyxy for b in pred], float).reshape(-1, 4), true, iou)
-        full = np.zeros(mask.shape, np.float32)
-        full[oy:oy + up.shape[0], ox:ox + up.shape[1]] = up[:mask.shape[0] - oy, :mask.shape[1] - ox]
+        full = np.zeros(mask.shape, np.float32)  # the map on the frame (0 outside the region the model saw)
+        full[oy:oy + up.shape[0], ox:ox + up.shape[1]] = up
+        peaks = maximum(full, labels, np.arange(1, n))  # the map's highest value on each true region
         seen = [np.unique(labels[b.y0:b.y1, b.x0:b.x1]) for b in pred]  # true regions under each box
         for j in range(1, n):
             out["n"] += 1
@@ -185,7 +187,7 @@ def missed_by_cause(masks: list[np.ndarray], maps: list[np.ndarray], offsets: li
                 cause = "found"
             elif not flag:
                 cause = "passed"
-            elif full[labels == j].max() < threshold:
+            elif peaks[j - 1] < threshold:
                 cause = "map dark"
             else:
                 under = [s for s in seen if j in s]
