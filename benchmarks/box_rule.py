@@ -90,6 +90,15 @@ def measure(pv, pt, manifest, cfg, levels: dict) -> dict:
             "recall_by_count": {k: v["recall"] for k, v in m["recall_by_count@0.3"].items()}}
 
 
+def run_arguments(doc: str) -> argparse.ArgumentParser:
+    """A parser with --run SET=GLOB (repeatable) and --seeds, for benchmarks over localization.py's checkpoints."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--run", action="append", required=True, metavar="SET=GLOB",
+                    help="checkpoint folders of a set; {seed} in GLOB is replaced by each seed")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    return ap
+
+
 def checkpoints(runs: list[str], seeds) -> list[tuple[str, int, Path]]:
     """(set, seed, folder) for each --run SET=GLOB and seed ({seed} in GLOB replaced); a missing one is said and
     left out."""
@@ -116,10 +125,7 @@ def variants() -> dict[str, dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", action="append", required=True, metavar="SET=GLOB",
-                    help="checkpoint folders of a set; {seed} in GLOB is replaced by each seed")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap = run_arguments(__doc__)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "box_rule.json"))
     args = ap.parse_args()
     sets = dict(r.split("=", 1) for r in args.run)

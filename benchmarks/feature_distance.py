@@ -16,7 +16,6 @@ benchmarks/results/feature_distance.json. Nothing here is in the product; docs/m
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from box_rule import checkpoints, measure, predictions  # noqa: E402
+from box_rule import checkpoints, measure, predictions, run_arguments  # noqa: E402
 from inspection.boxes import BoxRule  # noqa: E402
 from inspection.evaluation import Predictions  # noqa: E402
 from inspection.layout import GOOD  # noqa: E402
@@ -103,10 +102,7 @@ def variants(pv, pt, manifest, dist) -> dict[str, tuple[Predictions, Predictions
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", action="append", required=True, metavar="SET=GLOB",
-                    help="checkpoint folders of a set; {seed} in GLOB is replaced by each seed")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap = run_arguments(__doc__)
     ap.add_argument("--bank", type=int, default=40000, help="most good cells in the bank")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "feature_distance.json"))
     args = ap.parse_args()
