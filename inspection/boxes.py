@@ -71,8 +71,8 @@ class Level:
 # The levels, in the order the rule applies them. Only the threshold is calibrated, among levels of the map's own
 # probability scale (never under what the validation good parts' maps reach: see inspection/evaluation.py). Of
 # the others, measured one at a time over the synthetic set (one and several defects per part), KolektorSDD and
-# BSData, only area_share and refine raised box F1 on some sets without lowering it on any, so the default rule
-# keeps them at 0.2; the rest are off unless the config sets them (docs/method.md).
+# BSData, only area_share, refine and novelty raised box F1 on some sets without lowering it on any, so the
+# default rule keeps them; the rest are off unless the config sets them (docs/method.md).
 LEVELS: dict[str, Level] = {
     "threshold": Level(0.5, (0.5, 0.6, 0.7, 0.8, 0.9), 0, 1, False,
                        "seed level: a region is a defect where the map reaches it", calibrated=True),
@@ -88,6 +88,10 @@ LEVELS: dict[str, Level] = {
                     "boxes are drawn around the pixels of each region whose deviation from the surface around "
                     "the region is at least this share of the strongest one (needs the frame; a region where "
                     "nothing stands out keeps its box); 0 = the whole region"),
+    "novelty": Level(0.0, (0.0, 0.8, 0.9, 0.95), 0, 1, True,
+                     "regions whose backbone features are all as close to the good training parts' as this share "
+                     "of the good validation parts' cells are dropped (part borders, texture: seen on good parts; "
+                     "needs the model's feature bank); 0 = off"),
     "merge": Level(0.0, (0.0, 0.02, 0.05), 0, 1, False,
                    "boxes closer than this share of the ROI's longer side merge (a crack the map breaks into "
                    "beads); 0 = off"),
@@ -109,12 +113,17 @@ class BoxRule:
     merge: float = 0.0
     peak_share: float = 0.0
     area_share: float = 0.2
+    novelty: float = 0.9
+    novelty_distance: float = 0.0  # the feature distance `novelty` stands for, set from validation; 0 = keep all
     min_area: int = 0
     score: str = "peak"
 
     def __post_init__(self):
         for name, level in LEVELS.items():
             level.check(name, getattr(self, name))
+        d = self.novelty_distance
+        if not (isinstance(d, numbers.Real) and not isinstance(d, bool) and np.isfinite(d) and d >= 0):
+            raise ValueError(f"box rule: novelty_distance must be a finite distance >= 0, got {d!r}")
         if not (isinstance(self.min_area, numbers.Integral) and self.min_area >= 0):
             raise ValueError(f"box rule: min_area must be >= 0 pixels, got {self.min_area!r}")
         if self.score not in ("peak", "mean"):
@@ -165,6 +174,9 @@ class BoxRule:
             parts.append(f"boxed around the pixels that stand out at {self.refine:g} of the strongest deviation")
         if self.merge:
             parts.append(f"boxes closer than {self.merge:g} of the image side merged")
+        if self.novelty and self.novelty_distance:
+            parts.append(f"regions whose features lie all within the distance of {self.novelty:g} of the good "
+                         f"parts' cells ({self.novelty_distance:.3g}) dropped")
         if self.area_share:
             parts.append(f"regions under {self.area_share:g} of the largest one's area dropped")
         return ", ".join(parts)
@@ -196,16 +208,18 @@ def upsample_attention(attention: np.ndarray, frame_hw: tuple[int, int],
 def components_to_boxes(binary: np.ndarray, values: np.ndarray | None = None, min_area: int = 0,
                         score: str = "peak", offset: tuple[int, int] = (0, 0), seed: float | None = None,
                         merge_gap: float = 0.0, relative: float = 0.0, foot: float = 0.0,
-                        area_share: float = 0.0, image: np.ndarray | None = None, refine: float = 0.0) -> list[Box]:
+                        area_share: float = 0.0, image: np.ndarray | None = None, refine: float = 0.0,
+                        novelty: np.ndarray | None = None, novelty_distance: float = 0.0) -> list[Box]:
     """Boxes of the 8-connected components of a bool image, scored by `values` inside each one.
 
-    seed: keep only components where `values` reach it (hysteresis); relative: box only the pixels of each
-    component whose log-odds lie at least this share of the way from `foot` (the level that cut the component)
-    to the component's peak (log-odds, because a map near 1 saturates: 0.9998 and 0.99998 are 8.5 and 10.8 in
-    log-odds); refine (with `image`, the pixels under `binary`): box only the component's pixels that stand out
-    from the surface around it (_standing_out); merge_gap: merge boxes whose gap in x and in y is at most this many pixels (their areas add up,
-    the score is the peak or the area-weighted mean); area_share: drop (merged) components whose area is under
-    this share of the largest one's.
+    seed: keep only components where `values` reach it (hysteresis); novelty (the feature distance map, the shape
+    of `values`): drop components where it stays under `novelty_distance` (0: keep all); relative: box only the
+    pixels of each component whose log-odds lie at least this share of the way from `foot` (the level that cut
+    the component) to the component's peak (log-odds, because a map near 1 saturates: 0.9998 and 0.99998 are 8.5
+    and 10.8 in log-odds); refine (with `image`, the pixels under `binary`): box only the component's pixels
+    that stand out from the surface around it (_standing_out); merge_gap: merge boxes whose gap in x and in y is
+    at most this many pixels (their areas add up, the score is the peak or the area-weighted mean); area_share:
+    drop (merged) components whose area is under this share of the largest one's.
     """
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
     parts = []  # [x0, y0, x1, y1, peak, sum, area]
@@ -219,6 +233,8 @@ def components_to_boxes(binary: np.ndarray, values: np.ndarray | None = None, mi
         inside = window[member]
         peak = float(inside.max())
         if seed is not None and peak < seed:
+            continue
+        if novelty is not None and novelty_distance > 0 and novelty[y:y + h, x:x + w][member].max() < novelty_distance:
             continue
         if relative > 0:
             z_foot, z_peak = _log_odds(foot), _log_odds(peak)
@@ -306,9 +322,11 @@ def _merge_near(parts: list[list], gap: float) -> list[list]:
 
 
 def map_boxes(up: np.ndarray, rule: BoxRule, offset: tuple[int, int] = (0, 0),
-              image: np.ndarray | None = None) -> list[Box]:
+              image: np.ndarray | None = None, novelty: np.ndarray | None = None) -> list[Box]:
     """The box rule on a map already upsampled to the region the model saw (`offset`: its corner in the frame);
-    `image`: that region of the frame (H, W[, C], any dtype), for the rule's `refine` level (None: unrefined)."""
+    `image`: that region of the frame (H, W[, C], any dtype), for the rule's `refine` level (None: unrefined);
+    `novelty`: the feature distance map upsampled the same way, for the `novelty` level (None: no region
+    dropped)."""
     if image is not None and np.asarray(image).shape[:2] != up.shape:
         raise ValueError(f"box refinement: image region {np.asarray(image).shape[:2]} does not match the map's "
                          f"{up.shape}")
@@ -318,22 +336,25 @@ def map_boxes(up: np.ndarray, rule: BoxRule, offset: tuple[int, int] = (0, 0),
     foot = seed * rule.low
     return components_to_boxes(up >= foot, up, rule.min_area, rule.score, offset, seed=seed,
                                merge_gap=rule.merge * max(up.shape), relative=rule.relative, foot=foot,
-                               area_share=rule.area_share, image=image, refine=rule.refine)
+                               area_share=rule.area_share, image=image, refine=rule.refine,
+                               novelty=novelty if rule.novelty else None, novelty_distance=rule.novelty_distance)
 
 
 def attention_to_boxes(attention: np.ndarray, frame_hw: tuple[int, int], rule: BoxRule | None = None,
                        roi: tuple[int, int, int, int] | None = None, frame: np.ndarray | None = None,
-                       **levels) -> list[Box]:
+                       novelty: np.ndarray | None = None, **levels) -> list[Box]:
     """Defect boxes from an attention map that covers `roi` of a frame of size `frame_hw` (H, W); the rule's
     levels as a BoxRule or as keywords (threshold=0.5, low=..., ...); `frame` (H, W[, C]): the image, for the
-    rule's `refine` level (without it boxes are the map's regions whole)."""
+    rule's `refine` level (without it boxes are the map's regions whole); `novelty` (h, w): each map cell's
+    feature distance to the good parts (inspection/novelty.py), for the rule's `novelty` level."""
     if attention.ndim != 2:
         raise ValueError(f"attention map must be 2-D (h, w), got shape {attention.shape}")
     rule = rule if rule is not None else BoxRule(**levels)
     x, y, w, h = full_roi(frame_hw, roi)
     up = cv2.resize(np.asarray(attention, np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
     crop = None if frame is None or not rule.refine else np.asarray(frame)[y:y + h, x:x + w]
-    return map_boxes(up, rule, offset=(x, y), image=crop)
+    far = None if novelty is None else cv2.resize(np.asarray(novelty, np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    return map_boxes(up, rule, offset=(x, y), image=crop, novelty=far)
 
 
 def mask_to_boxes(mask: np.ndarray, min_area: int = 0) -> list[Box]:

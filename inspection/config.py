@@ -141,6 +141,7 @@ class BoxConfig(_Section):
     merge: Optional[float] = _level("merge")
     peak_share: Optional[float] = _level("peak_share")
     area_share: Optional[float] = _level("area_share")
+    novelty: Optional[float] = _level("novelty")
     min_area: int = Field(16, ge=0, description="minimum component area in original pixels")
     score: Literal["peak", "mean"] = "peak"
 

@@ -33,12 +33,30 @@ class Predictions:
     scores: np.ndarray   # (N,) defect score = 1 - p(good)
     probs: np.ndarray    # (N, K)
     maps: np.ndarray     # (N, h, w) in [0, 1] (attention, or Grad-CAM normalized)
+    distances: np.ndarray | None = None  # (N, h, w) feature distance to the good parts (None: model without a bank)
 
 
 def _upsampled(amap: np.ndarray, item, roi) -> tuple[np.ndarray, tuple[int, int]]:
     """Map upsampled to the ROI in original pixels, and the ROI offset."""
     x, y, w, h = full_roi((item.height, item.width), roi)
     return cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR), (x, y)
+
+
+def _far(pred: Predictions, i: int, item, roi, rule: BoxRule) -> np.ndarray | None:
+    """The feature distance map of item i upsampled like its attention map, for the rule's `novelty` level (None
+    where the model has no feature bank or the level is off)."""
+    if pred.distances is None or not rule.novelty_distance:
+        return None
+    return _upsampled(pred.distances[i], item, roi)[0]
+
+
+def novelty_distance(pred: Predictions, items, share: float) -> float:
+    """The distance that `share` of the validation good parts' map cells stay within (0 without a feature bank,
+    good parts or share: the `novelty` level keeps every region)."""
+    good = [i for i, it in enumerate(items) if it.defect_type == GOOD]
+    if pred.distances is None or not good or not share:
+        return 0.0
+    return float(np.quantile(pred.distances[good], share))
 
 
 def _region(item, root: Path | None, roi, rule: BoxRule) -> np.ndarray | None:
@@ -87,19 +105,19 @@ def calibrate_box_rule(pred: Predictions, items, truths: dict[int, np.ndarray], 
     fixed = {k: getattr(b, k) for k in LEVELS if getattr(b, k) is not None}
     rule = dataclasses.replace(BoxRule.default(), **fixed, min_area=b.min_area, score=b.score)
     floor = min(good_level(pred, items), 1.0)
-    if rule.threshold < floor:
-        rule = dataclasses.replace(rule, threshold=floor)
+    rule = dataclasses.replace(rule, threshold=max(rule.threshold, floor),
+                               novelty_distance=novelty_distance(pred, items, rule.novelty))
     free = [n for n in BoxRule.calibrated() if n not in fixed]
     if not free or all(items[i].defect_type == GOOD for i in truths):
         return rule
     candidates = {n: LEVELS[n].candidates for n in free}
     candidates["threshold"] = [t for t in LEVELS["threshold"].candidates if t >= floor] or [floor]
-    ups = {i: (*_upsampled(pred.maps[i], items[i], cfg.data.roi), _region(items[i], root, cfg.data.roi, rule))
-           for i in truths if flagged[i]}
+    ups = {i: (*_upsampled(pred.maps[i], items[i], cfg.data.roi), _region(items[i], root, cfg.data.roi, rule),
+               _far(pred, i, items[i], cfg.data.roi, rule)) for i in truths if flagged[i]}
     truth = [_xyxy(mask_to_boxes(truths[i])) for i in truths]
 
     def f1(r: BoxRule) -> float:
-        boxes = [_xyxy(map_boxes(ups[i][0], r, ups[i][1], ups[i][2])) if i in ups else np.zeros((0, 4))
+        boxes = [_xyxy(map_boxes(ups[i][0], r, ups[i][1], ups[i][2], ups[i][3])) if i in ups else np.zeros((0, 4))
                  for i in truths]
         return box_metrics(boxes, truth, 0.3)["f1"]
 
@@ -156,7 +174,8 @@ def evaluate_predictions(pv: Predictions, pt: Predictions, manifest: Manifest, c
     truths = _truths(test_items, root)
     for i, it in enumerate(test_items):
         up, off = _upsampled(pt.maps[i], it, cfg.data.roi)
-        boxes = map_boxes(up, rule, off, _region(it, root, cfg.data.roi, rule)) if test_flagged[i] else []
+        boxes = (map_boxes(up, rule, off, _region(it, root, cfg.data.roi, rule), _far(pt, i, it, cfg.data.roi, rule))
+                 if test_flagged[i] else [])
         truth = mask_to_boxes(truths[i]) if i in truths else None
         per_image.append({"path": it.path, "defect_type": it.defect_type, "score": float(pt.scores[i]),
                           "fail": bool(pt.scores[i] >= threshold), "flagged": bool(test_flagged[i]),

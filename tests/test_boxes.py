@@ -138,7 +138,8 @@ def test_a_faint_blob_beside_a_strong_defect_is_not_a_second_defect():
     assert len(attention_to_boxes(att, (10, 20), rule)) == 2
     assert attention_to_boxes(np.full((10, 20), 0.3, np.float32), (10, 20), rule) == []  # the threshold still holds
     # an older package's rule: its levels as stored, a level it lacks off (not today's default)
-    assert BoxRule.from_dict({"threshold": 0.7, "unknown": 1}) == BoxRule(threshold=0.7, area_share=0, refine=0)
+    assert BoxRule.from_dict({"threshold": 0.7, "unknown": 1}) == BoxRule(threshold=0.7, area_share=0, refine=0,
+                                                                          novelty=0)
     with pytest.raises(ValueError, match="peak_share"):
         BoxRule(peak_share=1.5)
 
@@ -200,3 +201,29 @@ def test_refine_boxes_the_pixels_that_stand_out_within_the_maps_region():
     assert np.allclose(roi[0].xyxy, (110, 80, 116, 86), atol=1)
     with pytest.raises(ValueError, match="refine must be in"):
         BoxRule(refine=1.0)
+
+
+def test_a_region_whose_features_good_parts_also_have_is_dropped_by_the_novelty_level():
+    from inspection.boxes import BoxRule
+
+    att = np.zeros((10, 20), np.float32)
+    att[0:2, :] = 0.95      # a hot border along the part's top edge
+    att[5:7, 8:10] = 0.9    # a defect
+    far = np.full((10, 20), 0.5, np.float32)   # feature distance to the good parts' bank, per cell
+    far[5:7, 8:10] = 3.0    # the defect's features are new; the border's are what good parts have
+    rule = BoxRule(threshold=0.8, area_share=0, refine=0, novelty=0.9, novelty_distance=2.0)
+    assert [b.xyxy for b in attention_to_boxes(att, (10, 20), rule, novelty=far)] == [(8, 5, 10, 7)]
+    # off: no distance map, level 0 (an older package) or no distance set from validation
+    for r, f in ((rule, None), (BoxRule(threshold=0.8, area_share=0, refine=0, novelty=0, novelty_distance=2.0), far),
+                 (BoxRule(threshold=0.8, area_share=0, refine=0, novelty=0.9), far)):
+        assert len(attention_to_boxes(att, (10, 20), r, novelty=f)) == 2
+    far[0, 19] = 2.5        # one new cell on the border: the region is kept whole
+    assert len(attention_to_boxes(att, (10, 20), rule, novelty=far)) == 2
+    # the border gone first, the area share no longer drops the defect beside it
+    far[0, 19] = 0.5
+    shared = BoxRule(threshold=0.8, area_share=0.2, refine=0, novelty=0.9, novelty_distance=2.0)
+    assert [b.xyxy for b in attention_to_boxes(att, (10, 20), shared, novelty=far)] == [(8, 5, 10, 7)]
+    assert "features" in shared.describe() and "novelty" in BoxRule.text()
+    for bad in (-1.0, float("nan"), True):
+        with pytest.raises(ValueError, match="novelty_distance"):
+            BoxRule(novelty_distance=bad)

@@ -157,3 +157,23 @@ def test_calibration_on_a_near_zero_map_keeps_the_threshold_on_the_probability_s
     pred = Predictions(np.linspace(0, 1, 12), np.zeros((12, 2)), maps)
     rule = calibrate_box_rule(pred, items, truths, np.ones(12, bool), calibrate)
     assert rule.threshold == pytest.approx(0.995)
+
+
+def test_the_novelty_distance_is_what_the_good_validation_cells_stay_within():
+    from inspection.config import load_config
+    from inspection.evaluation import Predictions, calibrate_box_rule, novelty_distance
+
+    items = _items(6, 6)
+    rng = np.random.default_rng(0)
+    maps = np.zeros((12, 8, 8), np.float32)
+    far = rng.random((12, 8, 8)).astype(np.float32)
+    far[6:] += 5  # defective parts' features lie farther: they must not move the level
+    pred = Predictions(np.linspace(0, 1, 12), np.zeros((12, 2)), maps, far)
+    assert novelty_distance(pred, items, 0.9) == pytest.approx(np.quantile(far[:6], 0.9))
+    rule = calibrate_box_rule(pred, items, {}, np.ones(12, bool), load_config(None, []))
+    assert rule.novelty == 0.9 and rule.novelty_distance == pytest.approx(np.quantile(far[:6], 0.9))
+    off = calibrate_box_rule(pred, items, {}, np.ones(12, bool), load_config(None, ["eval.boxes.novelty=0"]))
+    assert off.novelty == 0 and off.novelty_distance == 0
+    # a model without a feature bank, or no good validation parts: the level drops nothing
+    assert novelty_distance(Predictions(pred.scores, pred.probs, maps), items, 0.9) == 0
+    assert novelty_distance(pred, items[6:] * 2, 0.9) == 0
