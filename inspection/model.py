@@ -183,4 +183,6 @@ def load_checkpoint(path, map_location="cpu"):
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit the model its config describes: {exc}") from None
+    bank = ckpt.get("novelty_bank")  # the good parts' features (inspection/novelty.py); None before it existed
+    model.novelty_bank = None if bank is None else bank.float().numpy()
     return model.eval(), cfg, ckpt

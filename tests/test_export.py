@@ -15,6 +15,7 @@ from inspection.boxes import attention_to_boxes
 from inspection.cli import main
 from inspection.imageio import read_image
 from inspection.model import CheckpointError, load_checkpoint
+from inspection.novelty import BANK_CELLS, distance_map
 from inspection.training.evaluate import evaluate
 
 
@@ -63,8 +64,52 @@ def test_round_trip_gives_the_pytorch_evaluators_decisions_and_boxes(exported):
         for b, r in zip(verdict.boxes, ref["boxes"]):
             assert max(abs(p - q) for p, q in zip(b.xyxy, (r["x0"], r["y0"], r["x1"], r["y1"]))) <= 1
         if verdict.verdict != "pass":  # the runtime's boxes: the shared rule on its map, with the package's levels
-            assert [b.xyxy for b in verdict.boxes] == [b.xyxy for b in attention_to_boxes(att[0], frame.shape[:2],
-                                                                                          rt.box_rule, rt.roi)]
+            # (it computes the feature distance of the cells the rule reads only: the same boxes as every cell's)
+            far = distance_map(rt.session.run(["features"], {"image": _input(rt, frame)})[0][0], rt.bank)
+            assert [b.xyxy for b in verdict.boxes] == [b.xyxy for b in attention_to_boxes(
+                att[0], frame.shape[:2], rt.box_rule, rt.roi, novelty=far)]
+
+
+def test_the_feature_bank_travels_from_training_to_the_line(exported, tmp_path):
+    from inspection.deploy.package import write_metadata
+
+    model, _, _ = load_checkpoint(exported["best"])
+    bank = model.novelty_bank  # fitted on the good training parts at the end of training
+    with torch.no_grad():
+        channels = model.features(torch.zeros(1, 3, 64, 64)).shape[1]
+    assert bank.shape[1] == channels and 0 < len(bank) <= BANK_CELLS
+    meta = load_package(exported["package"])
+    assert meta["novelty"] == {"file": "novelty.npy", "output": "features", "cells": len(bank), "channels": channels}
+    assert np.array_equal(np.load(exported["package"] / "novelty.npy"), bank)
+    assert meta["parity"]["max_abs_diff"]["features"] <= 1e-4
+    for v in meta["variants"].values():  # the level's distance is set per variant from its own validation cells
+        assert v["box_rule"]["novelty"] == 0.9 and v["box_rule"]["novelty_distance"] > 0
+    rt = Runtime(exported["package"], backend="cpu")
+    assert np.array_equal(rt.bank, bank) and rt.box_rule.novelty_distance > 0
+
+    # a package written before the bank: no novelty.npy, no level in its rule; its boxes are the rule's without it
+    old = tmp_path / "old"
+    shutil.copytree(exported["package"], old)
+    (old / "novelty.npy").unlink()
+    stale = json.loads((old / "metadata.json").read_text())
+    stale.pop("novelty")
+    for v in stale["variants"].values():
+        v["box_rule"] = {k: x for k, x in v["box_rule"].items() if not k.startswith("novelty")}
+        v["threshold"] = 0.0  # every part fails: every part is boxed
+    stale["decision"]["review_band"] = 0.0
+    write_metadata(old, stale)
+    before = Runtime(old, backend="cpu")
+    assert before.bank is None and before.box_rule.novelty == 0
+    frame = read_image(f"{exported['manifest'].root}/{exported['manifest'].split('test')[-1].path}")
+    att = before.run_batch(_input(before, frame))[2][0]
+    result = before.inspect([frame])[0]
+    assert result.verdict == "fail" and [b.xyxy for b in result.boxes] == [
+        b.xyxy for b in attention_to_boxes(att, frame.shape[:2], before.box_rule, before.roi)]
+    # a damaged bank is refused, naming the file
+    np.save(old / "novelty.npy", np.zeros(3, np.float32))
+    write_metadata(old, {**stale, "novelty": meta["novelty"]})
+    with pytest.raises(PackageError, match="novelty.npy: the feature bank must be"):
+        Runtime(old, backend="cpu")
 
 
 def _input(rt, frame):

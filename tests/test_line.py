@@ -631,14 +631,14 @@ def test_a_failing_batch_gives_error_verdicts_and_the_line_goes_on(exported, tmp
     cfg = _station(tmp_path, exported["package"], exported["manifest"].root, **{
         "source.kind": "simulated", "source.limit": 24, "batch.max_size": 4, "queue.policy": "block"})
     runner = LineRunner(cfg)
-    real, calls = runner.runtime.run_batch, []
+    real, calls = runner.runtime.session.run, []
 
-    def flaky(x):
-        calls.append(len(x))
+    def flaky(names, feeds):  # the inference engine fails on the second batch
+        calls.append(len(feeds["image"]))
         if len(calls) == 2:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return real(x)
-    runner.runtime.run_batch = flaky
+        return real(names, feeds)
+    runner.runtime.session = type("Flaky", (), {"run": staticmethod(flaky)})()
     s = runner.run()
     lines = _lines(tmp_path)
     errors = [x for x in lines if x["verdict"] == "error"]

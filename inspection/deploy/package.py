@@ -4,6 +4,8 @@
       model.onnx         image (B,3,H,W) → probs (B,K), defect_score (B,), attention (B,h,w)
       model.int8.onnx    the same, statically quantized (optional)
       rescore.onnx       image, attention (B,h,w) → probs: re-scores a part with an operator-corrected map
+      novelty.npy        the good training parts' feature bank (m, C) float32, where model.onnx also outputs
+                         features (B,C,h,w): the box rule's novelty level (inspection/novelty.py); optional
       metadata.json      input policy, classes, per-variant thresholds and metrics, file hashes, provenance
 
     >>> meta = load_package("runs/model/package")          # validates fields, versions and file hashes
@@ -98,6 +100,11 @@ def validate_metadata(meta: dict, source: str = METADATA) -> dict:
             raise PackageError(f"{source}: variant {name!r} names file {variant['file']!r}, not listed in 'files'")
     if "fp32" not in meta["variants"]:
         raise PackageError(f"{source}: the 'fp32' variant is required")
+    novelty = meta.get("novelty")
+    if novelty is not None and not (isinstance(novelty, dict) and novelty.get("file") in meta["files"]
+                                    and isinstance(novelty.get("output"), str)):
+        raise PackageError(f"{source}: field 'novelty' must be null or name a listed file and the model's "
+                           f"features output, got {novelty!r}")
     return meta
 
 

@@ -22,6 +22,7 @@ from inspection.deploy.package import PackageError, load_package
 from inspection.boxes import Box, BoxRule, attention_to_boxes, full_roi
 from inspection.decision import VERDICTS, verdict
 from inspection.mapfile import shrink_map
+from inspection.novelty import distance_map, hot_cells
 from inspection.imageio import HEADER_BYTES, ImageError, check_pixels
 from inspection.preprocess import prepare, to_input
 from inspection.errors import UserError
@@ -245,6 +246,25 @@ class Runtime:
                                                "score": self.meta["boxes"]["score"]})
         except (ValueError, TypeError, AttributeError) as exc:
             raise PackageError(f"{self.root / 'metadata.json'}: variants.{variant_name}.box_rule: {exc}") from None
+        self.bank = self._feature_bank()
+        self._outputs = ["probs", "defect_score", "attention"] + ([self.meta["novelty"]["output"]]
+                                                                  if self.bank is not None else [])
+
+    def _feature_bank(self) -> np.ndarray | None:
+        """The good parts' feature bank (novelty.npy) for the box rule's novelty level; None for packages
+        without one (the level then drops nothing)."""
+        novelty = self.meta.get("novelty")
+        if not novelty:
+            return None
+        path = self.root / novelty["file"]
+        try:
+            bank = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise PackageError(f"{path}: not a readable feature bank ({exc})") from None
+        if bank.ndim != 2 or bank.dtype != np.float32 or not len(bank) or not np.isfinite(bank).all():
+            raise PackageError(f"{path}: the feature bank must be a non-empty finite (cells, channels) float32 "
+                               f"array, got {bank.dtype} {bank.shape}")
+        return bank
 
     def _native_tensorrt(self, cache: Path, max_batch: int, precision: str, required: bool):
         """A native TensorRT session, or None (auto) / TensorRTUnavailable (required) when it cannot run here."""
@@ -280,24 +300,34 @@ class Runtime:
     # -- inference ---------------------------------------------------------------------------------------------
     def run_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Normalized (B, 3, H, W) float32 → (probs (B, K), defect scores (B,), attention (B, h, w))."""
+        return self._run(x)[:3]
+
+    def _run(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        """run_batch's outputs, and the features (B, C, h, w) where the package has a feature bank."""
         x = np.ascontiguousarray(x, np.float32)
         if x.ndim != 4 or x.shape[1:] != (3, *self.image_size):
             raise FrameError(f"model input must be (B, 3, {self.image_size[0]}, {self.image_size[1]}), got {x.shape}")
-        outs = [self.session.run(["probs", "defect_score", "attention"], {"image": x[i:i + self.max_batch]})
+        outs = [self.session.run(self._outputs, {"image": x[i:i + self.max_batch]})
                 for i in range(0, len(x), self.max_batch)]
-        return tuple(np.concatenate([o[k] for o in outs]).astype(np.float32) for k in range(3))
+        return tuple(np.concatenate([o[k] for o in outs]).astype(np.float32) for k in range(len(self._outputs)))
 
     def decide(self, score: float, threshold: float | None = None) -> str:
         """pass / review / fail by the package's threshold and review band (inspection.decision.verdict)."""
         return verdict(score, self.threshold if threshold is None else threshold, self.review_band)
 
-    def judge(self, probs: np.ndarray, score: float, attention: np.ndarray, frame: np.ndarray) -> Inspection:
+    def judge(self, probs: np.ndarray, score: float, attention: np.ndarray, frame: np.ndarray,
+              features: np.ndarray | None = None) -> Inspection:
         """Verdict, defect type and boxes (in frame pixels, refined on the frame by the rule) from one image's
-        model outputs."""
+        model outputs; `features` (C, h, w): for the rule's novelty level (None: no region dropped by it)."""
         verdict = self.decide(float(score))
         frame = np.asarray(frame)
-        boxes = (attention_to_boxes(attention, frame.shape[:2], self.box_rule, self.roi, frame=frame)
-                 if verdict != "pass" else [])
+        boxes = []
+        if verdict != "pass":
+            rule, far = self.box_rule, None
+            if features is not None and self.bank is not None and rule.novelty and rule.novelty_distance:
+                # only the cells the rule can read (regions at its foot, and their neighbours): bounded cost
+                far = distance_map(features, self.bank, hot_cells(attention, rule.threshold * rule.low))
+            boxes = attention_to_boxes(attention, frame.shape[:2], rule, self.roi, frame=frame, novelty=far)
         defect = None if verdict == "pass" else self.classes[1 + int(np.argmax(probs[1:]))]
         return Inspection(verdict, float(score), {c: float(p) for c, p in zip(self.classes, probs)}, defect,
                           boxes, attention, self.version)
@@ -321,9 +351,9 @@ class Runtime:
             except FrameError as exc:
                 results[i] = exc
         if prepared:
-            probs, scores, maps = self.run_batch(to_input(prepared, self.mean, self.std))
+            probs, scores, maps, *features = self._run(to_input(prepared, self.mean, self.std))
             for k, i in enumerate(slots):
-                results[i] = self.judge(probs[k], scores[k], maps[k], frames[i])
+                results[i] = self.judge(probs[k], scores[k], maps[k], frames[i], features[0][k] if features else None)
         return results
 
     def rescore(self, frame: np.ndarray, attention: np.ndarray, color: str = "RGB") -> dict:
@@ -352,7 +382,7 @@ class Runtime:
         p = outs[0][0].astype(float)
         score = float(outs[1][0]) if len(outs) > 1 else float(1 - p[0])
         verdict = self.decide(score, self.meta["variants"]["fp32"]["threshold"])
-        frame = np.asarray(frame)
+        frame = np.asarray(frame)  # a corrected map is the operator's: no region of it is dropped as "not new"
         boxes = (attention_to_boxes(att, frame.shape[:2], self.box_rule, self.roi, frame=frame)
                  if verdict != "pass" else [])
         return {"probs": dict(zip(self.classes, p.tolist())), "defect_score": score, "verdict": verdict,

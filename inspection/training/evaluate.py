@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inspection.data import InspectionDataset, Manifest
+from inspection.data import GOOD, InspectionDataset, Manifest
 from inspection.evaluation import Predictions, evaluate_predictions  # noqa: F401 - re-exported
 from inspection.model import load_checkpoint
+from inspection.novelty import distance_map, select_bank
 
 
 def gradcam(model, images: torch.Tensor, layer: str = "last") -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,25 +41,67 @@ def gradcam(model, images: torch.Tensor, layer: str = "last") -> tuple[torch.Ten
 
 def predict(model, dataset: InspectionDataset, kind: str, batch_size: int = 32, progress: bool = False,
             gradcam_layer: str = "last") -> Predictions:
+    """Scores, probabilities and maps of a split; with the model's feature bank (model.novelty_bank), each map
+    cell's feature distance to the good parts too (inspection/novelty.py)."""
     model.eval()
-    scores, probs, maps = [], [], []
+    scores, probs, maps, far = [], [], [], []
+    bank = getattr(model, "novelty_bank", None)
+    features: list[torch.Tensor] = []
+    hook = model.features.register_forward_hook(lambda m, i, o: features.append(o.detach())) if bank is not None else None
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
     if progress:
         from tqdm import tqdm
         loader = tqdm(loader, desc="predict", leave=False, file=sys.stderr)
-    for batch in loader:
-        x = batch["image"]
-        if kind == "cnn":
-            logits, amap = gradcam(model, x, gradcam_layer)
-        else:
-            with torch.no_grad():
-                out = model(x)
-            logits, amap = out.logits, out.attention
-        p = logits.softmax(1)
-        probs.append(p.numpy())
-        scores.append((1 - p[:, 0] if kind == "cnn" else model.defect_score(logits, amap)).numpy())
-        maps.append(amap.numpy())
-    return Predictions(np.concatenate(scores), np.concatenate(probs), np.concatenate(maps).astype(np.float32))
+    try:
+        for batch in loader:
+            x = batch["image"]
+            if kind == "cnn":
+                logits, amap = gradcam(model, x, gradcam_layer)
+            else:
+                with torch.no_grad():
+                    out = model(x)
+                logits, amap = out.logits, out.attention
+            p = logits.softmax(1)
+            probs.append(p.numpy())
+            scores.append((1 - p[:, 0] if kind == "cnn" else model.defect_score(logits, amap)).numpy())
+            maps.append(amap.numpy())
+            if bank is not None:
+                far += [distance_map(f, bank) for f in features.pop().float().numpy()]
+    finally:
+        if hook is not None:
+            hook.remove()
+    return Predictions(np.concatenate(scores), np.concatenate(probs), np.concatenate(maps).astype(np.float32),
+                       np.stack(far) if far else None)
+
+
+def feature_bank(model, manifest: Manifest, data_cfg, batch_size: int = 32) -> np.ndarray:
+    """The model's feature bank: backbone features of the good training parts' map cells, at most BANK_CELLS of
+    them (inspection/novelty.py)."""
+    train = InspectionDataset(manifest, "train", data_cfg)
+    good = [i for i, it in enumerate(train.items) if it.defect_type == GOOD]
+    if not good:
+        raise ValueError(f"dataset {manifest.root}: no good parts in the train split to fit the feature bank on")
+    model.eval()
+    cells = []
+    with torch.no_grad():
+        for batch in torch.utils.data.DataLoader(torch.utils.data.Subset(train, good), batch_size=batch_size):
+            f = model.features(batch["image"]).float()
+            cells.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).numpy())
+    return select_bank(np.concatenate(cells))
+
+
+def add_feature_bank(checkpoint: str | Path, manifest: Manifest) -> np.ndarray:
+    """Fit the feature bank of a checkpoint on its training parts and store it there (key `novelty_bank`; the
+    file is replaced atomically)."""
+    path = Path(checkpoint)
+    model, cfg, _ = load_checkpoint(path)
+    bank = feature_bank(model, manifest, cfg.data)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state["novelty_bank"] = torch.from_numpy(bank)
+    tmp = path.with_suffix(".bank.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    return bank
 
 
 def evaluate(model, kind: str, manifest: Manifest, cfg, name: str, progress: bool = False) -> dict:

@@ -29,10 +29,12 @@ from inspection.data import GOOD, InspectionDataset, Manifest
 from inspection.model import ABN, load_checkpoint
 from inspection.evaluation import Predictions, evaluate_predictions
 from inspection.errors import UserError
+from inspection.novelty import distance_map
 
 OPSET = 18
 PARITY_TOLERANCE = 1e-4
 OUTPUTS = ("probs", "defect_score", "attention")
+FEATURES = "features"  # the backbone features at the map's cells, output where the model has a feature bank
 RESCORE_OUTPUTS = ("probs", "defect_score")
 
 
@@ -40,16 +42,26 @@ class ExportError(UserError, RuntimeError):
     """Export refused: the message says which check failed and by how much."""
 
 
+def _outputs(bank: np.ndarray | None) -> list[str]:
+    """The inference graph's outputs: the features too where the model has a feature bank."""
+    return [*OUTPUTS, FEATURES] if bank is not None else list(OUTPUTS)
+
+
 class InferenceGraph(nn.Module):
-    """What the line runs: probabilities, defect score (ABN.defect_score) and the attention map."""
+    """What the line runs: probabilities, defect score (ABN.defect_score), the attention map, and with a feature
+    bank the backbone features F (the box rule's `novelty` level measures their distance to the bank)."""
 
     def __init__(self, model: ABN):
         super().__init__()
         self.model = model
+        self.with_features = getattr(model, "novelty_bank", None) is not None
 
     def forward(self, image: torch.Tensor):
-        out = self.model(image)
-        return out.logits.softmax(1), self.model.defect_score(out.logits, out.attention), out.attention
+        features = self.model.features(image)
+        att_logits, attention = self.model.attention_branch(features)
+        logits = self.model.perceive(features, attention)
+        out = (logits.softmax(1), self.model.defect_score(logits, attention), attention)
+        return (*out, features) if self.with_features else out
 
 
 class RescoreGraph(nn.Module):
@@ -92,12 +104,18 @@ def _batch(dataset: InspectionDataset, idx) -> np.ndarray:
     return np.stack([dataset[i]["image"].numpy() for i in idx]).astype(np.float32)
 
 
-def _ort_predictions(session, dataset: InspectionDataset, batch_size: int = 32) -> Predictions:
-    probs, scores, maps = [], [], []
+def _ort_predictions(session, dataset: InspectionDataset, bank: np.ndarray | None,
+                     batch_size: int = 32) -> Predictions:
+    """Predictions of a split through an ONNX Runtime session; with a bank, the feature distance of every cell."""
+    probs, scores, maps, far = [], [], [], []
+    names = _outputs(bank)
     for i in range(0, len(dataset), batch_size):
-        p, s, a = session.run(list(OUTPUTS), {"image": _batch(dataset, range(i, min(i + batch_size, len(dataset))))})
-        probs.append(p), scores.append(s), maps.append(a)
-    return Predictions(np.concatenate(scores), np.concatenate(probs), np.concatenate(maps).astype(np.float32))
+        out = session.run(names, {"image": _batch(dataset, range(i, min(i + batch_size, len(dataset))))})
+        probs.append(out[0]), scores.append(out[1]), maps.append(out[2])
+        if bank is not None:
+            far += [distance_map(f, bank) for f in out[3]]
+    return Predictions(np.concatenate(scores), np.concatenate(probs), np.concatenate(maps).astype(np.float32),
+                       np.stack(far) if far else None)
 
 
 def check_parity(model: ABN, root: Path, x: np.ndarray, tolerance: float = PARITY_TOLERANCE) -> dict:
@@ -106,10 +124,11 @@ def check_parity(model: ABN, root: Path, x: np.ndarray, tolerance: float = PARIT
         ref = InferenceGraph(model)(torch.from_numpy(x))
         altered = 1 - ref[2]  # a map unlike the model's own, as an operator's correction would be
         ref_rescore = RescoreGraph(model)(torch.from_numpy(x), altered)
-    got = open_session(root / "model.onnx").run(list(OUTPUTS), {"image": x})
+    names = _outputs(getattr(model, "novelty_bank", None))
+    got = open_session(root / "model.onnx").run(names, {"image": x})
     got_rescore = open_session(root / "rescore.onnx").run(list(RESCORE_OUTPUTS), {"image": x,
                                                                                   "attention": altered.numpy()})
-    diffs = {name: float(np.abs(g - r.numpy()).max()) for name, g, r in zip(OUTPUTS, got, ref)}
+    diffs = {name: float(np.abs(g - r.numpy()).max()) for name, g, r in zip(names, got, ref)}
     diffs.update({f"rescore_{name}": float(np.abs(g - r.numpy()).max())
                   for name, g, r in zip(RESCORE_OUTPUTS, got_rescore, ref_rescore)})
     bad = {k: v for k, v in diffs.items() if not v <= tolerance}
@@ -159,10 +178,11 @@ def _channels(images: np.ndarray, mean, std) -> str:
     return "gray" if all(gray) else "color" if not any(gray) else "mixed"
 
 
-def _evaluate_variant(path: Path, val: InspectionDataset, test: InspectionDataset, manifest: Manifest, cfg) -> dict:
+def _evaluate_variant(path: Path, val: InspectionDataset, test: InspectionDataset, manifest: Manifest, cfg,
+                      bank: np.ndarray | None) -> dict:
     session = open_session(path)
-    result = evaluate_predictions(_ort_predictions(session, val), _ort_predictions(session, test), manifest, cfg,
-                                  path.name)
+    result = evaluate_predictions(_ort_predictions(session, val, bank), _ort_predictions(session, test, bank),
+                                  manifest, cfg, path.name)
     return {"file": path.name, "threshold": float(result["threshold"]), "box_threshold": float(result["box_threshold"]),
             "box_rule": result["box_rule"],
             "metrics": result["metrics"]}
@@ -191,16 +211,20 @@ def export_package(checkpoint: str | Path, out_dir: str | Path, manifest: Manife
         say(f"parity with PyTorch on {len(sample)} val/test images")
         parity = check_parity(model, tmp, sample, tolerance)
         say("calibrating thresholds (val) and measuring (test) through ONNX Runtime")
-        variants = {"fp32": _evaluate_variant(tmp / "model.onnx", val, test, manifest, cfg)}
+        bank = model.novelty_bank
+        if bank is not None:
+            np.save(tmp / "novelty.npy", bank)
+        variants = {"fp32": _evaluate_variant(tmp / "model.onnx", val, test, manifest, cfg, bank)}
         calib = _calibration_images(manifest, cfg, int8_calibration, calibration_images)
         int8_info = None
         if int8:
             say(f"INT8 quantization calibrated on {len(calib)} training images ({int8_calibration})")
-            variants["int8"], int8_info = _int8_variant(tmp, calib, sample, val, test, manifest, cfg)
+            variants["int8"], int8_info = _int8_variant(tmp, calib, sample, val, test, manifest, cfg, bank)
             int8_info["calibration_set"] = int8_calibration
         meta = _metadata(cfg, manifest, ckpt, checkpoint, props["checkpoint_sha256"], version, variants,
                          np.concatenate([sample, calib]),
-                         {"images": len(sample), "tolerance": tolerance, "max_abs_diff": parity}, int8_info, att_hw)
+                         {"images": len(sample), "tolerance": tolerance, "max_abs_diff": parity}, int8_info, att_hw,
+                         bank)
         write_metadata(tmp, meta)
         _replace(tmp, out)
     except BaseException:
@@ -239,7 +263,8 @@ def _export_graphs(model, cfg, manifest: Manifest, checkpoint: Path, tmp: Path) 
     example = torch.zeros(2, 3, h, w)
     with torch.no_grad():
         att_hw = list(model(example).attention.shape[-2:])
-    _export_onnx(InferenceGraph(model), (example,), tmp / "model.onnx", ["image"], list(OUTPUTS))
+    _export_onnx(InferenceGraph(model), (example,), tmp / "model.onnx", ["image"],
+                 _outputs(getattr(model, "novelty_bank", None)))
     _export_onnx(RescoreGraph(model), (example, torch.zeros(2, *att_hw)), tmp / "rescore.onnx",
                  ["image", "attention"], list(RESCORE_OUTPUTS))
     props = {"format": FORMAT, "classes": list(manifest.classes), "checkpoint_sha256": file_sha256(checkpoint)}
@@ -263,19 +288,21 @@ def _calibration_images(manifest: Manifest, cfg, which: str, n: int) -> np.ndarr
 
 
 def _int8_variant(tmp: Path, calib: np.ndarray, sample: np.ndarray, val, test, manifest: Manifest,
-                  cfg) -> tuple[dict, dict]:
+                  cfg, bank: np.ndarray | None) -> tuple[dict, dict]:
     """model.int8.onnx (static quantization calibrated on `calib`), its calibrated thresholds and metrics, and how
     far its outputs are from FP32 on the parity sample."""
     quantize_int8(tmp / "model.onnx", tmp / "model.int8.onnx", calib)
-    variant = _evaluate_variant(tmp / "model.int8.onnx", val, test, manifest, cfg)
-    q = open_session(tmp / "model.int8.onnx").run(list(OUTPUTS), {"image": sample})
-    f = open_session(tmp / "model.onnx").run(list(OUTPUTS), {"image": sample})
+    variant = _evaluate_variant(tmp / "model.int8.onnx", val, test, manifest, cfg, bank)
+    names = _outputs(bank)
+    q = open_session(tmp / "model.int8.onnx").run(names, {"image": sample})
+    f = open_session(tmp / "model.onnx").run(names, {"image": sample})
     return variant, {"calibration_images": len(calib),
-                     "max_abs_diff_vs_fp32": {k: float(np.abs(a - b).max()) for k, a, b in zip(OUTPUTS, q, f)}}
+                     "max_abs_diff_vs_fp32": {k: float(np.abs(a - b).max()) for k, a, b in zip(names, q, f)}}
 
 
 def _metadata(cfg, manifest: Manifest, ckpt: dict, checkpoint: Path, ck_sha: str, version: str | None,
-              variants: dict, images: np.ndarray, parity: dict, int8_info: dict | None, att_hw: list) -> dict:
+              variants: dict, images: np.ndarray, parity: dict, int8_info: dict | None, att_hw: list,
+              bank: np.ndarray | None) -> dict:
     """metadata.json: what the line runtime needs to run the package exactly as it was measured."""
     crops = [full_roi((it.height, it.width), cfg.data.roi) for it in manifest.items]
     aspects = [c[2] / c[3] for c in crops]
@@ -294,7 +321,9 @@ def _metadata(cfg, manifest: Manifest, ckpt: dict, checkpoint: Path, ck_sha: str
         "outputs": {"probs": "(B, K) softmax over classes",
                     "defect_score": f"(B,) (1 - {cfg.model.map_score:g}) * (1 - p(good)) + {cfg.model.map_score:g} "
                                     f"* mean of the map's top {cfg.train.defect_topk:g} cells",
-                    "attention": "(B, h, w) attention map in [0, 1]"},
+                    "attention": "(B, h, w) attention map in [0, 1]",
+                    **({FEATURES: "(B, C, h, w) backbone features at the map's cells (the box rule's novelty level: "
+                                  "distance to the nearest row of novelty.npy)"} if bank is not None else {})},
         "attention": {"name": "attention", "size": att_hw},
         "decision": {"review_band": cfg.eval.review_band, "threshold_mode": cfg.eval.threshold_mode,
                      "target_false_reject": cfg.eval.target_false_reject, "target_miss": cfg.eval.target_miss,
@@ -304,6 +333,8 @@ def _metadata(cfg, manifest: Manifest, ckpt: dict, checkpoint: Path, ck_sha: str
                   "calibrated": cfg.eval.boxes.threshold is None,
                   "rule": "on parts that fail or go to review, with the levels of variants.*.box_rule: "
                           + BoxRule.text()},
+        "novelty": None if bank is None else {"file": "novelty.npy", "output": FEATURES, "cells": int(len(bank)),
+                                              "channels": int(bank.shape[1])},
         "variants": variants,
         "parity": parity,
         "int8": int8_info,

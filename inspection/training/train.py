@@ -2,7 +2,8 @@
 
     >>> best = train(cfg, manifest, out_dir="runs/abn", kind="abn")      # -> runs/abn/best.pt
 
-Writes to out_dir: config.yaml, manifest.json, last.pt (resumable), best.pt (by validation),
+Writes to out_dir: config.yaml, manifest.json, last.pt (resumable), best.pt (by validation; at the end
+with the good training parts' feature bank, inspection/novelty.py),
 history.csv / history.json (loss terms per epoch) and training_curves.png.
 
 Several GPUs or machines: the same command under torchrun (DDP, NCCL on GPUs, gloo on CPUs), e.g.
@@ -34,6 +35,7 @@ from inspection.losses import abn_loss
 from inspection.metrics import image_metrics
 from inspection.model import CheckpointError, build_model
 from inspection.preprocess import input_size
+from inspection.training.evaluate import add_feature_bank
 
 
 def seed_everything(seed: int) -> None:
@@ -277,6 +279,10 @@ def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn
     if lead:
         _write_history(history, out)
         plot_history(history, out / "training_curves.png", f"{kind} ({out.name})")
+        if (out / "best.pt").exists():
+            bank = add_feature_bank(out / "best.pt", manifest)
+            if progress:
+                print(f"feature bank: {len(bank)} cells of the good training parts kept in best.pt", file=sys.stderr)
     return out / "best.pt"
 
 
