@@ -58,11 +58,15 @@ def timing(pt, manifest, cfg, repeats: int = 3) -> dict:
 
 
 def predictions(folder: Path) -> tuple[Predictions, Predictions, Manifest, object]:
-    """Val and test predictions of folder/best.pt (cached in folder/predictions.npz), its manifest and config."""
+    """Val and test predictions of folder/best.pt (cached in folder/predictions.npz, with the feature distances
+    where the checkpoint has a feature bank), its manifest and config."""
+    import torch
+
     cfg = load_config(folder / "config.yaml")
     manifest = Manifest.load(folder / "manifest.json")
     cache = folder / "predictions.npz"
-    if not cache.exists():
+    banked = "novelty_bank" in torch.load(folder / "best.pt", map_location="cpu", weights_only=True)
+    if not cache.exists() or (banked and "val_distances" not in np.load(cache)):
         from inspection.data import InspectionDataset
         from inspection.model import load_checkpoint
         from inspection.training.evaluate import predict
@@ -70,9 +74,10 @@ def predictions(folder: Path) -> tuple[Predictions, Predictions, Manifest, objec
         model, cfg_ckpt, ckpt = load_checkpoint(folder / "best.pt")
         pv, pt = (predict(model, InspectionDataset(manifest, s, cfg_ckpt.data), ckpt["kind"]) for s in ("val", "test"))
         np.savez(cache, **{f"{s}_{k}": getattr(p, k) for s, p in (("val", pv), ("test", pt))
-                          for k in ("scores", "probs", "maps")})
+                          for k in ("scores", "probs", "maps", "distances") if getattr(p, k) is not None})
     z = np.load(cache)
-    pv, pt = (Predictions(z[f"{s}_scores"], z[f"{s}_probs"], z[f"{s}_maps"]) for s in ("val", "test"))
+    pv, pt = (Predictions(z[f"{s}_scores"], z[f"{s}_probs"], z[f"{s}_maps"], z.get(f"{s}_distances"))
+              for s in ("val", "test"))
     return pv, pt, manifest, cfg
 
 

@@ -12,7 +12,9 @@ Measured on test with the default box rule and the same pass/fail threshold as t
 - "gate q": the attention map with every region (8-connected cells at 0.5 or more) dropped whose cells all lie
   within the distance that a share q of the good val parts' cells reach.
 Prints box F1@0.3, @0.5 and pixel AUROC, mean (minimum) over seeds, and writes
-benchmarks/results/feature_distance.json. Nothing here is in the product; docs/method.md says why.
+benchmarks/results/feature_distance.json. The distance map and its products with the attention map are not in the
+product (docs/method.md says why); the gate at 0.9 became the box rule's `novelty` level (inspection/novelty.py),
+whose bank the product fits at the end of training and whose region is the rule's own (cells at its threshold).
 """
 from __future__ import annotations
 

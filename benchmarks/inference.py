@@ -3,13 +3,16 @@
     python benchmarks/inference.py [--checkpoint runs/demo/ours/best.pt] [--batches 1 4 16] [--seconds 2]
 
 Every backend runs on the same real test images, interleaved round by round so that machine noise hits all
-of them alike. Per backend and batch size: throughput (images/s) and per-call latency p50/p99. Accuracy per
+of them alike. Per backend and batch size: throughput (images/s) and per-call latency p50/p99. Where the
+package has a feature bank, "ORT cpu fp32 w/o features" runs the same graph without fetching the features
+output, and the end-to-end rows run with the box rule's novelty level on and off (its cost). Accuracy per
 variant (test AUROC, box F1) comes from the package's export-time evaluation. Prints a table and writes
 benchmarks/results/inference.json and docs/inference_throughput.png. Exports the package when it is missing.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -68,6 +71,9 @@ def backends(checkpoint: Path, package: Path, threads: int) -> dict:
             print(f"skip {name}: {exc}", file=sys.stderr)
             continue
         found[name] = rt.run_batch
+        if name == "ORT cpu fp32" and rt.bank is not None:  # the features output's cost: the same graph without it
+            found["ORT cpu fp32 w/o features"] = lambda x, run=rt.session.run: run(
+                ["probs", "defect_score", "attention"], {"image": x})
     return found
 
 
@@ -114,11 +120,17 @@ def main() -> None:
 
     # end to end: decoded frames → verdicts and boxes (pre-processing and boxes included), largest batch
     frames = [read_image(Path(manifest.root) / it.path) for it in test.items[:max(args.batches)]]
-    e2e = {}
-    for precision in ("fp32", "int8"):
-        rt = Runtime(package, backend="cpu", precision=precision, threads=args.threads)
-        t = measure(lambda _: rt.inspect(frames), None, args.seconds * args.rounds)
-        e2e[f"ORT cpu {precision} inspect()"] = round(len(frames) / float(np.median(t)), 1)
+    runtimes = {f"ORT cpu {p} inspect()": Runtime(package, backend="cpu", precision=p, threads=args.threads)
+                for p in ("fp32", "int8")}
+    if runtimes["ORT cpu fp32 inspect()"].bank is not None:
+        off = Runtime(package, backend="cpu", threads=args.threads)
+        off.box_rule = dataclasses.replace(off.box_rule, novelty=0.0)
+        runtimes["ORT cpu fp32 inspect() novelty off"] = off
+    spent: dict[str, list[float]] = {}
+    for _ in range(args.rounds):  # interleaved, as above
+        for name, rt in runtimes.items():
+            spent.setdefault(name, []).extend(measure(lambda _, rt=rt: rt.inspect(frames), None, args.seconds))
+    e2e = {name: round(len(frames) / float(np.median(t)), 1) for name, t in spent.items()}
 
     rows = []
     for (name, b), t in times.items():
@@ -131,8 +143,13 @@ def main() -> None:
     for b in args.batches:
         if ("ORT cpu fp32", b) in by:
             ratios[f"ort_fp32_vs_eager@{b}"] = round(by[("ORT cpu fp32", b)] / by[("torch eager fp32", b)], 2)
+        if ("ORT cpu fp32 w/o features", b) in by:
+            ratios[f"features_output@{b}"] = round(by[("ORT cpu fp32", b)] / by[("ORT cpu fp32 w/o features", b)], 2)
         if ("ORT cpu int8", b) in by:
             ratios[f"int8_vs_fp32@{b}"] = round(by[("ORT cpu int8", b)] / by[("ORT cpu fp32", b)], 2)
+    if "ORT cpu fp32 inspect() novelty off" in e2e:
+        ratios["inspect_novelty_on_vs_off"] = round(e2e["ORT cpu fp32 inspect()"] /
+                                                    e2e["ORT cpu fp32 inspect() novelty off"], 2)
     accuracy = {name: {"auroc": v["metrics"]["image"]["auroc"],
                        "box_f1@0.3": v["metrics"].get("box@0.3", {}).get("f1")} for name, v in meta["variants"].items()}
 

@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from inspection.config import load_config  # noqa: E402
-from inspection.data import scan_dataset  # noqa: E402
-from inspection.training.evaluate import evaluate_checkpoint  # noqa: E402
+from inspection.data import Manifest, scan_dataset  # noqa: E402
+from inspection.training.evaluate import add_feature_bank, evaluate_checkpoint  # noqa: E402
 from inspection.training.train import plain_abn, train  # noqa: E402
 
 MODELS = {"ours": "abn", "plain_abn": "abn", "gradcam": "cnn"}
@@ -90,6 +91,8 @@ def run(config: str, seeds, models, sets: list[str], tag: str, trained: dict[str
                 saved = next((r for r in done if r["overrides"] == sets and r["model"] == model and r["seed"] == seed), {})
                 if reevaluate and (folder / "best.pt").exists():
                     best, t_train = folder / "best.pt", saved.get("train_s", 0.0)
+                    if "novelty_bank" not in torch.load(best, map_location="cpu", weights_only=True):
+                        add_feature_bank(best, Manifest.load(folder / "manifest.json"))  # trained before the bank
                 else:
                     best = train(run_cfg, manifest, folder, kind=MODELS[model], resume=False, progress=False)
                     t_train = time.time() - t
