@@ -25,6 +25,7 @@ class BlockTorch:  # any 'import torch' raises, and torch never enters sys.modul
 sys.meta_path.insert(0, BlockTorch())
 import numpy as np
 import inspection, inspection.boxes, inspection.preprocess, inspection.imageio, inspection.overlay, inspection.metrics
+import inspection.novelty
 from inspection.boxes import attention_to_boxes
 from inspection.preprocess import prepare, to_input
 frame = np.zeros((120, 160, 3), np.float32)
@@ -220,7 +221,8 @@ def _imports(path) -> set[str]:
 
 
 # The torch-free core modules the line side may use (numpy and OpenCV only: no pydantic, SciPy or scikit-learn).
-LINE_CORE = [f"inspection.{m}" for m in ("boxes", "decision", "errors", "imageio", "layout", "mapfile", "overlay", "preprocess")]
+LINE_CORE = [f"inspection.{m}" for m in ("boxes", "decision", "errors", "imageio", "layout", "mapfile", "novelty", "overlay",
+                                        "preprocess")]
 DEPLOY_BASE = ["inspection.deploy.atomic", "inspection.deploy.package", "inspection.deploy.registry",
                "inspection.deploy.runtime", "inspection.deploy.tensorrt"]
 # Importer (longest prefix wins) → what of ours it may import. Anything not listed is refused.
