@@ -126,10 +126,16 @@ def main() -> None:
         off = Runtime(package, backend="cpu", threads=args.threads)
         off.box_rule = dataclasses.replace(off.box_rule, novelty=0.0)
         runtimes["ORT cpu fp32 inspect() novelty off"] = off
-    spent: dict[str, list[float]] = {}
-    for _ in range(args.rounds):  # interleaved, as above
-        for name, rt in runtimes.items():
-            spent.setdefault(name, []).extend(measure(lambda _, rt=rt: rt.inspect(frames), None, args.seconds))
+    spent: dict[str, list[float]] = {name: [] for name in runtimes}
+    for rt in runtimes.values():
+        rt.inspect(frames)  # warm-up
+    names, start, k = list(runtimes), time.perf_counter(), 0
+    while time.perf_counter() - start < args.seconds * args.rounds * len(names) or k < 3:
+        for name in names[k % len(names):] + names[:k % len(names)]:  # call by call, in a rotating order
+            t = time.perf_counter()
+            runtimes[name].inspect(frames)
+            spent[name].append(time.perf_counter() - t)
+        k += 1
     e2e = {name: round(len(frames) / float(np.median(t)), 1) for name, t in spent.items()}
 
     rows = []
