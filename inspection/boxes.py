@@ -175,8 +175,8 @@ class BoxRule:
         if self.merge:
             parts.append(f"boxes closer than {self.merge:g} of the image side merged")
         if self.novelty and self.novelty_distance:
-            parts.append(f"regions whose features lie all within the distance of {self.novelty:g} of the good "
-                         f"parts' cells ({self.novelty_distance:.3g}) dropped")
+            parts.append(f"regions whose features all lie within the distance {self.novelty:.0%} of good cells reach "
+                         f"({self.novelty_distance:.3g}) dropped")
         if self.area_share:
             parts.append(f"regions under {self.area_share:g} of the largest one's area dropped")
         return ", ".join(parts)
