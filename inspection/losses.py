@@ -101,7 +101,7 @@ def abn_loss(out, labels: torch.Tensor, good_index: int, w_normal: float, strict
              gamma_map: float = 0.0, w_defect: float = 0.0, defect_topk: float = 0.02,
              defect_on_good: bool = True, map_form: str = "balanced") -> tuple[torch.Tensor, dict[str, float]]:
     """Total ABN loss and its terms. `strict`: classification terms on defective images only."""
-    logits, att_logits, attention = out
+    logits, att_logits, attention = out.logits, out.att_logits, out.attention
     is_normal = labels == good_index
     use = ~is_normal if strict else None
     l_cls = classify_loss(logits, labels, use)

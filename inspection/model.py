@@ -12,7 +12,7 @@
     perception z_per = FC(GAP(trunk.perception(G)))
 
     >>> model = build_model(cfg.model, num_classes=6)
-    >>> logits, att_logits, attention = model(images)
+    >>> logits, att_logits, attention, features = model(images)
     >>> logits = model.forward_with_attention(images, corrected_attention)
 """
 from __future__ import annotations
@@ -32,6 +32,7 @@ class ABNOutput(NamedTuple):
     logits: torch.Tensor        # perception branch, (B, K)
     att_logits: torch.Tensor    # attention branch, (B, K)
     attention: torch.Tensor     # attention map A, (B, h, w) in [0, 1]
+    features: torch.Tensor | None = None  # backbone features F, (B, C, h, w) (the feature bank's distances)
 
 
 class AttentionBranch(nn.Module):
@@ -115,7 +116,7 @@ class ABN(nn.Module):
     def forward(self, images: torch.Tensor) -> ABNOutput:
         features = self.features(images)
         att_logits, attention = self.attention_branch(features)
-        return ABNOutput(self.perceive(features, attention), att_logits, attention)
+        return ABNOutput(self.perceive(features, attention), att_logits, attention, features)
 
     def forward_with_attention(self, images: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
         """Perception logits with an external (e.g. operator-corrected) map (B, H', W'), resized to F."""

@@ -21,9 +21,10 @@ from inspection.model import load_checkpoint
 from inspection.novelty import distance_map, select_bank
 
 
-def gradcam(model, images: torch.Tensor, layer: str = "last") -> tuple[torch.Tensor, torch.Tensor]:
+def gradcam(model, images: torch.Tensor, layer: str = "last") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Grad-CAM of the defect log-odds (logsumexp of defect classes − good) on the last conv block (as the
-    method is normally read) or on the branch-point features F ("features", stride 8: finer, but shallow)."""
+    method is normally read) or on the branch-point features F ("features", stride 8: finer, but shallow);
+    returns the logits, the map and F."""
     with torch.enable_grad():
         feats = model.features(images)
         if layer == "features":
@@ -36,7 +37,7 @@ def gradcam(model, images: torch.Tensor, layer: str = "last") -> tuple[torch.Ten
         cam_on = feats if layer == "features" else acts
         (grads,) = torch.autograd.grad(target.sum(), cam_on)
         cam = torch.relu((grads.mean(dim=(2, 3), keepdim=True) * cam_on).sum(1))
-    return logits.detach(), cam.detach()
+    return logits.detach(), cam.detach(), feats.detach()
 
 
 def predict(model, dataset: InspectionDataset, kind: str, batch_size: int = 32, progress: bool = False,
@@ -46,30 +47,24 @@ def predict(model, dataset: InspectionDataset, kind: str, batch_size: int = 32, 
     model.eval()
     scores, probs, maps, far = [], [], [], []
     bank = getattr(model, "novelty_bank", None)
-    features: list[torch.Tensor] = []
-    hook = model.features.register_forward_hook(lambda m, i, o: features.append(o.detach())) if bank is not None else None
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
     if progress:
         from tqdm import tqdm
         loader = tqdm(loader, desc="predict", leave=False, file=sys.stderr)
-    try:
-        for batch in loader:
-            x = batch["image"]
-            if kind == "cnn":
-                logits, amap = gradcam(model, x, gradcam_layer)
-            else:
-                with torch.no_grad():
-                    out = model(x)
-                logits, amap = out.logits, out.attention
-            p = logits.softmax(1)
-            probs.append(p.numpy())
-            scores.append((1 - p[:, 0] if kind == "cnn" else model.defect_score(logits, amap)).numpy())
-            maps.append(amap.numpy())
-            if bank is not None:
-                far += [distance_map(f, bank) for f in features.pop().float().numpy()]
-    finally:
-        if hook is not None:
-            hook.remove()
+    for batch in loader:
+        x = batch["image"]
+        if kind == "cnn":
+            logits, amap, features = gradcam(model, x, gradcam_layer)
+        else:
+            with torch.no_grad():
+                out = model(x)
+            logits, amap, features = out.logits, out.attention, out.features
+        p = logits.softmax(1)
+        probs.append(p.numpy())
+        scores.append((1 - p[:, 0] if kind == "cnn" else model.defect_score(logits, amap)).numpy())
+        maps.append(amap.numpy())
+        if bank is not None:
+            far += [distance_map(f, bank) for f in features.float().numpy()]
     return Predictions(np.concatenate(scores), np.concatenate(probs), np.concatenate(maps).astype(np.float32),
                        np.stack(far) if far else None)
 

@@ -57,11 +57,9 @@ class InferenceGraph(nn.Module):
         self.with_features = getattr(model, "novelty_bank", None) is not None
 
     def forward(self, image: torch.Tensor):
-        features = self.model.features(image)
-        att_logits, attention = self.model.attention_branch(features)
-        logits = self.model.perceive(features, attention)
-        out = (logits.softmax(1), self.model.defect_score(logits, attention), attention)
-        return (*out, features) if self.with_features else out
+        out = self.model(image)
+        scores = (out.logits.softmax(1), self.model.defect_score(out.logits, out.attention), out.attention)
+        return (*scores, out.features) if self.with_features else scores
 
 
 class RescoreGraph(nn.Module):
