@@ -309,7 +309,8 @@ class Runtime:
             raise FrameError(f"model input must be (B, 3, {self.image_size[0]}, {self.image_size[1]}), got {x.shape}")
         outs = [self.session.run(self._outputs, {"image": x[i:i + self.max_batch]})
                 for i in range(0, len(x), self.max_batch)]
-        return tuple(np.concatenate([o[k] for o in outs]).astype(np.float32) for k in range(len(self._outputs)))
+        return tuple(np.concatenate([o[k] for o in outs]).astype(np.float32, copy=False)
+                     for k in range(len(self._outputs)))
 
     def decide(self, score: float, threshold: float | None = None) -> str:
         """pass / review / fail by the package's threshold and review band (inspection.decision.verdict)."""
