@@ -32,6 +32,7 @@ from box_rule import checkpoints, measure, predictions, run_arguments  # noqa: E
 from inspection.boxes import BoxRule  # noqa: E402
 from inspection.evaluation import Predictions  # noqa: E402
 from inspection.layout import GOOD  # noqa: E402
+from inspection.novelty import nearest  # noqa: E402
 
 GATES = (0.9, 0.99)
 
@@ -42,12 +43,6 @@ def _features(model, dataset) -> torch.Tensor:
         for batch in torch.utils.data.DataLoader(dataset, batch_size=32):
             out.append(model.features(batch["image"]))
     return torch.cat(out)  # (N, C, h, w)
-
-
-def _nearest(cells: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    norms = (bank ** 2).sum(1)
-    return torch.cat([((x ** 2).sum(1, keepdim=True) + norms[None] - 2 * x @ bank.T).min(1).values.clamp_min(0).sqrt()
-                      for x in cells.split(chunk)])
 
 
 def distances(folder: Path, bank_size: int) -> dict[str, np.ndarray]:
@@ -72,7 +67,7 @@ def distances(folder: Path, bank_size: int) -> dict[str, np.ndarray]:
     for split in ("val", "test"):
         f = _features(model, InspectionDataset(manifest, split, cfg.data))
         n, c, h, w = f.shape
-        out[split] = _nearest(f.permute(0, 2, 3, 1).reshape(-1, c), bank).reshape(n, h, w).numpy()
+        out[split] = nearest(f.permute(0, 2, 3, 1).reshape(-1, c).numpy(), bank.numpy()).reshape(n, h, w)
     np.savez(cache, **out)
     return out
 
