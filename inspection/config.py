@@ -111,6 +111,8 @@ class TrainConfig(_Section):
     map_loss: Literal["balanced", "l2"] = Field(
         "balanced", description="L_map's form: balanced (hot and other cells weigh half each) | l2 (plain mean)")
     mask_supervision: int = Field(0, ge=0, description="masked defect training images used as L_map targets")
+    synthetic_defects: float = Field(0.0, ge=0, le=1, description="share of good training images given pasted "
+                                     "synthetic defects whose shapes serve as L_map targets (0 = off)")
     freeze_features: bool = False
     early_stopping: int = Field(0, ge=0, description="stop after this many epochs without val gain; 0 = off")
     steps_per_epoch: Optional[int] = Field(None, ge=1)

@@ -99,11 +99,15 @@ def classify_loss(logits: torch.Tensor, labels: torch.Tensor, use: torch.Tensor 
 def abn_loss(out, labels: torch.Tensor, good_index: int, w_normal: float, strict: bool = False,
              target_maps: torch.Tensor | None = None, has_target: torch.Tensor | None = None,
              gamma_map: float = 0.0, w_defect: float = 0.0, defect_topk: float = 0.02,
-             defect_on_good: bool = True, map_form: str = "balanced") -> tuple[torch.Tensor, dict[str, float]]:
-    """Total ABN loss and its terms. `strict`: classification terms on defective images only."""
+             defect_on_good: bool = True, map_form: str = "balanced",
+             synthetic: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total ABN loss and its terms. `strict`: classification terms on defective images only. `synthetic`: good
+    images carrying pasted defects (inspection/data.paste_defects): no class terms, not normal, defective for
+    L_defect, their pastes the L_map target."""
     logits, att_logits, attention = out.logits, out.att_logits, out.attention
-    is_normal = labels == good_index
-    use = ~is_normal if strict else None
+    real = torch.ones_like(labels, dtype=torch.bool) if synthetic is None else ~synthetic.bool()
+    is_normal = (labels == good_index) & real
+    use = (real & ~is_normal) if strict else (real if synthetic is not None else None)
     l_cls = classify_loss(logits, labels, use)
     l_att = classify_loss(att_logits, labels, use)
     l_norm = normal_loss(attention, is_normal)

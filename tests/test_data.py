@@ -1,5 +1,6 @@
 import io
 import json
+import math
 
 import cv2
 import numpy as np
@@ -242,3 +243,38 @@ def test_image_headers_give_the_size_before_decoding():
         check_pixels(big, "bomb.png")
     with pytest.raises(ImageError, match="30000x30000"):
         decode_image(big, "bomb.png")
+
+
+def test_pasted_defects_change_the_image_only_inside_their_mask():
+    import random
+
+    import torch
+
+    from inspection.data import paste_defects
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(3, 48, 80, generator=g) * 0.5 + 0.25
+    for seed in range(20):
+        out, mask = paste_defects(image, random.Random(seed))
+        assert out.shape == image.shape and mask.shape == (48, 80) and set(mask.unique().tolist()) <= {0.0, 1.0}
+        assert mask.sum() >= 1 and 0 <= out.min() and out.max() <= 1
+        changed = (out != image).any(0)
+        assert not changed[mask == 0].any()  # nothing outside the pastes moves
+        assert changed[mask == 1].float().mean() > 0.5  # and they show: darker or brighter than the surface
+        assert mask.sum() <= 3 * math.pi * (48 / 12 + 1) ** 2  # at most 3 ellipses, half-axes <= shorter side / 12
+    again, mask2 = paste_defects(image, random.Random(3))
+    assert torch.equal(again, paste_defects(image, random.Random(3))[0])  # the seed decides
+
+
+def test_synthetic_defects_go_to_good_training_images_with_their_masks_as_targets(dataset_copy):
+    cfg = tiny_config(dataset_copy)
+    m = scan_dataset(dataset_copy, cfg.data)
+    ds = InspectionDataset(m, "train", cfg.data, augment=True, synthetic=1.0)
+    items = [ds[i] for i in range(len(ds))]
+    good = [x for x in items if x["label"] == 0]
+    assert good and all(x["synthetic"] and x["has_target"] and x["target_map"].max() == 1 for x in good)
+    assert not any(x["synthetic"] or x["has_target"] for x in items if x["label"] != 0)
+    plain = InspectionDataset(m, "train", cfg.data, augment=True)
+    assert not any(plain[i]["synthetic"] or plain[i]["has_target"] for i in range(len(plain)))
+    val = InspectionDataset(m, "val", cfg.data, synthetic=1.0)  # never on evaluation splits (no augmentation)
+    assert not any(val[i]["synthetic"] for i in range(len(val)))

@@ -155,3 +155,26 @@ def test_shrinking_a_painted_map_keeps_thin_strokes_as_training_targets_do():
     expected = resize_target(torch.from_numpy(a)[None], (8, 12))[0].numpy()   # torch's adaptive max pooling
     assert np.array_equal(shrink_map(a, (8, 12)), expected)
     assert shrink_map(a[:4, :5], (8, 12)).shape == (8, 12)  # growing: bilinear
+
+
+def test_synthetic_images_have_no_class_terms_are_not_normal_and_count_as_defective():
+    out = _out()
+    labels = torch.tensor([0, 1, 0, 2])
+    synthetic = torch.tensor([False, False, True, False])  # image 2: a good part with pasted defects
+    target = torch.zeros(4, 5, 5)
+    target[2, 1:3, 1:3] = 1.0
+    has = synthetic.clone()
+    _, t = abn_loss(out, labels, 0, w_normal=1.0, w_defect=1.0, synthetic=synthetic, target_maps=target,
+                    has_target=has, gamma_map=1.0)
+    real = torch.tensor([0, 1, 3])
+    assert abs(t["classify"] - torch.nn.functional.cross_entropy(out.logits[real], labels[real]).item()) < 1e-6
+    assert abs(t["normal"] - out.attention[0].mean().item()) < 1e-6
+    expected = defect_loss(out.attention, torch.tensor([False, True, True, True]))
+    assert abs(t["defect"] - expected.item()) < 1e-6
+    assert abs(t["map"] - map_loss(out.attention, target, has).item()) < 1e-6
+    _, strict = abn_loss(out, labels, 0, w_normal=1.0, strict=True, synthetic=synthetic)
+    both = torch.tensor([1, 3])
+    assert abs(strict["classify"] - torch.nn.functional.cross_entropy(out.logits[both], labels[both]).item()) < 1e-6
+    _, none = abn_loss(out, labels, 0, w_normal=1.0, synthetic=torch.zeros(4, dtype=torch.bool))
+    _, plain = abn_loss(out, labels, 0, w_normal=1.0)
+    assert none == plain  # no synthetic image: the loss as before

@@ -108,7 +108,8 @@ def forward_loss(model, batch, kind: str, cfg: Config, device) -> tuple[torch.Te
                            target_maps=batch["target_map"].to(device), has_target=batch["has_target"].to(device),
                            gamma_map=cfg.train.gamma_map, w_defect=cfg.train.w_defect,
                            defect_topk=cfg.train.defect_topk, defect_on_good=cfg.train.defect_on_good,
-                           map_form=cfg.train.map_loss)
+                           map_form=cfg.train.map_loss,
+                           synthetic=batch["synthetic"].to(device) if "synthetic" in batch else None)
     return loss, terms, out
 
 
@@ -243,7 +244,7 @@ def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn
     device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    train_loader, val_loader, sampler, steps = _loaders(cfg, manifest, rank, world)
+    train_loader, val_loader, sampler, steps = _loaders(cfg, manifest, rank, world, kind)
     model, core = _model(cfg, len(manifest.classes), kind, device, init_state, world, local)
     optimizer = _make_optimizer(core, cfg)
     scheduler = _make_scheduler(optimizer, cfg, steps)
@@ -308,10 +309,12 @@ def _start_run(cfg: Config, manifest: Manifest, out: Path, kind: str, resume: bo
     return cfg
 
 
-def _loaders(cfg: Config, manifest: Manifest, rank: int, world: int):
-    """Train loader (balanced good/defect batches, this process's share), val loader, the sampler, steps/epoch."""
+def _loaders(cfg: Config, manifest: Manifest, rank: int, world: int, kind: str):
+    """Train loader (balanced good/defect batches, this process's share), val loader, the sampler, steps/epoch.
+    Pasted synthetic defects only for models with a map (kind "abn")."""
     train_set = InspectionDataset(manifest, "train", cfg.data, augment=True,
-                                  mask_targets=mask_targets(manifest, cfg.train.mask_supervision, cfg.train.seed))
+                                  mask_targets=mask_targets(manifest, cfg.train.mask_supervision, cfg.train.seed),
+                                  synthetic=cfg.train.synthetic_defects if kind == "abn" else 0.0)
     val_set = InspectionDataset(manifest, "val", cfg.data, augment=False)
     steps = cfg.train.steps_per_epoch or default_steps(len(train_set), cfg.train.batch_size)
     sampler = BalancedBatchSampler([lb == 0 for lb in train_set.labels], cfg.train.batch_size, steps, cfg.train.seed,
