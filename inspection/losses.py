@@ -107,7 +107,7 @@ def abn_loss(out, labels: torch.Tensor, good_index: int, w_normal: float, strict
     logits, att_logits, attention = out.logits, out.att_logits, out.attention
     real = torch.ones_like(labels, dtype=torch.bool) if synthetic is None else ~synthetic.bool()
     is_normal = (labels == good_index) & real
-    use = (real & ~is_normal) if strict else (real if synthetic is not None else None)
+    use = real & ~is_normal if strict else real  # images whose class labels count
     l_cls = classify_loss(logits, labels, use)
     l_att = classify_loss(att_logits, labels, use)
     l_norm = normal_loss(attention, is_normal)
