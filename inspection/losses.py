@@ -102,8 +102,9 @@ def abn_loss(out, labels: torch.Tensor, good_index: int, w_normal: float, strict
              defect_on_good: bool = True, map_form: str = "balanced",
              synthetic: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Total ABN loss and its terms. `strict`: classification terms on defective images only. `synthetic`: good
-    images carrying pasted defects (inspection/data.paste_defects): no class terms, not normal, defective for
-    L_defect, their pastes the L_map target."""
+    images carrying pasted defects (inspection/data.paste_defects): their pastes are their L_map target and
+    they have no other term. L_defect's top-k would ask more cells to light than a small paste covers (2 % of
+    a KolektorSDD map is 13 cells, a paste 1-3), and the map then learns to light the part's own specks."""
     logits, att_logits, attention = out.logits, out.att_logits, out.attention
     real = torch.ones_like(labels, dtype=torch.bool) if synthetic is None else ~synthetic.bool()
     is_normal = (labels == good_index) & real
@@ -111,7 +112,7 @@ def abn_loss(out, labels: torch.Tensor, good_index: int, w_normal: float, strict
     l_cls = classify_loss(logits, labels, use)
     l_att = classify_loss(att_logits, labels, use)
     l_norm = normal_loss(attention, is_normal)
-    l_def = defect_loss(attention, ~is_normal, defect_topk, defect_on_good)
+    l_def = defect_loss(attention[real], ~is_normal[real], defect_topk, defect_on_good)
     total = l_cls + l_att + w_normal * l_norm + w_defect * l_def
     l_map = torch.zeros((), device=attention.device)
     if target_maps is not None and has_target is not None and gamma_map > 0:
