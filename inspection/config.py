@@ -107,11 +107,11 @@ class TrainConfig(_Section):
     w_defect: float = Field(1.0, ge=0, description="weight of L_defect (top-k attention as the defect probability)")
     defect_topk: float = Field(0.02, gt=0, le=1, description="share of map cells in L_defect's top-k mean")
     defect_on_good: bool = Field(True, description="L_defect also asks the top-k to be low on good images")
-    gamma_map: float = Field(1.0, ge=0, description="weight of L_map for images with a corrected map")
+    gamma_map: float = Field(1.0, ge=0, description="weight of L_map for images with a map target")
     map_loss: Literal["balanced", "l2"] = Field(
         "balanced", description="L_map's form: balanced (hot and other cells weigh half each) | l2 (plain mean)")
     mask_supervision: int = Field(0, ge=0, description="masked defect training images used as L_map targets")
-    synthetic_defects: float = Field(0.0, ge=0, le=1, description="share of good training images given pasted "
+    synthetic_defects: float = Field(0.3, ge=0, le=1, description="share of good training images given pasted "
                                      "synthetic defects whose shapes serve as L_map targets (0 = off)")
     freeze_features: bool = False
     early_stopping: int = Field(0, ge=0, description="stop after this many epochs without val gain; 0 = off")
