@@ -88,7 +88,7 @@ LEVELS: dict[str, Level] = {
                     "boxes are drawn around the pixels of each region whose deviation from the surface around "
                     "the region is at least this share of the strongest one (needs the frame; a region where "
                     "nothing stands out keeps its box); 0 = the whole region"),
-    "novelty": Level(0.0, (0.0, 0.8, 0.9, 0.95), 0, 1, True,
+    "novelty": Level(0.0, (0.0, 0.8, 0.9, 0.95, 0.99), 0, 1, True,
                      "regions whose backbone features are all as close to the good training parts' as this share "
                      "of the good validation parts' cells are dropped (part borders, texture: seen on good parts; "
                      "needs the model's feature bank); 0 = off"),
@@ -109,11 +109,11 @@ class BoxRule:
     threshold: float = 0.8
     low: float = 1.0
     relative: float = 0.0
-    refine: float = 0.2
+    refine: float = 0.3
     merge: float = 0.0
     peak_share: float = 0.0
-    area_share: float = 0.2
-    novelty: float = 0.9
+    area_share: float = 0.05
+    novelty: float = 0.95
     novelty_distance: float = 0.0  # the feature distance `novelty` stands for, set from validation; 0 = keep all
     min_area: int = 0
     score: str = "peak"

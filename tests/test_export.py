@@ -11,7 +11,7 @@ import torch
 from inspection.training.export import ExportError, export_package
 from inspection.deploy.package import PackageError, load_package
 from inspection.deploy.runtime import FrameError, Runtime, frame_to_rgb, read_frame
-from inspection.boxes import attention_to_boxes
+from inspection.boxes import BoxRule, attention_to_boxes
 from inspection.cli import main
 from inspection.imageio import read_image
 from inspection.model import CheckpointError, load_checkpoint
@@ -83,7 +83,7 @@ def test_the_feature_bank_travels_from_training_to_the_line(exported, tmp_path):
     assert np.array_equal(np.load(exported["package"] / "novelty.npy"), bank)
     assert meta["parity"]["max_abs_diff"]["features"] <= 1e-4
     for v in meta["variants"].values():  # the level's distance is set per variant from its own validation cells
-        assert v["box_rule"]["novelty"] == 0.9 and v["box_rule"]["novelty_distance"] > 0
+        assert v["box_rule"]["novelty"] == BoxRule.default().novelty and v["box_rule"]["novelty_distance"] > 0
     rt = Runtime(exported["package"], backend="cpu")
     assert np.array_equal(rt.bank, bank) and rt.box_rule.novelty_distance > 0
 

@@ -3,6 +3,7 @@ import pytest
 import torch
 import torchvision
 
+from inspection.boxes import BoxRule
 from inspection.metrics import (aupro, box_iou, box_metrics, calibrate_threshold, false_reject_at_miss,
                                 image_metrics, match_boxes, pixel_auroc)
 
@@ -170,8 +171,11 @@ def test_the_novelty_distance_is_what_the_good_validation_cells_stay_within():
     far[6:] += 5  # defective parts' features lie farther: they must not move the level
     pred = Predictions(np.linspace(0, 1, 12), np.zeros((12, 2)), maps, far)
     assert novelty_distance(pred, items, 0.9) == pytest.approx(np.quantile(far[:6], 0.9))
-    rule = calibrate_box_rule(pred, items, {}, np.ones(12, bool), load_config(None, []))
+    rule = calibrate_box_rule(pred, items, {}, np.ones(12, bool), load_config(None, ["eval.boxes.novelty=0.9"]))
     assert rule.novelty == 0.9 and rule.novelty_distance == pytest.approx(np.quantile(far[:6], 0.9))
+    default = calibrate_box_rule(pred, items, {}, np.ones(12, bool), load_config(None, []))
+    share = BoxRule.default().novelty
+    assert default.novelty == share and default.novelty_distance == pytest.approx(np.quantile(far[:6], share))
     off = calibrate_box_rule(pred, items, {}, np.ones(12, bool), load_config(None, ["eval.boxes.novelty=0"]))
     assert off.novelty == 0 and off.novelty_distance == 0
     # a model without a feature bank, or no good validation parts: the level drops nothing
