@@ -9,6 +9,23 @@ def test_defaults_match_the_documented_default_yaml():
     assert load_config(DEFAULT_CONFIG) == Config()
 
 
+def test_the_config_docs_state_the_box_rules_own_defaults():
+    import re
+    from pathlib import Path
+
+    from inspection.boxes import LEVELS, BoxRule
+
+    text = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    default = BoxRule.default()
+    for name, level in LEVELS.items():
+        row = re.search(rf"^\| `eval\.boxes\.{name}` \|(.*)$", text, re.M)
+        assert row, f"docs/configuration.md has no row for eval.boxes.{name}"
+        if level.calibrated:
+            assert row.group(1).split("|")[0].strip() == f"{getattr(default, name):g}"
+        else:
+            assert f"null = {getattr(default, name):g} " in row.group(1), name
+
+
 def test_unknown_key_names_the_field(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  epoch: 3\n")
