@@ -1,11 +1,12 @@
-# One command each: `make demo` (set up + run the demo), `make test` (set up + run the tests).
+# One command each: `make demo` (set up + run the demo), `make test` (set up, lint, run every test).
+# While working: `make quick` (lint and the tests that train nothing and start no server; under a minute).
 # The virtual environment lives outside the checkout so that CI and fresh clones reuse it (torch is large).
 VENV ?= $(HOME)/.cache/inspection-venv
 PY := $(VENV)/bin/python
 
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: setup broker browser postgres genicam demo test bench
+.PHONY: setup broker browser postgres genicam demo test quick lint bench
 setup:
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -44,8 +45,14 @@ genicam: setup
 
 GENICAM_DEBS := aravis-tools aravis-tools-cli gir1.2-aravis-0.8 libgirepository1.0-dev libcairo2-dev pkg-config
 
-test: setup broker browser postgres genicam
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: lint broker browser postgres genicam
 	$(PY) -m pytest tests
+
+quick: lint
+	$(PY) -m pytest -m "not slow" tests
 
 bench: setup
 	$(PY) benchmarks/train_throughput.py

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from inspection.boxes import BoxRule  # noqa: E402
-from inspection.config import load_config  # noqa: E402
-from inspection.evaluation import Predictions, evaluate_predictions  # noqa: E402
-from inspection.layout import Manifest  # noqa: E402
+from inspection.core.boxes import BoxRule  # noqa: E402
+from inspection.core.layout import Manifest  # noqa: E402
+from inspection.model.config import load_config  # noqa: E402
+from inspection.training.evaluate import Predictions, evaluate_predictions  # noqa: E402
 
 KEYS = ("box@0.1", "box@0.3", "box@0.5")
 
@@ -38,14 +38,14 @@ def timing(pt, manifest, cfg, repeats: int = 3) -> dict:
     every test image is boxed here."""
     import time
 
-    from inspection.boxes import map_boxes
-    from inspection.evaluation import _region, _upsampled
+    from inspection.core.boxes import map_boxes
+    from inspection.training.evaluate import _region, _upsampled
 
     items = manifest.split("test")
     regions = [(*_upsampled(pt.maps[i], it, cfg.data.roi), _region(it, Path(manifest.root), cfg.data.roi,
-                                                                     BoxRule.default()))
+                                                                     BoxRule()))
                for i, it in enumerate(items)]
-    rules = {"refine": BoxRule.default(), "whole region": dataclasses.replace(BoxRule.default(), refine=0.0)}
+    rules = {"refine": BoxRule(), "whole region": dataclasses.replace(BoxRule(), refine=0.0)}
     spent = dict.fromkeys(rules, 0.0)
     for _ in range(repeats):
         for name, rule in rules.items():
@@ -67,9 +67,9 @@ def predictions(folder: Path) -> tuple[Predictions, Predictions, Manifest, objec
     cache = folder / "predictions.npz"
     banked = "novelty_bank" in torch.load(folder / "best.pt", map_location="cpu", weights_only=True)
     if not cache.exists() or (banked and "val_distances" not in np.load(cache)):
-        from inspection.data import InspectionDataset
-        from inspection.model import load_checkpoint
-        from inspection.training.evaluate import predict
+        from inspection.model.abn import load_checkpoint
+        from inspection.training.loader import InspectionDataset
+        from inspection.training.predict import predict
 
         model, cfg_ckpt, ckpt = load_checkpoint(folder / "best.pt")
         pv, pt = (predict(model, InspectionDataset(manifest, s, cfg_ckpt.data), ckpt["kind"]) for s in ("val", "test"))
@@ -120,7 +120,7 @@ def checkpoints(runs: list[str], seeds) -> list[tuple[str, int, Path]]:
 
 def variants() -> dict[str, dict]:
     """Ablation: the default rule, then one level changed at a time (levels not named keep the default's)."""
-    default = BoxRule.default().to_dict()
+    default = BoxRule().to_dict()
     out = {"default": {}}
     for name, values in BoxRule.ablation().items():
         for v in values:
@@ -135,7 +135,7 @@ def main() -> None:
     args = ap.parse_args()
     sets = dict(r.split("=", 1) for r in args.run)
     data = {(name, seed): predictions(folder) for name, seed, folder in checkpoints(args.run, args.seeds)}
-    default = BoxRule.default().to_dict()
+    default = BoxRule().to_dict()
     fixed_default = {k: default[k] for k in BoxRule.calibrated()}
     results: dict[str, dict[str, list]] = {}
     for (name, seed), (pv, pt, manifest, cfg) in data.items():
@@ -153,13 +153,14 @@ def main() -> None:
         print(f"{name} seed {seed}: default {results['default'][name][-1]['box@0.3']:.3f}, "
               f"calibrated {calibrated['box@0.3']:.3f} ({calibrated['rule']})", flush=True)
     times = {}
-    for (name, seed), (pv, pt, manifest, cfg) in data.items():
+    for (name, _seed), (_pv, pt, manifest, cfg) in data.items():
         if name not in times:  # one seed per set: the maps' shapes, not the seed, set the cost
             times[name] = timing(pt, manifest, cfg)
             print(f"{name}: box rule {times[name]['whole region']:.2f} ms/image, with refine "
                   f"{times[name]['refine']:.2f} ms (x{times[name]['ratio']:.2f})", flush=True)
     names = list(sets)
-    print("\n| rule | " + " | ".join(f"{n} F1@0.3" for n in names) + " | " + " | ".join(f"{n} F1@0.5" for n in names) + " |")
+    heads = [f"{n} F1@0.3" for n in names] + [f"{n} F1@0.5" for n in names]
+    print("\n| rule | " + " | ".join(heads) + " |")
     print("|---" * (2 * len(names) + 1) + "|")
     for label, per_set in results.items():
         cells = []

@@ -5,7 +5,7 @@
 
 Per seed, v0 is the localization benchmark's model of the same config and overrides (trained there if missing:
 runs/localization/<tag>/ours-s<seed>-*). v0 judges the train split; the parts it flags are dealt in a seeded
-order, and the scripted reviewer (inspection/datasets/scripted_reviewer.py: round brushes of the review station's
+order, and the scripted reviewer (inspection/training/scripted_reviewer.py: round brushes of the review station's
 sizes, never the mask itself) corrects their maps at frame resolution. For each count n the first n corrected
 maps join the train split as L_map targets and v0 is fine-tuned with the retrain's recipe (FINE_TUNE) and each
 map-loss form; n = 0 is the same fine-tune without corrections, the control. Each fine-tuned model is evaluated
@@ -32,15 +32,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.localization import run as localization_run  # noqa: E402
-from inspection.boxes import upsample_attention  # noqa: E402
-from inspection.config import load_config  # noqa: E402
-from inspection.data import GOOD, InspectionDataset, scan_dataset  # noqa: E402
-from inspection.datasets.scripted_reviewer import correct_map  # noqa: E402
-from inspection.imageio import read_mask  # noqa: E402
-from inspection.mapfile import encode_map, shrink_map  # noqa: E402
-from inspection.model import load_checkpoint  # noqa: E402
-from inspection.training.evaluate import evaluate_checkpoint, predict  # noqa: E402
+from inspection.core.boxes import upsample_attention  # noqa: E402
+from inspection.core.imageio import read_mask  # noqa: E402
+from inspection.core.layout import GOOD, scan_dataset  # noqa: E402
+from inspection.core.mapfile import encode_map, shrink_map  # noqa: E402
+from inspection.model.abn import load_checkpoint  # noqa: E402
+from inspection.model.config import load_config  # noqa: E402
+from inspection.training.loader import InspectionDataset  # noqa: E402
+from inspection.training.predict import evaluate_checkpoint, predict  # noqa: E402
 from inspection.training.retrain import FINE_TUNE  # noqa: E402
+from inspection.training.scripted_reviewer import correct_map  # noqa: E402
 from inspection.training.train import train  # noqa: E402
 
 ALL = 10**6
@@ -162,13 +163,14 @@ def run_seed(args, seed: int, done: dict, save) -> dict:
 
 
 def tables(results: dict, counts, forms) -> str:
-    lines = [f"| corrected maps | L_map | seeds | " + " | ".join(SHOWN) + " |", "|---" * (len(SHOWN) + 3) + "|"]
+    lines = ["| corrected maps | L_map | seeds | " + " | ".join(SHOWN) + " |", "|---" * (len(SHOWN) + 3) + "|"]
     v0 = [r["v0"] for r in results.values() if "v0" in r]
     lines.append(f"| v0 (no fine-tune) | | {len(v0)} | " + " | ".join(
         f"{np.nanmean([g(m) for m in v0]):.3f}" for g in SHOWN.values()) + " |")
     for count in counts:
         for form in (forms if count != "0" else ["none"]):
-            ms = [r["runs"][f"n={count} {form}"]["metrics"] for r in results.values() if f"n={count} {form}" in r["runs"]]
+            key = f"n={count} {form}"
+            ms = [r["runs"][key]["metrics"] for r in results.values() if key in r["runs"]]
             if ms:
                 lines.append(f"| {count} | {form} | {len(ms)} | " + " | ".join(
                     f"{np.nanmean(v):.3f} ({np.nanmin(v):.3f}-{np.nanmax(v):.3f})"

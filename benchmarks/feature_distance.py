@@ -13,7 +13,7 @@ Measured on test with the default box rule and the same pass/fail threshold as t
   within the distance that a share q of the good val parts' cells reach.
 Prints box F1@0.3, @0.5 and pixel AUROC, mean (minimum) over seeds, and writes
 benchmarks/results/feature_distance.json. The distance map and its products with the attention map are not in the
-product (docs/method.md says why); the gate at 0.9 became the box rule's `novelty` level (inspection/novelty.py),
+product (docs/method.md says why); the gate at 0.9 became the box rule's `novelty` level (inspection/core/novelty.py),
 whose bank the product fits at the end of training and whose region is the rule's own (cells at its threshold).
 """
 from __future__ import annotations
@@ -29,10 +29,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from box_rule import checkpoints, measure, predictions, run_arguments  # noqa: E402
-from inspection.boxes import BoxRule  # noqa: E402
-from inspection.evaluation import Predictions  # noqa: E402
-from inspection.layout import GOOD  # noqa: E402
-from inspection.novelty import nearest  # noqa: E402
+
+from inspection.core.boxes import BoxRule  # noqa: E402
+from inspection.core.layout import GOOD  # noqa: E402
+from inspection.core.novelty import nearest  # noqa: E402
+from inspection.training.evaluate import Predictions  # noqa: E402
 
 GATES = (0.9, 0.99)
 
@@ -51,9 +52,9 @@ def distances(folder: Path, bank_size: int) -> dict[str, np.ndarray]:
     if cache.exists():
         z = np.load(cache)
         return {"val": z["val"], "test": z["test"]}
-    from inspection.data import InspectionDataset
-    from inspection.layout import Manifest
-    from inspection.model import load_checkpoint
+    from inspection.core.layout import Manifest
+    from inspection.model.abn import load_checkpoint
+    from inspection.training.loader import InspectionDataset
 
     model, cfg, _ = load_checkpoint(folder / "best.pt")
     manifest = Manifest.load(folder / "manifest.json")
@@ -103,7 +104,7 @@ def main() -> None:
     ap.add_argument("--bank", type=int, default=40000, help="most good cells in the bank")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "feature_distance.json"))
     args = ap.parse_args()
-    fixed = {"threshold": BoxRule.default().threshold}
+    fixed = {"threshold": BoxRule().threshold}
     results: dict[str, dict[str, list]] = {}
     for name, seed, folder in checkpoints(args.run, args.seeds):
         pv, pt, manifest, cfg = predictions(folder)

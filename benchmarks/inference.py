@@ -24,12 +24,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from inspection.training.export import export_package  # noqa: E402
+from inspection.core.imageio import read_image  # noqa: E402
+from inspection.core.layout import Manifest  # noqa: E402
 from inspection.deploy.package import load_package  # noqa: E402
 from inspection.deploy.runtime import Runtime  # noqa: E402
-from inspection.data import InspectionDataset, Manifest  # noqa: E402
-from inspection.imageio import read_image  # noqa: E402
-from inspection.model import load_checkpoint  # noqa: E402
+from inspection.model.abn import load_checkpoint  # noqa: E402
+from inspection.training.export import export_package  # noqa: E402
+from inspection.training.loader import InspectionDataset  # noqa: E402
 
 
 def _cpu_name() -> str:

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from inspection.core.layout import Manifest  # noqa: E402
 from inspection.deploy.runtime import Runtime, read_frame  # noqa: E402
-from inspection.layout import Manifest  # noqa: E402
 from inspection.training.export import export_package  # noqa: E402
 
 

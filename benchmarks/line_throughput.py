@@ -27,9 +27,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from inspection.deploy.line.runner import LineRunner  # noqa: E402
-from inspection.deploy.runtime import Runtime  # noqa: E402
 from inspection.deploy.line.sources import SimulatedCamera  # noqa: E402
 from inspection.deploy.line.station import load_station  # noqa: E402
+from inspection.deploy.runtime import Runtime  # noqa: E402
 
 
 def rss_mb() -> float:

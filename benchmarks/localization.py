@@ -1,7 +1,8 @@
 """Localization over seeds: ours against plain ABN and Grad-CAM, trained and evaluated the same way.
 
     python benchmarks/localization.py --config configs/kolektorsdd.yaml --seeds 0 1 2
-    python benchmarks/localization.py --config configs/demo.yaml --models ours --set train.w_defect=0 --tag no_defect_loss
+    python benchmarks/localization.py --config configs/demo.yaml --models ours --set train.w_defect=0 \
+        --tag no_defect_loss
 
 Each model is trained (`inspection train`'s code path) on the config's dataset with train.seed = data-order seed
 = each seed, then evaluated once: thresholds calibrated on val, measured on test. Prints one line per run and a
@@ -21,9 +22,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from inspection.config import load_config  # noqa: E402
-from inspection.data import Manifest, scan_dataset  # noqa: E402
-from inspection.training.evaluate import add_feature_bank, evaluate_checkpoint  # noqa: E402
+from inspection.core.layout import Manifest, scan_dataset  # noqa: E402
+from inspection.model.config import load_config  # noqa: E402
+from inspection.training.predict import add_feature_bank, evaluate_checkpoint  # noqa: E402
 from inspection.training.train import plain_abn, train  # noqa: E402
 
 MODELS = {"ours": "abn", "plain_abn": "abn", "gradcam": "cnn"}
@@ -34,9 +35,9 @@ KEYS = {  # column → getter over a run's metrics
     "box R@0.3": lambda m: m["box@0.3"]["recall"],
     "box F1@0.5": lambda m: m["box@0.5"]["f1"],
     "box F1@0.1": lambda m: m.get("box@0.1", {}).get("f1", np.nan),
-    **{f"R {k}": (lambda k: lambda m: m.get("recall_by_size@0.3", {}).get(k, {}).get("recall", np.nan))(k)
+    **{f"R {k}": (lambda k: lambda m: m.get("recall_by_size@0.3", {}).get(k, {}).get("recall", np.nan))(k)  # noqa: B023 - bound by the outer lambda
        for k in ("tiny", "small", "large")},
-    **{f"R {k}": (lambda k: lambda m: m.get("recall_by_count@0.3", {}).get(k, {}).get("recall", np.nan))(k)
+    **{f"R {k}": (lambda k: lambda m: m.get("recall_by_count@0.3", {}).get(k, {}).get("recall", np.nan))(k)  # noqa: B023 - bound by the outer lambda
        for k in ("single", "several")},
     "pixel AUROC": lambda m: m["pixel_auroc"],
     "AUPRO": lambda m: m["aupro"],
@@ -88,7 +89,7 @@ def run(config: str, seeds, models, sets: list[str], tag: str, trained: dict[str
                 run_cfg = plain_abn(cfg) if model == "plain_abn" else cfg
                 key = hashlib.sha256(" ".join(sets).encode()).hexdigest()[:8]
                 folder = Path(work) / tag / f"{model}-s{seed}-{key}"
-                saved = next((r for r in done if r["overrides"] == sets and r["model"] == model and r["seed"] == seed), {})
+                saved = next((r for r in done if (r["overrides"], r["model"], r["seed"]) == (sets, model, seed)), {})
                 if reevaluate and (folder / "best.pt").exists():
                     best, t_train = folder / "best.pt", saved.get("train_s", 0.0)
                     if "novelty_bank" not in torch.load(best, map_location="cpu", weights_only=True):

@@ -37,7 +37,8 @@ def main() -> None:
     for count in args.counts:
         n = ALL if count == "all" else int(count)
         if n == 0:  # image labels only: the localization benchmark's own runs of ours (trained there if missing)
-            runs = [r for r in run(args.config, args.seeds, ["ours"], [], Path(args.config).stem) if r["model"] == "ours"]
+            runs = run(args.config, args.seeds, ["ours"], [], Path(args.config).stem)
+            runs = [r for r in runs if r["model"] == "ours"]
         else:
             runs = run(args.config, args.seeds, ["ours"], [f"train.mask_supervision={n}"], tag,
                        reevaluate=args.reevaluate)

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from inspection.deploy.runtime import Runtime  # noqa: E402
 from inspection.deploy.line.sources import SimulatedCamera  # noqa: E402
+from inspection.deploy.runtime import Runtime  # noqa: E402
 
 
 def free_port() -> int:

@@ -23,7 +23,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from inspection.deploy.review.auth import Accounts  # noqa: E402
+from inspection.deploy.review.accounts import Accounts  # noqa: E402
 from inspection.deploy.store.sql import SQLiteStore  # noqa: E402
 
 

@@ -28,15 +28,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from inspection.training.export import export_package  # noqa: E402
+from inspection.core.layout import GOOD, scan_dataset  # noqa: E402
 from inspection.deploy.line.runner import LineRunner  # noqa: E402
-from inspection.deploy.registry import Registry  # noqa: E402
 from inspection.deploy.line.station import load_station  # noqa: E402
-from inspection.config import load_config  # noqa: E402
-from inspection.data import GOOD, scan_dataset  # noqa: E402
-from inspection.datasets.scripted_reviewer import scripted_review  # noqa: E402
+from inspection.deploy.registry import Registry  # noqa: E402
+from inspection.model.config import load_config  # noqa: E402
+from inspection.training.export import export_package  # noqa: E402
 from inspection.training.gate import golden_items, score_package  # noqa: E402
 from inspection.training.retrain import retrain  # noqa: E402
+from inspection.training.scripted_reviewer import scripted_review  # noqa: E402
 from inspection.training.train import train  # noqa: E402
 
 GOLDEN_KEYS = ("auroc", "false_reject", "miss", "box_f1@0.3")
@@ -88,7 +88,8 @@ def run_seed(config: str, seed: int, rounds: int, epochs: int, gammas, overrides
         link_items(part, root, stream_dir / f"round{r + 1}")
     link_items(stream, root, stream_dir / "all")  # the scripted reviewer's truth
 
-    v0_cfg = load_config(config, [f"train.seed={seed}", f"data.root={v0_data}", f"data.split_file={v0_data / 'split.json'}"])
+    v0_cfg = load_config(config, [f"train.seed={seed}", f"data.root={v0_data}",
+                                  f"data.split_file={v0_data / 'split.json'}"])
     v0_manifest = scan_dataset(v0_data, v0_cfg.data)
     t = time.time()
     best = train(v0_cfg, v0_manifest, work / "v0", progress=False)
@@ -107,7 +108,8 @@ def run_seed(config: str, seed: int, rounds: int, epochs: int, gammas, overrides
         for r in range(rounds):
             t = time.time()
             log = work / key / "log"
-            station = load_station(None, [f"package={reg.root / 'current'}", f"source.path={stream_dir / f'round{r + 1}'}",
+            station = load_station(None, [f"package={reg.root / 'current'}",
+                                          f"source.path={stream_dir / f'round{r + 1}'}",
                                           "source.kind=simulated", f"log.folder={log}", "jsonl=", "reload_s=0",
                                           f"station=round{r + 1}", "queue.policy=block"])
             line = LineRunner(station).run()
@@ -127,8 +129,8 @@ def run_seed(config: str, seed: int, rounds: int, epochs: int, gammas, overrides
 
 def table(results: list[dict], gammas) -> str:
     """Per γ: golden box F1 and AUROC of production after the last round, and promotions, mean over seeds."""
-    lines = ["| γ (L_map) | seeds | promotions (of rounds) | golden box F1@0.3: v0 → after | golden AUROC: v0 → after | "
-             "candidates' box F1 (mean) |", "|---|---|---|---|---|---|"]
+    lines = ["| γ (L_map) | seeds | promotions (of rounds) | golden box F1@0.3: v0 → after | "
+             "golden AUROC: v0 → after | candidates' box F1 (mean) |", "|---|---|---|---|---|---|"]
     for gamma in gammas:
         key = f"gamma={gamma:g}"
         rs = [r for r in results if key in r["runs"]]

@@ -23,8 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
-BASE_LIBS = re.compile(r"^(libc|libm|libdl|libpthread|librt|libresolv|libgcc_s|libstdc\+\+|libz|ld-linux-x86-64|linux-vdso)"
-                       r"\.so")
+BASE_LIBS = re.compile(r"^(libc|libm|libdl|libpthread|librt|libresolv|libgcc_s|libstdc\+\+|libz|"
+                       r"ld-linux-x86-64|linux-vdso)\.so")
 # python:3.11-slim-bookworm, uncompressed, as `docker images` reports it (Docker Hub, 2026-11): not measured here
 BASE_IMAGE_MB = 125
 

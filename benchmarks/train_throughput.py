@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from inspection.config import ModelConfig
-from inspection.losses import abn_loss
-from inspection.model import build_model
+from inspection.model.abn import build_model
+from inspection.model.config import ModelConfig
+from inspection.model.losses import abn_loss
 
 
 def measure(backbone: str, kind: str, size: int, batch: int, steps: int) -> dict:
@@ -56,10 +56,12 @@ def main() -> None:
     p.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "resnet18", "tiny"])
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_throughput.json"))
     args = p.parse_args()
-    rows = [measure(b, k, s, args.batch, args.steps) for s in args.sizes for b in args.backbones for k in ("abn", "cnn")]
+    rows = [measure(b, k, s, args.batch, args.steps)
+            for s in args.sizes for b in args.backbones for k in ("abn", "cnn")]
     print(f"{'backbone':20s} {'kind':4s} {'size':>4s} {'train img/s':>12s} {'eval img/s':>11s}")
     for r in rows:
-        print(f"{r['backbone']:20s} {r['kind']:4s} {r['size']:4d} {r['train_images_per_s']:12.1f} {r['eval_images_per_s']:11.1f}")
+        print(f"{r['backbone']:20s} {r['kind']:4s} {r['size']:4d} {r['train_images_per_s']:12.1f} "
+              f"{r['eval_images_per_s']:11.1f}")
     result = {"machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
                           "torch": torch.__version__}, "results": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,9 @@
     python docker/requirements.py line postgres > requirements.txt
 """
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]
 print("\n".join(project["dependencies"] + [d for e in sys.argv[1:] for d in project["optional-dependencies"][e]]))

@@ -3,13 +3,25 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from inspection.config import load_config
 from inspection.datasets.synthetic import generate
+from inspection.model.config import load_config
+
+# A test that uses one of these trains a model or starts a real server, browser or camera: it is marked `slow`,
+# and `make quick` (pytest -m "not slow") leaves it out. `make test` runs everything.
+SLOW_FIXTURES = {"exported", "trained", "postgres", "open_log", "broker", "camera", "server", "plc_runner",
+                 "torch_free_log", "shared_log", "line_log"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -38,8 +50,8 @@ def tiny_config(root, **overrides):
 @pytest.fixture(scope="session")
 def exported(tiny_dataset, tmp_path_factory):
     """A tiny ABN trained for 2 epochs, a plain CNN, and the ABN's exported package."""
+    from inspection.core.layout import scan_dataset
     from inspection.training.export import export_package
-    from inspection.data import scan_dataset
     from inspection.training.train import train
 
     runs = tmp_path_factory.mktemp("export")
@@ -129,7 +141,7 @@ def open_log(request, tmp_path):
     """open_log(name, **kw): a failure log in tmp_path/name, on SQLite or on a new PostgreSQL database.
 
     The same name opens the same log again (a second process's view)."""
-    from inspection.deploy.store.sql import open_store
+    from inspection.deploy.store.factory import open_store
 
     dbs, stores = {}, []
 
@@ -142,3 +154,17 @@ def open_log(request, tmp_path):
     yield open_
     for s in stores:
         s.close()
+
+
+def git_repo(path: Path, files: dict[str, bytes]) -> Path:
+    """A git repository at `path` holding `files` (name → bytes) in one commit; returns its .git folder (the
+    dataset converters read public sets from such copies)."""
+    path.mkdir()
+    for name, data in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_bytes(data)
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+           "HOME": str(path), "PATH": "/usr/bin:/bin"}
+    for cmd in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "data"]):
+        subprocess.run(["git", "-C", str(path), *cmd], check=True, env=env)
+    return path / ".git"

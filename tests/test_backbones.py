@@ -1,10 +1,14 @@
 import pytest
 import torch
 
-from inspection.backbones import (EfficientNetLite0, build_trunk, efficientnet_lite0_weights_path,
-                                  load_lite0_weights)
-from inspection.config import ModelConfig
-from inspection.model import build_model
+from inspection.model.abn import build_model
+from inspection.model.backbones import (
+    EfficientNetLite0,
+    build_trunk,
+    efficientnet_lite0_weights_path,
+    load_lite0_weights,
+)
+from inspection.model.config import ModelConfig
 
 
 def test_pretrained_lite0_uses_every_weight():

@@ -1,6 +1,6 @@
 import pytest
 
-from inspection.config import Config, ConfigError, load_config
+from inspection.model.config import Config, ConfigError, load_config
 
 
 def test_defaults_match_the_documented_default_yaml():
@@ -13,10 +13,10 @@ def test_the_config_docs_state_the_box_rules_own_defaults():
     import re
     from pathlib import Path
 
-    from inspection.boxes import LEVELS, BoxRule
+    from inspection.core.boxes import LEVELS, BoxRule
 
     text = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
-    default = BoxRule.default()
+    default = BoxRule()
     for name, level in LEVELS.items():
         row = re.search(rf"^\| `eval\.boxes\.{name}` \|(.*)$", text, re.M)
         assert row, f"docs/configuration.md has no row for eval.boxes.{name}"

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inspection.data import BalancedBatchSampler, DatasetError, InspectionDataset, scan_dataset
-from inspection.imageio import ImageError, read_image
+from inspection.core.imageio import ImageError, read_image
+from inspection.core.layout import DatasetError, scan_dataset
+from inspection.training.loader import BalancedBatchSampler, InspectionDataset
 from tests.conftest import tiny_config
 
 
@@ -160,7 +161,7 @@ def test_balanced_batches_hold_both_kinds():
 def test_mask_supervision_picks_masked_defect_images_as_map_targets(dataset_copy):
     import shutil
 
-    from inspection.data import mask_targets
+    from inspection.core.layout import mask_targets
 
     cfg = tiny_config(dataset_copy)
     m = scan_dataset(dataset_copy, cfg.data)
@@ -184,8 +185,8 @@ def test_mask_supervision_picks_masked_defect_images_as_map_targets(dataset_copy
 def test_auto_input_size_follows_the_parts_shape():
     from types import SimpleNamespace as NS
 
-    from inspection.config import load_config
-    from inspection.preprocess import input_size
+    from inspection.core.preprocess import input_size
+    from inspection.model.config import load_config
 
     tall = [NS(height=1260, width=500), NS(height=1240, width=500), NS(height=1280, width=500)]
     cfg = load_config(None).data
@@ -202,8 +203,8 @@ def test_auto_input_size_follows_the_parts_shape():
 
 
 def test_training_keeps_the_size_auto_chose(tiny_dataset, tmp_path):
-    from inspection.config import load_config
-    from inspection.model import load_checkpoint
+    from inspection.model.abn import load_checkpoint
+    from inspection.model.config import load_config
     from inspection.training.train import train
 
     cfg = tiny_config(tiny_dataset, **{"data.image_size": "auto", "data.roi": "[0, 0, 32, 96]", "train.epochs": 1})
@@ -220,7 +221,12 @@ def test_image_headers_give_the_size_before_decoding():
     from the header alone; an image declaring more than the pixel limit is refused by every reader."""
     import struct
 
-    from inspection.imageio import ImageError, check_pixels, decode_image, header_size
+    from inspection.core.imageio import (
+        ImageError,
+        check_pixels,
+        decode_image,
+        header_size,
+    )
 
     img = np.random.default_rng(0).integers(0, 255, (37, 53, 3), np.uint8)
     for ext in (".png", ".jpg", ".bmp", ".tif"):
@@ -250,7 +256,7 @@ def test_pasted_defects_change_the_image_only_inside_their_mask():
 
     import torch
 
-    from inspection.data import paste_defects
+    from inspection.training.loader import paste_defects
 
     g = torch.Generator().manual_seed(0)
     image = torch.rand(3, 48, 80, generator=g) * 0.5 + 0.25

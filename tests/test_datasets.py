@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import cv2
 import numpy as np
 import pytest
+from conftest import git_repo
 
 from inspection.datasets.bsdata import convert, group_of, labelme_mask
 from inspection.datasets.synthetic import generate
@@ -35,18 +35,6 @@ def test_images_of_one_spot_share_a_group():
     assert group_of("KGT1-S-060-A02_crop_0") == "KGT1-S-060-A02_crop_0"
 
 
-def _git_repo(path, files: dict[str, bytes]):
-    path.mkdir()
-    for name, data in files.items():
-        (path / name).parent.mkdir(parents=True, exist_ok=True)
-        (path / name).write_bytes(data)
-    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
-           "HOME": str(path), "PATH": "/usr/bin:/bin"}
-    for cmd in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "data"]):
-        subprocess.run(["git", "-C", str(path), *cmd], check=True, env=env)
-    return path / ".git"
-
-
 def test_bsdata_converter_on_a_tiny_repository(tmp_path):
     jpg = lambda v: cv2.imencode(".jpg", np.full((20, 40, 3), v, np.uint8))[1].tobytes()  # noqa: E731
     files = {}
@@ -59,14 +47,15 @@ def test_bsdata_converter_on_a_tiny_repository(tmp_path):
                 files[f"label/{stem}.json"] = json.dumps({"imageHeight": 20, "imageWidth": 40, "shapes": [
                     {"label": "Pitting", "shape_type": "polygon", "points": [[5, 5], [12, 5], [12, 11], [5, 11]]},
                     {"label": "Pitting", "shape_type": "polygon", "points": [[25, 8], [30, 8], [30, 14]]}]}).encode()
-    files["data/BSD/test/01_200905100000_100000_000_crop_2.jpg"] = jpg(1)  # a copy in a subfolder: not an image of the set
+    # a copy in a subfolder: not an image of the set
+    files["data/BSD/test/01_200905100000_100000_000_crop_2.jpg"] = jpg(1)
     files["README.md"] = b"BSData"
-    counts = convert(_git_repo(tmp_path / "bsdata", files), tmp_path / "out")
+    counts = convert(git_repo(tmp_path / "bsdata", files), tmp_path / "out")
     out = tmp_path / "out"
     split = json.loads((out / "split.json").read_text())
     assert sum(len(v) for v in split.values()) == 15
     assert counts == {"train": (6, 3), "val": (2, 1), "test": (2, 1)}  # 3 spots train, 1 val, 1 test
-    for name, paths in split.items():  # a spot's images stay in one split
+    for paths in split.values():  # a spot's images stay in one split
         assert len({group_of(p.split("/")[-1][:-4]) for p in paths}) == len(paths) // 3
     mask = cv2.imread(str(out / "masks" / "pitting" / "01_200905102000_100000_000_crop_2.png"), 0)
     assert mask.shape == (20, 40) and cv2.connectedComponents((mask > 0).astype(np.uint8))[0] - 1 == 2
@@ -89,7 +78,11 @@ def test_multi_defect_parts_carry_several_defects(tmp_path):
 
 
 def test_the_scripted_reviewer_erases_false_spots_and_overhang_and_paints_a_missed_crack():
-    from inspection.datasets.scripted_reviewer import BRUSH_SIZES, ERASE_MARGIN, correct_map
+    from inspection.training.scripted_reviewer import (
+        BRUSH_SIZES,
+        ERASE_MARGIN,
+        correct_map,
+    )
 
     att = np.full((100, 120), 0.05, np.float32)
     att[10:20, 90:110] = 0.9                  # a false hot spot far from any defect

@@ -4,6 +4,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # two training processes
+
+
 SETS = ["data.image_size=[64, 64]", "model.backbone=tiny", "model.pretrained=false", "train.epochs=4",
         "train.steps_per_epoch=2", "train.batch_size=16", "train.lr=0.003", "train.warmup_epochs=0",
         "train.threads=1", "data.augment.hflip=false", "data.augment.vflip=false", "data.augment.rotate_deg=0",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from inspection.cli import main
-from inspection.model import CheckpointError, load_checkpoint
+from inspection.model.abn import CheckpointError, load_checkpoint
 
 TINY = ["--set", "data.image_size=[64, 64]", "--set", "model.backbone=tiny", "--set", "model.pretrained=false",
         "--set", "train.batch_size=8", "--set", "train.lr=0.003", "--set", "eval.overlays=4", "--quiet"]
@@ -125,7 +125,7 @@ def test_eval_without_masks_reports_image_metrics_only(trained, dataset_copy, tm
 def test_corrected_maps_enter_training_as_l_map(dataset_copy, tmp_path):
     import numpy as np
 
-    from inspection.data import scan_dataset
+    from inspection.core.layout import scan_dataset
     from tests.conftest import tiny_config
 
     cfg = tiny_config(dataset_copy, **{"train.epochs": 1})
@@ -144,10 +144,11 @@ def test_corrected_maps_enter_training_as_l_map(dataset_copy, tmp_path):
     assert json.loads((tmp_path / "run0" / "history.json").read_text())[0]["train_map"] == 0
 
 
+@pytest.mark.slow
 def test_demo_trains_reports_and_exports_a_package(tiny_dataset, tmp_path):
     from inspection.deploy.package import load_package
-    from tests.conftest import tiny_config
     from inspection.training.demo import run_demo
+    from tests.conftest import tiny_config
 
     result = run_demo(tiny_config(tiny_dataset, **{"train.epochs": 1}), tmp_path / "demo", progress=False,
                       baselines=False)

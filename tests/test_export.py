@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from inspection.training.export import ExportError, export_package
+from inspection.cli import main
+from inspection.core.boxes import BoxRule, attention_to_boxes
+from inspection.core.imageio import read_image
+from inspection.core.novelty import BANK_CELLS, distance_map
 from inspection.deploy.package import PackageError, load_package
 from inspection.deploy.runtime import FrameError, Runtime, frame_to_rgb, read_frame
-from inspection.boxes import BoxRule, attention_to_boxes
-from inspection.cli import main
-from inspection.imageio import read_image
-from inspection.model import CheckpointError, load_checkpoint
-from inspection.novelty import BANK_CELLS, distance_map
-from inspection.training.evaluate import evaluate
+from inspection.model.abn import CheckpointError, load_checkpoint
+from inspection.training.export import ExportError, export_package
+from inspection.training.predict import evaluate
 
 
 def test_package_holds_graphs_metadata_and_parity(exported):
@@ -83,7 +83,7 @@ def test_the_feature_bank_travels_from_training_to_the_line(exported, tmp_path):
     assert np.array_equal(np.load(exported["package"] / "novelty.npy"), bank)
     assert meta["parity"]["max_abs_diff"]["features"] <= 1e-4
     for v in meta["variants"].values():  # the level's distance is set per variant from its own validation cells
-        assert v["box_rule"]["novelty"] == BoxRule.default().novelty and v["box_rule"]["novelty_distance"] > 0
+        assert v["box_rule"]["novelty"] == BoxRule().novelty and v["box_rule"]["novelty_distance"] > 0
     rt = Runtime(exported["package"], backend="cpu")
     assert np.array_equal(rt.bank, bank) and rt.box_rule.novelty_distance > 0
 
@@ -113,7 +113,7 @@ def test_the_feature_bank_travels_from_training_to_the_line(exported, tmp_path):
 
 
 def _input(rt, frame):
-    from inspection.preprocess import to_input
+    from inspection.core.preprocess import to_input
     return to_input([rt.prepare(frame)], rt.mean, rt.std)
 
 
@@ -311,8 +311,12 @@ def test_engines_are_built_outside_the_package_hashed_and_never_through_a_symlin
     matches the hash written when it was built."""
     import hashlib
 
-    from inspection.deploy.runtime import Runtime, default_engine_cache, engine_cache_dir
     from inspection.deploy.package import PackageError
+    from inspection.deploy.runtime import (
+        Runtime,
+        default_engine_cache,
+        engine_cache_dir,
+    )
     from inspection.deploy.tensorrt import verified_engine
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))

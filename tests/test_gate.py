@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from inspection.model.abn import build_model
 from inspection.training.export import export_package
-from inspection.model import build_model
 from inspection.training.gate import gate
 
 
@@ -64,11 +64,11 @@ def test_corrected_maps_stand_in_for_masks(exported, tmp_path):
     """Factory data has no masks: the reviewers' corrected maps are the pixel truth for box F1 and calibration."""
     import cv2
 
-    from inspection.data import scan_dataset
-    from inspection.imageio import read_mask
-    from inspection.model import load_checkpoint
-    from inspection.training.evaluate import evaluate
+    from inspection.core.imageio import read_mask
+    from inspection.core.layout import scan_dataset
+    from inspection.model.abn import load_checkpoint
     from inspection.training.gate import golden_items, score_package
+    from inspection.training.predict import evaluate
 
     root = exported["manifest"].root
     reviewed = tmp_path / "reviewed"

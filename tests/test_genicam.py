@@ -81,7 +81,7 @@ def test_free_run_frames_are_judged_end_to_end(exported, tmp_path, camera, capsy
     assert len(lines) == 12 and all(x["verdict"] in ("pass", "review", "fail") for x in lines)
     ids = [x["camera"]["frame_id"] for x in lines]
     assert ids == sorted(ids) and len(set(ids)) == 12 and all(x["camera"]["timestamp_ns"] > 0 for x in lines)
-    from inspection.deploy.store.sql import open_store
+    from inspection.deploy.store.factory import open_store
 
     records = open_store("", tmp_path / "log", create=False).records(limit=50)
     assert sorted(r.camera["frame_id"] for r in records) == sorted(ids)

@@ -10,9 +10,9 @@ import subprocess
 import numpy as np
 import pytest
 
+from inspection.core.imageio import read_image
+from inspection.core.preprocess import to_input
 from inspection.deploy.runtime import Runtime
-from inspection.imageio import read_image
-from inspection.preprocess import to_input
 
 
 def _gpu() -> bool:

@@ -19,12 +19,13 @@ import numpy as np
 import pytest
 from conftest import always_fail
 
-from inspection.deploy.line.runner import LineRunner
-from inspection.deploy.runtime import Runtime
-from inspection.deploy.line.sources import SourceError
-from inspection.deploy.line.station import StationConfigError, load_station
-from inspection.deploy.store.sql import FailureRecord, SQLiteStore, StoreFull
 from inspection.cli import main
+from inspection.deploy.line.frames import SourceError
+from inspection.deploy.line.runner import LineRunner
+from inspection.deploy.line.station import StationConfigError, load_station
+from inspection.deploy.runtime import Runtime
+from inspection.deploy.store.schema import FailureRecord, StoreFull
+from inspection.deploy.store.sql import SQLiteStore
 
 
 def _free_port() -> int:
@@ -50,7 +51,7 @@ def _check_log(folder: Path) -> int:
     records = store.records(limit=10**6)
     named = set()
     for r in records:  # before recovery: no record points at a missing or partial file
-        for kind, rel in r.files.items():
+        for rel in r.files.values():
             path = folder / rel
             assert path.is_file(), f"record {r.id} names missing {rel}"
             data = np.fromfile(path, np.uint8)
@@ -140,8 +141,9 @@ def test_a_broker_with_accounts_takes_verdicts_only_with_the_right_password(expo
 
     subprocess.run(["mosquitto_passwd", "-c", "-b", str(tmp_path / "passwd"), "station", "right-password"], check=True)
     port = _free_port()
-    (tmp_path / "broker.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous false\n"  # as root it
-                                          f"password_file {tmp_path / 'passwd'}\nuser {getpass.getuser()}\n")  # keeps us
+    # as root, `user` keeps mosquitto running as us
+    (tmp_path / "broker.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous false\n"
+                                          f"password_file {tmp_path / 'passwd'}\nuser {getpass.getuser()}\n")
     proc = _mosquitto(port, "-c", str(tmp_path / "broker.conf"))
     try:
         got = []
@@ -591,6 +593,26 @@ def test_the_documented_station_file_holds_exactly_the_defaults():
     assert load_station(path) == load_station(None)
 
 
+def test_the_documented_station_file_names_every_key():
+    """configs/station.yaml says it holds every key: each field of the schema is written out (a key left out
+    would still load, with its default, so equality of the loaded configs alone cannot tell)."""
+    import dataclasses
+
+    import yaml
+
+    from inspection.deploy.line.station import StationConfig
+
+    def keys(node, prefix=""):
+        out = set()
+        for name, value in node.items():
+            nested = isinstance(value, dict) and value and name != "features"  # genicam.features: a free mapping
+            out |= keys(value, f"{prefix}{name}.") if nested else {prefix + name}
+        return out
+
+    path = Path(__file__).resolve().parent.parent / "configs" / "station.yaml"
+    assert keys(yaml.safe_load(path.read_text())) == keys(dataclasses.asdict(StationConfig()))
+
+
 def test_an_absent_broker_never_stops_the_line(exported, tmp_path):
     cfg = _station(tmp_path, exported["package"], exported["manifest"].root, **{
         "source.kind": "simulated", "source.limit": 20, "mqtt.host": "127.0.0.1", "mqtt.port": _free_port()})
@@ -745,7 +767,7 @@ def test_the_failure_log_writer_runs_at_a_lower_priority_than_judging(tmp_path):
     import logging
 
     from inspection.deploy.line.failure_log import FailureLogWriter
-    from inspection.deploy.line.metrics import Metrics
+    from inspection.deploy.line.prometheus import Metrics
 
     def niceness(tid: int) -> int:
         stat = Path(f"/proc/self/task/{tid}/stat").read_text()

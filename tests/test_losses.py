@@ -1,12 +1,17 @@
 import math
 
-import torch
-
 import numpy as np
 import pytest
+import torch
 
-from inspection.losses import abn_loss, defect_loss, map_loss, normal_loss, resize_target
-from inspection.model import ABNOutput
+from inspection.model.abn import ABNOutput
+from inspection.model.losses import (
+    abn_loss,
+    defect_loss,
+    map_loss,
+    normal_loss,
+    resize_target,
+)
 
 
 def _out(batch=4, k=3, hw=5, seed=0):
@@ -144,7 +149,7 @@ def test_targets_shrink_by_cell_maximum_so_thin_defects_mark_every_cell_they_tou
 
 
 def test_shrinking_a_painted_map_keeps_thin_strokes_as_training_targets_do():
-    from inspection.mapfile import shrink_map
+    from inspection.core.mapfile import shrink_map
 
     painted = np.zeros((61, 95), np.float32)
     painted[30, 10:80] = 1.0                                # a 1-px stroke
@@ -181,7 +186,7 @@ def test_synthetic_images_train_the_map_through_their_pastes_only():
 
 
 def test_plain_abn_baseline_has_no_map_losses():
-    from inspection.config import load_config
+    from inspection.model.config import load_config
     from inspection.training.train import plain_abn
 
     cfg = load_config(None, ["train.synthetic_defects=0.3", "train.w_normal=3", "train.w_defect=1"])

@@ -3,9 +3,17 @@ import pytest
 import torch
 import torchvision
 
-from inspection.boxes import BoxRule
-from inspection.metrics import (aupro, box_iou, box_metrics, calibrate_threshold, false_reject_at_miss,
-                                image_metrics, match_boxes, pixel_auroc)
+from inspection.core.boxes import BoxRule
+from inspection.training.metrics import (
+    aupro,
+    box_iou,
+    box_metrics,
+    calibrate_threshold,
+    false_reject_at_miss,
+    image_metrics,
+    match_boxes,
+    pixel_auroc,
+)
 
 
 def test_image_metrics_known_values():
@@ -67,8 +75,8 @@ def test_pixel_metrics():
 
 
 def test_hit_rate_counts_regions_holding_the_peak_or_touched_by_a_box():
-    from inspection.boxes import Box
-    from inspection.metrics import hit_rate
+    from inspection.core.boxes import Box
+    from inspection.training.metrics import hit_rate
 
     mask = np.zeros((40, 60), bool)
     mask[5:9, 5:20] = True      # region A
@@ -84,8 +92,8 @@ def test_hit_rate_counts_regions_holding_the_peak_or_touched_by_a_box():
 
 
 def test_missed_defects_are_sorted_by_cause():
-    from inspection.boxes import Box
-    from inspection.metrics import missed_by_cause
+    from inspection.core.boxes import Box
+    from inspection.training.metrics import missed_by_cause
 
     mask = np.zeros((60, 100), bool)
     regions = {"found": (5, 5, 10, 10), "dark": (30, 5, 10, 10), "shared_a": (5, 40, 6, 6),
@@ -106,7 +114,7 @@ def test_missed_defects_are_sorted_by_cause():
 
 
 def test_box_recall_by_size_and_by_group():
-    from inspection.metrics import box_recall_by, size_class
+    from inspection.training.metrics import box_recall_by, size_class
 
     assert [size_class(s) for s in (0.0005, 0.001, 0.005, 0.01, 0.2)] == ["tiny", "small", "small", "large", "large"]
     true = [np.array([[0, 0, 10, 10], [50, 50, 52, 52]]), np.array([[20, 20, 40, 40]])]
@@ -120,7 +128,7 @@ def test_box_recall_by_size_and_by_group():
 
 
 def _items(n_good: int, n_defect: int, hw=(32, 32)):
-    from inspection.layout import Item
+    from inspection.core.layout import Item
 
     return ([Item(f"good/{i}.png", "good", "", hw[1], hw[0]) for i in range(n_good)] +
             [Item(f"defect/d/{i}.png", "d", "", hw[1], hw[0]) for i in range(n_defect)])
@@ -130,9 +138,9 @@ def test_calibration_on_a_near_zero_map_keeps_the_threshold_on_the_probability_s
     """A map ~0 everywhere but a faint blob: quantiles of the map's values are all ~0, and a threshold among them
     boxes the whole part. The calibrated threshold stays among the rule's candidates, and neither it nor the
     default one is ever under the level the good parts' maps reach."""
-    from inspection.boxes import LEVELS
-    from inspection.config import load_config
-    from inspection.evaluation import Predictions, calibrate_box_rule, good_level
+    from inspection.core.boxes import LEVELS
+    from inspection.model.config import load_config
+    from inspection.training.evaluate import Predictions, calibrate_box_rule, good_level
 
     rng = np.random.default_rng(0)
     items = _items(6, 6)
@@ -161,8 +169,12 @@ def test_calibration_on_a_near_zero_map_keeps_the_threshold_on_the_probability_s
 
 
 def test_the_novelty_distance_is_what_the_good_validation_cells_stay_within():
-    from inspection.config import load_config
-    from inspection.evaluation import Predictions, calibrate_box_rule, novelty_distance
+    from inspection.model.config import load_config
+    from inspection.training.evaluate import (
+        Predictions,
+        calibrate_box_rule,
+        novelty_distance,
+    )
 
     items = _items(6, 6)
     rng = np.random.default_rng(0)
@@ -174,7 +186,7 @@ def test_the_novelty_distance_is_what_the_good_validation_cells_stay_within():
     rule = calibrate_box_rule(pred, items, {}, np.ones(12, bool), load_config(None, ["eval.boxes.novelty=0.9"]))
     assert rule.novelty == 0.9 and rule.novelty_distance == pytest.approx(np.quantile(far[:6], 0.9))
     default = calibrate_box_rule(pred, items, {}, np.ones(12, bool), load_config(None, []))
-    share = BoxRule.default().novelty
+    share = BoxRule().novelty
     assert default.novelty == share and default.novelty_distance == pytest.approx(np.quantile(far[:6], share))
     off = calibrate_box_rule(pred, items, {}, np.ones(12, bool), load_config(None, ["eval.boxes.novelty=0"]))
     assert off.novelty == 0 and off.novelty_distance == 0

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from inspection.config import ModelConfig
-from inspection.losses import abn_loss
-from inspection.model import ABN, Classifier, build_model
+from inspection.model.abn import ABN, Classifier, build_model
+from inspection.model.config import ModelConfig
+from inspection.model.losses import abn_loss
 
 
 def _tiny(**kw):
@@ -95,7 +95,7 @@ def test_attention_pooling_choice():
 
 
 def test_attention_branch_starts_from_the_next_pretrained_stage():
-    from inspection.backbones import build_trunk
+    from inspection.model.backbones import build_trunk
 
     trunk = build_trunk("efficientnet_lite0", 8, pretrained=True)
     model = ABN(trunk, 2)
@@ -124,15 +124,15 @@ def test_attention_heads():
                               atol=1e-6)
         bn = _tiny(attention_head="bn").eval()
         assert isinstance(bn.attention_branch.to_map[1], torch.nn.BatchNorm2d)
-    from inspection.backbones import build_trunk
+    from inspection.model.backbones import build_trunk
 
     with pytest.raises(ValueError, match="attention_head"):
         ABN(build_trunk("tiny", 8, False), 3, head="softmax")
 
 
 def test_checkpoints_written_before_a_setting_existed_keep_their_behaviour(tmp_path):
-    from inspection.config import Config
-    from inspection.model import load_checkpoint
+    from inspection.model.abn import load_checkpoint
+    from inspection.model.config import Config
 
     cfg = Config(model=ModelConfig(backbone="tiny", pretrained=False, attention_head="bn"))
     model = build_model(cfg.model, 3)
@@ -158,3 +158,23 @@ def test_defect_score_blends_the_perception_branch_with_the_maps_top_k():
     assert torch.allclose(_tiny(map_score=0.0).defect_score(logits, att), p)  # perception alone
     with pytest.raises(ValueError):
         ModelConfig(map_score=1.5)
+
+
+@pytest.mark.parametrize("map_score, topk", [(0.5, 0.02), (0.25, 0.1), (0.0, 0.02)])
+def test_the_score_formula_in_words_is_the_score_the_model_computes(map_score, topk):
+    """The package states the score in words (score_formula); read those words back and recompute the score."""
+    import re
+
+    from inspection.model.abn import score_formula
+
+    words = score_formula(map_score, topk)
+    m = re.fullmatch(r"\(1 - ([\d.]+)\) \* \(1 - p\(good\)\) \+ ([\d.]+) \* "
+                     r"mean of the map's top ([\d.]+) cells", words)
+    assert m, words
+    w, w2, k = (float(g) for g in m.groups())
+    torch.manual_seed(1)
+    model = build_model(ModelConfig(backbone="tiny", pretrained=False, map_score=map_score), 3, topk=topk)
+    logits, att = torch.randn(4, 3), torch.rand(4, 12, 10)
+    top = att.flatten(1).sort(1, descending=True).values[:, :max(1, round(k * 120))].mean(1)
+    expected = (1 - w) * (1 - logits.softmax(1)[:, 0]) + w2 * top
+    assert torch.allclose(model.defect_score(logits, att), expected)

@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from inspection.novelty import BANK_CELLS, distance_map, hot_cells, nearest, select_bank
+from inspection.core.novelty import (
+    BANK_CELLS,
+    distance_map,
+    hot_cells,
+    nearest,
+    select_bank,
+)
 
 
 def test_nearest_distance_is_the_brute_force_minimum():

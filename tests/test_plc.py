@@ -14,14 +14,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from asyncua import (
+    Client,  # the plc extra: installed by make setup, so these tests never skip
+)
 from conftest import always_fail
+from pymodbus.client import AsyncModbusTcpClient
 
+from inspection.cli import main
 from inspection.deploy.line.runner import LineRunner
 from inspection.deploy.line.station import StationConfigError, load_station
-from inspection.cli import main
-
-from asyncua import Client  # the plc extra: installed by make setup, so these tests never skip
-from pymodbus.client import AsyncModbusTcpClient
 
 VERDICTS = {"pass": "OK", "fail": "NG", "review": "REVIEW", "error": "ERROR"}
 
@@ -257,7 +258,8 @@ def test_a_trigger_without_a_frame_times_out_with_error_2_and_the_line_recovers(
         await mb.ack()
         assert (await mb.bits())[0]  # Ready again
         await mb.trigger(8)  # now a frame arrives: a normal result
-        (tmp_path / "incoming" / "p8.png").write_bytes(next(Path(exported["manifest"].root).rglob("*.png")).read_bytes())
+        image = next(Path(exported["manifest"].root).rglob("*.png"))
+        (tmp_path / "incoming" / "p8.png").write_bytes(image.read_bytes())
         second = await mb.wait_result()
         await mb.ack()
         mb.c.close()
@@ -401,7 +403,7 @@ def test_webhook_gets_every_failure_once_signed_even_after_the_endpoint_was_down
 
 
 def test_webhook_queue_bound_drops_the_oldest_and_counts_them(tmp_path):
-    from inspection.deploy.line.metrics import Metrics
+    from inspection.deploy.line.prometheus import Metrics
     from inspection.deploy.line.station import WebhookConfig
     from inspection.deploy.line.webhook import WebhookSink
 
@@ -430,10 +432,10 @@ def test_modbus_writes_past_the_map_or_with_odd_coil_values_are_refused_whole_be
     """A multi-coil write that reaches past the two coils used to fire Trigger and Ack before failing; a Write
     Single Coil with 0x1234 was taken as on. Both are refused with the documented exception, counted, and act
     on nothing; a proper write still fires."""
-    from inspection.deploy.plc.modbus import ModbusServer
     from dataclasses import asdict
 
     from inspection.deploy.plc.handshake import PLCResult
+    from inspection.deploy.plc.modbus import ModbusServer
 
     class Recorder:  # stands in for the handshake, to see what acts
         def __init__(self):
@@ -448,7 +450,7 @@ def test_modbus_writes_past_the_map_or_with_odd_coil_values_are_refused_whole_be
         def snapshot(self):
             return {"state": "Ready", "part_id": "", "command_error": 0, "refused": 0, "result": asdict(PLCResult())}
 
-    from inspection.deploy.line.metrics import Metrics
+    from inspection.deploy.line.prometheus import Metrics
 
     hs, counts, port = Recorder(), Metrics(), _free_port()
 

@@ -15,9 +15,9 @@ from conftest import always_fail
 from fastapi.testclient import TestClient
 
 from inspection.deploy.line.runner import LineRunner
-from inspection.deploy.review.app import ReviewConfig, create_app
 from inspection.deploy.line.station import load_station
-from inspection.deploy.store.sql import open_store
+from inspection.deploy.review.app import ReviewConfig, create_app
+from inspection.deploy.store.factory import open_store
 
 STATIONS = ("line-a", "line-b", "line-c")
 
@@ -42,7 +42,7 @@ def shared_log(exported, postgres, tmp_path_factory):
         procs[station] = subprocess.Popen([sys.executable, "-m", "inspection.cli", "run", *args],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        for station, proc in procs.items():
+        for proc in procs.values():
             assert proc.wait(180) == 0, proc.stderr.read()[-3000:]
     finally:
         for proc in procs.values():

@@ -3,13 +3,11 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from inspection.deploy.registry import resolve_package
-from inspection.deploy.registry import Registry, RegistryError
 from inspection.cli import main
+from inspection.deploy.registry import Registry, RegistryError, resolve_package
 
 
 def _version(exported, tmp_path, name):

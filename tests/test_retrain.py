@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from inspection.deploy.line.runner import LineRunner
-from inspection.deploy.registry import Registry
-from inspection.deploy.line.station import load_station
-from inspection.datasets.scripted_reviewer import scripted_review
 from inspection.datasets.synthetic import generate
+from inspection.deploy.line.runner import LineRunner
+from inspection.deploy.line.station import load_station
+from inspection.deploy.registry import Registry
 from inspection.training.retrain import RetrainError, retrain
+from inspection.training.scripted_reviewer import scripted_review
 
 
 @pytest.fixture(scope="module")

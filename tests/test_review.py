@@ -24,11 +24,11 @@ from conftest import always_fail
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from inspection.deploy.line.runner import LineRunner
-from inspection.deploy.review.app import ReviewConfig, create_app
-from inspection.deploy.line.station import load_station
-from inspection.deploy.store.sql import SQLiteStore
 from inspection.cli import main
+from inspection.deploy.line.runner import LineRunner
+from inspection.deploy.line.station import load_station
+from inspection.deploy.review.app import ReviewConfig, create_app
+from inspection.deploy.store.sql import SQLiteStore
 
 LEAD, OPERATOR = ("lea", "lead-password"), ("otto", "operator-pw")
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "runs" / "test-artifacts"))
@@ -133,7 +133,11 @@ def test_accounts_live_outside_the_log_folder_and_a_file_planted_inside_is_not_t
     accounts file is readable by its owner only."""
     import stat
 
-    from inspection.deploy.review.auth import Accounts, AccountsError, default_accounts
+    from inspection.deploy.review.accounts import (
+        Accounts,
+        AccountsError,
+        default_accounts,
+    )
 
     log = tmp_path / "failures"
     log.mkdir()
@@ -152,7 +156,7 @@ def test_accounts_live_outside_the_log_folder_and_a_file_planted_inside_is_not_t
 
 
 def test_a_stranger_cannot_keep_a_user_out_nor_tell_real_names(client, monkeypatch):
-    from inspection.deploy.review import auth
+    from inspection.deploy.review import accounts as auth
 
     clock = [auth.time.time()]
     monkeypatch.setattr(auth, "_now", lambda: clock[0])
@@ -248,7 +252,8 @@ def test_paths_stored_in_records_never_reach_files_outside_the_parts_own(client,
     link.symlink_to(secret)
     hostile = [{"image": "../../../../etc/passwd"}, {"image": str(secret)}, {"image": link.relative_to(log).as_posix()},
                {**parts[3].files, "overlay": "review.db"}, {**parts[4].files, "map": str(outside / "m.png")},
-               {**parts[5].files, "map": parts[5].files["map"].rsplit("/", 1)[0] + "/../../../escape-0123456789-map.png"}]
+               {**parts[5].files,
+                "map": parts[5].files["map"].rsplit("/", 1)[0] + "/../../../escape-0123456789-map.png"}]
     with store.db:
         for part, files in zip(parts, hostile):
             store.db.execute("UPDATE failures SET files = ? WHERE id = ?", (json.dumps(files), part.id))
@@ -411,7 +416,8 @@ def test_one_verdict_for_several_parts_is_a_review_and_an_audit_entry_per_part(c
     r = client.post("/api/reviews", json={"ids": ids + ids[:1], "verdict": "false_alarm", "comment": "lamp glare"},
                     headers={"X-CSRF-Token": csrf})
     assert r.status_code == 200, r.text
-    assert [x["id"] for x in r.json()["reviewed"]] == ids and {x["review_status"] for x in r.json()["reviewed"]} == {"false_alarm"}
+    reviewed = r.json()["reviewed"]
+    assert [x["id"] for x in reviewed] == ids and {x["review_status"] for x in reviewed} == {"false_alarm"}
     for i in ids:
         (v,) = _store(log).reviews(i)
         assert (v.reviewer, v.verdict, v.comment) == (OPERATOR[0], "false_alarm", "lamp glare")
@@ -506,7 +512,8 @@ def test_malformed_ids_cursors_and_bodies_get_a_4xx_with_a_message(client, log):
                         ({"verdict": "defect", "defect_type": "dent"}, "hole, scratch, stain"),
                         ({"verdict": "unsure", "comment": {"a": 1}}, "comment")):
         r = client.post(f"/api/parts/{part.id}/review", json=body, headers={"X-CSRF-Token": csrf})
-        assert r.status_code == 400 and field in r.json()["error"], (body if len(str(body)) < 99 else field, r.text[:200])
+        shown = body if len(str(body)) < 99 else field
+        assert r.status_code == 400 and field in r.json()["error"], (shown, r.text[:200])
     assert _store(log).get(part.id).review_status == "unreviewed"  # nothing was stored
 
 
@@ -552,7 +559,8 @@ def _station_process(log, package):
         csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/").text).group(1)
 
         def vm(key: str) -> int:
-            return int(re.search(rf"{key}:\s+(\d+) kB", Path(f"/proc/{server.pid}/status").read_text()).group(1)) // 1024
+            status = Path(f"/proc/{server.pid}/status").read_text()
+            return int(re.search(rf"{key}:\s+(\d+) kB", status).group(1)) // 1024
 
         yield SimpleNamespace(base=base, client=client, csrf=csrf, vm=vm, pid=server.pid)
     finally:
@@ -753,7 +761,7 @@ def test_browser_login_filter_open_confirm_paint_rescore_logout(server, log):
         expect(page.locator("#heat")).to_be_visible()
         part_id = int(page.locator("#part").get_attribute("data-id"))
         # paint: the erase brush at full size across the whole image, then re-score
-        box = _erase_everything(page)
+        _erase_everything(page)
         expect(page.locator("#edited")).to_contain_text("edited")
         page.keyboard.press("r")
         expect(page.locator("#rescored")).to_be_visible()
@@ -796,7 +804,8 @@ def test_browser_grid_selects_parts_with_the_keyboard_and_judges_them_at_once(se
         expect(page.locator("#grid")).to_be_visible()
         cards = page.locator("#grid li.card")
         assert cards.count() == min(50, store.count())
-        loaded = "[...document.querySelectorAll('#grid img')].slice(0, 4).every((i) => i.complete && i.naturalWidth > 0)"
+        loaded = ("[...document.querySelectorAll('#grid img')].slice(0, 4)"
+                  ".every((i) => i.complete && i.naturalWidth > 0)")
         deadline = time.time() + 10
         while not page.evaluate(loaded) and time.time() < deadline:   # (the page's CSP forbids wait_for_function)
             time.sleep(0.1)
@@ -921,7 +930,7 @@ def test_parallel_guesses_on_one_account_queue_behind_its_back_off(tmp_path, mon
     waits ran in parallel); now they take one back-off each, one after the other."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from inspection.deploy.review import auth
+    from inspection.deploy.review import accounts as auth
 
     monkeypatch.setattr(auth, "ACCOUNT_DELAY_S", 0.25)
     accounts = auth.Accounts(tmp_path / "a.db")

@@ -3,8 +3,8 @@
 A first model from a small subset (16 good + 8 per type) goes to production; the line runner judges a stream of
 224 new parts and logs its failures; a scripted reviewer judges them from the truth through the store API the
 review station uses (false alarms with erased maps, defects with painted maps); `retrain` fine-tunes, gates on a
-separate golden set and promotes a candidate with a higher AUROC, fewer false alarms and misses, and boxes as good. Then a candidate
-fine-tuned on shuffled labels is rejected and production stays where it was.
+separate golden set and promotes a candidate with a higher AUROC, fewer false alarms and misses, and boxes as good.
+Then a candidate fine-tuned on shuffled labels is rejected and production stays where it was.
 """
 import json
 import shutil
@@ -12,18 +12,19 @@ import shutil
 import numpy as np
 import pytest
 
-from inspection.training.export import export_package
-from inspection.deploy.line.runner import LineRunner
-from inspection.deploy.registry import resolve_package
-from inspection.deploy.registry import Registry
-from inspection.deploy.line.station import load_station
-from inspection.deploy.store.sql import SQLiteStore
-from inspection.config import load_config
-from inspection.data import scan_dataset
-from inspection.datasets.scripted_reviewer import scripted_review
+from inspection.core.layout import scan_dataset
 from inspection.datasets.synthetic import generate
+from inspection.deploy.line.runner import LineRunner
+from inspection.deploy.line.station import load_station
+from inspection.deploy.registry import Registry, resolve_package
+from inspection.deploy.store.sql import SQLiteStore
+from inspection.model.config import load_config
+from inspection.training.export import export_package
 from inspection.training.retrain import retrain
+from inspection.training.scripted_reviewer import scripted_review
 from inspection.training.train import train
+
+pytestmark = pytest.mark.slow  # trains and fine-tunes models
 
 TYPES = ("scratch", "hole", "stain")
 

@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from inspection.deploy.store.sql import FailureRecord, ReviewError, SQLiteStore
+from inspection.deploy.store.schema import FailureRecord, ReviewError
+from inspection.deploy.store.sql import SQLiteStore
 
 
 @pytest.fixture
@@ -116,9 +117,10 @@ def test_quota_removes_a_settled_part_with_its_reviews_and_keeps_unsure_ones(ope
 
 
 def test_reviewed_parts_export_to_a_dataset_the_trainer_reads(open_log, tmp_path):
+    from inspection.core.layout import scan_dataset
     from inspection.deploy.store.to_dataset import export_reviewed
-    from inspection.config import load_config
-    from inspection.data import InspectionDataset, scan_dataset
+    from inspection.model.config import load_config
+    from inspection.training.loader import InspectionDataset
 
     s = open_log("log")
     rng = np.random.default_rng(1)
@@ -208,7 +210,7 @@ def test_recovery_removes_only_files_no_record_names(open_log):
 
 
 def _write_many(db, folder, station, n):
-    from inspection.deploy.store.sql import open_store
+    from inspection.deploy.store.factory import open_store
     s = open_store(db, folder, fsync=False)
     for i in range(n):
         _add(s, f"{station}-{i}", station=station)
@@ -244,7 +246,7 @@ def test_a_log_newer_than_the_program_is_refused(open_log):
 def test_a_log_from_before_versioning_is_migrated_in_place(tmp_path):
     import sqlite3
 
-    from inspection.deploy.store.sql import MIGRATIONS
+    from inspection.deploy.store.schema import MIGRATIONS
 
     old = sqlite3.connect(tmp_path / "failures.db")  # the first release's schema, one record in it
     old.executescript(MIGRATIONS[0][1].format(**SQLiteStore.DIALECT))
@@ -276,7 +278,7 @@ def test_the_outbox_is_replayed_oldest_first_once_and_keeps_what_it_cannot_read(
 def test_the_map_file_format_round_trips_and_reads_8_bit_and_color_maps():
     import cv2
 
-    from inspection.mapfile import decode_map, encode_map
+    from inspection.core.mapfile import decode_map, encode_map
 
     att = np.linspace(0, 1, 12 * 20, dtype=np.float32).reshape(12, 20)
     back = decode_map(encode_map(att))
@@ -307,7 +309,7 @@ def test_recovery_and_writes_never_follow_a_symlinked_day_or_station_folder(open
     (s.folder / "2026-01-02" / "line-1").symlink_to(outside, target_is_directory=True)
     assert s.recover() == {"temporary": 0, "orphans": 0}
     assert sorted(p.name for p in outside.iterdir()) == [".c.tmp-1", "a.bin", "b.png"]
-    from inspection.deploy.store.sql import StoreUnavailable
+    from inspection.deploy.store.schema import StoreUnavailable
     with pytest.raises(StoreUnavailable, match="symlink"):
         _add(s, "through-link", station="line-9")
     assert sorted(p.name for p in outside.iterdir()) == [".c.tmp-1", "a.bin", "b.png"]

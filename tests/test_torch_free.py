@@ -24,10 +24,12 @@ class BlockTorch:  # any 'import torch' raises, and torch never enters sys.modul
 
 sys.meta_path.insert(0, BlockTorch())
 import numpy as np
-import inspection, inspection.boxes, inspection.preprocess, inspection.imageio, inspection.overlay, inspection.metrics
-import inspection.novelty
-from inspection.boxes import attention_to_boxes
-from inspection.preprocess import prepare, to_input
+import inspection
+import inspection.core.boxes, inspection.core.preprocess, inspection.core.imageio, inspection.core.overlay
+import inspection.core.novelty, inspection.core.layout, inspection.core.mapfile, inspection.core.settings
+import inspection.training.metrics  # torch-free too (scikit-learn), though only training uses it
+from inspection.core.boxes import attention_to_boxes
+from inspection.core.preprocess import prepare, to_input
 frame = np.zeros((120, 160, 3), np.float32)
 x = to_input([prepare(frame, (64, 64))], (0.5, 0.5, 0.5), (0.2, 0.2, 0.2))
 att = np.zeros((8, 8), np.float32); att[2:4, 2:4] = 1
@@ -119,8 +121,9 @@ def test_line_runner_runs_without_torch(torch_free_log):
 
 def _declared(*extras) -> set[str]:
     """Distributions pyproject.toml installs for the core plus `extras` (lower case, no version)."""
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
     specs = project["dependencies"] + [d for e in extras for d in project["optional-dependencies"][e]]
@@ -206,123 +209,11 @@ def test_training_on_a_line_side_install_says_which_extra_to_install(tiny_datase
     _python(TRAIN_WITHOUT_TORCH, tiny_dataset)
 
 
-def _imports(path) -> set[str]:
-    """Names a module imports, at any depth of its code (function-level imports too); for `from a import b`
-    both a and a.b (b may be a module)."""
-    import ast
-
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
-    return names
-
-
-# The torch-free core modules the line side may use (numpy and OpenCV only: no pydantic, SciPy or scikit-learn).
-LINE_CORE = [f"inspection.{m}" for m in ("boxes", "decision", "errors", "imageio", "layout", "mapfile", "novelty", "overlay",
-                                        "preprocess")]
-DEPLOY_BASE = ["inspection.deploy.atomic", "inspection.deploy.package", "inspection.deploy.registry",
-               "inspection.deploy.runtime", "inspection.deploy.tensorrt"]
-# Importer (longest prefix wins) → what of ours it may import. Anything not listed is refused.
-MAY_IMPORT = {
-    "inspection": ["inspection.<core>"],  # the core (inspection/*.py) imports nothing above it
-    "inspection.deploy.atomic": [],
-    "inspection.deploy.package": ["inspection.deploy.atomic"],
-    "inspection.deploy.tensorrt": ["inspection.deploy.package"],
-    "inspection.deploy.registry": ["inspection.deploy.atomic", "inspection.deploy.package"],
-    "inspection.deploy.runtime": [*LINE_CORE, "inspection.deploy.package", "inspection.deploy.tensorrt"],
-    "inspection.deploy.store": [*LINE_CORE, *DEPLOY_BASE, "inspection.deploy.store"],
-    "inspection.deploy.plc": ["inspection.deploy.plc"],
-    "inspection.deploy.line": [*LINE_CORE, *DEPLOY_BASE, "inspection.deploy.store", "inspection.deploy.plc",
-                               "inspection.deploy.line"],
-    "inspection.deploy.review": [*LINE_CORE, *DEPLOY_BASE, "inspection.deploy.store", "inspection.deploy.review"],
-    "inspection.training": ["inspection.<core>", *DEPLOY_BASE, "inspection.deploy.store", "inspection.training"],
-    "inspection.training.demo": ["inspection.<core>", *DEPLOY_BASE, "inspection.deploy.store", "inspection.training",
-                                 "inspection.datasets.synthetic", "inspection.deploy.line"],  # only the demo runs a line
-    "inspection.datasets": ["inspection.<core>", "inspection.datasets", "inspection.deploy.store"],
-    "inspection.cli": ["inspection"],  # the roof: wires everything, imported by nothing
-}
-
-
-def _module(path, root) -> str:
-    rel = path.relative_to(root).with_suffix("")
-    return ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
-
-
-def _allowed(importer: str, imported: str, core: set[str]) -> bool:
-    rule = max((k for k in MAY_IMPORT if importer == k or importer.startswith(k + ".")), key=len)
-    if rule == "inspection" and importer not in core:
-        raise AssertionError(f"{importer} is in no layer: add it to MAY_IMPORT")
-    if imported in ("inspection", "inspection.errors", importer):  # errors: the one base class, imports nothing
-        return True
-    allowed = [a for entry in MAY_IMPORT[rule] for a in (sorted(core) if entry == "inspection.<core>" else [entry])]
-    return any(imported == a or imported.startswith(a + ".") for a in allowed)
-
-
-def layer_violations(root) -> list[str]:
-    """Every import of ours that the layer rules refuse, as 'importer -> imported'."""
-    files = sorted((root / "inspection").rglob("*.py"))
-    modules = {_module(p, root): p for p in files}
-    core = {m for m in modules if m.count(".") == 1 and m not in ("inspection.cli",)
-            and not (root / m.replace(".", "/")).is_dir()}
-    bad = []
-    for importer, path in modules.items():
-        for imported in sorted(_imports(path)):
-            if imported.startswith("inspection.") and imported not in modules and imported.rsplit(".", 1)[0] in modules:
-                continue  # `from inspection.x import name`: the module inspection.x is checked
-            if imported.split(".")[0] == "inspection" and not _allowed(importer, imported, core):
-                bad.append(f"{importer} -> {imported}")
-            if imported.startswith("inspection.cli") and not importer.startswith("inspection.cli"):
-                bad.append(f"{importer} -> {imported} (nothing imports the CLI)")
-    torch_free = [m for m in modules if m.startswith("inspection.deploy")] + LINE_CORE + [
-        "inspection.evaluation", "inspection.metrics"]
-    for m in torch_free:
-        if {i.split(".")[0] for i in _imports(modules[m])} & {"torch", "torchvision"}:
-            bad.append(f"{m} -> torch")
-    return bad
-
-
-def test_layers_point_one_way():
-    """The floor plan (docs/layout.md): core < deploy (package < registry, runtime; store < line, review; plc only
-    under line) < training < CLI; deploy/** and the core modules the line side uses import no torch."""
-    from pathlib import Path
-
-    assert layer_violations(Path(__file__).resolve().parent.parent) == []
-
-
-def test_the_layer_rules_catch_a_wrong_import(tmp_path):
-    """A copy of the tree with one import that breaks a rule (the review station importing the line runner)."""
-    import shutil
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    shutil.copytree(root / "inspection", tmp_path / "inspection", ignore=shutil.ignore_patterns("__pycache__"))
-    auth = tmp_path / "inspection/deploy/review/auth.py"
-    auth.write_text(auth.read_text() + "\nfrom inspection.deploy.line.runner import LineRunner\n")
-    store = tmp_path / "inspection/deploy/store/stats.py"
-    store.write_text(store.read_text() + "\nimport torch\n")
-    assert layer_violations(tmp_path) == ["inspection.deploy.review.auth -> inspection.deploy.line.runner",
-                                          "inspection.deploy.store.stats -> torch"]
-
-
-def test_every_module_imports_on_its_own():
-    """No import circles: each module imports alone in a fresh interpreter."""
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    names = [_module(p, root) for p in sorted((root / "inspection").rglob("*.py")) if p.name != "__main__.py"]
-    code = "import importlib, sys\nfor n in sys.argv[1:]:\n    for m in [k for k in sys.modules if k.startswith('inspection')]:\n        del sys.modules[m]\n    importlib.import_module(n)\nprint('ok')"
-    _python(code, *names)
-
-
 def test_the_wheel_holds_every_package(tmp_path):
     """packages.find: every folder under inspection/ with Python in it ships (with the review station's files)."""
+    import shutil
     import zipfile
     from pathlib import Path
-
-    import shutil
 
     root, src = Path(__file__).resolve().parent.parent, tmp_path / "src"  # a copy: no build/ left in the checkout
     shutil.copytree(root / "inspection", src / "inspection", ignore=shutil.ignore_patterns("__pycache__"))

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from inspection.errors import UserError
+    from inspection.core.errors import UserError
 
     try:
         return args.func(args)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 
 def cmd_predict(args) -> int:
+    from inspection.core.imageio import IMAGE_SUFFIXES
     from inspection.deploy.runtime import FrameError, Runtime, read_frame
-    from inspection.imageio import IMAGE_SUFFIXES
 
     rt = Runtime(args.package, backend=args.backend, precision=args.precision)
     print(f"model {rt.version} on {rt.backend} ({rt.precision})", file=sys.stderr)
@@ -63,8 +63,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_failures(args) -> int:
+    from inspection.deploy.store.factory import open_store
     from inspection.deploy.store.summary import write_review_log
-    from inspection.deploy.store.sql import open_store
 
     folder = Path(args.log)
     store = open_store(args.db, folder, create=False)
@@ -102,7 +102,7 @@ def cmd_review(args) -> int:
 def cmd_users(args) -> int:
     import getpass
 
-    from inspection.deploy.review.auth import Accounts, default_accounts
+    from inspection.deploy.review.accounts import Accounts, default_accounts
 
     folder = Path(args.log)
     if not folder.is_dir():
@@ -218,7 +218,8 @@ def _add_review_commands(sub) -> None:
     p.add_argument("action", choices=["list", "add", "passwd", "disable", "enable"])
     p.add_argument("name", nargs="?")
     p.add_argument("--role", default="operator", choices=["operator", "lead"])
-    p.add_argument("--log", default="runs/line/failures", help="the failure-log folder (accounts: <log>.accounts.db beside it)")
+    p.add_argument("--log", default="runs/line/failures",
+                   help="the failure-log folder (accounts: <log>.accounts.db beside it)")
     p.add_argument("--accounts", help="accounts SQLite file (default: <log>.accounts.db beside the --log folder)")
     p.add_argument("--if-missing", action="store_true", help="add: leave an existing user as it is (scripts)")
     p.set_defaults(func=cmd_users)

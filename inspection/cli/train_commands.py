@@ -13,7 +13,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "default.yaml
 
 
 def _config(args):
-    from inspection.config import load_config
+    from inspection.model.config import load_config
 
     path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
     overrides = list(args.set or [])
@@ -48,13 +48,14 @@ def cmd_generate(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from inspection.data import scan_dataset
+    from inspection.core.layout import scan_dataset
+    from inspection.training.loader import progress_bar
     from inspection.training.train import plain_abn, train
 
     cfg = _config(args)
     if args.kind == "abn0":
         cfg = plain_abn(cfg)
-    manifest = scan_dataset(cfg.data.root, cfg.data, progress=not args.quiet)
+    manifest = scan_dataset(cfg.data.root, cfg.data, progress=None if args.quiet else progress_bar("scan"))
     _report_skipped(manifest)
     out = args.out or cfg.train.out_dir
     best = train(cfg, manifest, out, kind="cnn" if args.kind == "cnn" else "abn", resume=not args.restart,
@@ -64,9 +65,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from inspection.data import Manifest, scan_dataset
-    from inspection.model import CheckpointError, load_checkpoint
-    from inspection.training.evaluate import evaluate
+    from inspection.core.layout import Manifest, scan_dataset
+    from inspection.model.abn import CheckpointError, load_checkpoint
+    from inspection.training.loader import progress_bar
+    from inspection.training.predict import evaluate
     from inspection.training.report import markdown_table, write_report
 
     results = []
@@ -79,10 +81,11 @@ def cmd_eval(args) -> int:
             if args.manifest:
                 manifest = Manifest.load(args.manifest)
             else:
-                manifest = scan_dataset(cfg.data.root, cfg.data, progress=not args.quiet)
+                manifest = scan_dataset(cfg.data.root, cfg.data, progress=None if args.quiet else progress_bar("scan"))
                 _report_skipped(manifest)
         if list(ckpt["classes"]) != list(manifest.classes):
-            raise CheckpointError(f"{path}: model classes {ckpt['classes']} differ from the dataset's {manifest.classes}")
+            raise CheckpointError(f"{path}: model classes {ckpt['classes']} differ from the dataset's "
+                                  f"{manifest.classes}")
         results.append(evaluate(model, ckpt["kind"], manifest, cfg, Path(path).parent.name, not args.quiet))
     report = write_report(results, args.out, cfg.eval.overlays)
     print(markdown_table(results))
@@ -91,8 +94,8 @@ def cmd_eval(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from inspection.core.layout import Manifest
     from inspection.training.export import export_package
-    from inspection.data import Manifest
 
     manifest = Manifest.load(args.manifest) if args.manifest else None
     out = args.out or str(Path(args.checkpoint).parent / "package")

@@ -1,1 +1,1 @@
-"""Dataset tools: the synthetic generator, converters for public sets, split files, a scripted reviewer."""
+"""Dataset tools: the synthetic generator, converters of public sets into the folder layout, their split files."""

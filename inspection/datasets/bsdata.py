@@ -64,7 +64,8 @@ def convert(git_dir: str | Path, out: str | Path) -> dict:
     try:
         names = _git(git_dir, "ls-tree", "-r", "--name-only", "HEAD").decode().splitlines()
     except (OSError, subprocess.CalledProcessError) as exc:
-        raise SystemExit(f"{git_dir}: not a git copy of BSData ({getattr(exc, 'stderr', b'').decode(errors='replace').strip() or exc})") from None
+        why = getattr(exc, "stderr", b"").decode(errors="replace").strip() or exc
+        raise SystemExit(f"{git_dir}: not a git copy of BSData ({why})") from None
     images = sorted(n for n in names if n.count("/") == 1 and n.startswith("data/") and n.lower().endswith(".jpg"))
     labels = {Path(n).stem: n for n in names if n.startswith("label/") and n.endswith(".json")}
     if not images:

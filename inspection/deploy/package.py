@@ -5,7 +5,7 @@
       model.int8.onnx    the same, statically quantized (optional)
       rescore.onnx       image, attention (B,h,w) → probs: re-scores a part with an operator-corrected map
       novelty.npy        the good training parts' feature bank (m, C) float32, where model.onnx also outputs
-                         features (B,C,h,w): the box rule's novelty level (inspection/novelty.py); optional
+                         features (B,C,h,w): the box rule's novelty level (inspection/core/novelty.py); optional
       metadata.json      input policy, classes, per-variant thresholds and metrics, file hashes, provenance
 
     >>> meta = load_package("runs/model/package")          # validates fields, versions and file hashes
@@ -19,7 +19,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from inspection.errors import UserError
+from inspection.core.errors import UserError
 
 FORMAT = "inspection-model-package"
 FORMAT_VERSION = 1

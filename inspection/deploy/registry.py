@@ -24,9 +24,9 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+from inspection.core.errors import UserError
 from inspection.deploy.atomic import write_atomic
 from inspection.deploy.package import PackageError, load_package
-from inspection.errors import UserError
 
 POINTER = "current"
 

@@ -5,8 +5,8 @@
     ['fail']
     >>> rt.rescore(frame, corrected_attention)["defect_score"]
 
-Imports only numpy, OpenCV, onnxruntime and the torch-free helpers (`inspection.boxes`,
-`inspection.preprocess`, `inspection.deploy.package`); a test proves it.
+Imports only numpy, OpenCV, onnxruntime and the torch-free helpers (`inspection.core.boxes`,
+`inspection.core.preprocess`, `inspection.deploy.package`); a test proves it.
 """
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from inspection.core.boxes import Box, BoxRule, attention_to_boxes, full_roi
+from inspection.core.decision import verdict
+from inspection.core.errors import UserError
+from inspection.core.imageio import HEADER_BYTES, ImageError, check_pixels
+from inspection.core.mapfile import shrink_map
+from inspection.core.novelty import distance_map, hot_cells
+from inspection.core.preprocess import prepare, to_input
 from inspection.deploy.package import PackageError, load_package
-from inspection.boxes import Box, BoxRule, attention_to_boxes, full_roi
-from inspection.decision import VERDICTS, verdict
-from inspection.mapfile import shrink_map
-from inspection.novelty import distance_map, hot_cells
-from inspection.imageio import HEADER_BYTES, ImageError, check_pixels
-from inspection.preprocess import prepare, to_input
-from inspection.errors import UserError
 
 BACKENDS = ("auto", "tensorrt", "ort-tensorrt", "cuda", "cpu")  # tensorrt: native API; ort-*: onnxruntime providers
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -40,7 +40,7 @@ class Inspection:
     """The runtime's judgement of one part."""
 
     verdict: str                     # pass | review | fail
-    score: float                     # defect score = 1 - p(good)
+    score: float                     # defect score: the package's outputs.defect_score says how it is made
     probs: dict[str, float]
     defect_type: str | None          # most probable defect class, None on pass
     boxes: list[Box]                 # in original frame pixels
@@ -159,7 +159,8 @@ def open_session(model_path: Path, backend: str = "cpu", precision: str = "fp32"
     available = ort.get_available_providers()
     trt_options = {"trt_fp16_enable": precision == "fp16", "trt_engine_cache_enable": True,
                    "trt_timing_cache_enable": True}
-    if cache_root is not None and any(p.startswith("Tensorrt") for p in available) and backend in ("auto", "ort-tensorrt"):
+    trt = any(p.startswith("Tensorrt") for p in available)
+    if cache_root is not None and trt and backend in ("auto", "ort-tensorrt"):
         cache = engine_cache_dir(cache_root)
         trt_options["trt_engine_cache_path"] = str(cache)
         trt_options["trt_timing_cache_path"] = str(cache)
@@ -268,7 +269,11 @@ class Runtime:
 
     def _native_tensorrt(self, cache: Path, max_batch: int, precision: str, required: bool):
         """A native TensorRT session, or None (auto) / TensorRTUnavailable (required) when it cannot run here."""
-        from inspection.deploy.tensorrt import TensorRTSession, TensorRTUnavailable, build_engine
+        from inspection.deploy.tensorrt import (
+            TensorRTSession,
+            TensorRTUnavailable,
+            build_engine,
+        )
 
         try:
             engine = build_engine(self.root / self.variant["file"], engine_cache_dir(cache), max(1, int(max_batch)),
@@ -313,7 +318,7 @@ class Runtime:
                      for k in range(len(self._outputs)))
 
     def decide(self, score: float, threshold: float | None = None) -> str:
-        """pass / review / fail by the package's threshold and review band (inspection.decision.verdict)."""
+        """pass / review / fail by the package's threshold and review band (inspection.core.decision.verdict)."""
         return verdict(score, self.threshold if threshold is None else threshold, self.review_band)
 
     def judge(self, probs: np.ndarray, score: float, attention: np.ndarray, frame: np.ndarray,

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from inspection.core.errors import UserError
 from inspection.deploy.package import file_sha256
-from inspection.errors import UserError
 
 
 class TensorRTUnavailable(UserError, RuntimeError):

@@ -16,10 +16,11 @@ import sys
 import time
 from pathlib import Path
 
+from inspection.core.layout import scan_dataset
+from inspection.model.config import Config
 from inspection.training.export import export_package
-from inspection.config import Config
-from inspection.data import scan_dataset
-from inspection.training.evaluate import evaluate_checkpoint
+from inspection.training.loader import progress_bar
+from inspection.training.predict import evaluate_checkpoint
 from inspection.training.report import write_report
 from inspection.training.train import plain_abn, train, with_input_size
 
@@ -38,13 +39,14 @@ def run_demo(cfg: Config, out_dir: str | Path, generate_kwargs: dict | None = No
         print(f"generating synthetic dataset in {root}", file=sys.stderr)
         generate(root, progress=progress, **(generate_kwargs or DEMO_DATA))
     timings["generate"] = time.time() - t0
-    manifest = scan_dataset(root, cfg.data, progress=progress)
+    manifest = scan_dataset(root, cfg.data, progress=progress_bar("scan") if progress else None)
     print(f"dataset {root}: {json.dumps(manifest.counts())}, {len(manifest.skipped)} skipped", file=sys.stderr)
     cfg = with_input_size(cfg, manifest)
 
     runs = [("ours", "ABN + L_normal (ours)", "abn", cfg)]
     if baselines:
-        runs += [("plain_abn", "plain ABN (W_normal=0)", "abn", plain_abn(cfg)), ("gradcam", "CNN + Grad-CAM", "cnn", cfg)]
+        runs += [("plain_abn", "plain ABN (W_normal=0)", "abn", plain_abn(cfg)),
+                 ("gradcam", "CNN + Grad-CAM", "cnn", cfg)]
     results, curves = [], {}
     for key, name, kind, run_cfg in runs:
         t = time.time()
@@ -78,8 +80,8 @@ def run_demo(cfg: Config, out_dir: str | Path, generate_kwargs: dict | None = No
 def run_line(package: Path, manifest, out: Path, progress: bool = True) -> dict:
     """Replay the test split through the line runner (simulated camera); write the review log."""
     from inspection.deploy.line.runner import LineRunner
-    from inspection.deploy.store.summary import write_review_log
     from inspection.deploy.line.station import load_station
+    from inspection.deploy.store.summary import write_review_log
 
     frames = out / "frames"
     shutil.rmtree(out, ignore_errors=True)

@@ -22,14 +22,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from inspection.deploy.package import FORMAT, FORMAT_VERSION, file_sha256, write_metadata
+from inspection.core.boxes import BoxRule, full_roi
+from inspection.core.errors import UserError
+from inspection.core.layout import GOOD, Manifest
+from inspection.core.novelty import distance_map
+from inspection.deploy.package import (
+    FORMAT,
+    FORMAT_VERSION,
+    file_sha256,
+    write_metadata,
+)
 from inspection.deploy.runtime import open_session
-from inspection.boxes import BoxRule, full_roi
-from inspection.data import GOOD, InspectionDataset, Manifest
-from inspection.model import ABN, load_checkpoint
-from inspection.evaluation import Predictions, evaluate_predictions
-from inspection.errors import UserError
-from inspection.novelty import distance_map
+from inspection.model.abn import ABN, load_checkpoint, score_formula
+from inspection.training.evaluate import Predictions, evaluate_predictions
+from inspection.training.loader import InspectionDataset
 
 OPSET = 18
 PARITY_TOLERANCE = 1e-4
@@ -146,7 +152,12 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray) -> None:
     8-bit weights the demo model's test AUROC fell from 0.992 to 0.973, with 7-bit weights it stays at 0.995.
     """
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
@@ -320,8 +331,7 @@ def _metadata(cfg, manifest: Manifest, ckpt: dict, checkpoint: Path, ck_sha: str
                   "channels": _channels(images, cfg.data.mean, cfg.data.std),
                   "aspect_range": [round(min(aspects), 4), round(max(aspects), 4)]},
         "outputs": {"probs": "(B, K) softmax over classes",
-                    "defect_score": f"(B,) (1 - {cfg.model.map_score:g}) * (1 - p(good)) + {cfg.model.map_score:g} "
-                                    f"* mean of the map's top {cfg.train.defect_topk:g} cells",
+                    "defect_score": f"(B,) {score_formula(cfg.model.map_score, cfg.train.defect_topk)}",
                     "attention": "(B, h, w) attention map in [0, 1]",
                     **({FEATURES: "(B, C, h, w) backbone features at the map's cells (the box rule's novelty level: "
                                   "distance to the nearest row of novelty.npy)"} if bank is not None else {})},

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from inspection.core.boxes import mask_to_boxes
+from inspection.core.imageio import read_truth
+from inspection.core.layout import find_images
 from inspection.deploy.registry import resolve_package
 from inspection.deploy.runtime import Runtime, frame_to_rgb, read_frame
-from inspection.boxes import mask_to_boxes
-from inspection.imageio import read_truth
-from inspection.layout import find_images
-from inspection.metrics import box_metrics, image_metrics
+from inspection.training.metrics import box_metrics, image_metrics
 
 # metric, better ("higher" | "lower"), tolerance: the candidate may be worse by at most this much
 RULES = (("auroc", "higher", 0.005), ("false_reject", "lower", 0.02), ("miss", "lower", 0.02),
@@ -126,8 +126,8 @@ def _examples(items: list[dict], cand: dict, prod: dict, path: Path, n: int = 8)
     """Overlays of production (left) and candidate (right) on golden images, where they disagree most."""
     import cv2
 
-    from inspection.boxes import upsample_attention
-    from inspection.overlay import overlay
+    from inspection.core.boxes import upsample_attention
+    from inspection.core.overlay import overlay
 
     diff = [abs(c.score - p.score) + (c.verdict != p.verdict) for c, p in zip(cand["results"], prod["results"])]
     picked = sorted(range(len(items)), key=lambda k: -diff[k])[:n]

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from inspection.boxes import Box, BoxRule, upsample_attention
-from inspection.data import GOOD
-from inspection.imageio import read_image
-from inspection.overlay import overlay
+from inspection.core.boxes import Box, BoxRule, upsample_attention
+from inspection.core.imageio import read_image
+from inspection.core.layout import GOOD
+from inspection.core.overlay import overlay
 
 COLUMNS = [  # (header, getter)
     ("image AUROC", lambda m: m["image"]["auroc"]),
@@ -30,9 +30,9 @@ COLUMNS = [  # (header, getter)
     ("box R@0.3", lambda m: m.get("box@0.3", {}).get("recall")),
     ("box F1@0.5", lambda m: m.get("box@0.5", {}).get("f1")),
     ("box F1@0.1", lambda m: m.get("box@0.1", {}).get("f1")),
-    *((f"box R@0.3 {k}", (lambda k: lambda m: m.get("recall_by_size@0.3", {}).get(k, {}).get("recall"))(k))
+    *((f"box R@0.3 {k}", (lambda k: lambda m: m.get("recall_by_size@0.3", {}).get(k, {}).get("recall"))(k))  # noqa: B023 - bound by the outer lambda
       for k in ("tiny", "small", "large")),
-    *((f"box R@0.3 {k} defects", (lambda k: lambda m: m.get("recall_by_count@0.3", {}).get(k, {}).get("recall"))(k))
+    *((f"box R@0.3 {k} defects", (lambda k: lambda m: m.get("recall_by_count@0.3", {}).get(k, {}).get("recall"))(k))  # noqa: B023 - bound by the outer lambda
       for k in ("single", "several")),
     ("pixel AUROC", lambda m: m.get("pixel_auroc")),
     ("AUPRO", lambda m: m.get("aupro")),
@@ -85,7 +85,7 @@ def per_type_table(results: list[dict]) -> str:
 
 def missed_table(results: list[dict]) -> str:
     """Markdown: where the true defects went at IoU 0.3 (found, or why not), one row per model with pixel truth."""
-    from inspection.metrics import MISS_CAUSES
+    from inspection.training.metrics import MISS_CAUSES
 
     heads = ("found", *MISS_CAUSES)
     rows = [f"| {r['name']} | {m['n']} | " + " | ".join(f"{m[k]} ({m[k] / m['n']:.0%})" for k in heads) + " |"
@@ -245,4 +245,5 @@ def _markdown_to_html(md: str) -> str:
             body.append(f"<p>{html.escape(line)}</p>")
     style = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:13px}"
              "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td:first-child{text-align:left}")
-    return f"<!doctype html><meta charset=utf-8><title>Inspection report</title><style>{style}</style>" + "\n".join(body)
+    head = f"<!doctype html><meta charset=utf-8><title>Inspection report</title><style>{style}</style>"
+    return head + "\n".join(body)

@@ -18,17 +18,17 @@ import sys
 import time
 from pathlib import Path
 
+from inspection.core.errors import UserError
+from inspection.core.layout import find_images, scan_dataset
 from inspection.deploy.atomic import write_atomic
-from inspection.training.export import export_package
 from inspection.deploy.registry import Registry
+from inspection.deploy.store.factory import open_store
+from inspection.deploy.store.schema import StoreUnavailable
 from inspection.deploy.store.to_dataset import export_reviewed
-from inspection.deploy.store.sql import StoreUnavailable, open_store
-from inspection.data import scan_dataset
-from inspection.layout import find_images
-from inspection.model import load_checkpoint
+from inspection.model.abn import load_checkpoint
+from inspection.training.export import export_package
 from inspection.training.gate import gate
 from inspection.training.train import train
-from inspection.errors import UserError
 
 CHECKPOINT = "checkpoint.pt"  # kept beside each registered package: the weights later fine-tunes start from
 # the fine-tuning recipe, before the caller's overrides. Measured (benchmarks/review_rounds.py): at the
@@ -126,7 +126,7 @@ def _fine_tune_data(store, ckpt_path: Path, base: Path | None, run: Path, overri
                                f"{ckpt['classes']}; a new class needs a full training run")
     import yaml
 
-    from inspection.config import load_config
+    from inspection.model.config import load_config
 
     base_cfg = cfg.model_dump(mode="json")
     base_cfg["model"]["pretrained"] = False  # the weights come from production

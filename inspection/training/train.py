@@ -3,7 +3,7 @@
     >>> best = train(cfg, manifest, out_dir="runs/abn", kind="abn")      # -> runs/abn/best.pt
 
 Writes to out_dir: config.yaml, manifest.json, last.pt (resumable), best.pt (by validation; at the end
-with the good training parts' feature bank, inspection/novelty.py),
+with the good training parts' feature bank, inspection/core/novelty.py),
 history.csv / history.json (loss terms per epoch) and training_curves.png.
 
 Several GPUs or machines: the same command under torchrun (DDP, NCCL on GPUs, gloo on CPUs), e.g.
@@ -29,13 +29,18 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from inspection.config import Config, dump_config
-from inspection.data import BalancedBatchSampler, InspectionDataset, Manifest, default_steps, mask_targets
-from inspection.losses import abn_loss
-from inspection.metrics import image_metrics
-from inspection.model import CheckpointError, build_model
-from inspection.preprocess import input_size
-from inspection.training.evaluate import add_feature_bank
+from inspection.core.layout import Manifest, mask_targets
+from inspection.core.preprocess import input_size
+from inspection.model.abn import CheckpointError, build_model
+from inspection.model.config import Config, dump_config
+from inspection.model.losses import abn_loss
+from inspection.training.loader import (
+    BalancedBatchSampler,
+    InspectionDataset,
+    default_steps,
+)
+from inspection.training.metrics import image_metrics
+from inspection.training.predict import add_feature_bank
 
 
 def seed_everything(seed: int) -> None:

@@ -11,7 +11,8 @@ import queue
 import threading
 import time
 
-from inspection.deploy.line.sources import Frame, open_source
+from inspection.deploy.line.frames import Frame
+from inspection.deploy.line.sources import open_source
 from inspection.deploy.line.station import StationConfig
 from inspection.deploy.plc.handshake import NO_FRAME
 

@@ -32,13 +32,19 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from inspection.deploy.runtime import Inspection, frame_to_rgb
-from inspection.deploy.line.sources import Frame
+from inspection.core.boxes import upsample_attention
+from inspection.core.mapfile import encode_map
+from inspection.core.overlay import overlay
+from inspection.deploy.line.frames import Frame
 from inspection.deploy.line.station import StationConfig, station_crop
-from inspection.deploy.store.sql import FailureRecord, FailureStore, StoreFull, StoreUnavailable, safe_name
-from inspection.boxes import upsample_attention
-from inspection.mapfile import encode_map
-from inspection.overlay import overlay
+from inspection.deploy.runtime import Inspection, frame_to_rgb
+from inspection.deploy.store.schema import (
+    FailureRecord,
+    StoreFull,
+    StoreUnavailable,
+    safe_name,
+)
+from inspection.deploy.store.sql import SQLStore
 
 _END = object()
 TALLY_S = 5.0  # how often the verdict counts reach the store (a crash loses at most this much of them)
@@ -57,7 +63,7 @@ class LogJob(NamedTuple):
 
 
 class FailureLogWriter:
-    def __init__(self, cfg: StationConfig, store: FailureStore, metrics, log):
+    def __init__(self, cfg: StationConfig, store: SQLStore, metrics, log):
         self.cfg, self.store, self.metrics, self.log = cfg, store, metrics, log
         self.queue: queue.Queue = queue.Queue(cfg.log.queue)
         self.outbox = len(store.spooled(cfg.station))  # records from an earlier outage, replayed first
@@ -210,7 +216,8 @@ class FailureLogWriter:
         if self.cfg.log.writer_nice:  # Linux: a thread's own niceness; encoding yields to judging, never stops
             try:  # relative to the line's own niceness (a line started under nice keeps the writer below it)
                 tid = threading.get_native_id()
-                os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + self.cfg.log.writer_nice))
+                nice = min(19, os.getpriority(os.PRIO_PROCESS, tid) + self.cfg.log.writer_nice)
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
             except (OSError, AttributeError):  # no per-thread priority here (not Linux): the writer runs as is
                 pass
         waiting: collections.deque = collections.deque()  # (record, files) the store has not taken yet
@@ -297,8 +304,8 @@ class FailureLogWriter:
                 self.store.spool(*waiting[0])
             except OSError as exc:
                 if not self.metrics.get("log_outbox_unwritable"):
-                    self.log.warning(f"failure log: outbox {self.store.outbox} not writable either ({exc}); records wait "
-                          "in memory")
+                    self.log.warning(f"failure log: outbox {self.store.outbox} not writable either ({exc}); "
+                                     "records wait in memory")
                 self.metrics.set("log_outbox_unwritable", 1)
                 return
             self.metrics.set("log_outbox_unwritable", 0)

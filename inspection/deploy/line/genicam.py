@@ -21,7 +21,7 @@ from itertools import count
 import cv2
 import numpy as np
 
-from inspection.deploy.line.sources import Disconnected, Frame, SourceError
+from inspection.deploy.line.frames import Disconnected, Frame, SourceError
 
 PIXEL_FORMATS = ("Mono8", "Mono10", "Mono12", "Mono16", "BayerRG8", "BayerBG8", "BayerGR8", "BayerGB8", "RGB8", "BGR8")
 TRIGGERS = ("free", "hardware", "software")

@@ -8,7 +8,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from inspection.deploy.line.metrics import label
+from inspection.deploy.line.prometheus import label
 
 
 class BoundedHTTPServer(ThreadingHTTPServer):

@@ -8,7 +8,7 @@ import os
 import queue
 import time
 
-from inspection.deploy.line.metrics import Metrics
+from inspection.deploy.line.prometheus import Metrics
 
 
 class MQTTOutput:

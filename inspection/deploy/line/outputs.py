@@ -11,9 +11,9 @@ import os
 import sys
 from pathlib import Path
 
-from inspection.boxes import Box
+from inspection.core.boxes import Box
+from inspection.deploy.line.frames import Frame
 from inspection.deploy.line.mqtt import MQTTOutput
-from inspection.deploy.line.sources import Frame
 from inspection.deploy.line.station import StationConfig
 from inspection.deploy.line.webhook import WebhookSink
 from inspection.deploy.plc.handshake import result_fields

@@ -21,14 +21,16 @@ import numpy as np
 
 from inspection.deploy.line.capture import Capture
 from inspection.deploy.line.failure_log import FailureLogWriter
+from inspection.deploy.line.frames import Frame
 from inspection.deploy.line.http import serve_http
-from inspection.deploy.line.metrics import Metrics
 from inspection.deploy.line.outputs import Outputs
-from inspection.deploy.line.sources import Frame
+from inspection.deploy.line.prometheus import Metrics
 from inspection.deploy.line.station import StationConfig, station_crop
 from inspection.deploy.registry import resolve_package
 from inspection.deploy.runtime import FrameError, Inspection, Runtime
-from inspection.deploy.store.sql import FailureStore, StoreUnavailable, open_store
+from inspection.deploy.store.factory import open_store
+from inspection.deploy.store.schema import StoreUnavailable
+from inspection.deploy.store.sql import SQLStore
 
 LOG = logging.getLogger("inspection.line")
 
@@ -69,7 +71,7 @@ class LineRunner:
         self.capture = Capture(cfg, self.metrics, self.log, self.stop_event,
                                handshake=plc.handshake if plc is not None else None,
                                triggers=mqtt.triggers if mqtt is not None and cfg.source.part_id == "trigger" else None)
-        self.store: FailureStore = open_store(cfg.log.db, Path(cfg.log.folder),
+        self.store: SQLStore = open_store(cfg.log.db, Path(cfg.log.folder),
                                               int(cfg.log.quota_mb * 2**20) if cfg.log.quota_mb else None,
                                               cfg.log.fsync, offline_ok=True)
         if cfg.log.outbox:

@@ -10,35 +10,17 @@ silently) and counted. Only numpy and OpenCV.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from inspection.core.imageio import IMAGE_SUFFIXES
+from inspection.core.layout import find_images
+from inspection.deploy.line.frames import Disconnected, Frame, SourceError
+from inspection.deploy.line.genicam import GenICamSource
 from inspection.deploy.runtime import FrameError, read_frame
-from inspection.imageio import IMAGE_SUFFIXES
-from inspection.layout import find_images
-from inspection.errors import UserError
-
-
-class SourceError(UserError, RuntimeError):
-    """A source that cannot be opened; the message names it and says why."""
-
-
-class Disconnected(RuntimeError):
-    """The camera stopped delivering frames; the runner reconnects with back-off."""
-
-
-@dataclass
-class Frame:
-    part_id: str
-    image: np.ndarray | None      # as the source delivers it (BGR or gray for OpenCV sources); None if unreadable
-    ts: float                     # capture time (time.time())
-    ref: str = ""                 # file the frame came from, if any
-    error: str | None = None
-    camera: dict | None = None    # GenICam: {"frame_id", "timestamp_ns"} as the camera stamped the frame
 
 
 def _images(folder: Path, dataset: bool = False) -> list[Path]:
@@ -198,8 +180,6 @@ def open_source(cfg, metrics=None, log=None):
     """The source a SourceConfig describes (not yet opened); a camera's counters go to `metrics`."""
     names = cfg.part_id == "auto"
     if cfg.kind == "genicam":
-        from inspection.deploy.line.genicam import GenICamSource
-
         return GenICamSource(cfg, metrics, log)
     if cfg.kind == "simulated":
         return SimulatedCamera(cfg.path, cfg.fps, cfg.loop, names)

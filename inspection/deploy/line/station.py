@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_type_hints
 
+from inspection.core.errors import UserError
+from inspection.core.settings import read_settings
 from inspection.deploy.line.genicam import PIXEL_FORMATS, TRIGGERS, GenICamConfig
-from inspection.errors import UserError
+from inspection.deploy.runtime import BACKENDS, PRECISIONS
 
 SOURCE_KINDS = ("simulated", "folder", "watch", "video", "camera", "genicam")
 
@@ -139,9 +141,10 @@ class StationConfig:
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
 
 
-CHOICES = {"source.kind": SOURCE_KINDS, "source.color": ("BGR", "RGB"), "source.part_id": ("auto", "counter", "trigger"),
+CHOICES = {"source.kind": SOURCE_KINDS, "source.color": ("BGR", "RGB"),
+           "source.part_id": ("auto", "counter", "trigger"),
            "queue.policy": ("drop_oldest", "block"), "log.image_format": ("png", "jpg"), "mqtt.qos": (0, 1, 2),
-           "backend": ("auto", "tensorrt", "ort-tensorrt", "cuda", "cpu"), "precision": ("fp32", "fp16", "int8")}
+           "backend": BACKENDS, "precision": PRECISIONS}
 POSITIVE = ("batch.max_size", "queue.size", "log.queue", "webhook.queue", "plc.result_timeout_ms")
 PORTS = ("http.port", "mqtt.port", "plc.opcua.port", "plc.modbus.port")
 
@@ -256,7 +259,8 @@ def _check_plc(cfg: StationConfig, source: str) -> None:
             raise StationConfigError(f"{source}: fields plc.opcua.certificate and plc.opcua.private_key go together")
     bad = set(cfg.webhook.verdicts) - {"fail", "review", "error", "pass"}
     if bad:
-        raise StationConfigError(f"{source}: field webhook.verdicts may hold fail, review, error, pass; got {sorted(bad)}")
+        raise StationConfigError(f"{source}: field webhook.verdicts may hold fail, review, error, pass; "
+                                 f"got {sorted(bad)}")
     if cfg.webhook.url and not cfg.webhook.url.startswith(("http://", "https://")):
         raise StationConfigError(f"{source}: field webhook.url must start with http:// or https://, "
                                  f"got {cfg.webhook.url!r}")
@@ -303,30 +307,5 @@ def _lookup(cfg, dotted: str):
 
 def load_station(path: str | Path | None = None, overrides: list[str] | None = None) -> StationConfig:
     """Station config from YAML (None = all defaults) with `section.key=value` overrides (values are YAML)."""
-    import yaml
-
-    source = str(path) if path else "<defaults>"
-    data: dict = {}
-    if path:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise StationConfigError(f"{path}: station config not found") from None
-        except yaml.YAMLError as exc:
-            raise StationConfigError(f"{path}: not valid YAML ({exc})") from None
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise StationConfigError(f"override {item!r}: expected section.key=value")
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise StationConfigError(f"override {item!r}: {part} is not a section")
-        try:
-            node[parts[-1]] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise StationConfigError(f"override {item!r}: the value is not plain YAML "
-                                     f"({str(exc).splitlines()[0]})") from None
+    data, source = read_settings(path, overrides, StationConfigError, "station config")
     return _check(_build(StationConfig, data, "", source), source)

@@ -17,19 +17,13 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
-from inspection.errors import UserError
+from inspection.core.errors import UserError
 
 READY, BUSY, RESULT_READY = "Ready", "Busy", "ResultReady"
 STATE_CODES = {READY: 1, BUSY: 2, RESULT_READY: 3}
 
-# error codes (result errors and refused commands share one table)
+# error codes (result errors and refused commands share one table; their meanings: docs/plc.md)
 OK, BUSY_ERROR, NO_FRAME, FRAME_ERROR, ACK_TIMEOUT, NOTHING_TO_ACK, BAD_PART_ID = range(7)
-ERRORS = {OK: "none", BUSY_ERROR: "trigger refused: the previous part is not finished or not acknowledged",
-          NO_FRAME: "no frame for the trigger within plc.result_timeout_ms (or the source ended)",
-          FRAME_ERROR: "the frame could not be judged (see the verdict's error)",
-          ACK_TIMEOUT: "the previous result was not acknowledged within plc.ack_timeout_ms",
-          NOTHING_TO_ACK: "acknowledge without a result ready",
-          BAD_PART_ID: "part ID must be 1-64 printable characters"}
 VERDICT_CODES = {"pass": 1, "fail": 2, "review": 3, "error": 4}  # OK, NG, REVIEW, ERROR
 VERDICT_NAMES = {0: "", 1: "OK", 2: "NG", 3: "REVIEW", 4: "ERROR"}
 NO_CLASS = -1

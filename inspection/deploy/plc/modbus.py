@@ -11,7 +11,14 @@ before anything acts, and a Write Single Coil value other than 0xFF00 (on) or 0x
 """
 from __future__ import annotations
 
-from inspection.deploy.plc.handshake import NO_CLASS, STATE_CODES, VERDICT_CODES, Handshake, PLCError, version_id
+from inspection.deploy.plc.handshake import (
+    NO_CLASS,
+    STATE_CODES,
+    VERDICT_CODES,
+    Handshake,
+    PLCError,
+    version_id,
+)
 
 COILS = ("Trigger", "Ack")
 INPUTS = ("Ready", "Busy", "ResultReady", "OK", "NG", "Review", "Error")

@@ -121,7 +121,10 @@ class OPCUAServer:
             await server.load_private_key(str(key))
         if trusted:  # the secure channel accepts only these client certificates
             from asyncua.crypto.truststore import TrustStore
-            from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
+            from asyncua.crypto.validator import (
+                CertificateValidator,
+                CertificateValidatorOptions,
+            )
 
             store = TrustStore([Path(cfg.trusted_clients)], [])
             await store.load()
@@ -133,7 +136,8 @@ class OPCUAServer:
         try:
             await server.start()
         except (OSError, RuntimeError) as exc:
-            raise PLCError(f"plc.opcua.port: cannot listen on {self.host}:{cfg.port} ({getattr(exc, 'strerror', None) or exc})") from None
+            why = getattr(exc, "strerror", None) or exc
+            raise PLCError(f"plc.opcua.port: cannot listen on {self.host}:{cfg.port} ({why})") from None
         if "NoSecurity" not in cfg.security:
             server.iserver.create_session = _secure_sessions_only(server.iserver.create_session, ua)
         self.server = server
@@ -207,7 +211,7 @@ class OPCUAServer:
             elif rising:
                 self.hs.ack()
 
-    # -- to the PLC -----------------------------------------------------------------------------------------------------
+    # -- to the PLC ---------------------------------------------------------------------------------------------
     def publish(self, snap: dict) -> None:
         """Handshake listener (any thread): the result first, then the state flags."""
         if self.loop is not None and self.server is not None:
@@ -238,4 +242,5 @@ class OPCUAServer:
 
 
 def _default(vt: str):
-    return {"String": "", "Double": 0.0, "DateTime": datetime.datetime.fromtimestamp(0, datetime.timezone.utc)}.get(vt, 0)
+    epoch = datetime.datetime.fromtimestamp(0, datetime.timezone.utc)
+    return {"String": "", "Double": 0.0, "DateTime": epoch}.get(vt, 0)

@@ -19,7 +19,8 @@ from fastapi.staticfiles import StaticFiles
 
 from inspection.deploy.review.deps import HERE, ReviewApp, ReviewConfig, esc, get_state
 from inspection.deploy.review.routes import admin, auth, parts, queue, stats
-from inspection.deploy.store.sql import FailureStore, StoreUnavailable
+from inspection.deploy.store.schema import StoreUnavailable
+from inspection.deploy.store.sql import SQLStore
 
 __all__ = ["ReviewConfig", "create_app"]
 MAX_BODY = 24 * 2**20          # bytes of a request body: a corrected map of a 12 MP frame as a PNG data URL fits
@@ -37,7 +38,8 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length", b"0")
         if not declared.isdigit() or int(declared) > self.limit:
-            return await JSONResponse({"error": f"request body over {self.limit // 2**20} MB"}, 413)(scope, receive, send)
+            response = JSONResponse({"error": f"request body over {self.limit // 2**20} MB"}, 413)
+            return await response(scope, receive, send)
         seen = 0
 
         async def counted():
@@ -55,7 +57,7 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline';
        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 
-def create_app(cfg: ReviewConfig, store: FailureStore | None = None) -> FastAPI:
+def create_app(cfg: ReviewConfig, store: SQLStore | None = None) -> FastAPI:
     app = FastAPI(title="Inspection review station", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(BodyLimit)
     app.state.review = ReviewApp(cfg, store)

@@ -11,9 +11,10 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from inspection.deploy.review.auth import Accounts, User, default_accounts
+from inspection.deploy.review.accounts import Accounts, User, default_accounts
 from inspection.deploy.runtime import Runtime
-from inspection.deploy.store.sql import FailureStore, open_store
+from inspection.deploy.store.factory import open_store
+from inspection.deploy.store.sql import SQLStore
 
 HERE = Path(__file__).parent
 COOKIE = "review_session"
@@ -33,7 +34,7 @@ class ReviewConfig:
 class ReviewApp:
     """State shared by the routes: the store, the accounts, the re-scoring runtime."""
 
-    def __init__(self, cfg: ReviewConfig, store: FailureStore | None = None):
+    def __init__(self, cfg: ReviewConfig, store: SQLStore | None = None):
         self.cfg = cfg
         self.store = store or open_store(cfg.db, cfg.log, create=False, offline_ok=True)
         self.accounts = Accounts(cfg.accounts or default_accounts(cfg.log))

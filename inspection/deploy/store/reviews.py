@@ -1,5 +1,5 @@
 """Reviews in the failure log: appended, never overwritten; a corrected map stored at the model's and the frame's
-resolution (16-bit PNG, inspection/mapfile.py); the part's review status follows its latest review.
+resolution (16-bit PNG, inspection/core/mapfile.py); the part's review status follows its latest review.
 """
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ import uuid
 from pathlib import Path
 
 from inspection.deploy.atomic import write_atomic
-from inspection.deploy.store.schema import REVIEW_VERDICTS, FailureRecord, Review, ReviewError, safe_name
+from inspection.deploy.store.schema import (
+    REVIEW_VERDICTS,
+    FailureRecord,
+    Review,
+    ReviewError,
+    safe_name,
+)
 
 
 class Reviews:
@@ -50,8 +56,8 @@ class Reviews:
                     written.append(path)
                     stored[kind] = (rel_dir / path.name).as_posix()
                 with self._transaction() as ex:
-                    review_id = ex("INSERT INTO reviews (failure_id, reviewer, ts, verdict, defect_type, comment, files) "
-                                   "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    review_id = ex("INSERT INTO reviews (failure_id, reviewer, ts, verdict, defect_type, comment, "
+                                   "files) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
                                    (failure_id, reviewer, time.time(), verdict, defect_type, comment,
                                     json.dumps(stored))).fetchone()["id"]
                     ex("UPDATE failures SET review_status = ? WHERE id = ?", (REVIEW_VERDICTS[verdict], failure_id))
@@ -65,8 +71,8 @@ class Reviews:
         import cv2
         import numpy as np
 
-        from inspection.boxes import full_roi, upsample_attention
-        from inspection.mapfile import encode_map, shrink_map
+        from inspection.core.boxes import full_roi, upsample_attention
+        from inspection.core.mapfile import encode_map, shrink_map
 
         att = np.asarray(corrected, np.float32)
         if "map" not in record.files:

@@ -9,7 +9,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from inspection.errors import UserError
+from inspection.core.errors import UserError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS failures (

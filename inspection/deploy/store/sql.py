@@ -1,7 +1,6 @@
 """The failure log: every failed or review-band part's image, attention map and overlay, and a record of it.
 
-    >>> store = open_store("", "failures")                        # SQLite: failures/failures.db (embedded default)
-    >>> store = open_store("postgresql://inspection@db/inspection", "/mnt/failures")  # many stations, one database
+    >>> store = open_store("", "failures")   # factory.py: SQLite at failures/failures.db, or a postgresql:// URL
     >>> store.add(record, files={"image": (".png", png_bytes), "map": (".png", map_png), "overlay": (".jpg", jpg)})
     >>> store.records(station="line1", review_status="unreviewed", limit=50)
 
@@ -21,8 +20,8 @@ no record. A record already committed (a crash between the commit and the outbox
 written twice.
 
 Its parts: the schema and record types (schema.py), the outbox (outbox.py), reviews (reviews.py), statistics
-(stats.py) and the PostgreSQL back end (postgres.py); this module holds writing, recovery, the quota, reading
-and the SQLite back end.
+(stats.py), the PostgreSQL back end (postgres.py) and open_store (factory.py); this module holds writing,
+recovery, the quota, reading and the SQLite back end.
 """
 from __future__ import annotations
 
@@ -40,8 +39,21 @@ from pathlib import Path
 from inspection.deploy.atomic import TMP_MARK, write_atomic
 from inspection.deploy.store.outbox import Outbox
 from inspection.deploy.store.reviews import Reviews
-from inspection.deploy.store.schema import (DAY, MIGRATIONS, REVIEW_VERDICTS, SCHEMA, SETTLED, STORED_NAME,  # noqa: F401
-                                 FailureRecord, Review, ReviewError, StoreFull, StoreUnavailable, _record, safe_name)
+from inspection.deploy.store.schema import (  # noqa: F401
+    DAY,
+    MIGRATIONS,
+    REVIEW_VERDICTS,
+    SCHEMA,
+    SETTLED,
+    STORED_NAME,
+    FailureRecord,
+    Review,
+    ReviewError,
+    StoreFull,
+    StoreUnavailable,
+    _record,
+    safe_name,
+)
 from inspection.deploy.store.stats import Statistics
 
 LOG = logging.getLogger("inspection.store")
@@ -51,7 +63,7 @@ OUTBOX = "outbox"  # <folder>/outbox/<station>/: records waiting for the databas
 class SQLStore(Outbox, Reviews, Statistics):
     """The failure log's logic in portable SQL ("?" parameters); subclasses supply a connection and a dialect.
 
-    The interface the runner, the review station and the retrainer use (FailureStore): add, get, records,
+    The interface the runner, the review station and the retrainer use: add, get, records,
     neighbours, count, count_by_status, stations, tally, daily, set_review_status, add_review, reviews,
     reviews_since, used_bytes, recover, close.
     """
@@ -318,27 +330,6 @@ class SQLiteStore(SQLStore):
 
     def close(self) -> None:
         self.db.close()
-
-
-FailureStore = SQLStore
-
-
-def open_store(db: str | Path, folder: str | Path, quota_bytes: int | None = None, fsync: bool = True,
-               create: bool = True, offline_ok: bool = False) -> SQLStore:
-    """`db`: "" (SQLite at <folder>/failures.db), a SQLite file, or a postgresql:// URL.
-
-    create=False (readers: review station, reports, retrain): a SQLite log that does not exist is an error.
-    offline_ok (the runner): a database server that is down does not stop the opening; calls raise
-    StoreUnavailable until it is back."""
-    if str(db).startswith(("postgresql://", "postgres://")):
-        from inspection.deploy.store.postgres import PostgresStore
-
-        return PostgresStore(str(db), folder, quota_bytes, fsync, offline_ok=offline_ok)
-    path = Path(db or Path(folder) / "failures.db")
-    if not create and not path.is_file():
-        raise FileNotFoundError(f"{path}: no failure log here; point --log at a line runner's log.folder "
-                                "(or --db at its database)")
-    return SQLiteStore(path, folder, quota_bytes, fsync)
 
 
 # filter name → SQL condition; every value travels as a bound parameter, never as SQL text

@@ -41,7 +41,8 @@ class Statistics:
                             "GROUP BY day, station, review_status", (since,)):
             r = row(str(f["day"]), str(f["station"]))
             r["logged"] += int(f["n"])
-            status = f["review_status"] if f["review_status"] in ("confirmed", "false_alarm", "unsure") else "unreviewed"
+            known = f["review_status"] in ("confirmed", "false_alarm", "unsure")
+            status = f["review_status"] if known else "unreviewed"
             r[status] += int(f["n"])
         for r in out.values():
             reviewed = r["confirmed"] + r["false_alarm"]

@@ -13,12 +13,12 @@ import cv2
 import numpy as np
 
 from inspection.deploy.runtime import FrameError, read_frame
-from inspection.deploy.store.sql import FailureStore
+from inspection.deploy.store.sql import SQLStore
 
 TILE = 160
 
 
-def contact_sheet(store: FailureStore, records, columns: int = 4) -> np.ndarray | None:
+def contact_sheet(store: SQLStore, records, columns: int = 4) -> np.ndarray | None:
     """Overlays of the given records in a grid, each labelled with part ID and score (BGR uint8)."""
     tiles = []
     for r in records:
@@ -49,7 +49,7 @@ def contact_sheet(store: FailureStore, records, columns: int = 4) -> np.ndarray 
     return np.vstack(rows)
 
 
-def write_review_log(store: FailureStore, out_dir: str | Path, limit: int = 20) -> Path:
+def write_review_log(store: SQLStore, out_dir: str | Path, limit: int = 20) -> Path:
     """review_log.md (counts and the newest records) and review_log.png (their overlays); returns the .md."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

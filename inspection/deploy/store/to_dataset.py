@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from inspection.core.imageio import HEADER_BYTES, ImageError, check_pixels
 from inspection.deploy.atomic import write_atomic
-from inspection.deploy.store.sql import FailureStore, safe_name
-from inspection.imageio import HEADER_BYTES, ImageError, check_pixels
+from inspection.deploy.store.schema import safe_name
+from inspection.deploy.store.sql import SQLStore
 
 
-def export_reviewed(store: FailureStore, out_dir: str | Path, page: int = 1000) -> dict:
+def export_reviewed(store: SQLStore, out_dir: str | Path, page: int = 1000) -> dict:
     out = Path(out_dir)
     counts = {"good": 0, "defect": 0, "corrected": 0, "skipped": {}}
 

@@ -11,8 +11,15 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from inspection.deploy.review.auth import ROLES, AuthError, User
-from inspection.deploy.review.deps import ReviewApp, form, get_state, lead, lead_view, page
+from inspection.deploy.review.accounts import ROLES, AuthError, User
+from inspection.deploy.review.deps import (
+    ReviewApp,
+    form,
+    get_state,
+    lead,
+    lead_view,
+    page,
+)
 from inspection.deploy.store.to_dataset import export_reviewed
 
 routes = APIRouter()
@@ -49,7 +56,8 @@ async def admin_settings(request: Request, u: User = Depends(lead), st: ReviewAp
     types = [t.strip() for t in str((await form(request)).get("defect_types", "")).split(",") if t.strip()]
     bad = [t for t in types if not all(c.isalnum() or c in "-_" for c in t)]
     if bad or not types:
-        return RedirectResponse(f"/admin?message={quote(f'defect types: letters, digits, - and _ only; got {bad or types}')}", 303)
+        message = quote(f"defect types: letters, digits, - and _ only; got {bad or types}")
+        return RedirectResponse(f"/admin?message={message}", 303)
     st.accounts.set_setting("defect_types", types, by=u.name)
     return RedirectResponse("/admin?message=saved", 303)
 

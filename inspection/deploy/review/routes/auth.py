@@ -7,8 +7,16 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from inspection.deploy.review.auth import AuthError, User
-from inspection.deploy.review.deps import COOKIE, ReviewApp, csrf, form, get_state, local_path, page
+from inspection.deploy.review.accounts import AuthError, User
+from inspection.deploy.review.deps import (
+    COOKIE,
+    ReviewApp,
+    csrf,
+    form,
+    get_state,
+    local_path,
+    page,
+)
 
 routes = APIRouter()
 

@@ -12,13 +12,21 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from inspection.boxes import upsample_attention
-from inspection.deploy.review.auth import User
-from inspection.deploy.review.deps import ReviewApp, csrf, get_state, json_body, page, user
+from inspection.core.boxes import upsample_attention
+from inspection.core.mapfile import decode_map, read_map_file
+from inspection.deploy.review.accounts import User
+from inspection.deploy.review.deps import (
+    ReviewApp,
+    csrf,
+    get_state,
+    json_body,
+    page,
+    user,
+)
 from inspection.deploy.review.routes.queue import QUERY_KEYS, filters_of, query_string
 from inspection.deploy.runtime import FrameError, read_frame
-from inspection.deploy.store.sql import REVIEW_VERDICTS, FailureRecord, FailureStore, ReviewError
-from inspection.mapfile import decode_map, read_map_file
+from inspection.deploy.store.schema import REVIEW_VERDICTS, FailureRecord, ReviewError
+from inspection.deploy.store.sql import SQLStore
 
 FILES = ("image", "overlay", "map")          # kinds of a part's own files that the browser may fetch
 THUMB = 240                    # px, the long side of a queue-grid thumbnail
@@ -187,7 +195,7 @@ def _rescore(st: ReviewApp, r: FailureRecord, body: dict, u: User) -> dict:  # d
             "part_model_version": r.model_version}
 
 
-def _file(store: FailureStore, r: FailureRecord, kind: str) -> Path | None:
+def _file(store: SQLStore, r: FailureRecord, kind: str) -> Path | None:
     return store.stored_file(r.files.get(kind), kind)
 
 
@@ -196,7 +204,7 @@ def _media(path: Path) -> str:
             ".tif": "image/tiff", ".tiff": "image/tiff"}.get(path.suffix.lower(), "application/octet-stream")
 
 
-def _frame(store: FailureStore, r: FailureRecord) -> np.ndarray | None:
+def _frame(store: SQLStore, r: FailureRecord) -> np.ndarray | None:
     """The part's stored frame as the camera gave it, or None when it is missing or unreadable."""
     path = _file(store, r, "image")
     try:

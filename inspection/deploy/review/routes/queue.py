@@ -8,9 +8,10 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse
 
-from inspection.deploy.review.auth import User
+from inspection.deploy.review.accounts import User
 from inspection.deploy.review.deps import ReviewApp, get_state, page, user
-from inspection.deploy.store.sql import FILTERS, FailureRecord
+from inspection.deploy.store.schema import FailureRecord
+from inspection.deploy.store.sql import FILTERS
 
 PAGE = 50
 QUERY_KEYS = ("station", "verdict", "review_status", "defect_type", "model_version", "date_from", "date_to",

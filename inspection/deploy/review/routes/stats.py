@@ -4,7 +4,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
-from inspection.deploy.review.auth import User
+from inspection.deploy.review.accounts import User
 from inspection.deploy.review.deps import ReviewApp, esc, get_state, page, user
 
 routes = APIRouter()
@@ -36,13 +36,19 @@ def _chart(rows: list[dict], width: int = 760, height: int = 220) -> str:
     series = {"fail rate": ([days[d][1] / days[d][0] if days[d][0] else None for d in order], "#d62728"),
               "false-alarm rate": ([days[d][2] / days[d][3] if days[d][3] else None for d in order], "#1f77b4")}
     pad, n = 40, len(order)
-    x = (lambda i: pad + (width - 2 * pad) * (i / (n - 1) if n > 1 else 0.5))
-    y = (lambda v: height - pad - (height - 2 * pad) * v)
+
+    def x(i):
+        return pad + (width - 2 * pad) * (i / (n - 1) if n > 1 else 0.5)
+
+    def y(v):
+        return height - pad - (height - 2 * pad) * v
+
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
              f'aria-label="fail and false-alarm rate per day">',
              f'<line x1="{pad}" y1="{y(0)}" x2="{width - pad}" y2="{y(0)}" stroke="#999"/>',
              f'<line x1="{pad}" y1="{y(1)}" x2="{width - pad}" y2="{y(1)}" stroke="#eee"/>',
-             f'<text x="4" y="{y(1) + 4}" font-size="11">100%</text><text x="12" y="{y(0) + 4}" font-size="11">0%</text>']
+             f'<text x="4" y="{y(1) + 4}" font-size="11">100%</text>',
+             f'<text x="12" y="{y(0) + 4}" font-size="11">0%</text>']
     for i, d in enumerate(order):
         if n <= 14 or i % max(1, n // 10) == 0:
             parts.append(f'<text x="{x(i)}" y="{height - 12}" font-size="10" text-anchor="middle">{esc(d[5:])}</text>')

@@ -10,7 +10,7 @@
     >>> manifest.split("val"), manifest.classes, manifest.content_hash
 
 The line side, the gate and the review export read datasets through this module; the torch dataset, sampler
-and augmentation are in inspection/data.py.
+and augmentation are in inspection/training/loader.py.
 """
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable, Iterable
 
-from inspection.imageio import IMAGE_SUFFIXES, ImageError, decode_image, read_mask
-from inspection.errors import UserError
+from inspection.core.errors import UserError
+from inspection.core.imageio import IMAGE_SUFFIXES, ImageError, decode_image, read_mask
 
 GOOD = "good"
 SPLITS = ("train", "val", "test")
@@ -189,14 +190,12 @@ def find_images(root: str | Path, complete: bool = True) -> tuple[list[Found], l
     return found, skipped
 
 
-def scan_dataset(root: str | Path, data_cfg, progress: bool = False) -> Manifest:
-    """Read a dataset folder, check every file, hash contents and split it; bad images are skipped and listed."""
+def scan_dataset(root: str | Path, data_cfg, progress: Callable[[list], Iterable] | None = None) -> Manifest:
+    """Read a dataset folder, check every file, hash contents and split it; bad images are skipped and listed.
+    `progress`: wraps the list of files to show a bar (inspection.training.loader.progress_bar)."""
     root = Path(root)
     candidates, skipped = find_images(root)
-    iterator = candidates
-    if progress:
-        from tqdm import tqdm
-        iterator = tqdm(candidates, desc="scan", unit="img", file=sys.stderr)
+    iterator = progress(candidates) if progress else candidates
     items, mask_errors = [], []
     for found in iterator:
         path, kind = found.path, found.kind

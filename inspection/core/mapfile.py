@@ -21,7 +21,7 @@ def encode_map(att: np.ndarray) -> bytes:
 
 def decode_map(data: bytes | np.ndarray) -> np.ndarray | None:
     """None for unreadable data and for an image whose header declares more pixels than MAX_PIXELS."""
-    from inspection.imageio import HEADER_BYTES, ImageError, check_pixels
+    from inspection.core.imageio import HEADER_BYTES, ImageError, check_pixels
 
     try:
         check_pixels(bytes(data[:HEADER_BYTES]))

@@ -4,7 +4,7 @@ After training, up to BANK_CELLS feature vectors of the good training parts' cel
 branch point, one C-vector per cell of the attention map), chosen to cover them all, are kept as the model's
 feature bank (checkpoint key
 `novelty_bank`, package file novelty.npy). A cell's distance is the Euclidean distance of its features to the
-nearest bank vector. The box rule's `novelty` level (inspection/boxes.py) drops a map region whose cells all lie
+nearest bank vector. The box rule's `novelty` level (inspection/core/boxes.py) drops a map region whose cells all lie
 as close to the bank as most cells of the good validation parts do: the map can be hot on a part's border or
 texture, but good parts look the same there, while a defect is new.
 

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+)
 
 
 def calibrate_threshold(is_defect, scores, mode: str = "max_f1", target_false_reject: float = 0.01,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inspection.errors import UserError
+from inspection.core.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MAX_PIXELS = 8192 * 8192  # larger images (a decompression bomb: a small file that decodes to gigabytes) are refused

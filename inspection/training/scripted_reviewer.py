@@ -27,10 +27,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from inspection.boxes import upsample_attention
+from inspection.core.boxes import upsample_attention
+from inspection.core.imageio import read_mask
+from inspection.core.mapfile import read_map_file
 from inspection.deploy.store.sql import SQLiteStore
-from inspection.imageio import read_mask
-from inspection.mapfile import read_map_file
 
 HOT = 0.5             # a map value the overlay shows as a defect (the training's MAP_HOT)
 VISIBLE = 0.25        # the overlay's colours start here (JET cyan): an erased hot region goes down to this level

@@ -61,15 +61,15 @@ class Level:
     calibrated: bool = False
 
     def check(self, name: str, value) -> None:
-        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and self.low <= value and (value < self.high if self.high_open
-                                                                         else value <= self.high)
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        ok = number and self.low <= value and (value < self.high if self.high_open else value <= self.high)
         if not ok:
             raise ValueError(f"box rule: {name} must be in [{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
                              f" ({self.words.split(';')[0]}), got {value!r}")
 
 
 # The levels, in the order the rule applies them. Only the threshold is calibrated, among levels of the map's own
-# probability scale (never under what the validation good parts' maps reach: see inspection/evaluation.py). Of
+# probability scale (never under what the validation good parts' maps reach: see inspection/training/evaluate.py). Of
 # the others, measured one at a time over the synthetic set (one and several defects per part), KolektorSDD and
 # BSData, only area_share, refine and novelty raised box F1 on some sets without lowering it on any, so the
 # default rule keeps them; the rest are off unless the config sets them (docs/method.md).
@@ -115,7 +115,7 @@ class BoxRule:
     area_share: float = 0.05
     novelty: float = 0.95
     novelty_distance: float = 0.0  # the feature distance `novelty` stands for, set from validation; 0 = keep all
-    min_area: int = 0
+    min_area: int = 16  # pixels of the frame: a speck under 4x4 px is no defect a box can show
     score: str = "peak"
 
     def __post_init__(self):
@@ -135,13 +135,8 @@ class BoxRule:
     @classmethod
     def from_dict(cls, d: dict) -> "BoxRule":
         """From stored levels; a level that is missing (an older package) is off (its neutral value)."""
-        neutral = {name: level.neutral for name, level in LEVELS.items()}
+        neutral = {**{name: level.neutral for name, level in LEVELS.items()}, "min_area": 0}
         return cls(**{**neutral, **{f.name: d[f.name] for f in fields(cls) if f.name in d}})
-
-    @classmethod
-    def default(cls) -> "BoxRule":
-        """The untuned rule: what a model gets where calibration has no pixel truth, and where it starts from."""
-        return cls()
 
     @staticmethod
     def calibrated() -> tuple[str, ...]:
@@ -173,7 +168,7 @@ class BoxRule:
         if self.refine:
             parts.append(f"boxed around the pixels that stand out at {self.refine:g} of the strongest deviation")
         if self.merge:
-            parts.append(f"boxes closer than {self.merge:g} of the image side merged")
+            parts.append(f"boxes closer than {self.merge:g} of the ROI's longer side merged")
         if self.novelty and self.novelty_distance:
             parts.append(f"regions whose features all lie within the distance {self.novelty:.0%} of good cells reach "
                          f"({self.novelty_distance:.3g}) dropped")
@@ -193,15 +188,22 @@ def full_roi(frame_hw: tuple[int, int], roi: tuple[int, int, int, int] | None) -
     return (x0, y0, x1 - x0, y1 - y0)
 
 
+def map_to_roi(attention: np.ndarray, frame_hw: tuple[int, int],
+               roi: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """An (h, w) map upsampled (bilinear) to the ROI it covers, in frame pixels, and the ROI's corner (x, y):
+    the one upsampling of a map that boxes, metrics and overlays share."""
+    x, y, w, h = full_roi(frame_hw, roi)
+    return cv2.resize(np.asarray(attention, np.float32), (w, h), interpolation=cv2.INTER_LINEAR), (x, y)
+
+
 def upsample_attention(attention: np.ndarray, frame_hw: tuple[int, int],
                        roi: tuple[int, int, int, int] | None = None) -> np.ndarray:
-    """Bilinear upsampling of an (h, w) map to the full frame (zeros outside the ROI), float32."""
-    x, y, w, h = full_roi(frame_hw, roi)
-    up = cv2.resize(np.asarray(attention, np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-    if (x, y, w, h) == (0, 0, frame_hw[1], frame_hw[0]):
+    """The map on the whole frame (zeros outside the ROI), float32."""
+    up, (x, y) = map_to_roi(attention, frame_hw, roi)
+    if up.shape == tuple(frame_hw):
         return up
     full = np.zeros(frame_hw, np.float32)
-    full[y:y + h, x:x + w] = up
+    full[y:y + up.shape[0], x:x + up.shape[1]] = up
     return full
 
 
@@ -240,7 +242,8 @@ def components_to_boxes(binary: np.ndarray, values: np.ndarray | None = None, mi
             z_foot, z_peak = _log_odds(foot), _log_odds(peak)
             level = 1 / (1 + np.exp(-(z_foot + relative * (z_peak - z_foot))))  # back to the map's scale
             ys, xs = np.nonzero(member & (window >= min(level, peak)))
-            x, y, w, h = x + int(xs.min()), y + int(ys.min()), int(xs.max() - xs.min()) + 1, int(ys.max() - ys.min()) + 1
+            x, y = x + int(xs.min()), y + int(ys.min())
+            w, h = int(xs.max() - xs.min()) + 1, int(ys.max() - ys.min()) + 1
         if refine > 0 and image is not None:
             x, y, w, h = _standing_out(image, labels, i, (x, y, w, h), refine)
         parts.append([x, y, x + w, y + h, peak, float(inside.sum()), area])
@@ -293,7 +296,8 @@ def _standing_out(image: np.ndarray, labels: np.ndarray, i: int, box: tuple[int,
         return box
     ys, xs = np.nonzero(dev >= share * top)
     bx0, by0 = max(x, x0 + int(xs.min() / scale)), max(y, y0 + int(ys.min() / scale))
-    bx1, by1 = min(x + w, x0 + int(np.ceil((xs.max() + 1) / scale))), min(y + h, y0 + int(np.ceil((ys.max() + 1) / scale)))
+    bx1 = min(x + w, x0 + int(np.ceil((xs.max() + 1) / scale)))
+    by1 = min(y + h, y0 + int(np.ceil((ys.max() + 1) / scale)))
     return bx0, by0, max(1, bx1 - bx0), max(1, by1 - by0)
 
 
@@ -346,14 +350,14 @@ def attention_to_boxes(attention: np.ndarray, frame_hw: tuple[int, int], rule: B
     """Defect boxes from an attention map that covers `roi` of a frame of size `frame_hw` (H, W); the rule's
     levels as a BoxRule or as keywords (threshold=0.5, low=..., ...); `frame` (H, W[, C]): the image, for the
     rule's `refine` level (without it boxes are the map's regions whole); `novelty` (h, w): each map cell's
-    feature distance to the good parts (inspection/novelty.py), for the rule's `novelty` level."""
+    feature distance to the good parts (inspection/core/novelty.py), for the rule's `novelty` level."""
     if attention.ndim != 2:
         raise ValueError(f"attention map must be 2-D (h, w), got shape {attention.shape}")
     rule = rule if rule is not None else BoxRule(**levels)
-    x, y, w, h = full_roi(frame_hw, roi)
-    up = cv2.resize(np.asarray(attention, np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    up, (x, y) = map_to_roi(attention, frame_hw, roi)
+    h, w = up.shape
     crop = None if frame is None or not rule.refine else np.asarray(frame)[y:y + h, x:x + w]
-    far = None if novelty is None else cv2.resize(np.asarray(novelty, np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    far = None if novelty is None else map_to_roi(novelty, frame_hw, roi)[0]
     return map_boxes(up, rule, offset=(x, y), image=crop, novelty=far)
 
 

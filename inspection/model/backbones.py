@@ -142,7 +142,8 @@ def _lite0_trunk(stride: int, pretrained: bool) -> Trunk:
     features = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6(), *net._blocks[:cut])
     perception = nn.Sequential(*net._blocks[cut:], net._conv_head, net._bn1, nn.ReLU6())
     cf = net._blocks[cut - 1]._bn2.num_features
-    stage = [i for i in range(cut, len(net._blocks)) if net._blocks[i]._bn2.num_features == net._blocks[cut]._bn2.num_features]
+    width = net._blocks[cut]._bn2.num_features
+    stage = [i for i in range(cut, len(net._blocks)) if net._blocks[i]._bn2.num_features == width]
     return Trunk(features, perception, cf, 1280, stride, pretrained, len(stage), net._blocks[cut]._bn2.num_features)
 
 

@@ -9,10 +9,18 @@ from pathlib import Path
 from typing import Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from inspection.boxes import LEVELS
-from inspection.errors import UserError
+from inspection.core.boxes import LEVELS, BoxRule
+from inspection.core.errors import UserError
+from inspection.core.settings import read_settings
 
 
 class ConfigError(UserError, ValueError):
@@ -122,15 +130,13 @@ class TrainConfig(_Section):
 
 
 def _level(name: str):
-    """A box-rule level's setting: its bounds and words come from the rule itself (inspection/boxes.LEVELS). The
-    threshold defaults to the untuned rule's level (null: calibrate it on validation); the others to null (the
-    default rule's value, off)."""
-    from inspection.boxes import BoxRule
-
+    """A box-rule level's setting: its bounds and words come from the rule itself (inspection/core/boxes.LEVELS).
+    The threshold defaults to the untuned rule's level (null: calibrate it on validation); the others to null,
+    which means the default rule's value (BoxRule(): some levels are on by default, the rest off)."""
     level = LEVELS[name]
     bounds = {"ge": level.low, ("lt" if level.high_open else "le"): level.high}
     if level.calibrated:
-        return Field(getattr(BoxRule.default(), name), **bounds,
+        return Field(getattr(BoxRule(), name), **bounds,
                      description=f"{level.words}; null = calibrate on validation")
     return Field(None, **bounds, description=f"{level.words}; null = the default rule's value")
 
@@ -144,7 +150,7 @@ class BoxConfig(_Section):
     peak_share: Optional[float] = _level("peak_share")
     area_share: Optional[float] = _level("area_share")
     novelty: Optional[float] = _level("novelty")
-    min_area: int = Field(16, ge=0, description="minimum component area in original pixels")
+    min_area: int = Field(BoxRule().min_area, ge=0, description="minimum component area in original pixels")
     score: Literal["peak", "mean"] = "peak"
 
 
@@ -176,16 +182,6 @@ def _format_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def _set_dotted(tree: dict, dotted: str, value) -> None:
-    keys = dotted.split(".")
-    node = tree
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
-    node[keys[-1]] = value
-
-
 def config_from_dict(tree: dict, source: str = "<dict>") -> Config:
     try:
         return Config.model_validate(tree)
@@ -195,30 +191,7 @@ def config_from_dict(tree: dict, source: str = "<dict>") -> Config:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load YAML (or defaults if path is None) and apply `section.key=value` overrides (YAML values)."""
-    tree: dict = {}
-    source = "defaults"
-    if path is not None:
-        path = Path(path)
-        source = str(path)
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except OSError as exc:
-            raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"config {path}: expected a mapping of sections, got {type(tree).__name__}")
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected section.key=value")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: the value is not plain YAML ({str(exc).splitlines()[0]})") from None
-        _set_dotted(tree, key.strip(), value)
-    if overrides:
-        source += " with overrides " + " ".join(overrides)
+    tree, source = read_settings(path, overrides, ConfigError, "config")
     return config_from_dict(tree, source)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from inspection.boxes import full_roi
+from inspection.core.boxes import full_roi
 
 
 def prepare(image: np.ndarray, image_size: tuple[int, int], roi=None) -> np.ndarray:

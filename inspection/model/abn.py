@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inspection.backbones import Trunk, build_trunk
-from inspection.errors import UserError
+from inspection.core.errors import UserError
+from inspection.model.backbones import Trunk, build_trunk
 
 
 class ABNOutput(NamedTuple):
@@ -103,13 +103,13 @@ class ABN(nn.Module):
         return self.fc(self.perception(g).mean(dim=(2, 3)))
 
     def defect_score(self, logits: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-        """The part's defect score: 1 − p(good) of the perception branch, blended (weight `map_score`) with the
-        map's own defect probability, the mean of its top-k cells. Pass/fail then agrees with the map the boxes
-        come from, and a corrected map moves the score through both terms."""
+        """The part's defect score (score_formula in words): 1 − p(good) of the perception branch, blended (weight
+        `map_score`) with the map's own defect probability, the mean of its top-k cells. Pass/fail then agrees
+        with the map the boxes come from, and a corrected map moves the score through both terms."""
         score = 1 - logits.softmax(1)[:, 0]
         if not self.map_score:
             return score
-        from inspection.losses import map_probability
+        from inspection.model.losses import map_probability
 
         return (1 - self.map_score) * score + self.map_score * map_probability(attention, self.topk)
 
@@ -125,6 +125,12 @@ class ABN(nn.Module):
             attention = F.interpolate(attention[:, None], size=features.shape[-2:], mode="bilinear",
                                       align_corners=False)[:, 0]
         return self.perceive(features, attention.clamp(0, 1))
+
+
+def score_formula(map_score: float, topk: float) -> str:
+    """ABN.defect_score in words, as the model package states it (tests/test_model.py recomputes the score from
+    these words)."""
+    return f"(1 - {map_score:g}) * (1 - p(good)) + {map_score:g} * mean of the map's top {topk:g} cells"
 
 
 class Classifier(nn.Module):
@@ -162,7 +168,7 @@ class CheckpointError(UserError, ValueError):
 
 def load_checkpoint(path, map_location="cpu"):
     """Rebuild a model exactly from the config stored in its checkpoint; return (model, cfg, checkpoint)."""
-    from inspection.config import config_from_dict
+    from inspection.model.config import config_from_dict
 
     if not Path(path).is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
@@ -184,6 +190,6 @@ def load_checkpoint(path, map_location="cpu"):
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit the model its config describes: {exc}") from None
-    bank = ckpt.get("novelty_bank")  # the good parts' features (inspection/novelty.py); None before it existed
+    bank = ckpt.get("novelty_bank")  # the good parts' features (inspection/core/novelty.py); None before it existed
     model.novelty_bank = None if bank is None else bank.float().numpy()
     return model.eval(), cfg, ckpt

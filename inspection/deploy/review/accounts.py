@@ -29,7 +29,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from inspection.errors import UserError
+from inspection.core.errors import UserError
 
 ROLES = ("operator", "lead")
 LEGACY_NAME = "review.db"      # where accounts lived before: inside the log folder
@@ -206,7 +206,8 @@ class Accounts:
             self._failures.pop(f"user:{name}", None)
             self.db.execute("UPDATE users SET failed = 0, locked_until = 0 WHERE name = ?", (name,))
             self.db.execute("DELETE FROM sessions WHERE expires < ?", (now,))
-            self.db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?)", (_sha(token), name, csrf, now, now + SESSION_S))
+            self.db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?)",
+                            (_sha(token), name, csrf, now, now + SESSION_S))
             self._audit(name, "login", {"address": address})
         return token, csrf
 
