@@ -247,7 +247,7 @@ def test_camera_that_disconnects_is_resumed(exported, tmp_path, caplog):
     while runner.metrics.get("source_reconnects_total") < 3 and time.time() < deadline:
         states.append(runner.health()["source"])
         time.sleep(0.02)
-    assert "reconnecting" in states and runner.health()["status"] == "degraded"
+    assert "reconnecting" in states and runner.health()["status"] == "down"
     os.replace(hidden, video)  # plugged back in
     thread.join(20)
     assert not thread.is_alive()
