@@ -223,6 +223,8 @@ def decode_frame(data: bytes, path: Path | str = "<bytes>", flags: int | None = 
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # the ImageError below says it better
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED if flags is None else flags)
+    except cv2.error:  # a decoder's own assertion (a damaged header past the one read here)
+        image = None
     finally:
         cv2.utils.logging.setLogLevel(level)
     if image is None:

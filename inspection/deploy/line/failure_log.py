@@ -131,7 +131,7 @@ class FailureLogWriter:
                             pass
                     continue  # at the end: the line a kill cut short, its verdict never left
                 try:
-                    record = written_record(json.loads(line), self.cfg.station)
+                    record = written_record(json.loads(line.decode()), self.cfg.station)
                 except (ValueError, TypeError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
                     self._set_aside(path, n, line, str(exc))
                     continue

@@ -218,14 +218,17 @@ def _int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+_COORDS = frozenset(("x0", "y0", "x1", "y1", "score"))
+
+
 def _box_ok(b) -> bool:
     """A dict whose box fields, where it has any, are numbers (the pages compute with them) and whose error, where
     it has one, is text."""
     if not isinstance(b, dict) or ("error" in b and not isinstance(b["error"], str)):
         return False
-    coords = ("x0", "y0", "x1", "y1", "score")
-    return not any(k in b for k in coords) or all(
-        isinstance(b.get(k), (int, float)) and not isinstance(b.get(k), bool) for k in coords)
+    present = _COORDS & b.keys()
+    return not present or (len(present) == len(_COORDS) and all(
+        isinstance(b[k], (int, float)) and not isinstance(b[k], bool) for k in _COORDS))
 
 
 def safe_name(name: str) -> str:

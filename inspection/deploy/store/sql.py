@@ -33,7 +33,7 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
 
 from inspection.deploy.atomic import TMP_MARK, own_dir, write_atomic
@@ -360,16 +360,16 @@ class SQLiteStore(SQLStore):
 
 
 def _db_row(record: FailureRecord, day: str) -> dict:
-    """A record as its row in the failures table (JSON text for the structured fields)."""
-    row = asdict(record)
-    row.pop("id")
-    row.pop("damaged")
+    """A record as its row in the failures table (JSON text for the structured fields). Its fields read one by
+    one, not through dataclasses.asdict, whose deep copy took three quarters of a journal's replay."""
+    row = {name: getattr(record, name) for name in _COLUMNS}
     row["boxes"], row["files"], row["day"] = json.dumps(row["boxes"]), json.dumps(row["files"]), day
     row["crop"] = None if record.crop is None else json.dumps([int(v) for v in record.crop])
     row["camera"] = None if record.camera is None else json.dumps(record.camera)
     return row
 
 
+_COLUMNS = [f.name for f in fields(FailureRecord) if f.name not in ("id", "damaged")]
 # filter name → SQL condition; every value travels as a bound parameter, never as SQL text
 FILTERS = {"station": "station = ?", "verdict": "verdict = ?", "review_status": "review_status = ?",
            "part_id": "part_id = ?", "defect_type": "defect_type = ?", "model_version": "model_version = ?",
