@@ -181,7 +181,7 @@ def test_the_review_station_refuses_stored_bombs_before_decoding(line_log, log, 
 # -- 2. no write through a link ---------------------------------------------------------------------------------
 def _run(exported, folder: Path, station: str, *sets: str, package=None) -> int:
     args = ["run", "--set", f"package={package or exported['package']}", "--set", "source.kind=folder",
-            "--set", f"source.path={exported['manifest'].root / 'good'}", "--set", "source.limit=3",
+            "--set", f"source.path={Path(exported['manifest'].root) / 'good'}", "--set", "source.limit=3",
             "--set", f"station={station}", "--set", f"log.folder={folder}", "--set", "jsonl=", "--set", "reload_s=0",
             "--set", "log.fsync=false"]
     for s in sets:
@@ -297,8 +297,9 @@ def test_a_long_journal_is_replayed_in_batches_while_the_line_judges(exported, t
     with open(outbox / "journal.jsonl", "w") as f:
         for i in range(n):
             f.write(json.dumps(_row(i, station)) + "\n")
-    sets = {"package": exported["package"], "source.kind": "folder", "source.path": exported["manifest"].root / "good",
-            "source.limit": 5, "station": station, "log.folder": tmp_path / "log", "jsonl": tmp_path / "v.jsonl",
+    sets = {"package": exported["package"], "source.kind": "folder",
+            "source.path": Path(exported["manifest"].root) / "good", "source.limit": 5, "station": station,
+            "log.folder": tmp_path / "log", "jsonl": tmp_path / "v.jsonl",
             "reload_s": 0, "log.fsync": False}
     runner = LineRunner(load_station(None, [f"{k}={v}" for k, v in sets.items()]))
     runner.self_check()

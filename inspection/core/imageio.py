@@ -10,6 +10,7 @@ format refused, all before a decoder allocates anything.
 from __future__ import annotations
 
 import os
+import re
 import struct
 from pathlib import Path
 
@@ -68,31 +69,39 @@ def _png(b: bytes) -> tuple[int, int] | None:
         return None
     size = struct.unpack(">II", b[16:24])
     i = 8
-    while i + 8 <= len(b):
+    for _ in range(MAX_SEGMENTS):
+        if i + 8 > len(b):
+            break
         length, kind = struct.unpack(">I4s", b[i:i + 8])
         if kind == b"acTL":
             raise ValueError("an animated PNG")
         if kind in (b"IDAT", b"IEND"):
-            break
+            return size
         i += 12 + length
+    else:
+        raise ValueError(f"more than {MAX_SEGMENTS} chunks before the image data")
     return size
 
 
 _JPEG_SOF = (0xC0, 0xC1, 0xC2, 0xC3, 0xC9, 0xCA)  # the frame types libjpeg-turbo decodes
+# segments or chunks walked before the size, at most: real files have a few dozen; a file of millions of tiny
+# ones would keep this Python loop busy for minutes per request
+MAX_SEGMENTS = 10_000
+_NOT_FF = re.compile(rb"[^\xff]")
 
 
 def _jpeg(b: bytes) -> tuple[int, int] | None:
     """The first frame header (SOF), found as libjpeg finds markers: skipping segments by their length and any
     bytes between them up to the next 0xFF (an APP block of any size before it changes nothing)."""
-    i, n = 2, len(b)
-    while True:
+    i = 2
+    for _ in range(MAX_SEGMENTS):
         i = b.find(b"\xff", i)
         if i < 0:
             return None
-        while i < n and b[i] == 0xFF:  # fill bytes
-            i += 1
-        if i >= n:
+        fill = _NOT_FF.search(b, i)  # fill bytes 0xFF before the marker's own byte
+        if fill is None:
             return None
+        i = fill.start()
         marker, i = b[i], i + 1
         if marker == 0:  # a stuffed 0xFF00, not a marker
             continue
@@ -109,6 +118,7 @@ def _jpeg(b: bytes) -> tuple[int, int] | None:
         if length < 2:
             raise ValueError(f"segment length {length}")
         i += length
+    raise ValueError(f"more than {MAX_SEGMENTS} segments before the frame header")
 
 
 def _bmp(b: bytes) -> tuple[int, int] | None:
@@ -135,6 +145,8 @@ def _tiff(b: bytes) -> tuple[int, int] | None:
     else:
         off = struct.unpack(e + "I", b[4:8])[0]
         count, head, entry, value = struct.unpack(e + "H", b[off:off + 2])[0], 2, 12, 8
+    if count > 0xFFFF:  # libtiff's own sanity limit
+        raise ValueError(f"{count} directory entries")
     fields: dict[int, int] = {}
     for k in range(count):
         at = off + head + entry * k
@@ -155,7 +167,9 @@ def _webp(b: bytes) -> tuple[int, int] | None:
     if b[8:12] != b"WEBP":
         return None
     sizes, i = [], 12
-    while i + 8 <= len(b) and len(sizes) < 2:
+    for _ in range(MAX_SEGMENTS):
+        if i + 8 > len(b) or len(sizes) == 2:
+            break
         kind, length = b[i:i + 4], struct.unpack("<I", b[i + 4:i + 8])[0]
         data = b[i + 8:i + 8 + length]
         if kind == b"VP8X":
