@@ -53,14 +53,15 @@ def header_size(data: bytes) -> tuple[int, int]:
     b = bytes(data)
     for magic, parse in _FORMATS:
         if any(b.startswith(m) for m in magic):
+            kind = parse.__name__[1:].upper()
             try:
                 size = parse(b)
             except (struct.error, IndexError, ValueError) as exc:
-                raise ImageError(f"its {parse.__name__[1:].upper()} header cannot be read ({exc})") from None
+                raise ImageError(f"not a readable image (its {kind} header cannot be read: {exc})") from None
             if size is None or min(size) < 1:
-                raise ImageError(f"its {parse.__name__[1:].upper()} header gives no image size")
+                raise ImageError(f"not a readable image (its {kind} header gives no image size)")
             return size
-    raise ImageError(f"not an image of an accepted format (expected {ACCEPTED}; {REFUSED} are refused)")
+    raise ImageError(f"not a readable image of an accepted format (expected {ACCEPTED}; {REFUSED} are refused)")
 
 
 def _png(b: bytes) -> tuple[int, int] | None:
@@ -223,7 +224,7 @@ def read_file(path: Path | str) -> bytes:
     except OSError as exc:
         raise ImageError(f"{path}: cannot read file ({exc.strerror or exc})") from None
     if not data:
-        raise ImageError(f"{path}: file is empty")
+        raise ImageError(f"{path}: not a readable image (the file is empty)")
     return data
 
 
