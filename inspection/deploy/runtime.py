@@ -332,7 +332,8 @@ class Runtime:
             rule, far = self.box_rule, None
             if features is not None and self.bank is not None and rule.novelty and rule.novelty_distance:
                 # only the cells the rule can read (regions at its foot, and their neighbours): bounded cost
-                far = distance_map(features, self.bank, hot_cells(attention, rule.threshold * rule.low))
+                far = distance_map(features, self.bank, hot_cells(attention, rule.threshold * rule.low,
+                                                                  features.shape[1:]))
             boxes = attention_to_boxes(attention, frame.shape[:2], rule, self.roi, frame=frame, novelty=far)
         defect = None if verdict == "pass" else self.classes[1 + int(np.argmax(probs[1:]))]
         return Inspection(verdict, float(score), {c: float(p) for c, p in zip(self.classes, probs)}, defect,
