@@ -86,7 +86,8 @@ def cmd_eval(args) -> int:
         if list(ckpt["classes"]) != list(manifest.classes):
             raise CheckpointError(f"{path}: model classes {ckpt['classes']} differ from the dataset's "
                                   f"{manifest.classes}")
-        results.append(evaluate(model, ckpt["kind"], manifest, cfg, Path(path).parent.name, not args.quiet))
+        results.append(evaluate(model, ckpt["kind"], manifest, cfg, Path(path).parent.name, not args.quiet,
+                                args.best_rule))
     report = write_report(results, args.out, cfg.eval.overlays)
     print(markdown_table(results))
     print(json.dumps({"report": str(report)}))
@@ -181,6 +182,9 @@ def _add_data_commands(sub) -> None:
     p.add_argument("--checkpoint", action="append", required=True, help="best.pt of a run (repeatable)")
     p.add_argument("--manifest", help="use this manifest.json instead of scanning the dataset")
     p.add_argument("--out", default="runs/report", help="report folder")
+    p.add_argument("--best-rule", action="store_true",
+                   help="box each model with the rule that boxes best on val (threshold over the whole map scale, "
+                        "refine and area share on or off): how a baseline's map compares at its best")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", help="export a checkpoint to a checked model package (ONNX FP32 + INT8)")
