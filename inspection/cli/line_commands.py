@@ -49,6 +49,8 @@ def cmd_run(args) -> int:
     overrides = list(args.set or [])
     if args.package:
         overrides.append(f"package={args.package}")
+    if args.product:
+        overrides.append(f"product={args.product}")
     if not logging.getLogger().handlers:  # a journal line per message: time, level, [station] text
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -178,6 +180,8 @@ def _add_station_commands(sub) -> None:
     p = sub.add_parser("run", help="run a station: frames in, verdicts out, failures logged (torch-free)")
     p.add_argument("--station", help="station YAML (default: every default of configs/station.yaml)")
     p.add_argument("--package", help="model package folder or pointer file (same as --set package=...)")
+    p.add_argument("--product", help="the product to prepare at start, an id of the station's products (same as "
+                                     "--set product=...); the PLC or MQTT may switch later")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a station value")
     p.set_defaults(func=cmd_run)
 
