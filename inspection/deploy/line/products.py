@@ -113,11 +113,16 @@ class Products:
                 return self.models[product_id]
             self.models[product_id], self.keys[product_id] = rt, key
             self.metrics.inc("model_loads_total")
-            for old in [pid for pid in self.models if self.current is None or pid != self.current.id]:
-                if len(self.models) <= self.cfg.models_loaded:
-                    break
-                del self.models[old], self.keys[old]
+            self._trim(keep=product_id)
             return rt
+
+    def _trim(self, keep: str | None = None) -> None:
+        """Unload the least recently used models beyond models_loaded; never the prepared product's, nor `keep`
+        (being prepared). Lock held."""
+        for old in [pid for pid in self.models if pid != keep and (self.current is None or pid != self.current.id)]:
+            if len(self.models) <= self.cfg.models_loaded:
+                break
+            del self.models[old], self.keys[old]
 
     @staticmethod
     def _own(rt: Runtime, product: Product) -> Runtime:
@@ -197,6 +202,8 @@ class Products:
         self.current = product
         if product is not None:
             self.last = product
+        with self.lock:
+            self._trim()
 
     def _prepared(self) -> str:
         return f"product {self.current.id}" if self.current is not None else "no product"
