@@ -6,8 +6,10 @@ under another model version, other class names, a station ROI and a model ROI of
 the wrong product's model shows in its classes, its version, its boxes and its records."""
 import asyncio
 import json
+import os
 import random
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -168,17 +170,17 @@ def two_product_runner(packages, tmp_path):
         "log": {"folder": tmp_path / "log", "fsync": False, "verdicts": ["pass", "fail", "review", "error"]},
         "plc": {"opcua": {"port": ua, "username": "plc", "pki": tmp_path / "pki"}, "modbus": {"port": mb}},
         "products": _products(packages)})
-    err = open(tmp_path / "runner.err", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "inspection.cli", "run", "--station", str(station), "--product",
-                             "a"], stderr=err, env={**__import__("os").environ, "OPCUA_PASSWORD": "pw-plc"})
+    with open(tmp_path / "runner.err", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "inspection.cli", "run", "--station", str(station),
+                                 "--product", "a"], stderr=err, env={**os.environ, "OPCUA_PASSWORD": "pw-plc"})
     deadline = time.time() + 60
-    while "self-check plc" not in (tmp_path / "runner.err").read_text():
+    while not all(_listening(port) for port in (ua, mb)):  # both servers listen once the self-check is done
         assert proc.poll() is None and time.time() < deadline, (tmp_path / "runner.err").read_text()
         time.sleep(0.1)
-    yield {"ua": ua, "mb": mb, "proc": proc, "tmp": tmp_path}
-    if proc.poll() is None:
-        proc.terminate()
-        proc.wait(30)
+    try:
+        yield {"ua": ua, "mb": mb, "proc": proc, "tmp": tmp_path}
+    finally:
+        proc.kill() if proc.poll() is None else None
 
 
 def test_plc_clients_alternate_two_products_and_no_part_is_judged_by_the_other_products_model(two_product_runner,
@@ -265,6 +267,14 @@ def test_plc_clients_alternate_two_products_and_no_part_is_judged_by_the_other_p
     for part in (d[1] for d in parts if d[2] == "b"):  # b's boxes lie in b's station ROI, in frame pixels
         assert all(4 <= b["x0"] and b["x1"] <= 68 and 4 <= b["y0"] and b["y1"] <= 68 for b in lines[part]["boxes"])
     assert started, "the self-check names the products and their loaded models"
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
 
 
 def _in_process(packages, tmp_path, **sets) -> LineRunner:
@@ -523,10 +533,8 @@ def test_the_review_station_draws_and_rescores_a_part_of_b_with_bs_package(produ
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(server + "/login")
-            page.fill("input[name=user]", LEAD[0])
-            page.fill("input[name=password]", LEAD[1])
-            page.press("input[name=password]", "Enter")
+            assert page.request.post(server + "/login", form={"user": LEAD[0], "password": LEAD[1]}).ok
+            page.goto(server + "/")  # the session cookie the login set is the page's
             expect(page.locator("#product-counts")).to_contain_text("a 24")
             expect(page.locator("#product-counts")).to_contain_text("b 16")
             page.select_option("select[name=product]", "b")
