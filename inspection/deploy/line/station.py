@@ -192,6 +192,7 @@ def _build(cls, data: dict, prefix: str, source: str):
             continue
         item = (typing.get_args(hint) or (None,))[0]
         if typing.get_origin(hint) is list and dataclasses.is_dataclass(item):  # products: a list of mappings
+            value = [] if value is None else value  # `products:` left empty in YAML: none
             if not isinstance(value, list):
                 raise StationConfigError(f"{source}: field {key} must be a list of mappings, got {value!r}")
             kwargs[name] = [_build(item, v or {}, f"{key}[{i}].", source) for i, v in enumerate(value)]
