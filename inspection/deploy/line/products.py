@@ -23,6 +23,7 @@ from typing import Callable
 
 from inspection.deploy.line.genicam import GenICamConfig
 from inspection.deploy.line.station import StationConfig
+from inspection.deploy.package import PackageError
 from inspection.deploy.plc.handshake import NO_PRODUCT, OK, PREPARE_FAILED, UNKNOWN_PRODUCT
 from inspection.deploy.registry import resolve_package
 from inspection.deploy.runtime import Runtime
@@ -80,7 +81,10 @@ class Products:
         self.switching = threading.Lock()  # one prepare at a time
         self.capture = None               # makes the switch between two frames (set by the runner)
         for p in [self.current, *[q for q in self.all if q is not self.current]][:cfg.models_loaded]:
-            self.runtime(p.id)
+            try:
+                self.runtime(p.id)
+            except PackageError as exc:  # at start: say whose package it is
+                raise PackageError(f"product {p.id}: {exc}" if p.id else str(exc)) from None
         self.runtime(self.current.id)     # the prepared product's model: the most recently used
 
     # -- what the PLC and the outputs ask ------------------------------------------------------------------------
