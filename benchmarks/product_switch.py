@@ -10,8 +10,11 @@ failures logged as on a line. Per round, interleaved (the order of the two throu
    (Basic256Sha256 sign & encrypt), alternating a and b, each timed from the call to its answer (the method
    returns once the product is prepared); the same over Modbus TCP: ProductNumber written, a rising Prepare
    edge, ProductState polled until ready.
-2. throughput: `--parts` parts over Modbus TCP (trigger, poll ResultReady, read the result, acknowledge) with no
-   switch, and with a Modbus prepare every 10 parts; parts/s over the whole run, switches included.
+2. throughput: parts over Modbus TCP (trigger, poll ResultReady, read the result, acknowledge) in blocks of 20,
+   blocks without a switch and blocks with a Modbus prepare of the other product before parts 1 and 11 (a
+   switch every 10 parts, its time included) taking turns (which comes first alternates per round), `--blocks`
+   per round; a pair of neighbouring blocks gives one ratio (parts/s with switches ÷ without), so the load of
+   a shared machine, which drifts over seconds, falls mostly out of each ratio.
 3. once, a second runner with models_loaded 1: PrepareProduct to a product whose package is not loaded (the
    load and a warm-up call are part of the switch).
 Prints the figures; writes benchmarks/results/product_switch.json (per round, median and spread).
@@ -91,31 +94,40 @@ async def modbus_prepare(c, number: int) -> float:
     return time.perf_counter() - t
 
 
-async def modbus_run(port: int, parts: int, switch_every: int, prepares: list[float]) -> float:
-    """Parts per second over `parts` parts, a Modbus prepare every `switch_every` parts (0: none)."""
+BLOCK = 20  # parts per throughput block
+
+
+async def modbus_part(c, seq: int) -> None:
+    """One part as a PLC runs it: part number, trigger, ResultReady, the result registers, acknowledge."""
+    await c.write_registers(0, [seq >> 16, seq & 0xFFFF])
+    await c.write_coil(0, False)
+    await c.write_coil(0, True)
+    while not (await c.read_discrete_inputs(0, count=3)).bits[2]:
+        pass
+    await c.read_holding_registers(0, count=22)
+    await c.write_coil(1, False)
+    await c.write_coil(1, True)
+
+
+async def modbus_blocks(port: int, blocks: int, switch_first: bool, prepares: list[float]) -> list[tuple]:
+    """Seconds per block of BLOCK parts, (switching, seconds) each; blocks with and without switches in turn."""
     from pymodbus.client import AsyncModbusTcpClient
 
     c = AsyncModbusTcpClient("127.0.0.1", port=port)
     await c.connect()
-    number = 1
+    number, out = 1, []
     await modbus_prepare(c, number)
-    t0 = time.perf_counter()
-    for i in range(parts):
-        if switch_every and i and i % switch_every == 0:
-            number = 3 - number
-            prepares.append(await modbus_prepare(c, number))
-        seq = 700000 + i
-        await c.write_registers(0, [seq >> 16, seq & 0xFFFF])
-        await c.write_coil(0, False)
-        await c.write_coil(0, True)
-        while not (await c.read_discrete_inputs(0, count=3)).bits[2]:
-            pass
-        await c.read_holding_registers(0, count=22)
-        await c.write_coil(1, False)
-        await c.write_coil(1, True)
-    rate = parts / (time.perf_counter() - t0)
+    for k in range(blocks):
+        switching = (k % 2 == 0) == switch_first
+        t0 = time.perf_counter()
+        for i in range(BLOCK):
+            if switching and i % 10 == 0:
+                number = 3 - number
+                prepares.append(await modbus_prepare(c, number))
+            await modbus_part(c, 700000 + k * BLOCK + i)
+        out.append((switching, time.perf_counter() - t0))
     c.close()
-    return rate
+    return out
 
 
 ms = pct  # milliseconds at a percentile, from seconds
@@ -126,7 +138,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--package", default="runs/demo/ours/package")
     ap.add_argument("--data", default="data/synthetic")
-    ap.add_argument("--parts", type=int, default=200, help="parts per throughput run")
+    ap.add_argument("--blocks", type=int, default=20, help=f"throughput blocks of {BLOCK} parts per round")
     ap.add_argument("--switches", type=int, default=50, help="PrepareProduct calls per round")
     ap.add_argument("--out", default="benchmarks/results/product_switch.json")
     args = ap.parse_args()
@@ -136,22 +148,29 @@ def main() -> None:
     proc, ua, mb = start_runner(tmp / "loaded", packages, args.data, 2)
     rounds = []
     try:
-        asyncio.run(modbus_run(mb, args.parts // 2, 10, []))  # warm-up (not counted): both models, the log's files
+        asyncio.run(modbus_blocks(mb, 4, True, []))  # warm-up (not counted): both models, the log's files
         for k in range(args.rounds):
             opcua = asyncio.run(opcua_prepares(ua, tmp / "loaded" / "pki", args.switches))
             modbus_prepares: list[float] = []
-            rates = {}
-            for every in ((0, 10) if k % 2 == 0 else (10, 0)):  # interleaved: the order alternates per round
-                rates[every] = asyncio.run(modbus_run(mb, args.parts, every, modbus_prepares))
+            blocks = asyncio.run(modbus_blocks(mb, args.blocks, k % 2 == 1, modbus_prepares))
+            pairs = []  # parts/s with switches ÷ without, of two neighbouring blocks (the same number of parts)
+            for a, b in zip(blocks[::2], blocks[1::2]):
+                t = dict([a, b])
+                pairs.append(t[False] / t[True])
+            seconds = {s: sum(t for switching, t in blocks if switching == s) for s in (False, True)}
+            rate = {s: BLOCK * sum(1 for switching, _ in blocks if switching == s) / seconds[s] for s in seconds}
             row = {"opcua_prepare_ms": {"p50": ms(opcua, 50), "p99": ms(opcua, 99)},
                    "modbus_prepare_ms": {"p50": ms(modbus_prepares, 50), "p99": ms(modbus_prepares, 99)},
-                   "parts_per_s_no_switch": round(rates[0], 1), "parts_per_s_switch_every_10": round(rates[10], 1),
-                   "ratio": round(rates[10] / rates[0], 3), "opcua_samples_ms": [round(v * 1000, 2) for v in opcua]}
+                   "parts_per_s_no_switch": round(rate[False], 1), "parts_per_s_switch_every_10": round(rate[True], 1),
+                   "ratio": round(float(np.median(pairs)), 3),
+                   "pair_ratios_quartiles": [round(float(q), 3) for q in np.percentile(pairs, [25, 75])],
+                   "pair_ratios": [round(v, 3) for v in pairs], "opcua_samples_ms": [round(v * 1000, 2) for v in opcua]}
             rounds.append(row)
             print(f"round {k + 1}: PrepareProduct p50 {row['opcua_prepare_ms']['p50']} ms, p99 "
                   f"{row['opcua_prepare_ms']['p99']} ms; Modbus prepare p50 {row['modbus_prepare_ms']['p50']} ms; "
                   f"{row['parts_per_s_no_switch']} parts/s without switches, {row['parts_per_s_switch_every_10']} "
-                  f"with a switch every 10 parts ({row['ratio']}x)", flush=True)
+                  f"with a switch every 10 parts; median ratio of neighbouring blocks {row['ratio']}x "
+                  f"(quartiles {row['pair_ratios_quartiles']})", flush=True)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -169,8 +188,10 @@ def main() -> None:
         return {"median": round(float(np.median(vals)), 3), "min": min(vals), "max": max(vals)}
 
     all_opcua = [v / 1000 for r in rounds for v in r["opcua_samples_ms"]]
+    all_pairs = [v for r in rounds for v in r["pair_ratios"]]
     report = {"date": time.strftime("%Y-%m-%d"), "package": str(args.package), "data": args.data,
-              "cpu": _cpu(), "cpu_count": os.cpu_count(), "rounds": args.rounds, "parts": args.parts,
+              "cpu": _cpu(), "cpu_count": os.cpu_count(), "rounds": args.rounds, "blocks": args.blocks,
+              "block_parts": BLOCK,
               "switches_per_round": args.switches,
               "opcua_prepare_ms_all_rounds": {"p50": ms(all_opcua, 50), "p99": ms(all_opcua, 99)},
               "opcua_prepare_p50_ms": spread("opcua_prepare_ms", "p50"),
@@ -180,8 +201,11 @@ def main() -> None:
               "parts_per_s_no_switch": spread("parts_per_s_no_switch"),
               "parts_per_s_switch_every_10": spread("parts_per_s_switch_every_10"),
               "ratio_switch_every_10_to_none": spread("ratio"),
+              "ratio_all_pairs": {"median": round(float(np.median(all_pairs)), 3), "pairs": len(all_pairs),
+                                  "quartiles": [round(float(q), 3) for q in np.percentile(all_pairs, [25, 75])]},
               "unloaded_prepare_ms": {"p50": ms(unloaded, 50), "max": ms(unloaded, 100)},
-              "per_round": [{k: v for k, v in r.items() if k != "opcua_samples_ms"} for r in rounds]}
+              "per_round": [{k: v for k, v in r.items() if k not in ("opcua_samples_ms", "pair_ratios")}
+                            for r in rounds]}
     print(f"median over {args.rounds} rounds: throughput ratio {report['ratio_switch_every_10_to_none']}, "
           f"PrepareProduct p50 {report['opcua_prepare_p50_ms']} ms, p99 {report['opcua_prepare_p99_ms']} ms")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
