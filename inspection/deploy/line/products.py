@@ -121,9 +121,9 @@ class Products:
             return rt
 
     def _trim(self, keep: str | None = None) -> None:
-        """Unload the least recently used models beyond models_loaded; never the prepared product's, nor `keep`
-        (being prepared). Lock held."""
-        for old in [pid for pid in self.models if pid != keep and (self.current is None or pid != self.current.id)]:
+        """Unload the least recently used models beyond models_loaded; never the prepared product's (after an
+        unprepare: the one prepared last), nor `keep` (being prepared). Lock held."""
+        for old in [pid for pid in self.models if pid not in (keep, self.last.id)]:
             if len(self.models) <= self.cfg.models_loaded:
                 break
             del self.models[old], self.keys[old]
