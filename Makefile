@@ -59,4 +59,5 @@ bench: setup
 	$(PY) benchmarks/inference.py
 	$(PY) benchmarks/line_throughput.py
 	$(PY) benchmarks/plc_latency.py
+	$(PY) benchmarks/product_switch.py
 	$(PY) benchmarks/review_queue.py

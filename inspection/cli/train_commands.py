@@ -127,7 +127,7 @@ def cmd_retrain(args) -> int:
     from inspection.training.retrain import retrain
 
     result = retrain(args.registry, args.log, args.golden, args.out, args.data, args.min_reviews,
-                     list(args.set or []), progress=not args.quiet, db=args.db)
+                     list(args.set or []), progress=not args.quiet, db=args.db, product=args.product)
     print(json.dumps(result))
     return 0
 
@@ -215,6 +215,8 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--data", help="earlier training data replayed with the reviews (dataset folder)")
     p.add_argument("--out", default="runs/retrain")
     p.add_argument("--min-reviews", type=int, default=20, help="fewer new reviews: nothing to do")
+    p.add_argument("--product", help="only the reviews of this product's parts (a station with several products: "
+                                     "its registry, golden set and data go with it)")
     add_db_arg(p)
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="training overrides, e.g. --set train.epochs=3 --set train.freeze_features=true")
