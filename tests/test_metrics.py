@@ -212,3 +212,21 @@ def test_the_novelty_distance_is_what_the_good_validation_cells_stay_within():
     # a model without a feature bank, or no good validation parts: the level drops nothing
     assert novelty_distance(Predictions(pred.scores, pred.probs, maps), items, 0.9) == 0
     assert novelty_distance(pred, items[6:] * 2, 0.9) == 0
+
+
+def test_a_defect_smaller_than_a_pixel_metric_cell_stays_in_the_truth():
+    """A 7x8 px knot on a 4096x256 fabric image: on the metrics' grid (at least 32 px on the shorter side) its
+    cell is a defect cell, so pixel AUROC is defined and sees the map's peak there."""
+    from types import SimpleNamespace
+
+    from inspection.training.evaluate import _pixel_pair
+    from inspection.training.metrics import pixel_auroc
+
+    item = SimpleNamespace(height=256, width=4096)
+    mask = np.zeros((256, 4096), bool)
+    mask[100:107, 2000:2008] = True
+    up = np.zeros((256, 4096), np.float32)
+    up[96:112, 1992:2016] = 0.9
+    m, k = _pixel_pair(up, (0, 0), item, mask)
+    assert m.shape == k.shape and min(k.shape) >= 32 and k.sum() >= 1
+    assert pixel_auroc([m], [k]) > 0.99

@@ -41,7 +41,8 @@ from inspection.training.metrics import (
 )
 
 GOOD_LEVEL_QUANTILE = 0.5  # the level good parts reach: the median over good val parts of each map's peak
-PIXEL_SIDE = 128  # pixel metrics are computed at this longest side to keep memory flat
+PIXEL_SIDE = 128  # pixel metrics are computed at this longest side to keep memory flat,
+PIXEL_SHORT = 32  # and at least this shortest side (very wide images: line-scan fabric)
 
 
 @dataclass
@@ -158,12 +159,15 @@ def _xyxy(boxes) -> np.ndarray:
 
 
 def _pixel_pair(up: np.ndarray, off, item, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The map (area mean per cell) and the truth on the pixel metrics' grid: PIXEL_SIDE on the longer side,
+    PIXEL_SHORT at least on the shorter; a cell is a defect cell where any of its pixels is (a defect smaller
+    than a cell would otherwise vanish from the truth, as a fabric's 7 px knot on a 4096 px wide image did)."""
     full = np.zeros((item.height, item.width), np.float32)
     full[off[1]:off[1] + up.shape[0], off[0]:off[0] + up.shape[1]] = up
-    s = PIXEL_SIDE / max(item.height, item.width)
+    s = min(1.0, max(PIXEL_SIDE / max(item.height, item.width), PIXEL_SHORT / min(item.height, item.width)))
     size = (max(1, round(item.width * s)), max(1, round(item.height * s)))
     return (cv2.resize(full, size, interpolation=cv2.INTER_AREA),
-            cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) >= 0.5)
+            cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0)
 
 
 def evaluate_predictions(pv: Predictions, pt: Predictions, manifest: Manifest, cfg, name: str,
