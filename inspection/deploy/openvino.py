@@ -71,11 +71,16 @@ class OpenVINOSession:
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
-            self.model = core.compile_model(core.read_model(str(model_path)), "CPU", config)
+            self.model = core.compile_model(core.read_model(str(model_path)), "CPU", config)  # any batch size
+            # batch 1, the line's usual call, gets a model of its own with static shapes: BATCH1_REASON
+            single = core.read_model(str(model_path))
+            single.reshape({port.get_any_name(): [1, *port.get_partial_shape()[1:]] for port in single.inputs})
+            self.single = core.compile_model(single, "CPU", config)
         except RuntimeError as exc:
             raise PackageError(f"{model_path}: OpenVINO cannot compile it ({str(exc).splitlines()[0]})") from None
-        self.request = self.model.create_infer_request()
-        self.ports = {name: port for port in self.model.outputs for name in port.get_names()}
+        self.requests = {m: m.create_infer_request() for m in (self.model, self.single)}
+        self.ports = {m: {name: port for port in m.outputs for name in port.get_names()}
+                      for m in (self.model, self.single)}
         self.precision = precision
 
     def get_providers(self) -> list[str]:
@@ -83,6 +88,7 @@ class OpenVINOSession:
 
     def run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         # shared buffers, outputs copied (the request reuses its buffers on the next call): 1.02-1.05x at batch 1
-        out = self.request.infer({k: np.ascontiguousarray(v, np.float32) for k, v in feeds.items()},
-                                 share_inputs=True, share_outputs=True)
-        return [np.array(out[self.ports[n]], np.float32) for n in output_names]
+        feeds = {k: np.ascontiguousarray(v, np.float32) for k, v in feeds.items()}
+        model = self.single if all(len(v) == 1 for v in feeds.values()) else self.model
+        out = self.requests[model].infer(feeds, share_inputs=True, share_outputs=True)
+        return [np.array(out[self.ports[model][n]], np.float32) for n in output_names]
