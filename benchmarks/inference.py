@@ -243,12 +243,12 @@ def _plot(result: dict, batches: list[int], path: Path) -> None:
         ax.scatter([e2e[n]["median"] for n in names if n in e2e], [n for n in names if n in e2e], color="black",
                    marker="|", s=200, zorder=3, label="inspect() end to end")
         ax.set_title(f"batch {b}", fontsize=10)
-        ax.set_xlabel("images / s (median, bar: min–max over rounds)")
+        ax.set_xlabel("images / s: median, min–max over rounds")
         ax.invert_yaxis()
-    axes[0][0].legend(fontsize=8, loc="lower right")
+    fig.legend(*axes[0][0].get_legend_handles_labels(), fontsize=8, loc="lower center", frameon=False)
     fig.suptitle(f"{result['backbone']} ABN {result['input_size'][0]}px — {result['machine']['cpu']}, "
                  f"{result['machine']['threads']} threads, {result['rounds']} rounds", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
 
