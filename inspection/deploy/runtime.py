@@ -231,8 +231,8 @@ class Runtime:
         self.session = None
         if backend == "tensorrt" or (backend == "auto" and precision != "bf16"):
             self.session = self._native_tensorrt(cache, max_batch, precision, required=backend == "tensorrt")
-        if self.session is None and (backend == "openvino" or (backend == "auto" and precision != "fp16"
-                                                                and not _gpu_providers())):
+        if self.session is None and (backend == "openvino" or (backend == "auto" and precision != "fp16" and (
+                precision == "bf16" or not _gpu_providers()))):  # bf16 runs on OpenVINO only
             self.session = self._openvino(precision, threads, required=backend == "openvino")
         if self.session is None:
             self.session = open_session(self.root / self.variant["file"], backend, precision, threads, cache)
