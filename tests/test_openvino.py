@@ -91,6 +91,8 @@ def test_openvino_bf16_keeps_the_fp32_accuracy(exported):
 def test_auto_takes_openvino_on_an_intel_cpu_and_onnxruntime_without_it(exported, monkeypatch):
     assert Runtime(exported["package"]).backend == ("openvino" if intel_cpu() else "cpu")
     assert Runtime(exported["package"], precision="int8").backend == ("openvino" if intel_cpu() else "cpu")
+    if intel_cpu() and "BF16" in ov_backend.cpu_capabilities():  # whatever GPU provider: nothing else runs bf16
+        assert Runtime(exported["package"], precision="bf16").backend == "openvino"
     monkeypatch.setitem(sys.modules, "openvino", None)  # a line PC without the openvino extra
     ov_backend._core.cache_clear()
     try:
