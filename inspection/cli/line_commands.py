@@ -179,8 +179,8 @@ def _add_station_commands(sub) -> None:
     p = sub.add_parser("predict", help="judge image files with a model package (torch-free runtime)")
     p.add_argument("--package", required=True, help="model package folder")
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--backend", choices=["auto", "tensorrt", "cuda", "cpu"], default="auto")
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
+    p.add_argument("--backend", choices=["auto", "tensorrt", "ort-tensorrt", "cuda", "openvino", "cpu"], default="auto")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"], default="fp32")
     p.add_argument("--batch", type=int, default=16)
     p.set_defaults(func=cmd_predict)
 
