@@ -14,7 +14,9 @@ COPY pyproject.toml README.md ./
 COPY docker/requirements.py docker/
 # dependencies first, read from pyproject.toml (core + [line] + [postgres] + [review] + [plc]): rebuilt only when it changes
 ARG EXTRAS="line postgres review plc"
-RUN python docker/requirements.py $EXTRAS > requirements.txt \
+# more extras on top, e.g. OpenVINO for Intel line PCs: docker build --build-arg ADD_EXTRAS=openvino .
+ARG ADD_EXTRAS=""
+RUN python docker/requirements.py $EXTRAS $ADD_EXTRAS > requirements.txt \
     && /opt/inspection/bin/pip install -r requirements.txt
 COPY inspection inspection
 # the package itself (no dependency resolution: the runtime set above is the whole of it), then the trim

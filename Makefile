@@ -11,7 +11,7 @@ setup:
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[train,line,export,review,postgres,plc,test]'
+	$(PY) -m pip install -q -e '.[train,line,openvino,export,review,postgres,plc,test]'
 
 demo: setup
 	$(VENV)/bin/inspection demo
@@ -59,4 +59,5 @@ bench: setup
 	$(PY) benchmarks/inference.py
 	$(PY) benchmarks/line_throughput.py
 	$(PY) benchmarks/plc_latency.py
+	$(PY) benchmarks/product_switch.py
 	$(PY) benchmarks/review_queue.py

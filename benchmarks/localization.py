@@ -63,12 +63,13 @@ def summary_table(runs: list[dict]) -> str:
 
 
 def run(config: str, seeds, models, sets: list[str], tag: str, trained: dict[str, str] | None = None,
-        work: str = "runs/localization", data: str | None = None, reevaluate: bool = False) -> list[dict]:
+        work: str = "runs/localization", data: str | None = None, reevaluate: bool = False,
+        results: Path = Path(__file__).parent / "results") -> list[dict]:
     """Train (or take) and evaluate each model for each seed; return the runs with these overrides (resumed from
     and saved to benchmarks/results/localization_<tag>.json). `reevaluate`: evaluate again the checkpoints
     already trained in `work` (after a change to evaluation), training only the missing ones."""
     trained = trained or {}
-    out = Path(__file__).parent / "results" / f"localization_{tag}.json"
+    out = Path(results) / f"localization_{tag}.json"
     done = json.loads(out.read_text())["runs"] if out.exists() else []
     def mine(r: dict) -> bool:  # a run of these settings and one of these seeds
         return r["overrides"] == sets and r["seed"] in seeds
@@ -97,7 +98,7 @@ def run(config: str, seeds, models, sets: list[str], tag: str, trained: dict[str
                 else:
                     best = train(run_cfg, manifest, folder, kind=MODELS[model], resume=False, progress=False)
                     t_train = time.time() - t
-            result = evaluate_checkpoint(best, manifest, model, cfg_override=cfg)
+            result = evaluate_checkpoint(best, manifest, model, cfg_override=cfg, search=model != "ours")
             m = result["metrics"]
             runs.append({"model": model, "seed": seed, "overrides": sets, "train_s": round(t_train, 1),
                          "threshold": result["threshold"], "box_rule": result["box_rule"], "metrics": m})
@@ -121,12 +122,14 @@ def main() -> None:
                     help="also evaluate checkpoints trained elsewhere (e.g. by an earlier version) as model NAME: "
                          "FOLDER/best.pt, where {seed} in FOLDER is replaced by each seed")
     ap.add_argument("--work", default="runs/localization")
+    ap.add_argument("--results", type=Path, default=Path(__file__).parent / "results",
+                    help="folder of the results JSON (default benchmarks/results; trials: benchmarks/results/trials)")
     ap.add_argument("--reevaluate", action="store_true",
                     help="evaluate the checkpoints already trained in --work again (after a change to evaluation)")
     args = ap.parse_args()
     tag = args.tag or Path(args.config).stem
     runs = run(args.config, args.seeds, args.models, args.set, tag, dict(t.split("=", 1) for t in args.trained),
-               args.work, args.data, args.reevaluate)
+               args.work, args.data, args.reevaluate, args.results)
     print(f"\n{tag} {' '.join(args.set)}\n" + summary_table(runs))
 
 

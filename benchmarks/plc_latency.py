@@ -75,7 +75,8 @@ async def modbus(port: int, parts: int) -> dict[str, float]:
     return got
 
 
-async def opcua(port: int, parts: int, pki: Path) -> dict[str, float]:
+async def opcua_connect(port: int, pki: Path):
+    """A PLC's OPC UA session (Basic256Sha256 sign & encrypt, user plc) and the namespace index and station object."""
     from asyncua import Client
     from asyncua.crypto.cert_gen import setup_self_signed_certificate
     from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -90,7 +91,11 @@ async def opcua(port: int, parts: int, pki: Path) -> dict[str, float]:
     await c.set_security_string(f"Basic256Sha256,SignAndEncrypt,{cert},{key}")
     await c.connect()
     ns = await c.get_namespace_index("urn:inspection:plc")
-    obj = await c.nodes.objects.get_child([f"{ns}:bench"])
+    return c, ns, await c.nodes.objects.get_child([f"{ns}:bench"])
+
+
+async def opcua(port: int, parts: int, pki: Path) -> dict[str, float]:
+    c, ns, obj = await opcua_connect(port, pki)
     start, ack = await obj.get_child(f"{ns}:StartSingleJob"), await obj.get_child(f"{ns}:AcknowledgeResult")
     ready = await obj.get_child(f"{ns}:ResultReady")
     result = await (await obj.get_child(f"{ns}:Result")).get_child(f"{ns}:DefectScore")

@@ -258,7 +258,7 @@ def test_pasted_defects_change_the_image_only_inside_their_mask():
 
     import torch
 
-    from inspection.training.loader import paste_defects
+    from inspection.training.pastes import paste_defects
 
     g = torch.Generator().manual_seed(0)
     image = torch.rand(3, 48, 80, generator=g) * 0.5 + 0.25

@@ -56,6 +56,8 @@ def test_images_are_multi_stage_non_root_and_copy_only_what_the_context_has(dock
             assert src.split("/")[0] not in ignored, f"{dockerfile.name}: COPY {src} is excluded by .dockerignore"
     for extras in re.findall(r'ARG EXTRAS="([^"]+)"', dockerfile.read_text()):
         assert set(extras.split()) <= set(EXTRAS), f"{dockerfile.name}: unknown extra in {extras}"
+    for extra in re.findall(r"--build-arg ADD_EXTRAS=(\S+)", dockerfile.read_text()):  # the documented options
+        assert extra in EXTRAS, f"{dockerfile.name}: ADD_EXTRAS={extra} names no extra of pyproject.toml"
     assert ("ENTRYPOINT", '["inspection"]') in steps
 
 
@@ -64,6 +66,8 @@ def test_runner_images_carry_no_torch_and_check_the_runner_health_endpoint():
         text = (ROOT / name).read_text()
         extras = re.search(r'ARG EXTRAS="([^"]+)"', text).group(1).split()
         assert "train" not in extras
+        if name == "Dockerfile":  # OpenVINO for Intel line PCs: an extra on top of the default set
+            assert "--build-arg ADD_EXTRAS=openvino" in text and "$EXTRAS $ADD_EXTRAS" in text
         assert "torch" not in text.lower().replace("no torch", "").replace("without torch", "")
         health = [v for k, v in _instructions(ROOT / name) if k == "HEALTHCHECK"]
         assert health and "127.0.0.1:9100/health" in health[0]

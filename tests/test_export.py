@@ -12,6 +12,7 @@ from inspection.cli import main
 from inspection.core.boxes import BoxRule, attention_to_boxes
 from inspection.core.imageio import read_image
 from inspection.core.novelty import BANK_CELLS, distance_map
+from inspection.core.preprocess import to_input
 from inspection.deploy.package import PackageError, load_package
 from inspection.deploy.runtime import FrameError, Runtime, frame_to_rgb, read_frame
 from inspection.model.abn import CheckpointError, load_checkpoint
@@ -251,7 +252,9 @@ def test_missing_variant_and_unknown_backend_are_clear(exported, package_copy):
             Runtime(exported["package"], backend="cuda")
         with pytest.raises(RuntimeError, match="fp16 needs TensorRT"):
             Runtime(exported["package"], backend="cpu", precision="fp16")
-        assert Runtime(exported["package"]).backend == "cpu"  # auto falls back to the CPU, and says so
+        # auto falls back to the CPU, and says so: OpenVINO on an Intel CPU where installed, else ONNX Runtime
+        from inspection.deploy.openvino import intel_cpu
+        assert Runtime(exported["package"]).backend == ("openvino" if intel_cpu() else "cpu")
 
 
 def test_tensorrt_without_tensorrt_says_what_is_missing(exported, monkeypatch):
@@ -339,3 +342,31 @@ def test_engines_are_built_outside_the_package_hashed_and_never_through_a_symlin
     assert verified_engine(engine)
     engine.write_bytes(b"replaced engine")
     assert not verified_engine(engine)
+
+
+@pytest.mark.slow
+def test_a_finer_map_exports_runs_and_rescores(tiny_dataset, tmp_path):
+    """model.map_stride 4: the package's map is twice as fine as F; parity, boxes and re-scoring hold."""
+    from conftest import tiny_config
+
+    from inspection.core.layout import scan_dataset
+    from inspection.training.train import train
+
+    cfg = tiny_config(tiny_dataset, **{"model.map_stride": 4, "train.epochs": 1})
+    best = train(cfg, scan_dataset(tiny_dataset, cfg.data), tmp_path / "run", progress=False)
+    package = export_package(best, tmp_path / "package", progress=False)
+    meta = load_package(package)
+    assert meta["attention"]["size"] == [16, 16] and max(meta["parity"]["max_abs_diff"].values()) <= 1e-4
+    rt = Runtime(package, backend="cpu")
+    frame = read_frame(next(Path(tiny_dataset).glob("defect/*/*")))
+    result = rt.inspect([frame], color="BGR")[0]
+    assert result.attention.shape == (16, 16)
+    fine = rt.rescore(frame, result.attention, color="BGR")
+    coarse = rt.rescore(frame, result.attention.reshape(8, 2, 8, 2).mean((1, 3)), color="BGR")  # an 8x8 map
+    assert 0 <= fine["defect_score"] <= 1 and 0 <= coarse["defect_score"] <= 1
+    model, _, _ = load_checkpoint(best)
+    with torch.no_grad():
+        x = torch.from_numpy(rt_input := to_input([rt.prepare(frame, "BGR")], rt.mean, rt.std))
+        ref = model.defect_score(model.forward_with_attention(x, torch.from_numpy(result.attention)[None]),
+                                 torch.from_numpy(result.attention)[None])
+    assert fine["defect_score"] == pytest.approx(float(ref[0]), abs=1e-4) and rt_input.shape == (1, 3, 64, 64)

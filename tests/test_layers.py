@@ -7,7 +7,7 @@ Bottom up (docs/architecture.md):
     datasets/   the synthetic generator and the public sets' converters; imports core
     training/   train, predict, evaluate, report, export, gate, retrain: imports core, model, the deploy base
                 (package, registry, runtime) and the store; only the demo also runs a line
-    deploy/     the line side, never torch: the base (atomic < package < tensorrt, registry, runtime), then
+    deploy/     the line side, never torch: the base (atomic < package < tensorrt, openvino, registry, runtime), then
                 store < line, review; plc only under line; line and review never import each other
     cli/        the roof: wires everything, imported by nothing
 """
@@ -24,7 +24,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 DEPLOY_BASE = ["inspection.deploy.atomic", "inspection.deploy.package", "inspection.deploy.registry",
-               "inspection.deploy.runtime", "inspection.deploy.tensorrt"]
+               "inspection.deploy.runtime", "inspection.deploy.tensorrt", "inspection.deploy.openvino"]
 # Importer (longest prefix wins) → what of ours it may import. Anything not listed is refused, and a module that
 # falls under no entry is an error (a new folder must be given its floor).
 MAY_IMPORT = {
@@ -36,8 +36,10 @@ MAY_IMPORT = {
     "inspection.deploy.atomic": ["inspection.core"],
     "inspection.deploy.package": ["inspection.core", "inspection.deploy.atomic"],
     "inspection.deploy.tensorrt": ["inspection.core", "inspection.deploy.package"],
+    "inspection.deploy.openvino": ["inspection.core", "inspection.deploy.package"],
     "inspection.deploy.registry": ["inspection.core", "inspection.deploy.atomic", "inspection.deploy.package"],
-    "inspection.deploy.runtime": ["inspection.core", "inspection.deploy.package", "inspection.deploy.tensorrt"],
+    "inspection.deploy.runtime": ["inspection.core", "inspection.deploy.package", "inspection.deploy.tensorrt",
+                                  "inspection.deploy.openvino"],
     "inspection.deploy.store": ["inspection.core", *DEPLOY_BASE, "inspection.deploy.store"],
     "inspection.deploy.plc": ["inspection.core", "inspection.deploy.plc"],
     "inspection.deploy.line": ["inspection.core", *DEPLOY_BASE, "inspection.deploy.store", "inspection.deploy.plc",

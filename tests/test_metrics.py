@@ -168,6 +168,25 @@ def test_calibration_on_a_near_zero_map_keeps_the_threshold_on_the_probability_s
     assert rule.threshold == pytest.approx(0.995)
 
 
+def test_a_baselines_own_rule_is_searched_over_its_whole_map_scale():
+    """Grad-CAM's or plain ABN's map is not on our scale: a faint but right blob is boxed at the baseline's best
+    threshold (search), where our fixed rule finds nothing."""
+    from inspection.model.config import load_config
+    from inspection.training.evaluate import Predictions, calibrate_box_rule
+
+    items = _items(6, 6)
+    maps = np.full((12, 8, 8), 0.1, np.float32)  # the whole surface at 0.1, good parts included
+    truths = {i: np.zeros((32, 32), bool) for i in range(12)}
+    for i in range(6, 12):
+        maps[i, 2:4, 2:4] = 0.3
+        truths[i][8:16, 8:16] = True
+    pred = Predictions(np.linspace(0, 1, 12), np.zeros((12, 2)), maps)
+    cfg = load_config(None, [])
+    assert calibrate_box_rule(pred, items, truths, np.ones(12, bool), cfg).threshold >= 0.8
+    best = calibrate_box_rule(pred, items, truths, np.ones(12, bool), cfg, search=True)
+    assert 0.1 < best.threshold <= 0.3  # above the surface, at or under the blob
+
+
 def test_the_novelty_distance_is_what_the_good_validation_cells_stay_within():
     from inspection.model.config import load_config
     from inspection.training.evaluate import (
@@ -193,3 +212,21 @@ def test_the_novelty_distance_is_what_the_good_validation_cells_stay_within():
     # a model without a feature bank, or no good validation parts: the level drops nothing
     assert novelty_distance(Predictions(pred.scores, pred.probs, maps), items, 0.9) == 0
     assert novelty_distance(pred, items[6:] * 2, 0.9) == 0
+
+
+def test_a_defect_smaller_than_a_pixel_metric_cell_stays_in_the_truth():
+    """A 7x8 px knot on a 4096x256 fabric image: on the metrics' grid (at least 32 px on the shorter side) its
+    cell is a defect cell, so pixel AUROC is defined and sees the map's peak there."""
+    from types import SimpleNamespace
+
+    from inspection.training.evaluate import _pixel_pair
+    from inspection.training.metrics import pixel_auroc
+
+    item = SimpleNamespace(height=256, width=4096)
+    mask = np.zeros((256, 4096), bool)
+    mask[100:107, 2000:2008] = True
+    up = np.zeros((256, 4096), np.float32)
+    up[96:112, 1992:2016] = 0.9
+    m, k = _pixel_pair(up, (0, 0), item, mask)
+    assert m.shape == k.shape and min(k.shape) >= 32 and k.sum() >= 1
+    assert pixel_auroc([m], [k]) > 0.99

@@ -178,3 +178,50 @@ def test_the_score_formula_in_words_is_the_score_the_model_computes(map_score, t
     top = att.flatten(1).sort(1, descending=True).values[:, :max(1, round(k * 120))].mean(1)
     expected = (1 - w) * (1 - logits.softmax(1)[:, 0]) + w2 * top
     assert torch.allclose(model.defect_score(logits, att), expected)
+
+
+@pytest.mark.parametrize("backbone, stride", [("tiny", 4), ("tiny", 2), ("efficientnet_lite0", 4),
+                                              ("efficientnet_lite0", 2), ("resnet18", 4)])
+def test_the_map_decoder_gives_a_finer_map_that_starts_as_the_coarse_one_upsampled(backbone, stride):
+    torch.manual_seed(0)
+    coarse = build_model(ModelConfig(backbone=backbone, pretrained=False), 3).eval()
+    fine = build_model(ModelConfig(backbone=backbone, pretrained=False, map_stride=stride), 3).eval()
+    fine.load_state_dict(coarse.state_dict(), strict=False)  # the same network, plus a new decoder
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        a, b = coarse(x), fine(x)
+    assert a.attention.shape == (2, 8, 12) and b.attention.shape == (2, 64 // stride, 96 // stride)
+    # the decoder's heads start at zero: the fine map is the coarse one's logits upsampled
+    logits = torch.logit(a.attention.clamp(1e-6, 1 - 1e-6))[:, None]
+    for _ in range(8 // stride // 2):
+        logits = torch.nn.functional.interpolate(logits, scale_factor=2, mode="bilinear", align_corners=False)
+    assert torch.allclose(b.attention, torch.sigmoid(logits)[:, 0], atol=1e-4)
+    # perception reads the fine map averaged over F's cells
+    assert torch.allclose(b.logits, fine.perceive(b.features, b.attention))
+    assert b.logits.shape == a.logits.shape and b.features.shape == a.features.shape
+
+
+def test_the_map_decoder_learns_from_a_pixel_target_through_the_early_features():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="tiny", pretrained=False, map_stride=2), 2)
+    x = torch.randn(4, 3, 64, 64)
+    target = torch.zeros(4, 32, 32)
+    target[:, 10:12, 5:25] = 1  # a stroke two cells wide: thinner than a cell of the stride-8 map
+    loss = ((model(x).attention - target) ** 2).mean()
+    loss.backward()
+    assert all(h.weight.grad.abs().sum() > 0 for h in model.decoder.heads)  # each step's head learns
+    assert sum(float(p.grad.abs().sum()) for p in model.features[0].parameters()) > 0  # the early features too
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(60):
+        opt.zero_grad()
+        ((model(x).attention - target) ** 2).mean().backward()
+        opt.step()
+    att = model.eval()(x).attention.detach()
+    assert att[:, 10:12, 5:25].mean() > 0.5 > att[:, 20:, :].mean()  # it can draw what a coarse map cannot
+
+
+def test_a_map_stride_the_backbone_cannot_give_is_refused():
+    with pytest.raises(ValueError, match="map_stride 16"):
+        build_model(ModelConfig(backbone="tiny", pretrained=False, map_stride=16), 2)
+    with pytest.raises(ValueError):
+        ModelConfig(map_stride=3)

@@ -55,3 +55,12 @@ def test_the_bank_covers_rare_good_cells_that_a_random_sample_would_miss():
     assert len(select_bank(np.zeros((5000, 2), np.float32) + np.arange(5000)[:, None])) == BANK_CELLS
     with pytest.raises(ValueError, match="non-empty"):
         select_bank(np.zeros((0, 3)))
+
+
+def test_hot_cells_of_a_finer_map_ask_for_the_feature_cells_under_them():
+    from inspection.core.novelty import hot_cells
+
+    att = np.zeros((16, 24), np.float32)
+    att[5, 7] = 0.9  # one hot cell of a map twice as fine as the features
+    cells = hot_cells(att, 0.5, (8, 12))
+    assert cells.shape == (8, 12) and cells[2, 3] and cells[1:4, 2:5].all() and cells.sum() == 9

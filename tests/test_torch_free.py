@@ -52,7 +52,7 @@ BLOCKED = ("torch", "torchvision", "PIL", "sklearn", "scipy", "matplotlib", "pyd
 def blocked(name):
     return any(name == b or name.startswith(b + ".") for b in BLOCKED)
 
-class Block:  # the line PC has onnxruntime, numpy and OpenCV only
+class Block:  # the line PC has onnxruntime (and OpenVINO), numpy and OpenCV only
     def find_spec(self, name, path=None, target=None):
         if blocked(name):
             raise ImportError(f"{name} is not installed on the line side")
@@ -68,6 +68,8 @@ result = rt.inspect([read_frame(image)], color="BGR")[0]
 assert result.verdict in ("pass", "review", "fail"), result
 assert 0 <= rt.rescore(read_frame(image), result.attention, color="BGR")["defect_score"] <= 1
 assert main(["predict", "--package", package, image]) == 0
+ov = Runtime(package, backend="openvino")  # the openvino extra: no torch either
+assert ov.inspect([read_frame(image)], color="BGR")[0].verdict == result.verdict
 loaded = sorted(m for m in sys.modules if blocked(m))
 assert not loaded, loaded
 print("ok")
@@ -131,8 +133,9 @@ def _declared(*extras) -> set[str]:
 
 
 def test_the_line_extra_declares_every_package_the_runner_imports(torch_free_log):
-    """`pip install inspection[line]` (the slim runner image) is enough for `inspection run`."""
-    _assert_declared(torch_free_log[1], "line")
+    """`pip install inspection[line]` (the slim runner image) is enough for `inspection run`; where the openvino
+    extra is installed too, backend auto takes it on an Intel CPU."""
+    _assert_declared(torch_free_log[1], "line", "openvino")
 
 
 REVIEW = RUNNER.replace('"pydantic", ', "").split("from inspection.cli import main")[0] + """

@@ -49,6 +49,8 @@ def cmd_run(args) -> int:
     overrides = list(args.set or [])
     if args.package:
         overrides.append(f"package={args.package}")
+    if args.product:
+        overrides.append(f"product={args.product}")
     if not logging.getLogger().handlers:  # a journal line per message: time, level, [station] text
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -80,18 +82,25 @@ def cmd_failures(args) -> int:
 def cmd_review(args) -> int:
     import uvicorn
 
-    from inspection.deploy.registry import resolve_package
     from inspection.deploy.review.app import ReviewConfig, create_app
 
-    cfg = ReviewConfig(Path(args.log), resolve_package(args.package) if args.package else None,
-                       Path(args.accounts) if args.accounts else None, args.secure_cookies, db=args.db)
+    packages = [Path(p) for p in args.package]
+    if args.station:  # the station's products' packages (or its one package)
+        from inspection.deploy.line.station import load_station
+
+        station = load_station(args.station)
+        packages += [Path(p.package or station.package) for p in station.products] or [Path(station.package)]
+    cfg = ReviewConfig(Path(args.log), packages[0] if packages else None,
+                       Path(args.accounts) if args.accounts else None, args.secure_cookies, db=args.db,
+                       packages=packages[1:])
     app = create_app(cfg)
     if not app.state.review.accounts.users():
         print(f"error: no review accounts yet; create a QA lead first:\n  inspection users add NAME --role lead "
               f"--log {args.log}", file=sys.stderr)
         return 2
-    print(f"review station on http://{args.host}:{args.port} (failure log {args.log}, "
-          f"re-scoring {'with ' + str(cfg.package) if cfg.package else 'off'})", file=sys.stderr)
+    print(f"review station on http://{args.host}:{args.port} (failure log {args.log}, re-scoring "
+          f"{'with the package that judged each part, from ' + ', '.join(map(str, packages)) if packages else 'off'})",
+          file=sys.stderr)
     # X-Forwarded-For is trusted only from the proxies named (uvicorn's default trusts 127.0.0.1, so any client
     # on the same host could pose as any address and pass the per-address login hold)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", proxy_headers=bool(args.trusted_proxy),
@@ -170,14 +179,16 @@ def _add_station_commands(sub) -> None:
     p = sub.add_parser("predict", help="judge image files with a model package (torch-free runtime)")
     p.add_argument("--package", required=True, help="model package folder")
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--backend", choices=["auto", "tensorrt", "cuda", "cpu"], default="auto")
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
+    p.add_argument("--backend", choices=["auto", "tensorrt", "ort-tensorrt", "cuda", "openvino", "cpu"], default="auto")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"], default="fp32")
     p.add_argument("--batch", type=int, default=16)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("run", help="run a station: frames in, verdicts out, failures logged (torch-free)")
     p.add_argument("--station", help="station YAML (default: every default of configs/station.yaml)")
     p.add_argument("--package", help="model package folder or pointer file (same as --set package=...)")
+    p.add_argument("--product", help="the product to prepare at start, an id of the station's products (same as "
+                                     "--set product=...); the PLC or MQTT may switch later")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a station value")
     p.set_defaults(func=cmd_run)
 
@@ -203,7 +214,10 @@ def _add_station_commands(sub) -> None:
 def _add_review_commands(sub) -> None:
     p = sub.add_parser("review", help="serve the review station (browser) on a failure log (torch-free)")
     p.add_argument("--log", default="runs/line/failures", help="the runner's log.folder")
-    p.add_argument("--package", help="model package or registry pointer for re-scoring (default: re-scoring off)")
+    p.add_argument("--package", action="append", default=[],
+                   help="model package, registry pointer or registry folder for re-scoring; repeatable (one per "
+                        "product): each part is re-scored with the package of its model version (default: off)")
+    p.add_argument("--station", help="station YAML: re-score with its products' packages (added to --package)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0: the whole network)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--secure-cookies", action="store_true", help="behind HTTPS: cookies only over TLS")

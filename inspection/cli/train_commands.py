@@ -86,7 +86,8 @@ def cmd_eval(args) -> int:
         if list(ckpt["classes"]) != list(manifest.classes):
             raise CheckpointError(f"{path}: model classes {ckpt['classes']} differ from the dataset's "
                                   f"{manifest.classes}")
-        results.append(evaluate(model, ckpt["kind"], manifest, cfg, Path(path).parent.name, not args.quiet))
+        results.append(evaluate(model, ckpt["kind"], manifest, cfg, Path(path).parent.name, not args.quiet,
+                                args.best_rule))
     report = write_report(results, args.out, cfg.eval.overlays)
     print(markdown_table(results))
     print(json.dumps({"report": str(report)}))
@@ -126,7 +127,7 @@ def cmd_retrain(args) -> int:
     from inspection.training.retrain import retrain
 
     result = retrain(args.registry, args.log, args.golden, args.out, args.data, args.min_reviews,
-                     list(args.set or []), progress=not args.quiet, db=args.db)
+                     list(args.set or []), progress=not args.quiet, db=args.db, product=args.product)
     print(json.dumps(result))
     return 0
 
@@ -181,6 +182,9 @@ def _add_data_commands(sub) -> None:
     p.add_argument("--checkpoint", action="append", required=True, help="best.pt of a run (repeatable)")
     p.add_argument("--manifest", help="use this manifest.json instead of scanning the dataset")
     p.add_argument("--out", default="runs/report", help="report folder")
+    p.add_argument("--best-rule", action="store_true",
+                   help="box each model with the rule that boxes best on val (threshold over the whole map scale, "
+                        "refine and area share on or off): how a baseline's map compares at its best")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", help="export a checkpoint to a checked model package (ONNX FP32 + INT8)")
@@ -211,6 +215,8 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--data", help="earlier training data replayed with the reviews (dataset folder)")
     p.add_argument("--out", default="runs/retrain")
     p.add_argument("--min-reviews", type=int, default=20, help="fewer new reviews: nothing to do")
+    p.add_argument("--product", help="only the reviews of this product's parts (a station with several products: "
+                                     "its registry, golden set and data go with it)")
     add_db_arg(p)
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="training overrides, e.g. --set train.epochs=3 --set train.freeze_features=true")

@@ -69,8 +69,13 @@ def distance_map(features: np.ndarray, bank: np.ndarray, where: np.ndarray | Non
     return out.reshape(h, w)
 
 
-def hot_cells(attention: np.ndarray, level: float) -> np.ndarray:
+def hot_cells(attention: np.ndarray, level: float, shape: tuple[int, int] | None = None) -> np.ndarray:
     """The cells whose distance the box rule reads on regions that reach `level`: the cells at `level` or more
-    and their 8 neighbours (bilinear upsampling reads the four cells around each pixel of a region)."""
+    and their 8 neighbours (bilinear upsampling reads the four cells around each pixel of a region); `shape`:
+    the features' (h, w) where the map is finer than them (a feature cell is asked for when any of its map cells
+    is)."""
     hot = (np.asarray(attention) >= level).astype(np.uint8)
+    if shape is not None and hot.shape != tuple(shape):
+        hot = (cv2.resize(hot.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_AREA) > 0)
+        hot = hot.astype(np.uint8)
     return cv2.dilate(hot, np.ones((3, 3), np.uint8)) > 0

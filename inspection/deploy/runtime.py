@@ -1,11 +1,11 @@
 """Torch-free inference on a model package: frames in, verdicts, scores and defect boxes out.
 
-    >>> rt = Runtime("runs/model/package")     # best backend: TensorRT → ORT TensorRT → ORT CUDA → ORT CPU
+    >>> rt = Runtime("runs/model/package")     # best backend: TensorRT → ORT TensorRT → ORT CUDA → OpenVINO → ORT CPU
     >>> [r.verdict for r in rt.inspect([frame], color="BGR")]   # OpenCV frames are BGR
     ['fail']
     >>> rt.rescore(frame, corrected_attention)["defect_score"]
 
-Imports only numpy, OpenCV, onnxruntime and the torch-free helpers (`inspection.core.boxes`,
+Imports only numpy, OpenCV, onnxruntime (or OpenVINO) and the torch-free helpers (`inspection.core.boxes`,
 `inspection.core.preprocess`, `inspection.deploy.package`); a test proves it.
 """
 from __future__ import annotations
@@ -27,8 +27,9 @@ from inspection.core.novelty import distance_map, hot_cells
 from inspection.core.preprocess import prepare, to_input
 from inspection.deploy.package import PackageError, load_package
 
-BACKENDS = ("auto", "tensorrt", "ort-tensorrt", "cuda", "cpu")  # tensorrt: native API; ort-*: onnxruntime providers
-PRECISIONS = ("fp32", "fp16", "int8")
+# tensorrt, openvino: their native APIs; ort-tensorrt, cuda, cpu: onnxruntime's providers
+BACKENDS = ("auto", "tensorrt", "ort-tensorrt", "cuda", "openvino", "cpu")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # fp16: TensorRT; bf16: OpenVINO on CPUs with AMX or AVX-512 BF16
 
 
 class FrameError(UserError, ValueError):
@@ -141,8 +142,10 @@ def open_session(model_path: Path, backend: str = "cpu", precision: str = "fp32"
     """An onnxruntime session on the requested provider; 'auto' takes the best one this install has."""
     import onnxruntime as ort
 
-    if backend not in BACKENDS or backend == "tensorrt":
+    if backend not in BACKENDS or backend in ("tensorrt", "openvino"):
         raise ValueError(f"onnxruntime backend must be auto, ort-tensorrt, cuda or cpu, got {backend!r}")
+    if precision == "bf16":
+        raise RuntimeError("precision bf16 needs OpenVINO (backend openvino, on a CPU with AMX or AVX-512 BF16)")
     available = ort.get_available_providers()
     trt_options = {"trt_fp16_enable": precision == "fp16", "trt_engine_cache_enable": True,
                    "trt_timing_cache_enable": True}
@@ -183,7 +186,14 @@ def open_session(model_path: Path, backend: str = "cpu", precision: str = "fp32"
 def _active_backend(session) -> str:
     first = session.get_providers()[0]
     return {"TensorrtExecutionProvider": "ort-tensorrt", "CUDAExecutionProvider": "cuda",
-            "TensorRT (native)": "tensorrt"}.get(first, "cpu")
+            "TensorRT (native)": "tensorrt", "OpenVINO (native)": "openvino"}.get(first, "cpu")
+
+
+def _gpu_providers() -> bool:
+    """Whether this onnxruntime has a GPU provider (onnxruntime-gpu); auto then prefers it to OpenVINO."""
+    import onnxruntime as ort
+
+    return any(p in ort.get_available_providers() for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider"))
 
 
 class Runtime:
@@ -195,7 +205,7 @@ class Runtime:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.root = Path(package)
         self.meta = load_package(self.root)
-        variant_name = "fp32" if precision == "fp16" else precision
+        variant_name = "int8" if precision == "int8" else "fp32"  # fp16 and bf16 run the FP32 graph
         if variant_name not in self.meta["variants"]:
             raise PackageError(f"{self.root}: no {variant_name} model in this package "
                                f"(has: {', '.join(self.meta['variants'])}); export with --int8")
@@ -206,8 +216,11 @@ class Runtime:
         cache = Path(cache_root) if cache_root else default_engine_cache()  # never the package's own folder
         inp = self.meta["input"]
         self.session = None
-        if backend in ("auto", "tensorrt"):
+        if backend == "tensorrt" or (backend == "auto" and precision != "bf16"):
             self.session = self._native_tensorrt(cache, max_batch, precision, required=backend == "tensorrt")
+        if self.session is None and (backend == "openvino" or (backend == "auto" and precision != "fp16" and (
+                precision == "bf16" or not _gpu_providers()))):  # bf16 runs on OpenVINO only
+            self.session = self._openvino(precision, threads, required=backend == "openvino")
         if self.session is None:
             self.session = open_session(self.root / self.variant["file"], backend, precision, threads, cache)
         self.backend = _active_backend(self.session)
@@ -215,7 +228,7 @@ class Runtime:
             raise RuntimeError(f"backend {backend!r} requested but onnxruntime started {self.backend!r} "
                                f"(providers: {self.session.get_providers()})")
         self._rescore = None  # the rescore graph (review station, rare calls) runs on onnxruntime
-        ort_backend = "cpu" if self.backend == "cpu" else "auto"
+        ort_backend = "cpu" if self.backend in ("cpu", "openvino") else "auto"
         self._rescore_args = (ort_backend, "fp32", threads, cache)
         self.classes = list(self.meta["classes"])
         self.image_size = tuple(inp["size"])
@@ -273,6 +286,19 @@ class Runtime:
                 raise
             return None
 
+    def _openvino(self, precision: str, threads: int, required: bool):
+        """An OpenVINO session, or None (auto: not installed, or not an Intel CPU) / OpenVINOUnavailable (required)."""
+        from inspection.deploy.openvino import OpenVINOSession, OpenVINOUnavailable, intel_cpu
+
+        try:
+            if not required and not intel_cpu():
+                return None  # measured on Intel only; ONNX Runtime stays the default elsewhere
+            return OpenVINOSession(self.root / self.variant["file"], precision, threads)
+        except OpenVINOUnavailable:
+            if required:
+                raise
+            return None
+
     # -- pre-processing --------------------------------------------------------------------------------------
     def prepare(self, frame: np.ndarray, color: str = "RGB") -> np.ndarray:
         """Frame → the model's HxWx3 float32 input (before normalization), after the checks of frame_to_rgb."""
@@ -321,7 +347,8 @@ class Runtime:
             rule, far = self.box_rule, None
             if features is not None and self.bank is not None and rule.novelty and rule.novelty_distance:
                 # only the cells the rule can read (regions at its foot, and their neighbours): bounded cost
-                far = distance_map(features, self.bank, hot_cells(attention, rule.threshold * rule.low))
+                far = distance_map(features, self.bank, hot_cells(attention, rule.threshold * rule.low,
+                                                                  features.shape[1:]))
             boxes = attention_to_boxes(attention, frame.shape[:2], rule, self.roi, frame=frame, novelty=far)
         defect = None if verdict == "pass" else self.classes[1 + int(np.argmax(probs[1:]))]
         return Inspection(verdict, float(score), {c: float(p) for c, p in zip(self.classes, probs)}, defect,

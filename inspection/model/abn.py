@@ -71,22 +71,54 @@ class AttentionBranch(nn.Module):
         else:
             raise ValueError(f"model.attention_head: expected stage, conv, evidence or bn, got {head!r}")
 
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(class logits (B, K), map logits before the sigmoid (B, 1, h, w), the stage copy's output S)."""
         stage = self.body[1](self.body[0](features))  # the stage copy, before the K-channel bottleneck
         h = self.body[4](self.body[3](self.body[2](stage)))
         evidence = self.classify(h)
         att_logits = evidence.amax(dim=(2, 3)) if self.pool == "max" else evidence.mean(dim=(2, 3))
         if self.head == "evidence":
             log_odds = torch.logsumexp(evidence[:, 1:], dim=1, keepdim=True) - evidence[:, :1]
-            attention = torch.sigmoid(self.to_map(log_odds))[:, 0]
+            map_logits = self.to_map(log_odds)
         else:
-            attention = torch.sigmoid(self.to_map(stage if self.head == "stage" else h))[:, 0]
-        return att_logits, attention
+            map_logits = self.to_map(stage if self.head == "stage" else h)
+        return att_logits, map_logits, stage
+
+
+class MapDecoder(nn.Module):
+    """The map's logits brought from F's stride to a finer one, a factor of 2 per step, with the backbone's early
+    features at each stride (a light U-Net step): up(logits) + head(conv(up(x) + skip)), where x starts as the
+    attention branch's stage output. Each step's head starts at zero, so a new decoder begins as the coarse map
+    upsampled, and learns where the early features say the defect's edge lies."""
+
+    def __init__(self, stage_channels: int, taps: list[int], width: int = 32):
+        super().__init__()
+        self.reduce = nn.Sequential(nn.Conv2d(stage_channels, width, 1, bias=False), nn.BatchNorm2d(width),
+                                    nn.ReLU(inplace=True))
+        self.skips = nn.ModuleList(nn.Sequential(nn.Conv2d(c, width, 1, bias=False), nn.BatchNorm2d(width))
+                                   for c in taps)
+        self.mix = nn.ModuleList(nn.Sequential(  # depthwise 3x3 then pointwise: cheap at a fine stride
+            nn.Conv2d(width, width, 3, padding=1, groups=width, bias=False), nn.BatchNorm2d(width),
+            nn.Conv2d(width, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)) for _ in taps)
+        self.heads = nn.ModuleList(nn.Conv2d(width, 1, 1) for _ in taps)
+        for head in self.heads:
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    def forward(self, logits: torch.Tensor, stage: torch.Tensor, early: list[torch.Tensor]) -> torch.Tensor:
+        """(B, 1, h, w) logits, the stage output (B, C', h, w) and the early features, coarse to fine, each twice
+        the size of the one before → (B, 1, H, W) logits at the finest stride."""
+        x = self.reduce(stage)
+        for skip, mix, head, e in zip(self.skips, self.mix, self.heads, early):
+            size = e.shape[-2:]
+            x = mix(F.interpolate(x, size=size, mode="bilinear", align_corners=False) + skip(e))
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False) + head(x)
+        return logits
 
 
 class ABN(nn.Module):
     def __init__(self, trunk: Trunk, num_classes: int, residual: float = 1.0, att_pool: str = "avg",
-                 head: str = "bn", map_score: float = 0.0, topk: float = 0.02):
+                 head: str = "bn", map_score: float = 0.0, topk: float = 0.02, map_stride: int | None = None):
         super().__init__()
         self.features = trunk.features
         self.attention_branch = AttentionBranch(trunk.attention_stage(), trunk.next_channels, num_classes, att_pool,
@@ -95,10 +127,32 @@ class ABN(nn.Module):
         self.fc = nn.Linear(trunk.out_channels, num_classes)
         self.residual = float(residual)
         self.map_score, self.topk = float(map_score), float(topk)
+        map_stride = trunk.stride if map_stride is None else int(map_stride)
+        if map_stride > trunk.stride or (map_stride < trunk.stride and map_stride not in trunk.taps):
+            raise ValueError(f"model.map_stride {map_stride}: expected the attention stride {trunk.stride} or one of "
+                             f"the finer strides {sorted(trunk.taps)} of the backbone")
+        steps = sorted((s for s in trunk.taps if map_stride <= s < trunk.stride), reverse=True)
+        self.taps = [trunk.taps[s][0] for s in steps]  # indices in `features`, coarse to fine
+        self.decoder = MapDecoder(trunk.next_channels, [trunk.taps[s][1] for s in steps]) if steps else None
+
+    def backbone(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """F, and the early features the map decoder reads (coarse to fine)."""
+        if self.decoder is None:
+            return self.features(images), []
+        early, x = {}, images
+        for i, module in enumerate(self.features):
+            x = module(x)
+            if i in self.taps:
+                early[i] = x
+        return x, [early[i] for i in self.taps]
 
     def perceive(self, features: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-        """Perception logits from F and an attention map (B, h, w) at F's resolution."""
+        """Perception logits from F and an attention map (B, h', w'): a finer map is averaged over each cell of
+        F, a coarser one (an operator's correction at another size) upsampled."""
         a = attention[:, None]
+        if a.shape[-2:] != features.shape[-2:]:
+            a = (F.adaptive_avg_pool2d(a, features.shape[-2:]) if a.shape[-2] >= features.shape[-2]
+                 else F.interpolate(a, size=features.shape[-2:], mode="bilinear", align_corners=False))
         g = features * a + self.residual * features if self.residual else features * a
         return self.fc(self.perception(g).mean(dim=(2, 3)))
 
@@ -114,17 +168,16 @@ class ABN(nn.Module):
         return (1 - self.map_score) * score + self.map_score * map_probability(attention, self.topk)
 
     def forward(self, images: torch.Tensor) -> ABNOutput:
-        features = self.features(images)
-        att_logits, attention = self.attention_branch(features)
+        features, early = self.backbone(images)
+        att_logits, map_logits, stage = self.attention_branch(features)
+        if self.decoder is not None:
+            map_logits = self.decoder(map_logits, stage, early)
+        attention = torch.sigmoid(map_logits)[:, 0]
         return ABNOutput(self.perceive(features, attention), att_logits, attention, features)
 
     def forward_with_attention(self, images: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-        """Perception logits with an external (e.g. operator-corrected) map (B, H', W'), resized to F."""
-        features = self.features(images)
-        if attention.shape[-2:] != features.shape[-2:]:
-            attention = F.interpolate(attention[:, None], size=features.shape[-2:], mode="bilinear",
-                                      align_corners=False)[:, 0]
-        return self.perceive(features, attention.clamp(0, 1))
+        """Perception logits with an external (e.g. operator-corrected) map (B, H', W'), brought to F."""
+        return self.perceive(self.features(images), attention.clamp(0, 1))
 
 
 def score_formula(map_score: float, topk: float) -> str:
@@ -155,11 +208,11 @@ def build_model(model_cfg, num_classes: int, kind: str = "abn", topk: float = 0.
     if kind == "cnn":
         return Classifier(trunk, num_classes)
     return ABN(trunk, num_classes, model_cfg.residual, model_cfg.att_pool, model_cfg.attention_head,
-               model_cfg.map_score, topk)
+               model_cfg.map_score, topk, model_cfg.map_stride)
 
 
 # What a checkpoint meant by a setting it does not name: the behaviour before that setting was added.
-LEGACY = {"model": {"attention_head": "bn", "map_score": 0.0}, "train": {"w_defect": 0.0}}
+LEGACY = {"model": {"attention_head": "bn", "map_score": 0.0, "map_stride": None}, "train": {"w_defect": 0.0}}
 
 
 class CheckpointError(UserError, ValueError):

@@ -9,7 +9,7 @@ the ABN model puts the attention branch between them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,6 +27,8 @@ class Trunk:
     pretrained: bool
     next_stage: int = 1          # leading modules of `perception` that form the next stage
     next_channels: int = 0       # that stage's output channels
+    taps: dict[int, tuple[int, int]] = field(default_factory=dict)  # finer stride → (index in `features` of the
+                                 # last module at that stride, its channels): the map decoder's early features
 
     def attention_stage(self) -> nn.Module:
         """A copy of the next backbone stage with stride 1, as ABN's attention branch (keeps pretrained weights)."""
@@ -144,7 +146,10 @@ def _lite0_trunk(stride: int, pretrained: bool) -> Trunk:
     cf = net._blocks[cut - 1]._bn2.num_features
     width = net._blocks[cut]._bn2.num_features
     stage = [i for i in range(cut, len(net._blocks)) if net._blocks[i]._bn2.num_features == width]
-    return Trunk(features, perception, cf, 1280, stride, pretrained, len(stage), net._blocks[cut]._bn2.num_features)
+    last = {s: max(i for i, b in enumerate(strides[:cut]) if b == s) for s in (2, 4, 8) if s < stride}
+    taps = {s: (3 + i, net._blocks[i]._bn2.num_features) for s, i in last.items()}  # 3: stem conv, BN, ReLU6
+    return Trunk(features, perception, cf, 1280, stride, pretrained, len(stage), net._blocks[cut]._bn2.num_features,
+                 taps)
 
 
 def _resnet_trunk(name: str, stride: int, weights: str | None) -> Trunk:
@@ -169,7 +174,8 @@ def _resnet_trunk(name: str, stride: int, weights: str | None) -> Trunk:
     features = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, *stages[:n])
     perception = nn.Sequential(*stages[n:])
     cf = [64, 128, 256][n - 1]
-    return Trunk(features, perception, cf, 512, stride, bool(weights), 1, [128, 256, 512][n - 1])
+    taps = {s: tap for s, tap in {2: (2, 64), 4: (4, 64)}.items() if s < stride}  # after relu; after layer1
+    return Trunk(features, perception, cf, 512, stride, bool(weights), 1, [128, 256, 512][n - 1], taps)
 
 
 def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -181,7 +187,9 @@ def _tiny_trunk(stride: int) -> Trunk:
     chans = [3, 16, 24, 32, 48, 64]
     layers = [_conv(chans[i], chans[i + 1], 2) for i in range(5)]
     n = {4: 2, 8: 3, 16: 4}[stride]
-    return Trunk(nn.Sequential(*layers[:n]), nn.Sequential(*layers[n:]), chans[n], 64, stride, False, 1, chans[n + 1])
+    taps = {2 ** (i + 1): (i, chans[i + 1]) for i in range(n - 1)}
+    return Trunk(nn.Sequential(*layers[:n]), nn.Sequential(*layers[n:]), chans[n], 64, stride, False, 1,
+                 chans[n + 1], taps)
 
 
 def build_trunk(name: str, stride: int = 8, pretrained: bool = True, weights: str | None = None) -> Trunk:

@@ -89,6 +89,9 @@ class ModelConfig(_Section):
     pretrained: bool = True
     weights: Optional[str] = Field(None, description="local state-dict file for torchvision backbones")
     attention_stride: Literal[4, 8, 16] = 8
+    map_stride: Optional[Literal[2, 4, 8, 16]] = Field(
+        None, description="stride of the attention map: finer than attention_stride through a light decoder on "
+                          "the backbone's early features; null = attention_stride (no decoder)")
     residual: float = Field(0.3, ge=0, le=1, description="synthesis G = F*A + residual*F (true = 1: ABN's form)")
     att_pool: Literal["avg", "max"] = Field("max", description="pooling of the attention branch's class evidence")
     map_score: float = Field(0.5, ge=0, le=1, description="weight of the map's own defect probability (its top-k "
@@ -121,6 +124,9 @@ class TrainConfig(_Section):
     mask_supervision: int = Field(0, ge=0, description="masked defect training images used as L_map targets")
     synthetic_defects: float = Field(0.3, ge=0, le=1, description="share of good training images given pasted "
                                      "synthetic defects whose shapes serve as L_map targets (0 = off)")
+    paste_shapes: list[Literal["blob", "stroke", "diffuse", "cluster"]] = Field(
+        ["blob"], min_length=1, description="shapes of the pasted defects, each paste drawn among them: blob "
+        "(ellipse), stroke (thin bent line), diffuse (large soft region), cluster (small pits close together)")
     freeze_features: bool = False
     early_stopping: int = Field(0, ge=0, description="stop after this many epochs without val gain; 0 = off")
     steps_per_epoch: Optional[int] = Field(None, ge=1)

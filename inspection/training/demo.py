@@ -53,7 +53,7 @@ def run_demo(cfg: Config, out_dir: str | Path, generate_kwargs: dict | None = No
         best = train(run_cfg, manifest, out / key, kind=kind, progress=progress)
         timings[f"train_{key}"] = time.time() - t
         t = time.time()
-        results.append(evaluate_checkpoint(best, manifest, name, cfg_override=cfg))
+        results.append(evaluate_checkpoint(best, manifest, name, cfg_override=cfg, search=key != "ours"))
         timings[f"eval_{key}"] = time.time() - t
         curves[key] = out / key / "training_curves.png"
     t = time.time()

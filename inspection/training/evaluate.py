@@ -41,7 +41,8 @@ from inspection.training.metrics import (
 )
 
 GOOD_LEVEL_QUANTILE = 0.5  # the level good parts reach: the median over good val parts of each map's peak
-PIXEL_SIDE = 128  # pixel metrics are computed at this longest side to keep memory flat
+PIXEL_SIDE = 128  # pixel metrics are computed at this longest side to keep memory flat,
+PIXEL_SHORT = 32  # and at least this shortest side (very wide images: line-scan fabric)
 
 
 @dataclass
@@ -104,8 +105,14 @@ def good_level(pred: Predictions, items) -> float:
     return float(np.quantile(pred.maps[good].reshape(len(good), -1).max(1), GOOD_LEVEL_QUANTILE)) if good else 0.0
 
 
+# A baseline's own best rule (`search`): its threshold on a grid over its map's whole scale (Grad-CAM's scale is
+# not ours), and each of the levels that reshape boxes on or off, whichever gives the best box F1 on validation.
+SEARCH = {"threshold": tuple(round(v, 2) for v in np.arange(0.05, 0.96, 0.05)),
+          "refine": (0.0, BoxRule().refine), "area_share": (0.0, BoxRule().area_share)}
+
+
 def calibrate_box_rule(pred: Predictions, items, truths: dict[int, np.ndarray], flagged: np.ndarray,
-                       cfg, root: Path | None = None) -> BoxRule:
+                       cfg, root: Path | None = None, search: bool = False) -> BoxRule:
     """The box rule for a model: the config's levels (by default the untuned rule, BoxRule()), with the
     threshold never under what the validation good parts' maps reach (good_level: boxing under it would box the
     surface of a typical good part). Levels the config leaves null and calibration may choose (the threshold)
@@ -114,19 +121,21 @@ def calibrate_box_rule(pred: Predictions, items, truths: dict[int, np.ndarray], 
 
     The candidates are fixed levels of the map's own probability scale (inspection/boxes.LEVELS), so
     calibration cannot degenerate to a level that boxes a whole part. `root`: the dataset folder, whose images
-    the `refine` level reads (None: regions boxed whole).
+    the `refine` level reads (None: regions boxed whole). `search` (the baselines): the rule that boxes best on
+    validation among SEARCH, whatever the config says, with no floor.
     """
     b = cfg.eval.boxes
-    fixed = {k: getattr(b, k) for k in LEVELS if getattr(b, k) is not None}
+    fixed = {k: getattr(b, k) for k in LEVELS if getattr(b, k) is not None and not (search and k in SEARCH)}
     rule = dataclasses.replace(BoxRule(), **fixed, min_area=b.min_area, score=b.score)
-    floor = min(good_level(pred, items), 1.0)
+    floor = 0.0 if search else min(good_level(pred, items), 1.0)
     rule = dataclasses.replace(rule, threshold=max(rule.threshold, floor),
                                novelty_distance=novelty_distance(pred, items, rule.novelty))
-    free = [n for n in BoxRule.calibrated() if n not in fixed]
+    free = list(SEARCH) if search else [n for n in BoxRule.calibrated() if n not in fixed]
     if not free or all(items[i].defect_type == GOOD for i in truths):
         return rule
-    candidates = {n: LEVELS[n].candidates for n in free}
-    candidates["threshold"] = [t for t in LEVELS["threshold"].candidates if t >= floor] or [floor]
+    candidates = dict(SEARCH) if search else {n: LEVELS[n].candidates for n in free}
+    if not search:
+        candidates["threshold"] = [t for t in LEVELS["threshold"].candidates if t >= floor] or [floor]
     ups = {i: (*_upsampled(pred.maps[i], items[i], cfg.data.roi), _region(items[i], root, cfg.data.roi, rule),
                _far(pred, i, items[i], cfg.data.roi, rule)) for i in truths if flagged[i]}
     truth = [_xyxy(mask_to_boxes(truths[i])) for i in truths]
@@ -150,19 +159,23 @@ def _xyxy(boxes) -> np.ndarray:
 
 
 def _pixel_pair(up: np.ndarray, off, item, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The map (area mean per cell) and the truth on the pixel metrics' grid: PIXEL_SIDE on the longer side,
+    PIXEL_SHORT at least on the shorter; a cell is a defect cell where any of its pixels is (a defect smaller
+    than a cell would otherwise vanish from the truth, as a fabric's 7 px knot on a 4096 px wide image did)."""
     full = np.zeros((item.height, item.width), np.float32)
     full[off[1]:off[1] + up.shape[0], off[0]:off[0] + up.shape[1]] = up
-    s = PIXEL_SIDE / max(item.height, item.width)
+    s = min(1.0, max(PIXEL_SIDE / max(item.height, item.width), PIXEL_SHORT / min(item.height, item.width)))
     size = (max(1, round(item.width * s)), max(1, round(item.height * s)))
     return (cv2.resize(full, size, interpolation=cv2.INTER_AREA),
-            cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) >= 0.5)
+            cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0)
 
 
 def evaluate_predictions(pv: Predictions, pt: Predictions, manifest: Manifest, cfg, name: str,
-                         kind: str = "abn") -> dict:
+                         kind: str = "abn", search: bool = False) -> dict:
     """Metrics from predictions on the val and test splits (any backend: PyTorch, ONNX Runtime, TensorRT).
 
-    Boxes are drawn, as on the line, only on parts that fail or go to review."""
+    Boxes are drawn, as on the line, only on parts that fail or go to review. `search`: the box rule that does
+    best on validation (calibrate_box_rule), for a baseline whose map is not on our model's scale."""
     root = Path(manifest.root)
     val_items, test_items = manifest.split("val"), manifest.split("test")
     val_defect = np.array([it.defect_type != GOOD for it in val_items])
@@ -172,7 +185,7 @@ def evaluate_predictions(pv: Predictions, pt: Predictions, manifest: Manifest, c
     band = cfg.eval.review_band
     val_flagged = np.array([verdict(float(s), threshold, band) != "pass" for s in pv.scores])
     test_flagged = np.array([verdict(float(s), threshold, band) != "pass" for s in pt.scores])
-    rule = calibrate_box_rule(pv, val_items, _truths(val_items, root), val_flagged, cfg, root)
+    rule = calibrate_box_rule(pv, val_items, _truths(val_items, root), val_flagged, cfg, root, search)
 
     metrics = {"image": image_metrics(test_defect, pt.scores, threshold)}
     peak = pt.maps.reshape(len(pt.maps), -1).max(1)

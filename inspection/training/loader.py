@@ -19,6 +19,7 @@ from torch.utils.data import Dataset, Sampler
 from inspection.core.imageio import read_image, read_map, read_mask
 from inspection.core.layout import DatasetError, Manifest
 from inspection.core.preprocess import input_size, prepare
+from inspection.training.pastes import paste_defects
 
 
 class InspectionDataset(Dataset):
@@ -29,9 +30,10 @@ class InspectionDataset(Dataset):
     their shapes as the target ("synthetic": True)."""
 
     def __init__(self, manifest: Manifest, split: str, data_cfg, augment: bool = False,
-                 mask_targets: set[str] | frozenset = frozenset(), synthetic: float = 0.0):
+                 mask_targets: set[str] | frozenset = frozenset(), synthetic: float = 0.0,
+                 shapes: tuple[str, ...] = ("blob",)):
         self.manifest, self.cfg, self.augment = manifest, data_cfg, augment
-        self.mask_targets, self.synthetic = mask_targets, synthetic
+        self.mask_targets, self.synthetic, self.shapes = mask_targets, synthetic, tuple(shapes)
         self.items = manifest.split(split)
         if not self.items:
             raise DatasetError(f"dataset {manifest.root}: the {split} split is empty")
@@ -99,38 +101,12 @@ class InspectionDataset(Dataset):
             rng = random.Random(torch.randint(0, 2**31, ()).item())
             image, target = self._augment(image, target, rng)
             if self.synthetic and self.labels[i] == 0 and target is None and rng.random() < self.synthetic:
-                image, target = paste_defects(image, rng)
+                image, target = paste_defects(image, rng, self.shapes)
                 pasted = True
         h, w = image.shape[-2:]
         return {"image": (image - self.mean) / self.std, "label": self.labels[i], "index": i,
                 "target_map": torch.zeros(h, w) if target is None else target, "has_target": target is not None,
                 "synthetic": pasted}
-
-
-MOST_PASTES = 3  # 6 was measured and not kept (docs/trials.md)
-PASTE_GAIN = ((0.5, 0.8), (1.25, 1.6))  # a pasted patch is this much darker or brighter than where it came from
-
-
-def paste_defects(image: torch.Tensor, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
-    """1 to MOST_PASTES synthetic defects on a (3, H, W) image in [0, 1]: ellipses from a few pixels to a sixth of the
-    shorter side (any elongation and angle), each filled with the part's own surface from elsewhere, darker or
-    brighter (PASTE_GAIN). Returns the image and the (H, W) mask of the pastes (1 inside)."""
-    import cv2
-
-    h, w = image.shape[-2:]
-    mask = np.zeros((h, w), np.uint8)
-    out = image.clone()
-    for _ in range(rng.randint(1, MOST_PASTES)):
-        a = math.exp(rng.uniform(math.log(2), math.log(max(3.0, min(h, w) / 12))))  # half the long axis
-        b = max(1.0, a * rng.uniform(0.2, 1.0))
-        one = np.zeros((h, w), np.uint8)
-        cv2.ellipse(one, (rng.randrange(w), rng.randrange(h)), (round(a), round(b)), rng.uniform(0, 180), 0, 360, 1, -1)
-        lo, hi = rng.choice(PASTE_GAIN)
-        source = torch.roll(image, (rng.randrange(h), rng.randrange(w)), (-2, -1)) * rng.uniform(lo, hi)
-        inside = torch.from_numpy(one.astype(bool))
-        out = torch.where(inside, source.clamp(0, 1), out)
-        mask |= one
-    return out, torch.from_numpy(mask.astype(np.float32))
 
 
 class BalancedBatchSampler(Sampler):

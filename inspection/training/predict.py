@@ -100,8 +100,10 @@ def add_feature_bank(checkpoint: str | Path, manifest: Manifest) -> np.ndarray:
     return bank
 
 
-def evaluate(model, kind: str, manifest: Manifest, cfg, name: str, progress: bool = False) -> dict:
-    """Calibrate on val, measure on test. Returns metrics and per-image test results for the report."""
+def evaluate(model, kind: str, manifest: Manifest, cfg, name: str, progress: bool = False,
+             search: bool = False) -> dict:
+    """Calibrate on val, measure on test. Returns metrics and per-image test results for the report. `search`:
+    the box rule that does best on val (a baseline's own best rule)."""
     val = InspectionDataset(manifest, "val", cfg.data)
     test = InspectionDataset(manifest, "test", cfg.data)
     layer = cfg.eval.gradcam_layer
@@ -112,17 +114,17 @@ def evaluate(model, kind: str, manifest: Manifest, cfg, name: str, progress: boo
         cam_scale = float(np.quantile(pv.maps.reshape(len(pv.maps), -1).max(1), 0.99)) or 1.0
         pv.maps = np.clip(pv.maps / cam_scale, 0, 1)
         pt.maps = np.clip(pt.maps / cam_scale, 0, 1)
-    result = evaluate_predictions(pv, pt, manifest, cfg, name, kind)
+    result = evaluate_predictions(pv, pt, manifest, cfg, name, kind, search)
     result["cam_scale"] = cam_scale
     return result
 
 
 def evaluate_checkpoint(path: str | Path, manifest: Manifest, name: str | None = None, progress: bool = False,
-                        cfg_override=None) -> dict:
+                        cfg_override=None, search: bool = False) -> dict:
     """Evaluate a checkpoint on a manifest; eval settings from cfg_override (else the checkpoint's own)."""
     model, cfg, ckpt = load_checkpoint(path)
     if cfg_override is not None:
         cfg = cfg.model_copy(update={"eval": cfg_override.eval})
     if list(ckpt["classes"]) != list(manifest.classes):
         raise ValueError(f"{path}: model classes {ckpt['classes']} differ from the dataset's {manifest.classes}")
-    return evaluate(model, ckpt["kind"], manifest, cfg, name or Path(path).parent.name, progress)
+    return evaluate(model, ckpt["kind"], manifest, cfg, name or Path(path).parent.name, progress, search)

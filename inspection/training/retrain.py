@@ -4,6 +4,11 @@ model (L_classify + L_att + W_normal·L_normal + γ·L_map), export, gate on the
     >>> retrain(registry="models", log="runs/line/failures", base_data="data/synthetic", golden="data/golden",
     ...         out="runs/retrain")
     {'status': 'promoted', 'version': ..., 'new_reviews': 14, ...}
+    >>> retrain(registry="models/housing-b", ..., product="housing-b")   # that product's reviews, model, registry
+
+A station with several products has a registry per product: `product` takes only the reviews of that product's
+parts, fine-tunes its production model, gates it on its golden set and promotes into its registry; the other
+products' registries are never touched (each product's retrain keeps its own state file in `out`).
 
 Safety: one retrain at a time (a lock file in `out`); all work happens under `out/<run>/`, and the registry
 is touched only at the very end (add, then an atomic pointer switch), so an interrupted retrain leaves
@@ -97,8 +102,9 @@ def _pixels_hash(path: Path) -> str:
 
 def retrain(registry: str | Path, log: str | Path, golden: str | Path, out: str | Path,
             base_data: str | Path | None = None, min_reviews: int = 5, overrides: list[str] | None = None,
-            progress: bool = True, db: str = "") -> dict:
-    """`db`: the failure log's database when not <log>/failures.db (a SQLite file or a postgresql:// URL)."""
+            progress: bool = True, db: str = "", product: str | None = None) -> dict:
+    """`db`: the failure log's database when not <log>/failures.db (a SQLite file or a postgresql:// URL);
+    `product`: only that product's reviews (None: every review in the log)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / ".retrain.lock", "w") as lock:
@@ -107,14 +113,16 @@ def retrain(registry: str | Path, log: str | Path, golden: str | Path, out: str 
         except BlockingIOError:
             raise RetrainError(f"{out}: another retrain is running (lock held); nothing was changed") from None
         return _retrain(Registry(registry), Path(log), Path(golden), out,
-                        Path(base_data) if base_data else None, min_reviews, overrides or [], progress, db)
+                        Path(base_data) if base_data else None, min_reviews, overrides or [], progress, db, product)
 
 
-def _fine_tune_data(store, ckpt_path: Path, base: Path | None, run: Path, overrides: list[str], say):
-    """The reviewed parts exported and merged with the earlier data into run/data; the fine-tuning config (the
-    production model's, without pretrained weights, with FINE_TUNE and the overrides) and its manifest."""
+def _fine_tune_data(store, ckpt_path: Path, base: Path | None, run: Path, overrides: list[str], say,
+                    product: str | None):
+    """The reviewed parts (of the product) exported and merged with the earlier data into run/data; the
+    fine-tuning config (the production model's, without pretrained weights, with FINE_TUNE and the overrides)
+    and its manifest."""
     reviewed = run / "reviewed"
-    counts = export_reviewed(store, reviewed)
+    counts = export_reviewed(store, reviewed, product=product)
     say(f"reviewed dataset: {counts}")
     model, cfg, ckpt = load_checkpoint(ckpt_path)
     data = run / "data"
@@ -142,8 +150,9 @@ def _fine_tune_data(store, ckpt_path: Path, base: Path | None, run: Path, overri
 
 
 def _retrain(reg: Registry, log: Path, golden: Path, out: Path, base: Path | None, min_reviews: int,
-             overrides: list[str], progress: bool, db: str) -> dict:
-    say = (lambda m: print(f"retrain: {m}", file=sys.stderr)) if progress else (lambda m: None)
+             overrides: list[str], progress: bool, db: str, product: str | None) -> dict:
+    what = f"retrain {product}" if product else "retrain"
+    say = (lambda m: print(f"{what}: {m}", file=sys.stderr)) if progress else (lambda m: None)
     production = reg.current()
     if production is None:
         raise RetrainError(f"{reg.root}: no production model to fine-tune (promote one first)")
@@ -151,20 +160,20 @@ def _retrain(reg: Registry, log: Path, golden: Path, out: Path, base: Path | Non
     if not ckpt_path.exists():
         raise RetrainError(f"{ckpt_path}: production version {production} has no checkpoint to fine-tune from "
                            "(register packages with --checkpoint)")
-    state_path = out / "state.json"
+    state_path = out / (f"state-{product}.json" if product else "state.json")
     state = json.loads(state_path.read_text()) if state_path.exists() else {"last_review_ts": 0.0}
     try:
         store = open_store(db, log, create=False)
     except (FileNotFoundError, StoreUnavailable) as exc:
         raise RetrainError(str(exc)) from None
-    n_new, newest = store.reviews_since(state["last_review_ts"])
+    n_new, newest = store.reviews_since(state["last_review_ts"], product)
     if n_new < min_reviews:
         say(f"{n_new} new review(s) since the last run, fewer than {min_reviews}: nothing to do")
         return {"status": "nothing to do", "new_reviews": int(n_new), "production": production}
 
-    run = out / time.strftime("%Y%m%d-%H%M%S")
+    run = out / ((f"{product}-" if product else "") + time.strftime("%Y%m%d-%H%M%S"))
     say(f"{n_new} new reviews")
-    counts, merged, cfg, manifest, ckpt = _fine_tune_data(store, ckpt_path, base, run, overrides, say)
+    counts, merged, cfg, manifest, ckpt = _fine_tune_data(store, ckpt_path, base, run, overrides, say, product)
     say(f"fine-tuning {production} on {len(manifest.items)} images (manifest {manifest.content_hash[:12]})")
     best = train(cfg, manifest, run / "model", kind="abn", resume=True, progress=progress,
                  init_state=ckpt["state_dict"])

@@ -343,7 +343,8 @@ def _loaders(cfg: Config, manifest: Manifest, rank: int, world: int, kind: str):
     Pasted synthetic defects only for models with a map (kind "abn")."""
     train_set = InspectionDataset(manifest, "train", cfg.data, augment=True,
                                   mask_targets=mask_targets(manifest, cfg.train.mask_supervision, cfg.train.seed),
-                                  synthetic=cfg.train.synthetic_defects if kind == "abn" else 0.0)
+                                  synthetic=cfg.train.synthetic_defects if kind == "abn" else 0.0,
+                                  shapes=tuple(cfg.train.paste_shapes))
     val_set = InspectionDataset(manifest, "val", cfg.data, augment=False)
     steps = cfg.train.steps_per_epoch or default_steps(len(train_set), cfg.train.batch_size)
     sampler = BalancedBatchSampler([lb == 0 for lb in train_set.labels], cfg.train.batch_size, steps, cfg.train.seed,

@@ -1,8 +1,8 @@
 """The failure-log writer: its own thread, the records queue, the outbox and the daily verdict tallies.
 
     writer = FailureLogWriter(cfg, store, metrics, log); writer.start()   # also replays an earlier run's journal
-    writer.count("fail")                                   # every verdict (the tallies' denominators)
-    job = writer.job(frame, result, error, model_version, model_roi)  # a part to log (LogJob)
+    writer.count("fail", product)                          # every verdict (the tallies' denominators)
+    job = writer.job(frame, result, error, model_roi)      # a part to log (LogJob); model_roi: the package's
     writer.journal([job, ...])                             # before their verdicts leave: durable small records
     writer.put(job)                                        # its files are written here; blocks when the queue is full
     writer.close()                                         # write what is queued, flush the tallies, join
@@ -36,12 +36,12 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from inspection.core.boxes import upsample_attention
+from inspection.core.boxes import full_roi, upsample_attention
 from inspection.core.mapfile import encode_map
 from inspection.core.overlay import overlay
 from inspection.deploy.atomic import open_own
 from inspection.deploy.line.frames import Frame
-from inspection.deploy.line.station import StationConfig, station_crop
+from inspection.deploy.line.station import StationConfig
 from inspection.deploy.runtime import Inspection, frame_to_rgb
 from inspection.deploy.store.schema import (
     FailureRecord,
@@ -61,12 +61,13 @@ IMAGE_LOST = "image lost: the runner stopped before this part's images were writ
 
 
 class LogJob(NamedTuple):
-    """A part for the failure log: the frame, what the model said about it (or why it could not), the model's
-    ROI at the time, and the part's small record (built once: the journal and the store write the same)."""
+    """A part for the failure log: the frame (its product, ROI, model version and judged region travel with it),
+    what the model said about it (or why it could not), the region of the judged image the model saw, and the
+    part's small record (built once: the journal and the store write the same)."""
     frame: Frame
     result: Inspection | None
     error: str | None
-    model_roi: tuple | None
+    model_roi: list | None
     record: FailureRecord
 
 
@@ -178,18 +179,21 @@ class FailureLogWriter:
             except (OSError, AttributeError):  # no per-thread priority here (not Linux): the thread runs as is
                 pass
 
-    def job(self, frame: Frame, result: Inspection | None, error: str | None, version: str, model_roi) -> LogJob:
-        """The work item for a part to log, with its record."""
-        record = FailureRecord(frame.part_id, self.cfg.station, frame.ts, version,
+    def job(self, frame: Frame, result: Inspection | None, error: str | None, model_roi) -> LogJob:
+        """The work item for a part to log, with its record; model_roi: the judging package's own ROI (None: all
+        of the judged image), stored clipped to the judged image, so review draws the map where the model saw."""
+        judged = result is not None and frame.judged is not None
+        seen = [int(v) for v in full_roi(frame.judged.shape[:2], model_roi)] if judged else None
+        record = FailureRecord(frame.part_id, self.cfg.station, frame.ts, frame.model_version,
                                "error" if result is None else result.verdict,
                                None if result is None else result.score,
                                None if result is None else result.defect_type,
                                [] if result is None else [b.to_dict() for b in result.boxes],
-                               crop=station_crop(frame.image, self.cfg.source.roi)[1] if result is not None else None,
-                               camera=frame.camera)
+                               roi=frame.roi if judged else None, camera=frame.camera, product=frame.product,
+                               model_roi=seen)
         if error:
             record.boxes = [{"error": error}]
-        return LogJob(frame, result, error, model_roi, record)
+        return LogJob(frame, result, error, seen, record)
 
     def journal(self, jobs: list[LogJob]) -> None:
         """Make these parts' small records durable (one line each, one fsync for all) before their verdicts are
@@ -228,9 +232,9 @@ class FailureLogWriter:
         self.thread.start()
         self.replay.start()
 
-    def count(self, verdict: str) -> None:
+    def count(self, verdict: str, product: str = "") -> None:
         with self.lock:
-            self.counts[verdict] += 1
+            self.counts[verdict, product] += 1
 
     def put(self, job: LogJob) -> None:
         """Queue a part to log; blocks while the queue is full (no record is dropped), and says how long."""
@@ -246,12 +250,12 @@ class FailureLogWriter:
         if self.replay.ident is not None:
             self.replay.join()  # an earlier run's journal is logged to its end (a kill: the next start goes on)
 
-    def _files(self, frame: Frame, result: Inspection | None, job_roi) -> dict[str, tuple[str, bytes]]:
-        """The image the model judged (the station crop of the frame, so that review, re-scoring and retraining
-        see what the model saw; an unjudged frame whole), its map and an overlay."""
+    def _files(self, frame: Frame, result: Inspection | None, model_roi) -> dict[str, tuple[str, bytes]]:
+        """The image the model judged (the frame's ROI, so that review, re-scoring and retraining see what the
+        model saw; an unjudged frame whole), its map and an overlay."""
         files = {}
-        crop = station_crop(frame.image, self.cfg.source.roi)[0]
-        image = crop if result is not None else frame.image
+        judged = frame.judged if frame.judged is not None else frame.image
+        image = judged if result is not None else frame.image
         if image is not None:
             ext = "." + self.cfg.log.image_format
             if self.cfg.source.color == "RGB" and image.ndim == 3 and image.shape[2] >= 3:  # files are BGR(A)
@@ -262,8 +266,8 @@ class FailureLogWriter:
         if result is not None and image is not None:
             att = np.clip(result.attention, 0, 1)
             files["map"] = (".png", encode_map(att))
-            rgb = frame_to_rgb(crop, self.cfg.source.color)
-            full = upsample_attention(att, rgb.shape[:2], job_roi)
+            rgb = frame_to_rgb(judged, self.cfg.source.color)
+            full = upsample_attention(att, rgb.shape[:2], model_roi)
             label = f"{result.verdict} {result.score:.3f}"
             vis = overlay(rgb, full, result.boxes, label=label)[..., ::-1]
             files["overlay"] = (".jpg", cv2.imencode(".jpg", vis, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
@@ -389,7 +393,7 @@ class FailureLogWriter:
             return
         day = time.strftime("%Y-%m-%d")
         try:
-            self.store.tally(self.cfg.station, {(day, v): n for v, n in counts.items()})
+            self.store.tally(self.cfg.station, {(day, v, product): n for (v, product), n in counts.items()})
         except Exception as exc:  # noqa: BLE001 - statistics must never stop the writer
             self.log.warning(f"failure log: verdict counts not written yet: {exc}")
             with self.lock:

@@ -137,27 +137,68 @@ class GenICamSource:
                               f"({exc.message}); another program may hold the camera") from None
         try:
             self._configure(camera, Aravis, GLib)
-            stream = camera.create_stream(None, None)
-            if stream is None:
-                raise SourceError(f"source.genicam.device {device_id}: the camera gave no stream")
-            payload = camera.get_payload()
-            for _ in range(self.g.buffers):
-                stream.push_buffer(Aravis.Buffer.new_allocate(payload))
-            camera.set_acquisition_mode(Aravis.AcquisitionMode.CONTINUOUS)
-            camera.start_acquisition()
+            stream = self._start(camera, Aravis)
         except GLib.Error as exc:
             raise Disconnected(f"camera {device_id}: {exc.message}") from None
         self.lost = False
         camera.get_device().connect("control-lost", self._control_lost)
         self.camera, self.stream, self.seen = camera, stream, {}
         self.complete = Aravis.BufferStatus.SUCCESS  # looked up once, not per frame
-        self.format = camera.get_pixel_format_as_string()
-        self.info = {**info, "pixel_format": self.format, "trigger": self.g.trigger,
-                     "region": list(camera.get_region())}
-        self.last_ok = self.last_stats = time.monotonic()
+        self.info = info
+        self._opened_as()
         self.opened += 1
         if self.log is not None and self.opened > 1:
             self.log.info(f"reconnected: {self.describe()}")
+
+    def _start(self, camera, Aravis):
+        """A stream with `buffers` buffers of the camera's payload, and the acquisition started."""
+        stream = camera.create_stream(None, None)
+        if stream is None:
+            raise SourceError(f"source.genicam.device {self.info.get('id') or self.g.device}: the camera gave no "
+                              "stream")
+        payload = camera.get_payload()
+        for _ in range(self.g.buffers):
+            stream.push_buffer(Aravis.Buffer.new_allocate(payload))
+        camera.set_acquisition_mode(Aravis.AcquisitionMode.CONTINUOUS)
+        camera.start_acquisition()
+        return stream
+
+    def _opened_as(self) -> None:
+        camera = self.camera
+        self.format = camera.get_pixel_format_as_string()
+        self.info = {**self.info, "pixel_format": self.format, "trigger": self.g.trigger,
+                     "region": list(camera.get_region())}
+        self.last_ok = self.last_stats = time.monotonic()
+
+    def apply(self, g: GenICamConfig) -> None:
+        """Another product's settings (its products[].genicam over source.genicam), set between two frames.
+        Exposure and gain change at once; a new readout (ROI, binning, pixel format) stops the acquisition, is
+        set, and starts it again with new buffers. Frames the camera took before are dropped (counted in
+        camera_frames_stale_total). Closed: taken at the next open. Raises SourceError naming the key the camera
+        refused (the earlier settings are then still in self.g's place for the caller to restore)."""
+        old, self.g = self.g, g
+        if self.camera is None:
+            return
+        Aravis, GLib = _aravis()
+        readout = (old.roi, old.binning, old.pixel_format) != (g.roi, g.binning, g.pixel_format)
+        try:
+            if readout:
+                self.camera.stop_acquisition()
+                self.stream = None  # its buffers have the old payload's size
+            self._configure(self.camera, Aravis, GLib)
+            if readout:
+                self.stream, self.seen = self._start(self.camera, Aravis), {}
+                self._opened_as()
+            else:
+                self._drop_stale()
+        except GLib.Error as exc:
+            raise Disconnected(f"camera {self.info.get('id')}: {exc.message}") from None
+
+    def _drop_stale(self) -> None:
+        """Frames delivered but not read yet belong to earlier parts (or settings): counted and dropped."""
+        while (buf := self.stream.try_pop_buffer()) is not None:
+            self.metrics.inc("camera_frames_stale_total")
+            self.stream.push_buffer(buf)
 
     def describe(self) -> str:
         """The camera as opened, for the start-up report and the log."""
@@ -231,9 +272,7 @@ class GenICamSource:
         """Software trigger (PLC mode): frames already delivered belong to earlier parts and are dropped first."""
         if self.g.trigger != "software" or self.stream is None:
             return
-        while (buf := self.stream.try_pop_buffer()) is not None:
-            self.metrics.inc("camera_frames_stale_total")
-            self.stream.push_buffer(buf)
+        self._drop_stale()
         try:
             self.camera.software_trigger()
         except Exception as exc:  # noqa: BLE001 - GLib.Error: the camera is gone

@@ -2,8 +2,10 @@
 
     capture ─frames (bounded: drop_oldest | block)─▶ judging (batches) ─▶ outputs: JSON line, PLC, MQTT, webhook
                                                         └─LogJob (bounded)─▶ writer thread ─▶ failure log
-    capture.py, outputs.py, failure_log.py; reload thread: a new model package is loaded beside the running one
-    and swapped in between two batches; http.py: /health, /metrics (Prometheus), /version.
+    capture.py, outputs.py, failure_log.py; products.py: the products, their models and the switch between two
+    parts (a frame is judged by the model of the product stamped on it at capture); reload thread: a product's
+    new model package is loaded beside the running one and judges from the next batch; http.py: /health,
+    /metrics (Prometheus), /version.
 
     >>> LineRunner(load_station("configs/station.yaml")).run()
 
@@ -26,9 +28,9 @@ from inspection.deploy.line.failure_log import FailureLogWriter
 from inspection.deploy.line.frames import Frame
 from inspection.deploy.line.http import serve_http
 from inspection.deploy.line.outputs import Outputs
+from inspection.deploy.line.products import Products
 from inspection.deploy.line.prometheus import Metrics
 from inspection.deploy.line.station import StationConfig, station_crop
-from inspection.deploy.registry import resolve_package
 from inspection.deploy.runtime import FrameError, Inspection, Runtime
 from inspection.deploy.store.factory import open_store
 from inspection.deploy.store.schema import StoreUnavailable
@@ -45,16 +47,8 @@ class StationLog(logging.LoggerAdapter):
         return f"[{self.extra['station']}] {msg}", kwargs
 
 
-def _package_key(path: str | Path) -> tuple:
-    root = resolve_package(path)
-    try:
-        st = (root / "metadata.json").stat()
-        return (str(root.resolve()), st.st_mtime_ns, st.st_size)
-    except OSError:
-        return (str(root), None, None)
-
-
-Judged = tuple[Frame, Optional[Inspection], Optional[str]]  # a frame, its inspection, or why there is none
+# a frame, its inspection or why there is none, and the model that judged it (its product's)
+Judged = tuple[Frame, Optional[Inspection], Optional[str], Runtime]
 
 
 class LineRunner:
@@ -65,14 +59,14 @@ class LineRunner:
         self.log = StationLog(LOG, {"station": cfg.station})
         self.metrics = Metrics()
         self.stop_event = threading.Event()
-        self.runtime = self._load(cfg.package)
-        self._package_key = _package_key(cfg.package)
-        self._next_runtime: Runtime | None = None
-        self.outputs = Outputs(cfg, self.metrics, self.log, out)
+        self.products = Products(cfg, self._load, self.metrics, self.log)  # their models loaded ahead
+        self.outputs = Outputs(cfg, self.metrics, self.log, out, self.products, self.select)
         plc, mqtt = self.outputs.plc, self.outputs.mqtt
         self.capture = Capture(cfg, self.metrics, self.log, self.stop_event,
                                handshake=plc.handshake if plc is not None else None,
-                               triggers=mqtt.triggers if mqtt is not None and cfg.source.part_id == "trigger" else None)
+                               triggers=mqtt.triggers if mqtt is not None and cfg.source.part_id == "trigger" else None,
+                               products=self.products)
+        self.products.capture = self.capture
         self.store: SQLStore = open_store(cfg.log.db, Path(cfg.log.folder),
                                               int(cfg.log.quota_mb * 2**20) if cfg.log.quota_mb else None,
                                               cfg.log.fsync, offline_ok=True)
@@ -90,17 +84,31 @@ class LineRunner:
             self.log.warning(f"failure log: {exc}; starting with records in the outbox {self.store.outbox}")
             self.metrics.set("log_db_unavailable", 1)
 
-    def _load(self, package) -> Runtime:
-        rt = Runtime(resolve_package(package), self.cfg.backend, self.cfg.precision, self.cfg.threads,
-                     max_batch=self.cfg.batch.max_size)
+    def _load(self, package: Path) -> Runtime:
+        rt = Runtime(package, self.cfg.backend, self.cfg.precision, self.cfg.threads, max_batch=self.cfg.batch.max_size)
         h, w = rt.image_size
         rt.run_batch(np.zeros((1, 3, h, w), np.float32))  # warm-up: the first call is slow on every backend
         return rt
+
+    @property
+    def runtime(self) -> Runtime:
+        """The model of the prepared product (after an unprepare: of the product prepared last)."""
+        return self.products.runtime((self.products.current or self.products.last).id)
+
+    def select(self, product_id: str) -> int:
+        """Prepare a product (MQTT, or a caller of its own): through the PLC handshake when there is one (refused
+        while a part is in progress), else at once. 0, or the command error (docs/plc.md)."""
+        plc = self.outputs.plc
+        return plc.handshake.prepare(product_id) if plc is not None else self.products.prepare(product_id)
 
     # -- start-up ------------------------------------------------------------------------------------------------
     def self_check(self) -> dict:
         """Model loaded and answering, source opens, failure log writable; raises SourceError/OSError if not."""
         report = {"model": f"{self.runtime.version} on {self.runtime.backend} ({self.runtime.precision})"}
+        if self.cfg.products:
+            loaded = ", ".join(f"{pid} ({rt.version})" for pid, rt in self.products.models.items())
+            report["products"] = (f"{len(self.products.all)} configured, models loaded: {loaded}; prepared: "
+                                  f"{self.products.current.id}")
         report["source"] = self.capture.open()
         probe = Path(self.cfg.log.folder) / f".write-probe.tmp-{id(self)}"
         probe.unlink(missing_ok=True)  # a link planted under this name is removed, never written through
@@ -118,37 +126,36 @@ class LineRunner:
 
     def _watch_package(self) -> None:
         while not self.stop_event.wait(self.cfg.reload_s):
-            key = _package_key(self.cfg.package)
-            if key == self._package_key or key[1] is None:
-                continue
-            try:
-                rt = self._load(self.cfg.package)
-            except Exception as exc:  # noqa: BLE001 - a bad new package must never stop the line
-                self.metrics.inc("model_reload_failures_total")
-                self.log.warning(f"reload: new package at {resolve_package(self.cfg.package)} refused: {exc}")
-            else:
-                self._next_runtime = rt
-                self.log.info(f"reload: model {rt.version} ready; switching at the next batch")
-            self._package_key = key
+            self.products.reload()
 
     # -- judging ---------------------------------------------------------------------------------------------------
+    def _model(self, frame: Frame) -> Runtime:
+        """The model of the frame's product; the station's prepared one for a frame stamped with no product."""
+        rt = self.products.runtime(frame.product) if frame.product in self.products.by_id else self.runtime
+        frame.model_version = rt.version
+        return rt
+
     def _judge(self, batch: list[Frame]) -> list[Judged]:
-        roi = self.cfg.source.roi
         results: list = [None] * len(batch)
-        images, slots = [], []
+        groups: dict[str, list[int]] = {}  # product → slots: each product's frames go to its own model
         for i, f in enumerate(batch):
+            rt, roi = self._model(f), f.roi
             if f.error or f.image is None:
-                results[i] = (f, None, f.error or "no image")
+                results[i] = (f, None, f.error or "no image", rt)
+            elif f.product not in self.products.by_id:
+                results[i] = (f, None, "no product prepared", rt)
             elif roi is not None and (roi[0] + roi[2] > f.image.shape[1] or roi[1] + roi[3] > f.image.shape[0]):
-                results[i] = (f, None, f"frame {f.image.shape[1]}x{f.image.shape[0]} is smaller than the station ROI")
+                results[i] = (f, None, f"frame {f.image.shape[1]}x{f.image.shape[0]} is smaller than the station "
+                                       "ROI", rt)
             else:
-                images.append(station_crop(f.image, roi)[0])
-                slots.append(i)
-        for i, r in zip(slots, self.runtime.inspect_each(images, self.cfg.source.color) if images else []):
-            if isinstance(r, FrameError):
-                results[i] = (batch[i], None, str(r))
-                continue
-            results[i] = (batch[i], r, None)  # boxes in the judged crop's pixels; outputs shift them to the frame
+                f.judged = station_crop(f.image, roi)[0]  # the part the model judges (a view: no copy)
+                groups.setdefault(f.product, []).append(i)
+        for product, slots in groups.items():
+            rt = self.products.runtime(product)
+            for i, r in zip(slots, rt.inspect_each([batch[i].judged for i in slots], self.cfg.source.color)):
+                batch[i].model_version = rt.version
+                # boxes in the judged region's pixels; outputs shift them to the frame
+                results[i] = (batch[i], None, str(r), rt) if isinstance(r, FrameError) else (batch[i], r, None, rt)
         return results
 
     def _judge_safely(self, batch: list[Frame]) -> list[Judged]:
@@ -157,19 +164,18 @@ class LineRunner:
         except Exception as exc:  # noqa: BLE001 - one failed batch must not end the shift
             self.metrics.inc("inference_errors_total")
             self.log.error(f"inference failed on {len(batch)} frame(s): {exc}")
-            return [(f, None, f"inference failed: {exc}") for f in batch]
+            return [(f, None, f"inference failed: {exc}", self._model(f)) for f in batch]
 
     def _handle(self, judged: list[Judged]) -> None:
         """Journal the parts to log, then announce every verdict, then queue the parts' files for the writer."""
-        rt = self.runtime
-        if any(r is not None for _, r, _ in judged):
+        if any(r is not None for _, r, _, _ in judged):
             self.last_judged = time.time()
-        logged = {i: self.writer.job(f, r, e, rt.version, rt.roi) for i, (f, r, e) in enumerate(judged)
+        logged = {i: self.writer.job(f, r, e, rt.roi) for i, (f, r, e, rt) in enumerate(judged)
                   if ("error" if r is None else r.verdict) in self.cfg.log.verdicts}
         self.writer.journal(list(logged.values()))
-        for i, (frame, result, error) in enumerate(judged):  # announced only once their records are durable
+        for i, (frame, result, error, rt) in enumerate(judged):  # announced only once their records are durable
             verdict = self.outputs.emit(frame, result, error, time.time(), rt.version, rt.classes)
-            self.writer.count(verdict)
+            self.writer.count(verdict, frame.product)
             if i in logged:
                 self.writer.put(logged[i])
 
@@ -187,9 +193,6 @@ class LineRunner:
         wait_s = 0 if self.outputs.plc else self.cfg.batch.max_wait_ms / 1000  # PLC: one part at a time
         try:
             while not self.capture.finished():
-                if self._next_runtime is not None:
-                    self.runtime, self._next_runtime = self._next_runtime, None
-                    self.metrics.inc("model_reloads_total")
                 batch = self.capture.next_batch(self.cfg.batch.max_size, wait_s)
                 self.metrics.set("queue_depth", self.capture.frames.qsize())
                 if batch:
@@ -237,8 +240,9 @@ class LineRunner:
             degraded.append("failure log " + ("disk full" if self.metrics.get("log_disk_full") else
                                               "database unavailable"))
         last = capture.last_frame
+        current = self.products.current
         return {"status": "down" if down else "degraded" if degraded else "ok", "reasons": down + degraded,
-                "station": self.cfg.station,
+                "station": self.cfg.station, "product": current.id if current is not None else None,
                 "model_version": self.runtime.version, "backend": self.runtime.backend,
                 "uptime_s": round(time.time() - self.started, 1), "source": self.capture.state,
                 "frames": int(self.metrics.get("frames_total")), "queue_depth": self.capture.frames.qsize(),

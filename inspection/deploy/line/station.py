@@ -8,6 +8,8 @@ Every key, its default and its meaning: configs/station.yaml.
 from __future__ import annotations
 
 import dataclasses
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_type_hints
@@ -32,7 +34,8 @@ class SourceConfig:
     loop: bool = False               # simulated/video: start again at the end
     limit: int = 0                   # stop after this many frames (0 = no limit)
     color: str = "BGR"               # order of the frames the source delivers (OpenCV: BGR)
-    roi: list | None = None          # station crop [x, y, w, h] before the model (boxes stay in frame pixels)
+    roi: list | None = None          # station ROI [x, y, w, h]: the part of the frame the model judges (boxes stay
+                                     # in frame pixels)
     part_id: str = "auto"            # auto (file name for files, counter otherwise) | counter | trigger (MQTT)
     trigger_wait_ms: float = 500.0   # trigger: wait this long for the part ID that goes with a frame
     settle_ms: int = 200             # watch: a new file is read once its size has not changed for this long
@@ -58,6 +61,7 @@ class MQTTConfig:
     port: int = 1883
     topic: str = "inspection/{station}/verdict"
     trigger_topic: str = "inspection/{station}/trigger"  # part IDs from the line controller (source.part_id: trigger)
+    product_topic: str = ""          # a product ID here prepares that product; the answer goes to <topic>/state
     qos: int = 1
     client_id: str = ""
     keepalive: int = 30
@@ -123,6 +127,24 @@ class WebhookConfig:
 
 
 @dataclass
+class ProductCameraConfig:
+    exposure_us: float = 0.0         # 0 = source.genicam.exposure_us
+    gain: float | None = None        # null = source.genicam.gain
+    roi: list | None = None          # [x, y, width, height] read out by the camera; null = source.genicam.roi
+    pixel_format: str = ""           # "" = source.genicam.pixel_format
+
+
+@dataclass
+class ProductConfig:
+    id: str = ""                     # the product's name: the PLC's ProductId, MQTT, --product (letters, digits, . _ -)
+    number: int = 0                  # Modbus: the product number the PLC writes (1-65535); 0 = none
+    package: str = ""                # its model package folder or registry pointer; "" = the station's package
+    roi: list | None = None          # its station ROI [x, y, w, h]; null = source.roi
+    review_band: float | None = None  # its review band; null = the package's
+    genicam: ProductCameraConfig = field(default_factory=ProductCameraConfig)  # set on the camera at the switch
+
+
+@dataclass
 class StationConfig:
     station: str = "station-1"
     package: str = "runs/demo/ours/package"   # a model package folder, or a file holding the path of one
@@ -139,13 +161,17 @@ class StationConfig:
     log: LogConfig = field(default_factory=LogConfig)
     plc: PLCConfig = field(default_factory=PLCConfig)
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
+    product: str = ""                # the product prepared at start: an id of `products` ("" = the first)
+    products: list[ProductConfig] = field(default_factory=list)  # [] = one product: package and source.roi
+    models_loaded: int = 4           # products whose model packages stay loaded (the most recently prepared)
 
 
 CHOICES = {"source.kind": SOURCE_KINDS, "source.color": ("BGR", "RGB"),
            "source.part_id": ("auto", "counter", "trigger"),
            "queue.policy": ("drop_oldest", "block"), "log.image_format": ("png", "jpg"), "mqtt.qos": (0, 1, 2),
            "backend": BACKENDS, "precision": PRECISIONS}
-POSITIVE = ("batch.max_size", "queue.size", "log.queue", "webhook.queue", "plc.result_timeout_ms")
+POSITIVE = ("batch.max_size", "queue.size", "log.queue", "webhook.queue", "plc.result_timeout_ms", "models_loaded")
+PRODUCT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # safe in a metric label, a topic and a file name
 PORTS = ("http.port", "mqtt.port", "plc.opcua.port", "plc.modbus.port")
 
 
@@ -163,6 +189,13 @@ def _build(cls, data: dict, prefix: str, source: str):
         hint, key = hints[name], prefix + name
         if dataclasses.is_dataclass(hint):
             kwargs[name] = _build(hint, value or {}, key + ".", source)
+            continue
+        item = (typing.get_args(hint) or (None,))[0]
+        if typing.get_origin(hint) is list and dataclasses.is_dataclass(item):  # products: a list of mappings
+            value = [] if value is None else value  # `products:` left empty in YAML: none
+            if not isinstance(value, list):
+                raise StationConfigError(f"{source}: field {key} must be a list of mappings, got {value!r}")
+            kwargs[name] = [_build(item, v or {}, f"{key}[{i}].", source) for i, v in enumerate(value)]
             continue
         kwargs[name] = _coerce(value, hint, key, source)
     return cls(**kwargs)
@@ -208,11 +241,7 @@ def _check(cfg: StationConfig, source: str) -> StationConfig:
     for key in POSITIVE:
         if _lookup(cfg, key) < 1:
             raise StationConfigError(f"{source}: field {key} must be at least 1, got {_lookup(cfg, key)!r}")
-    roi = cfg.source.roi
-    if roi is not None and (len(roi) != 4 or not all(isinstance(v, int) and v >= 0 for v in roi) or
-                            roi[2] < 8 or roi[3] < 8):
-        raise StationConfigError(f"{source}: field source.roi must be [x, y, width, height] in pixels "
-                                 f"(width and height at least 8), got {roi!r}")
+    _check_roi(cfg.source.roi, "source.roi", source)
     bad = set(cfg.log.verdicts) - {"fail", "review", "error", "pass"}
     if bad:
         raise StationConfigError(f"{source}: field log.verdicts may hold fail, review, error, pass; got {sorted(bad)}")
@@ -228,6 +257,7 @@ def _check(cfg: StationConfig, source: str) -> StationConfig:
             raise StationConfigError(f"{source}: field {key} must be a TCP port (0-65535), got {_lookup(cfg, key)!r}")
     _check_plc(cfg, source)
     _check_genicam(cfg, source)
+    _check_products(cfg, source)
     if not cfg.station.strip():
         raise StationConfigError(f"{source}: field station must name the station")
     return cfg
@@ -290,6 +320,51 @@ def _check_genicam(cfg: StationConfig, source: str) -> None:
     if cfg.source.kind == "genicam" and g.trigger == "software" and not (cfg.plc.opcua.port or cfg.plc.modbus.port):
         raise StationConfigError(f"{source}: source.genicam.trigger software is fired by the PLC handshake; set "
                                  "plc.opcua.port or plc.modbus.port (or use trigger free or hardware)")
+
+
+def _check_roi(roi, key: str, source: str) -> None:
+    if roi is not None and (len(roi) != 4 or not all(isinstance(v, int) and v >= 0 for v in roi) or
+                            roi[2] < 8 or roi[3] < 8):
+        raise StationConfigError(f"{source}: field {key} must be [x, y, width, height] in pixels "
+                                 f"(width and height at least 8), got {roi!r}")
+
+
+def _check_products(cfg: StationConfig, source: str) -> None:
+    ids, numbers = set(), set()
+    for i, p in enumerate(cfg.products):
+        key = f"products[{i}]"
+        if not PRODUCT_ID.fullmatch(p.id):
+            raise StationConfigError(f"{source}: field {key}.id must be 1-64 letters, digits, '.', '_' or '-' "
+                                     f"(starting with a letter or digit), got {p.id!r}")
+        if p.id in ids:
+            raise StationConfigError(f"{source}: field {key}.id: product {p.id!r} is listed twice")
+        ids.add(p.id)
+        if not 0 <= p.number <= 65535 or p.number and p.number in numbers:
+            raise StationConfigError(f"{source}: field {key}.number must be 1-65535 and differ from the other "
+                                     f"products' (0: no number), got {p.number!r}")
+        numbers.add(p.number)
+        if cfg.plc.modbus.port and not p.number:
+            raise StationConfigError(f"{source}: field {key}.number: plc.modbus selects products by number; give "
+                                     f"product {p.id!r} one (1-65535)")
+        _check_roi(p.roi, f"{key}.roi", source)
+        if p.review_band is not None and not 0 <= p.review_band < 1:
+            raise StationConfigError(f"{source}: field {key}.review_band must be null or in [0, 1), "
+                                     f"got {p.review_band!r}")
+        g = p.genicam
+        if g != ProductCameraConfig() and cfg.source.kind != "genicam":
+            raise StationConfigError(f"{source}: field {key}.genicam sets camera settings; they need source.kind "
+                                     f"genicam (got {cfg.source.kind})")
+        if g.pixel_format not in ("", *PIXEL_FORMATS) or g.exposure_us < 0:
+            raise StationConfigError(f"{source}: field {key}.genicam: pixel_format must be one of "
+                                     f"{', '.join(PIXEL_FORMATS)} and exposure_us not negative, got "
+                                     f"{g.pixel_format!r} and {g.exposure_us!r}")
+        if g.roi is not None and not (len(g.roi) == 4 and all(isinstance(v, int) and v >= 0 for v in g.roi)
+                                      and g.roi[2] > 0 and g.roi[3] > 0):
+            raise StationConfigError(f"{source}: field {key}.genicam.roi must be [x, y, width, height] in sensor "
+                                     f"pixels, got {g.roi!r}")
+    if cfg.product and cfg.product not in ids:
+        raise StationConfigError(f"{source}: field product: {cfg.product!r} is not a product of this station "
+                                 f"(products: {', '.join(sorted(ids)) or 'none configured'})")
 
 
 def station_crop(image, roi):

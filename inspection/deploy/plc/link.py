@@ -12,9 +12,9 @@ class PLCLink:
 
     start() raises PLCError naming the config field when a server cannot start (port in use, bad certificate)."""
 
-    def __init__(self, cfg, station: str, metrics):
+    def __init__(self, cfg, station: str, metrics, products=None):
         self.cfg, self.metrics = cfg, metrics
-        self.handshake = Handshake(metrics, cfg.result_timeout_ms / 1000, cfg.ack_timeout_ms / 1000)
+        self.handshake = Handshake(metrics, cfg.result_timeout_ms / 1000, cfg.ack_timeout_ms / 1000, products)
         self.servers: list = []
         if cfg.opcua.port:
             from inspection.deploy.plc.opcua import OPCUAServer

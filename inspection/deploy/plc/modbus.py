@@ -1,8 +1,9 @@
 """Modbus TCP server for the PLC handshake (pymodbus). The register map is the integrator's table in docs/plc.md.
 
-    coils (PLC writes)        0 Trigger (rising edge), 1 Ack (rising edge)
+    coils (PLC writes)        0 Trigger (rising edge), 1 Ack (rising edge), 8 Prepare (rising edge)
     discrete inputs (PLC reads) 0 Ready, 1 Busy, 2 ResultReady, 3 OK, 4 NG, 5 Review, 6 Error
-    holding registers         0-1 part sequence (PLC writes before Trigger, high word first); 2.. results (read-only)
+    holding registers         0-1 part sequence (PLC writes before Trigger, high word first); 2-17 results
+                              (read-only); 18 product number (PLC writes before Prepare); 19-21 product (read-only)
 
 Any unit ID is answered. Addresses outside the map, writes to read-only registers and input-register reads
 are answered with exception 02 (illegal data address), a write that touches any such address is refused whole
@@ -20,12 +21,13 @@ from inspection.deploy.plc.handshake import (
     version_id,
 )
 
-COILS = ("Trigger", "Ack")
+COILS = {0: "Trigger", 1: "Ack", 8: "Prepare"}  # 2-7 stay free: the handshake's coils, then the product's
 INPUTS = ("Ready", "Busy", "ResultReady", "OK", "NG", "Review", "Error")
 HOLDING = ("PartSequenceHigh", "PartSequenceLow", "ResultSequenceHigh", "ResultSequenceLow", "Verdict",
            "ClassCode", "Score", "BoxCount", "BoxX", "BoxY", "BoxWidth", "BoxHeight", "ModelVersionId",
-           "ErrorCode", "CommandError", "TriggersRefused", "State", "ResultCount")
-WRITABLE = (0, 1)  # holding registers the PLC may write
+           "ErrorCode", "CommandError", "TriggersRefused", "State", "ResultCount",
+           "ProductNumber", "ProductState", "PreparedProduct", "ResultProduct")
+WRITABLE = (0, 1, 18)  # holding registers the PLC may write
 
 
 def input_bits(snap: dict) -> list[bool]:
@@ -48,6 +50,12 @@ def result_registers(snap: dict) -> list[int]:
             snap["command_error"], snap["refused"] % 65536, STATE_CODES[snap["state"]], r["sequence"] % 65536]
 
 
+def product_registers(snap: dict) -> list[int]:
+    """Holding registers 19-21: ProductState (0 none, 1 preparing, 2 ready, 3 error), the prepared product's
+    number, the number of the product the result was judged as."""
+    return [snap["product_state"], snap["product_number"], snap["result"]["product_number"]]
+
+
 class ModbusServer:
     """Serves the handshake; start() and stop() run in the PLC link's event loop."""
 
@@ -55,8 +63,8 @@ class ModbusServer:
 
     def __init__(self, handshake: Handshake, host: str, port: int, metrics):
         self.hs, self.host, self.port, self.metrics = handshake, host, port, metrics
-        self.coils = [False] * len(COILS)
-        self.part = [0, 0]  # holding registers 0-1
+        self.coils = dict.fromkeys(COILS, False)
+        self.written = dict.fromkeys(WRITABLE, 0)  # holding registers 0-1 (part sequence) and 18 (product number)
         self.server = None
 
     async def start(self) -> None:
@@ -108,7 +116,7 @@ class ModbusServer:
         from pymodbus.constants import ExcCodes
 
         if fc in (1, 5, 15):
-            size, block = len(COILS), "coil"
+            size, block = max(COILS) + 1, "coil"
         elif fc == 2:
             size, block = len(INPUTS), "input"
         elif fc in (3, 6, 16, 23):
@@ -117,28 +125,35 @@ class ModbusServer:
             size, block = 0, "other"
         if values is not None and block == "coil":
             count = len(values)  # for bits pymodbus passes the count of 16-bit words, not of coils
-        if address < 0 or address + count > size or values is not None and block == "holding" and \
-                any(a not in WRITABLE for a in range(address, address + count)):
+        writable = WRITABLE if block == "holding" else COILS
+        if address < 0 or address + count > size or values is not None and block in ("holding", "coil") and \
+                any(a not in writable for a in range(address, address + count)):
             self.metrics.inc("plc_bad_requests_total")
             return ExcCodes.ILLEGAL_ADDRESS
         if block == "coil":
             if values is not None:
                 for i, v in enumerate(values):
                     self._coil(address + i, bool(v))
-            registers[0] = sum(1 << i for i, c in enumerate(self.coils) if c)
+            registers[0] = sum(1 << a for a, c in self.coils.items() if c)
         elif block == "input":
             registers[0] = sum(1 << i for i, b in enumerate(input_bits(self.hs.snapshot())) if b)
         else:
             if values is not None:
                 for i, v in enumerate(values):
-                    self.part[address + i] = int(v)
-            registers[:len(HOLDING)] = self.part + result_registers(self.hs.snapshot())
+                    self.written[address + i] = int(v)
+            snap = self.hs.snapshot()
+            registers[:len(HOLDING)] = [self.written[0], self.written[1], *result_registers(snap),
+                                        self.written[18], *product_registers(snap)]
         return None
 
-    def _coil(self, index: int, value: bool) -> None:
-        rising = value and not self.coils[index]
-        self.coils[index] = value
-        if rising and COILS[index] == "Trigger":
-            self.hs.trigger(str((self.part[0] << 16) | self.part[1]))
-        elif rising:
+    def _coil(self, address: int, value: bool) -> None:
+        rising = value and not self.coils[address]
+        self.coils[address] = value
+        if rising and COILS[address] == "Trigger":
+            self.hs.trigger(str((self.written[0] << 16) | self.written[1]))
+        elif rising and COILS[address] == "Ack":
             self.hs.ack()
+        elif rising:  # Prepare: Preparing at once, the rest in a thread (ProductState says how it went)
+            number = self.written[18]
+            product = self.hs.products.by_number(number) if self.hs.products is not None else None
+            self.hs.prepare(product or f"#{number}", wait=False)

@@ -1,10 +1,13 @@
 """OPC UA server for the PLC handshake (asyncua): one object per station, its variables and two methods.
 
-    Objects/<station>/  State, Ready, Busy, ResultReady, Error, CommandError, TriggersRefused   (read)
+    Objects/<station>/  State, Ready, Busy, ResultReady, Error, CommandError, TriggersRefused, ProductId   (read)
                         PartId (write), Trigger (write, rising edge), Acknowledge (write, rising edge)
                         StartSingleJob(PartId) -> ErrorCode,  AcknowledgeResult() -> ErrorCode
+                        PrepareProduct(ProductId) -> InternalId, Error    (OPC 40100-1 7.5.2.7)
+                        UnprepareProduct(ProductId) -> InternalId, Error  (OPC 40100-1 7.5.2.8)
                         Result/ PartId, ResultId, ResultState, Verdict, ClassCode, DefectType, DefectScore,
-                                BoxCount, LargestBox, ModelVersion, ErrorCode, CreationTime, ProcessingTime
+                                BoxCount, LargestBox, ModelVersion, ProductId, ErrorCode, CreationTime,
+                                ProcessingTime
 
 Security: Basic256Sha256 Sign&Encrypt by default; users by password (OPCUA_PASSWORD) and/or by client
 certificate (a folder of trusted certificates); anonymous only when configured. Names follow OPC 40100-1
@@ -29,7 +32,7 @@ RESULT = {  # node name → (result field, OPC UA type name)
     "Verdict": ("verdict_name", "String"), "ClassCode": ("class_code", "Int32"),
     "DefectType": ("defect_type", "String"), "DefectScore": ("score", "Double"), "BoxCount": ("boxes", "Int32"),
     "LargestBox": ("largest_box", "Int32"), "ModelVersion": ("model_version", "String"),
-    "ErrorCode": ("error", "Int32"), "CreationTime": ("created", "DateTime"),
+    "ProductId": ("product", "String"), "ErrorCode": ("error", "Int32"), "CreationTime": ("created", "DateTime"),
     "ProcessingTime": ("processing_ms", "Double")}
 
 
@@ -164,7 +167,7 @@ class OPCUAServer:
         for name, value, vt in (("State", "Ready", "String"), ("Ready", True, "Boolean"), ("Busy", False, "Boolean"),
                                 ("ResultReady", False, "Boolean"), ("Error", False, "Boolean"),
                                 ("CommandError", 0, "Int32"), ("TriggersRefused", 0, "UInt32"),
-                                ("PartId", "", "String"), ("Trigger", False, "Boolean"),
+                                ("ProductId", "", "String"), ("PartId", "", "String"), ("Trigger", False, "Boolean"),
                                 ("Acknowledge", False, "Boolean")):
             node = await obj.add_variable(idx, name, ua.Variant(value, getattr(ua.VariantType, vt)))
             if name in ("PartId", "Trigger", "Acknowledge"):
@@ -178,6 +181,12 @@ class OPCUAServer:
         i32 = ua.VariantType.Int32
         await obj.add_method(idx, "StartSingleJob", self._start_job, [ua.VariantType.String], [i32])
         await obj.add_method(idx, "AcknowledgeResult", self._ack, [], [i32])
+        # 40100-1's signatures and argument names; ProductId and InternalId as strings (no 40100 nodeset here)
+        args = [_argument(ua, "ProductId", "the product to work on next"),
+                _argument(ua, "InternalId", "the model version the product's parts will be judged with"),
+                _argument(ua, "Error", "0 OK; < 0 the command error negated (docs/plc.md)", ua.ObjectIds.Int32)]
+        for name, action in (("PrepareProduct", self.hs.prepare), ("UnprepareProduct", self.hs.unprepare)):
+            await obj.add_method(idx, name, self._product_method(action), args[:1], args[1:])
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -189,6 +198,18 @@ class OPCUAServer:
 
         return [ua.Variant(self.hs.trigger(part_id.Value if hasattr(part_id, "Value") else part_id),
                            ua.VariantType.Int32)]
+
+    def _product_method(self, action):
+        """PrepareProduct / UnprepareProduct: run off the event loop (loading a model takes time; the Modbus server
+        and the other clients keep being served); 40100 wants application errors negative."""
+        async def method(parent, product_id) -> list:
+            from asyncua import ua
+
+            pid = str((product_id.Value if hasattr(product_id, "Value") else product_id) or "").strip()
+            code = await asyncio.get_running_loop().run_in_executor(None, action, pid)
+            version = "" if code else self.hs.products.version(pid)
+            return [ua.Variant(version, ua.VariantType.String), ua.Variant(-code, ua.VariantType.Int32)]
+        return method
 
     async def _ack(self, parent) -> list:
         from asyncua import ua
@@ -232,6 +253,7 @@ class OPCUAServer:
         state = snap["state"]
         error = bool(snap["command_error"]) or state == "ResultReady" and bool(result.error)
         values += [("CommandError", snap["command_error"], "Int32"), ("TriggersRefused", snap["refused"], "UInt32"),
+                   ("ProductId", snap.get("product", ""), "String"),
                    ("Error", error, "Boolean"), ("Busy", state == "Busy", "Boolean"),
                    ("ResultReady", state == "ResultReady", "Boolean"), ("Ready", state == "Ready", "Boolean"),
                    ("State", state, "String")]
@@ -239,6 +261,12 @@ class OPCUAServer:
             for name, v, vt in values:
                 await self.server.write_attribute_value(self.nodes[name].nodeid,
                                                         ua.DataValue(ua.Variant(v, getattr(ua.VariantType, vt))))
+
+
+def _argument(ua, name: str, description: str, datatype: int | None = None):
+    """A method argument as 40100 names it (a scalar; String unless said)."""
+    return ua.Argument(Name=name, DataType=ua.NodeId(datatype or ua.ObjectIds.String), ValueRank=-1,
+                       ArrayDimensions=[], Description=ua.LocalizedText(description))
 
 
 def _default(vt: str):

@@ -30,8 +30,9 @@ class Reviews:
         """Append a review (history is never overwritten) and set the part's review status from it.
 
         `corrected`: an operator-corrected attention map in [0, 1], at the model's map resolution or at the
-        frame's; both resolutions are stored (16-bit PNG) and become training targets (L_map). `roi`: the model's
-        crop [x, y, w, h] of the frame (the model-resolution copy of a frame-sized map covers only that crop).
+        frame's; both resolutions are stored (16-bit PNG) and become training targets (L_map). `roi`: the region
+        [x, y, w, h] of the stored image the model saw (the model-resolution copy of a frame-sized map covers only
+        that region); default: the record's model_roi.
         """
         if verdict not in REVIEW_VERDICTS:
             raise ReviewError(f"review verdict must be one of {', '.join(REVIEW_VERDICTS)}, got {verdict!r}")
@@ -40,6 +41,7 @@ class Reviews:
         record = self.get(failure_id)
         if record is None:
             raise ReviewError(f"no logged part with id {failure_id}")
+        roi = record.model_roi if roi is None else roi
         files = self._corrected_files(record, corrected, roi) if corrected is not None else {}
         with self._lock:
             rel_dir = Path(record.files["map"]).parent if files else None  # beside the part's own map (checked)
@@ -100,9 +102,14 @@ class Reviews:
         rows = self._rows("SELECT * FROM reviews WHERE failure_id = ? ORDER BY id", (failure_id,))
         return [Review(**{**r, "files": json.loads(r["files"])}) for r in rows]
 
-    def reviews_since(self, ts: float) -> tuple[int, float]:
-        """(number of reviews written after ts, time of the newest one or ts)."""
-        row = self._rows("SELECT COUNT(*) AS n, MAX(ts) AS newest FROM reviews WHERE ts > ?", (ts,))[0]
+    def reviews_since(self, ts: float, product: str | None = None) -> tuple[int, float]:
+        """(number of reviews written after ts, time of the newest one or ts); of one product's parts if given."""
+        sql, args = "SELECT COUNT(*) AS n, MAX(ts) AS newest FROM reviews WHERE ts > ?", [ts]
+        if product is not None:
+            sql = ("SELECT COUNT(*) AS n, MAX(r.ts) AS newest FROM reviews r JOIN failures f ON f.id = r.failure_id "
+                   "WHERE r.ts > ? AND f.product = ?")
+            args.append(product)
+        row = self._rows(sql, args)[0]
         return int(row["n"]), float(row["newest"] if row["newest"] is not None else ts)
 
 

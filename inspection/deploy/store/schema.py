@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
 from inspection.core.errors import UserError
 
@@ -58,6 +58,23 @@ UPDATE failures SET day = {day_of_ts} WHERE day IS NULL;
 CREATE INDEX IF NOT EXISTS failures_day ON failures (day)"""),  # the station's local day: per-day statistics
     (3, "ALTER TABLE failures ADD COLUMN crop TEXT"),  # station ROI: the stored image is the part the model judged
     (4, "ALTER TABLE failures ADD COLUMN camera TEXT"),  # a GenICam camera's frame ID and timestamp (JSON)
+    # products: one name for the station ROI (roi), the product a part was judged as, the region of the stored
+    # image the model saw; the daily tallies per product (rebuilt: a primary key cannot change in place)
+    (5, """ALTER TABLE failures RENAME COLUMN crop TO roi;
+ALTER TABLE failures ADD COLUMN product TEXT NOT NULL DEFAULT '';
+ALTER TABLE failures ADD COLUMN model_roi TEXT;
+CREATE INDEX IF NOT EXISTS failures_product_ts ON failures (product, ts);
+CREATE TABLE product_tallies (
+    day TEXT NOT NULL,
+    station TEXT NOT NULL,
+    product TEXT NOT NULL DEFAULT '',
+    verdict TEXT NOT NULL,
+    n {big} NOT NULL,
+    PRIMARY KEY (day, station, product, verdict)
+);
+INSERT INTO product_tallies (day, station, product, verdict, n) SELECT day, station, '', verdict, n FROM tallies;
+DROP TABLE tallies;
+ALTER TABLE product_tallies RENAME TO tallies"""),
 ]
 # a reviewer's verdict → the failure's review status
 REVIEW_VERDICTS = {"defect": "confirmed", "false_alarm": "false_alarm", "unsure": "unsure"}
@@ -89,9 +106,20 @@ class FailureRecord:
     bytes: int = 0
     review_status: str = "unreviewed"
     id: int | None = None
-    crop: list | None = None      # the station ROI [x, y, w, h] the image was cut to in the frame (None: the frame)
+    roi: list | None = None       # the station ROI [x, y, w, h] the image was cut from in the frame (None: the frame)
     camera: dict | None = None    # GenICam: {"frame_id", "timestamp_ns"} of the frame as the camera stamped it
+    product: str = ""             # the product the part was judged as ("": a station without products)
+    model_roi: list | None = None  # the region [x, y, w, h] of the stored image the model saw (the package's own
+                                   # ROI, clipped); None: judged before products were recorded, or not judged
     damaged: str | None = None    # read back from a row that does not hold what the writer writes: why (shown, counted)
+    crop: InitVar[list | None] = None  # the older name of roi, in outbox and journal files written before it
+
+    def __post_init__(self, crop):
+        if self.roi is None:
+            self.roi = crop
+
+
+FailureRecord.crop = property(lambda self: self.roi, doc="The older name of roi (scripts written before it).")
 
 
 class ReviewError(UserError, ValueError):
@@ -118,7 +146,8 @@ def _record(row: dict) -> FailureRecord:
     d.pop("day", None)
     try:
         boxes, files = json.loads(d["boxes"]), json.loads(d["files"])
-        crop = json.loads(d["crop"]) if d.get("crop") else None
+        roi = json.loads(d["roi"]) if d.get("roi") else None
+        model_roi = json.loads(d["model_roi"]) if d.get("model_roi") else None
         camera = json.loads(d["camera"]) if d.get("camera") else None
         if camera is not None and not (isinstance(camera, dict) and all(_int(v) for v in camera.values())):
             raise ValueError("camera is not a map of frame_id and timestamp_ns")
@@ -126,12 +155,15 @@ def _record(row: dict) -> FailureRecord:
             raise ValueError("boxes are not a list of boxes")
         if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
             raise ValueError("files are not a map of kind to path")
-        if crop is not None and not (isinstance(crop, list) and len(crop) == 4 and all(_int(v) for v in crop)):
-            raise ValueError("crop is not [x, y, width, height]")
+        for name, region in (("roi", roi), ("model_roi", model_roi)):
+            if region is not None and not (isinstance(region, list) and len(region) == 4
+                                           and all(_int(v) for v in region)):
+                raise ValueError(f"{name} is not [x, y, width, height]")
         score = None if d["score"] is None else float(d["score"])
         if score is not None and not 0 <= score <= 1:
             raise ValueError(f"score {score!r} is not in [0, 1]")
-        return FailureRecord(**{**d, "boxes": boxes, "files": files, "crop": crop, "camera": camera, "score": score,
+        return FailureRecord(**{**d, "boxes": boxes, "files": files, "roi": roi, "model_roi": model_roi,
+                                "camera": camera, "score": score, "product": str(d.get("product") or ""),
                                 "ts": float(d["ts"]), "bytes": int(d["bytes"] or 0)})
     except (ValueError, TypeError, KeyError, RecursionError) as exc:
         text = lambda k: str(d.get(k) or "")[:200]  # noqa: E731
@@ -149,7 +181,8 @@ FILE_KINDS = ("image", "map", "overlay")        # what the runner writes with a 
 SUFFIX = re.compile(r"\.[a-z0-9]{2,5}")
 # a record as the runner journals and spools it (review status, files, sizes and ids are the store's own)
 WRITTEN = {"part_id": True, "station": True, "ts": True, "model_version": True, "verdict": True, "score": True,
-           "defect_type": True, "boxes": True, "crop": False, "camera": False, "damaged": False}  # name: required
+           "defect_type": True, "boxes": True, "roi": False, "camera": False, "product": False, "model_roi": False,
+           "crop": False, "damaged": False}  # name: required; crop: roi's older name, in files written before it
 MAX_TEXT = 1000                                 # characters of a part ID, model version or defect type
 
 
@@ -180,11 +213,16 @@ def written_record(row, station: str) -> FailureRecord:
         raise ValueError(f"field 'verdict' must be one of {', '.join(VERDICTS)}, found {str(row['verdict'])[:40]!r}")
     if score is not None and not (isinstance(score, (int, float)) and not isinstance(score, bool) and 0 <= score <= 1):
         raise ValueError(f"field 'score' must be a number in [0, 1] or null, found {str(score)[:40]!r}")
-    boxes, crop, camera = row["boxes"], row.get("crop"), row.get("camera")
+    boxes, camera, product = row["boxes"], row.get("camera"), row.get("product", "")
     if not (isinstance(boxes, list) and len(boxes) <= 1000 and all(_box_ok(b) for b in boxes)):
         raise ValueError("field 'boxes' is not a list of boxes")
-    if crop is not None and not (isinstance(crop, list) and len(crop) == 4 and all(_int(v) and v >= 0 for v in crop)):
-        raise ValueError("field 'crop' is not [x, y, width, height]")
+    for key in ("roi", "crop", "model_roi"):
+        region = row.get(key)
+        if region is not None and not (isinstance(region, list) and len(region) == 4
+                                       and all(_int(v) and v >= 0 for v in region)):
+            raise ValueError(f"field {key!r} is not [x, y, width, height]")
+    if not (isinstance(product, str) and len(product) <= MAX_TEXT):
+        raise ValueError(f"field 'product' must be text of at most {MAX_TEXT} characters, found {str(product)[:40]!r}")
     if camera is not None and not (isinstance(camera, dict) and set(camera) <= {"frame_id", "timestamp_ns"}
                                    and all(_int(v) for v in camera.values())):
         raise ValueError("field 'camera' is not a map of frame_id and timestamp_ns")

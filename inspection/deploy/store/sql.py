@@ -272,8 +272,19 @@ class SQLStore(Outbox, Reviews, Statistics):
         return {"unreviewed": 0, "confirmed": 0, "false_alarm": 0, "unsure": 0,
                 **{r["review_status"]: int(r["n"]) for r in rows}}
 
+    def count_by_product(self, **filters) -> dict[str, int]:
+        """Matching parts per product ("" for parts of stations without products), in one pass."""
+        where, args = _where(filters)
+        rows = self._rows(f"SELECT product, COUNT(*) AS n FROM failures{where} GROUP BY product ORDER BY product", args)
+        return {str(r["product"]): int(r["n"]) for r in rows}
+
     def stations(self) -> list[str]:
         return [r["station"] for r in self._rows("SELECT DISTINCT station FROM failures ORDER BY station")]
+
+    def products(self) -> list[str]:
+        """The products of the logged parts, without the "" of stations without products."""
+        return [r["product"] for r in self._rows("SELECT DISTINCT product FROM failures WHERE product <> '' "
+                                                 "ORDER BY product")]
 
     def records(self, limit: int = 100, offset: int = 0, before: tuple[float, int] | None = None,
                 **filters) -> list[FailureRecord]:
@@ -364,15 +375,17 @@ def _db_row(record: FailureRecord, day: str) -> dict:
     one, not through dataclasses.asdict, whose deep copy took three quarters of a journal's replay."""
     row = {name: getattr(record, name) for name in _COLUMNS}
     row["boxes"], row["files"], row["day"] = json.dumps(row["boxes"]), json.dumps(row["files"]), day
-    row["crop"] = None if record.crop is None else json.dumps([int(v) for v in record.crop])
+    for key in ("roi", "model_roi"):
+        row[key] = None if row[key] is None else json.dumps([int(v) for v in row[key]])
     row["camera"] = None if record.camera is None else json.dumps(record.camera)
     return row
 
 
 _COLUMNS = [f.name for f in fields(FailureRecord) if f.name not in ("id", "damaged")]
 # filter name → SQL condition; every value travels as a bound parameter, never as SQL text
-FILTERS = {"station": "station = ?", "verdict": "verdict = ?", "review_status": "review_status = ?",
-           "part_id": "part_id = ?", "defect_type": "defect_type = ?", "model_version": "model_version = ?",
+FILTERS = {"station": "station = ?", "product": "product = ?", "verdict": "verdict = ?",
+           "review_status": "review_status = ?", "part_id": "part_id = ?", "defect_type": "defect_type = ?",
+           "model_version": "model_version = ?",
            "ts_from": "ts >= ?", "ts_to": "ts < ?", "score_min": "score >= ?", "score_max": "score <= ?"}
 NUMERIC = ("ts_from", "ts_to", "score_min", "score_max")
 

@@ -1,6 +1,6 @@
 """Reviewed parts → a dataset folder in the trainer's layout (for retraining and offline use).
 
-    >>> export_reviewed(store, "data/reviewed-2026-11-23")
+    >>> export_reviewed(store, "data/reviewed-2026-11-23")            # product="housing-b": that product's only
     {'good': 12, 'defect': 30, 'corrected': 9, 'skipped': {'unsure': 2, 'no image': 1}}
 
     out/good/<station>_<part>_<id>.png            false alarms: the part was good
@@ -20,7 +20,8 @@ from inspection.deploy.store.schema import safe_name
 from inspection.deploy.store.sql import SQLStore
 
 
-def export_reviewed(store: SQLStore, out_dir: str | Path, page: int = 1000) -> dict:
+def export_reviewed(store: SQLStore, out_dir: str | Path, page: int = 1000, product: str | None = None) -> dict:
+    """Write the reviewed parts (of one product, if given) as a dataset folder; the counts of what was written."""
     out = Path(out_dir)
     counts = {"good": 0, "defect": 0, "corrected": 0, "skipped": {}}
 
@@ -29,7 +30,7 @@ def export_reviewed(store: SQLStore, out_dir: str | Path, page: int = 1000) -> d
 
     for status in ("confirmed", "false_alarm"):
         offset = 0
-        while batch := store.records(limit=page, offset=offset, review_status=status):
+        while batch := store.records(limit=page, offset=offset, review_status=status, product=product):
             offset += len(batch)
             for record in batch:
                 reviews = store.reviews(record.id)

@@ -1,5 +1,6 @@
 """One part: its page, files and attention map; the review (verdict, defect type, corrected map) and re-scoring
-with a corrected map through the package's rescore.onnx."""
+with a corrected map through the rescore.onnx of the package that judged it (deps.ReviewApp.runtime_for); the
+map is drawn over the region of the stored image that model saw (the record's model_roi)."""
 from __future__ import annotations
 
 import base64
@@ -53,11 +54,12 @@ def part_page(request: Request, part_id: int, u: User = Depends(user), st: Revie
         raise HTTPException(400, str(exc)) from None
     frame = _frame(st.store, r)
     size = None if frame is None else (frame.shape[1], frame.shape[0])
+    rt, rescore_off = st.runtime_for(r)
     return page(request, "part.html", u, r=r, qs=query_string(q), newer=newer, older=older,
                 history=st.store.reviews(r.id), image_ok=size is not None, size=size,
                 image_missing=r.files.get("image", "(none logged)") if size is None else None,
-                defect_types=st.defect_types(), can_rescore=st.runtime is not None,
-                package_version=st.runtime.version if st.runtime else None)
+                defect_types=st.defect_types(r), can_rescore=rt is not None, rescore_off=rescore_off,
+                package_version=rt.version if rt else None)
 
 
 @routes.get("/parts/{part_id}/file/{kind}")
@@ -115,12 +117,12 @@ def thumbnail(part_id: int, u: User = Depends(user), st: ReviewApp = Depends(get
                     media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
-def verdict_fields(body: dict, st: ReviewApp) -> tuple[str, str | None, str]:
-    """(verdict, defect type or None, comment) of a review request, checked; HTTP 400 naming the field."""
+def verdict_fields(body: dict, known: list[str]) -> tuple[str, str | None, str]:
+    """(verdict, defect type or None, comment) of a review request, checked against the known defect types;
+    HTTP 400 naming the field."""
     verdict, defect_type, comment = body.get("verdict"), body.get("defect_type") or None, body.get("comment", "")
     if not isinstance(verdict, str) or verdict not in REVIEW_VERDICTS:
         raise HTTPException(400, f"verdict must be one of {', '.join(REVIEW_VERDICTS)}, got {str(verdict)[:40]!r}")
-    known = st.defect_types()
     if defect_type is not None and (not isinstance(defect_type, str) or len(defect_type) > 64
                                     or (known and defect_type not in known)):
         raise HTTPException(400, "defect_type must be one of " + (", ".join(known) or "the configured types")
@@ -134,11 +136,11 @@ def verdict_fields(body: dict, st: ReviewApp) -> tuple[str, str | None, str]:
 async def review(request: Request, part_id: int, u: User = Depends(csrf), st: ReviewApp = Depends(get_state)):
     body = await json_body(request)
     r = record(st, part_id)
-    verdict, defect_type, comment = verdict_fields(body, st)
+    verdict, defect_type, comment = verdict_fields(body, await run_in_threadpool(st.defect_types, r))
     corrected = await run_in_threadpool(lambda: _decode_map(body.get("corrected"), _hw(_frame(st.store, r))))
     try:
-        rid = await run_in_threadpool(st.store.add_review, r.id, u.name, verdict, defect_type, comment,
-                                      corrected=corrected, roi=st.runtime.roi if st.runtime else None)
+        rid = await run_in_threadpool(lambda: st.store.add_review(r.id, u.name, verdict, defect_type, comment,
+                                                                  corrected=corrected, roi=st.model_roi(r)))
     except ReviewError as exc:
         raise HTTPException(400, str(exc)) from None
     return {"review_id": rid, "history": [_review_json(v) for v in st.store.reviews(r.id)]}
@@ -154,8 +156,9 @@ async def bulk_review(request: Request, u: User = Depends(csrf), st: ReviewApp =
     if not (isinstance(ids, list) and 0 < len(ids) <= MAX_BULK
             and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
         raise HTTPException(400, f"ids must be a list of 1 to {MAX_BULK} part ids (integers)")
-    verdict, defect_type, comment = verdict_fields(body, st)
     records = [record(st, i) for i in dict.fromkeys(ids)]
+    known = sorted({t for r in records for t in await run_in_threadpool(st.defect_types, r)})  # any of their types
+    verdict, defect_type, comment = verdict_fields(body, known)
     done = []
     for r in records:
         try:
@@ -171,7 +174,7 @@ async def bulk_review(request: Request, u: User = Depends(csrf), st: ReviewApp =
 
 @routes.post("/api/parts/{part_id}/rescore")
 async def rescore(request: Request, part_id: int, u: User = Depends(csrf), st: ReviewApp = Depends(get_state)):
-    if st.runtime is None:
+    if not st.sources:
         raise HTTPException(409, "re-scoring is off: start the review station with --package")
     body = await json_body(request)
     r = record(st, part_id)
@@ -180,6 +183,9 @@ async def rescore(request: Request, part_id: int, u: User = Depends(csrf), st: R
 
 def _rescore(st: ReviewApp, r: FailureRecord, body: dict, u: User) -> dict:  # decoding and ONNX: off the event loop
     part_id = r.id
+    rt, why = st.runtime_for(r)
+    if rt is None:
+        raise HTTPException(409, why)
     frame = _frame(st.store, r)
     if frame is None:
         raise HTTPException(409, f"part {part_id}: its image file is missing or unreadable, so it cannot be "
@@ -188,17 +194,17 @@ def _rescore(st: ReviewApp, r: FailureRecord, body: dict, u: User) -> dict:  # d
     if corrected is None:
         raise HTTPException(400, "send the corrected map (field 'corrected', a PNG data URL)")
     try:
-        shapes = (frame.shape[:2], tuple(st.runtime.attention_size))
+        shapes = (frame.shape[:2], tuple(rt.attention_size))
         if corrected.shape not in shapes:
             raise HTTPException(400, f"corrected map for part {r.part_id} has shape {corrected.shape}; expected "
                                      + " or ".join(f"{h}x{w}" for h, w in shapes) + " (frame or model map)")
-        after = st.runtime.rescore(frame, corrected, color="BGR")
-        before = st.runtime.rescore(frame, _attention(st, r, False, None), color="BGR")  # the logged map as it is
+        after = rt.rescore(frame, corrected, color="BGR")
+        before = rt.rescore(frame, _attention(st, r, False, None), color="BGR")  # the logged map as it is
     except FrameError as exc:
         raise HTTPException(400, str(exc)) from None
     st.accounts.audit(u.name, "rescore", {"part": part_id, "score": after["defect_score"]})
-    return {"before": before, "after": after, "logged_score": r.score, "model_version": st.runtime.version,
-            "part_model_version": r.model_version}
+    return {"before": before, "after": after, "logged_score": r.score, "model_version": rt.version,
+            "part_model_version": r.model_version, "product": r.product}
 
 
 def _file(store: SQLStore, r: FailureRecord, kind: str) -> Path | None:
@@ -233,7 +239,7 @@ def _attention(state: ReviewApp, r: FailureRecord, corrected: bool, hw: tuple[in
     att = read_map_file(_file(state.store, r, "map"))
     if att is None or hw is None:
         return att
-    return upsample_attention(att, hw, state.runtime.roi if state.runtime else None)
+    return upsample_attention(att, hw, state.model_roi(r))
 
 
 def _decode_map(data, hw: tuple[int, int] | None) -> np.ndarray | None:

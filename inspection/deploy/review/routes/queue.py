@@ -1,4 +1,5 @@
-"""The queue of logged parts: filters, counts by review status, key-based paging (HTML and JSON)."""
+"""The queue of logged parts: filters, counts by review status and by product, key-based paging (HTML and
+JSON)."""
 from __future__ import annotations
 
 import math
@@ -14,8 +15,8 @@ from inspection.deploy.store.schema import DAY, FailureRecord
 from inspection.deploy.store.sql import FILTERS
 
 PAGE = 50
-QUERY_KEYS = ("station", "verdict", "review_status", "defect_type", "model_version", "date_from", "date_to",
-              "score_min", "score_max", "view")   # view: list (default) | grid; kept in links, not a filter
+QUERY_KEYS = ("station", "product", "verdict", "review_status", "defect_type", "model_version", "date_from",
+              "date_to", "score_min", "score_max", "view")   # view: list (default) | grid; kept in links, not a filter
 PAGING = ("before", "limit")
 routes = APIRouter()
 
@@ -36,8 +37,10 @@ def queue(request: Request, st: ReviewApp) -> dict:
     more = len(rows) > limit
     rows = rows[:limit]
     status_counts = st.store.count_by_status(**filters)
+    product_counts = st.store.count_by_product(**{**filters, "product": None})  # each product under the others
     return {"query": q, "filters": filters, "rows": rows, "total": sum(status_counts.values()),
-            "status_counts": status_counts, "next": f"{rows[-1].ts!r}:{rows[-1].id}" if more else None}
+            "status_counts": status_counts, "product_counts": {k: v for k, v in product_counts.items() if k},
+            "next": f"{rows[-1].ts!r}:{rows[-1].id}" if more else None}
 
 
 @routes.get("/", response_class=HTMLResponse)
@@ -47,7 +50,7 @@ def queue_page(request: Request, u: User = Depends(user), st: ReviewApp = Depend
     view = "grid" if qs["query"]["view"] == "grid" else "list"
     other = query_string({**qs["query"], "view": "" if view == "grid" else "grid"})
     return page(request, "queue.html", u, **qs, qs=query_string(qs["query"]), stations=st.store.stations(),
-                view=view, other_view=other,
+                products=st.store.products(), view=view, other_view=other,
                 verdicts=("fail", "review", "error"), statuses=("unreviewed", "confirmed", "false_alarm", "unsure"),
                 defect_types=st.defect_types(), ms=1000 * (time.perf_counter() - started))
 
@@ -55,14 +58,14 @@ def queue_page(request: Request, u: User = Depends(user), st: ReviewApp = Depend
 @routes.get("/api/parts")
 def queue_api(request: Request, u: User = Depends(user), st: ReviewApp = Depends(get_state)):
     qs = queue(request, st)
-    return {"total": qs["total"], "status_counts": qs["status_counts"], "next": qs["next"],
-            "parts": [_part_json(r) for r in qs["rows"]]}
+    return {"total": qs["total"], "status_counts": qs["status_counts"], "product_counts": qs["product_counts"],
+            "next": qs["next"], "parts": [_part_json(r) for r in qs["rows"]]}
 
 
 def filters_of(q: dict) -> dict:
     """Query parameters → store filters; dates are local days, the end day included."""
-    f = {k: q[k] or None for k in ("station", "verdict", "review_status", "defect_type", "model_version", "score_min",
-                                   "score_max")}
+    f = {k: q[k] or None for k in ("station", "product", "verdict", "review_status", "defect_type", "model_version",
+                                   "score_min", "score_max")}
     for key, name, plus in (("date_from", "ts_from", 0), ("date_to", "ts_to", 86400)):
         if q.get(key):
             try:
@@ -92,6 +95,7 @@ def query_string(q: dict) -> str:
 
 
 def _part_json(r: FailureRecord) -> dict:
-    return {"id": r.id, "part_id": r.part_id, "station": r.station, "ts": r.ts, "verdict": r.verdict,
-            "score": r.score, "defect_type": r.defect_type, "review_status": r.review_status,
-            "model_version": r.model_version, "boxes": r.boxes, "damaged": r.damaged}
+    return {"id": r.id, "part_id": r.part_id, "station": r.station, "product": r.product, "ts": r.ts,
+            "verdict": r.verdict, "score": r.score, "defect_type": r.defect_type, "review_status": r.review_status,
+            "model_version": r.model_version, "roi": r.roi, "model_roi": r.model_roi, "boxes": r.boxes,
+            "damaged": r.damaged}

@@ -1,4 +1,4 @@
-"""Statistics: fail and false-alarm rates per station and day (a table and an inline SVG chart)."""
+"""Statistics: fail and false-alarm rates per station, product and day (a table and an inline SVG chart)."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
@@ -13,7 +13,8 @@ routes = APIRouter()
 @routes.get("/stats", response_class=HTMLResponse)
 def stats(request: Request, days: int = 30, u: User = Depends(user), st: ReviewApp = Depends(get_state)):
     rows = st.store.daily(min(max(days, 1), 366))
-    return page(request, "stats.html", u, rows=rows, days=days, chart=_chart(rows))
+    return page(request, "stats.html", u, rows=rows, days=days, chart=_chart(rows),
+                products=any(r["product"] for r in rows))
 
 
 @routes.get("/api/stats")

@@ -1,0 +1,75 @@
+"""The pasted defects' shapes: blobs, thin strokes, diffuse regions and clusters of pits, on hand-made images."""
+import random
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from inspection.training.pastes import SHAPES, blob, cluster, diffuse, paste_defects, stroke
+
+H, W = 96, 160
+
+
+def _components(mask: np.ndarray) -> int:
+    return cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)[0] - 1
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_each_shape_is_what_its_name_says(seed):
+    rng = random.Random(seed)
+    b = blob(H, W, rng)
+    assert b.dtype == np.uint8 and set(np.unique(b)) <= {0, 1} and _components(b) == 1
+    assert b.sum() <= np.pi * (H / 12 + 1) ** 2  # half-axes at most a twelfth of the shorter side
+
+    s = stroke(H, W, rng)
+    assert _components(s) >= 1 and s.sum() >= 2
+    inner = cv2.distanceTransform(s, cv2.DIST_L2, 3)
+    assert (inner > 2).mean() < 0.1  # thin: 1-3 px wide, a little wider only where it bends
+    ys, xs = np.nonzero(s)
+    assert max(np.ptp(xs), np.ptp(ys)) >= min(H, W) / 12 / 4  # long compared with its width
+
+    d = diffuse(H, W, rng)
+    assert _components(d) == 1 and d.sum() >= 20  # one region, a large one
+    assert cv2.distanceTransform(d, cv2.DIST_L2, 3).max() >= 2  # and thick: not a line
+
+    c = cluster(H, W, rng)
+    n = _components(c)
+    assert 1 <= n <= 12
+    areas = cv2.connectedComponentsWithStats(c, connectivity=8)[2][1:, cv2.CC_STAT_AREA]
+    assert areas.max() <= 29  # each pit a disc of radius 3 px at most
+
+
+def test_clusters_hold_several_separate_pits():
+    counts = [_components(cluster(H, W, random.Random(s))) for s in range(50)]
+    assert np.mean([c >= 3 for c in counts]) > 0.8  # pits drawn off the image or onto another are skipped
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_pastes_change_only_their_place_and_are_their_own_target(shape):
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(3, H, W, generator=g) * 0.5 + 0.25
+    for seed in range(10):
+        out, mask = paste_defects(image, random.Random(seed), (shape,))
+        assert out.shape == image.shape and mask.shape == (H, W) and set(mask.unique().tolist()) <= {0.0, 1.0}
+        assert 0 <= out.min() and out.max() <= 1
+        changed = (out != image).any(0).numpy()
+        near = cv2.dilate(mask.numpy().astype(np.uint8), np.ones((13, 13), np.uint8)) > 0
+        if shape == "diffuse":  # a soft rim fades out just around the target
+            assert not changed[~near].any()
+        else:
+            assert not changed[mask.numpy() == 0].any()
+        if mask.sum():
+            assert changed[mask.numpy() == 1].mean() > 0.5  # the pastes show: darker or brighter than the surface
+    assert torch.equal(paste_defects(image, random.Random(3), SHAPES)[0], paste_defects(image, random.Random(3),
+                                                                                          SHAPES)[0])
+
+
+def test_a_mix_of_shapes_draws_each_of_them():
+    image = torch.full((3, H, W), 0.5)
+    seen = set()
+    for seed in range(40):
+        rng = random.Random(seed)
+        _, mask = paste_defects(image, rng, SHAPES)
+        seen.add(_components(mask.numpy().astype(np.uint8)) > 3)  # clusters give many regions
+    assert seen == {True, False}
