@@ -152,8 +152,8 @@ def test_a_saturated_speck_beside_a_crack_is_dropped_by_the_area_share():
     att[5:7, 50:52] = 1.0     # a speck elsewhere, just as saturated: peaks cannot tell them apart
     both = attention_to_boxes(att, (40, 100), threshold=0.5, peak_share=0.7, area_share=0, min_area=0)
     assert len(both) == 2
-    # the default rule drops it
-    assert [b.xyxy for b in attention_to_boxes(att, (40, 100), min_area=0)] == [(10, 18, 90, 22)]
+    # the default rule keeps it (area_share is off by default)
+    assert len(attention_to_boxes(att, (40, 100), min_area=0)) == 2
     crack = attention_to_boxes(att, (40, 100), threshold=0.5, peak_share=0.7, area_share=0.1, min_area=0)
     assert [b.xyxy for b in crack] == [(10, 18, 90, 22)]
     two = att.copy()
@@ -178,8 +178,8 @@ def test_refine_boxes_the_pixels_that_stand_out_within_the_maps_region():
     from inspection.core.boxes import BoxRule
 
     frame, att = _hole_under_a_blob()
-    rule = BoxRule(threshold=0.5, area_share=0, min_area=0)
-    bare = BoxRule(threshold=0.5, area_share=0, refine=0, min_area=0)
+    rule = BoxRule(threshold=0.5, refine=0.3, min_area=0)
+    bare = BoxRule(threshold=0.5, refine=0, min_area=0)
     whole = attention_to_boxes(att, frame.shape, bare, frame=frame)
     assert [b.xyxy for b in whole] == [(64, 40, 80, 64)]  # the map's cells: far larger than the hole
     refined = attention_to_boxes(att, frame.shape, rule, frame=frame)

@@ -106,14 +106,14 @@ class BoxRule:
     """The levels of the box rule (LEVELS): the defaults are the untuned rule every model starts from;
     calibration on validation may change them and the result is stored per model variant."""
 
-    threshold: float = 0.8
+    threshold: float = 0.5  # the map is a per-cell defect probability: a region is where it reaches one half
     low: float = 1.0
     relative: float = 0.0
-    refine: float = 0.3
+    refine: float = 0.0
     merge: float = 0.0
     peak_share: float = 0.0
-    area_share: float = 0.05
-    novelty: float = 0.95
+    area_share: float = 0.0
+    novelty: float = 0.95  # the one level on by default: measured on four real sets (docs/method.md)
     novelty_distance: float = 0.0  # the feature distance `novelty` stands for, set from validation; 0 = keep all
     min_area: int = 16  # pixels of the frame: a speck under 4x4 px is no defect a box can show
     score: str = "peak"
