@@ -787,3 +787,24 @@ def test_the_failure_log_writer_runs_at_a_lower_priority_than_judging(tmp_path):
             assert niceness(threading.get_native_id()) == mine  # the caller (judging) keeps its priority
         finally:
             writer.close()
+
+
+def test_a_paced_simulated_camera_stamps_each_frame_when_it_is_taken(tmp_path):
+    """source.fps: a frame is taken every 1/fps from the first read; a reader that falls behind finds the frames
+    it missed stamped with the time they were taken, so their wait counts in capture → verdict latency."""
+    from inspection.deploy.line.sources import SimulatedCamera
+
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((16, 16, 3), 40 * i, np.uint8))
+    cam = SimulatedCamera(str(tmp_path), fps=50, loop=True)
+    cam.open()
+    time.sleep(0.2)  # between opening and the first read no frame is due
+    before = time.time()
+    first = cam.read()
+    assert before <= first.ts <= time.time()
+    second = cam.read()
+    assert second.ts == pytest.approx(first.ts + 0.02, abs=1e-6) and second.ts <= time.time()
+    time.sleep(0.1)  # the reader falls behind by five frames
+    late = [cam.read() for _ in range(5)]
+    assert [f.ts - first.ts for f in late] == pytest.approx([0.04, 0.06, 0.08, 0.10, 0.12], abs=1e-6)
+    assert time.time() - late[0].ts > 0.05
