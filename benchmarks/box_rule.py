@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from inspection.core.boxes import BoxRule  # noqa: E402
+from inspection.core.boxes import LEVELS, BoxRule  # noqa: E402
 from inspection.core.layout import Manifest  # noqa: E402
 from inspection.model.config import load_config  # noqa: E402
 from inspection.training.evaluate import Predictions, evaluate_predictions  # noqa: E402
@@ -126,12 +126,21 @@ def variants() -> dict[str, dict]:
         for v in values:
             if v != default[name]:
                 out[f"{name}={v:g}"] = {name: v}
+    plain = {name: level.neutral for name, level in LEVELS.items()}  # the threshold alone, every level off
+    for t in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
+        out[f"plain {t:g}"] = {**plain, "threshold": t}
+    for name, values in BoxRule.ablation().items():  # the threshold 0.5 and one level
+        for v in values:
+            if name != "threshold" and v != LEVELS[name].neutral:
+                out[f"plain 0.5 + {name}={v:g}"] = {**plain, "threshold": 0.5, name: v}
     return out
 
 
 def main() -> None:
     ap = run_arguments(__doc__)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "box_rule.json"))
+    ap.add_argument("--plain", action="store_true",
+                    help="only the default and the threshold alone or with one level (no calibration, no transfer)")
     args = ap.parse_args()
     sets = dict(r.split("=", 1) for r in args.run)
     data = {(name, seed): predictions(folder) for name, seed, folder in checkpoints(args.run, args.seeds)}
@@ -140,8 +149,13 @@ def main() -> None:
     results: dict[str, dict[str, list]] = {}
     for (name, seed), (pv, pt, manifest, cfg) in data.items():
         for label, change in variants().items():
+            if args.plain and not (label == "default" or label.startswith("plain")):
+                continue
             results.setdefault(label, {}).setdefault(name, []).append(
                 measure(pv, pt, manifest, cfg, {**fixed_default, **change}))
+        if args.plain:
+            print(f"{name} seed {seed}: default {results['default'][name][-1]['box@0.3']:.3f}", flush=True)
+            continue
         calibrated = measure(pv, pt, manifest, cfg, {k: None for k in BoxRule.calibrated()})
         results.setdefault("calibrated on own val", {}).setdefault(name, []).append(calibrated)
         for other in sets:  # transfer: the rule calibrated on another set's val of the same seed
@@ -154,16 +168,17 @@ def main() -> None:
               f"calibrated {calibrated['box@0.3']:.3f} ({calibrated['rule']})", flush=True)
     times = {}
     for (name, _seed), (_pv, pt, manifest, cfg) in data.items():
-        if name not in times:  # one seed per set: the maps' shapes, not the seed, set the cost
+        if name not in times and not args.plain:  # one seed per set: the maps' shapes, not the seed, set the cost
             times[name] = timing(pt, manifest, cfg)
             print(f"{name}: box rule {times[name]['whole region']:.2f} ms/image, with refine "
                   f"{times[name]['refine']:.2f} ms (x{times[name]['ratio']:.2f})", flush=True)
     names = list(sets)
     heads = [f"{n} F1@0.3" for n in names] + [f"{n} F1@0.5" for n in names]
-    print("\n| rule | " + " | ".join(heads) + " |")
-    print("|---" * (2 * len(names) + 1) + "|")
+    print("\n| rule | F1@0.3 mean over sets | worst set | " + " | ".join(heads) + " |")
+    print("|---" * (2 * len(names) + 3) + "|")
     for label, per_set in results.items():
-        cells = []
+        means = [np.mean([r["box@0.3"] for r in per_set[n]]) for n in names if per_set.get(n)]
+        cells = [f"{np.mean(means):.3f}", f"{np.min(means):.3f}"]
         for key in ("box@0.3", "box@0.5"):
             for n in names:
                 v = np.array([r[key] for r in per_set.get(n, [])], float)

@@ -242,7 +242,9 @@ def test_image_headers_give_the_size_before_decoding():
     be = b"MM\x00*" + struct.pack(">I", 8) + struct.pack(">H", 2) + struct.pack(">HHII", 256, 4, 1, 70000) + \
         struct.pack(">HHIHH", 257, 3, 1, 900, 0) + bytes(4)
     assert header_size(be) == (70000, 900)
-    assert header_size(b"not an image") is None and header_size(b"") is None
+    for other in (b"not an image", b""):
+        with pytest.raises(ImageError, match="not a readable image of an accepted format"):
+            header_size(other)
     big = cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes()
     big = big[:16] + struct.pack(">II", 30000, 30000) + big[24:]  # the header says 30000x30000
     with pytest.raises(ImageError, match="30000x30000"):

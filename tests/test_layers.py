@@ -33,7 +33,7 @@ MAY_IMPORT = {
     "inspection.model": ["inspection.core", "inspection.model"],
     "inspection.datasets": ["inspection.core", "inspection.datasets"],
     "inspection.deploy": [],  # the package's __init__
-    "inspection.deploy.atomic": [],
+    "inspection.deploy.atomic": ["inspection.core"],
     "inspection.deploy.package": ["inspection.core", "inspection.deploy.atomic"],
     "inspection.deploy.tensorrt": ["inspection.core", "inspection.deploy.package"],
     "inspection.deploy.openvino": ["inspection.core", "inspection.deploy.package"],

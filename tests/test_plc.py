@@ -371,7 +371,7 @@ class _Receiver:
 
 
 def test_webhook_gets_every_failure_once_signed_even_after_the_endpoint_was_down(exported, tmp_path, monkeypatch):
-    monkeypatch.setenv("WEBHOOK_SECRET", "s3cret")
+    monkeypatch.setenv("WEBHOOK_SECRET", "s3cret-shared-with-the-mes")
     port = _free_port()
     package = always_fail(exported["package"], tmp_path / "pkg")
     runner = _in_process(exported, tmp_path, **{"package": package, "webhook.url": f"http://127.0.0.1:{port}/hook",
@@ -396,7 +396,7 @@ def test_webhook_gets_every_failure_once_signed_even_after_the_endpoint_was_down
     bodies = [json.loads(b) for _, b in receiver.got]
     assert sorted(b["part_id"] for b in bodies) == sorted(x["part_id"] for x in failed)  # each once
     for headers, body in receiver.got:
-        expect = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+        expect = "sha256=" + hmac.new(b"s3cret-shared-with-the-mes", body, hashlib.sha256).hexdigest()
         assert hmac.compare_digest(headers["X-Inspection-Signature"], expect)
     assert len({h["X-Inspection-Event"] for h, _ in receiver.got}) == 60
     assert runner.metrics.get("webhook_dropped_total") == 0 and runner.metrics.get("webhook_delivered_total") == 60
@@ -409,7 +409,7 @@ def test_webhook_queue_bound_drops_the_oldest_and_counts_them(tmp_path):
 
     port = _free_port()
     metrics = Metrics()
-    sink = WebhookSink(WebhookConfig(url=f"http://127.0.0.1:{port}/", queue=5, retry_max_s=0.2), "k", metrics)
+    sink = WebhookSink(WebhookConfig(url=f"http://127.0.0.1:{port}/", queue=5, retry_max_s=0.2), "k" * 16, metrics)
     for i in range(20):
         sink.put({"part_id": f"p{i}", "verdict": "fail"})
     sink.put({"part_id": "ok", "verdict": "pass"})  # not a configured verdict: never sent

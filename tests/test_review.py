@@ -636,7 +636,7 @@ def test_a_stored_image_or_map_that_is_a_png_bomb_is_not_decoded(line_log, log):
     assert all(answers[p].status_code == 404 for p in list(answers)[1:])
     assert peak - idle <= 100 and max(waits) < 1.0
     counts = export_reviewed(store, log.parent / "export")
-    assert counts["skipped"].get("image over the pixel limit") == 1
+    assert counts["skipped"].get("image refused before decoding") == 1
 
 
 def test_lead_manages_users_and_the_new_operator_can_log_in(client):

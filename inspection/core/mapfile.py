@@ -19,16 +19,14 @@ def encode_map(att: np.ndarray) -> bytes:
     return cv2.imencode(".png", (np.clip(att, 0, 1) * 65535 + 0.5).astype(np.uint16))[1].tobytes()
 
 
-def decode_map(data: bytes | np.ndarray) -> np.ndarray | None:
-    """None for unreadable data and for an image whose header declares more pixels than MAX_PIXELS."""
-    from inspection.core.imageio import HEADER_BYTES, ImageError, check_pixels
+def decode_map(data: bytes) -> np.ndarray | None:
+    """None for unreadable data and for an image that check_pixels refuses (more pixels than MAX_PIXELS, a
+    format not accepted)."""
+    from inspection.core.imageio import ImageError, decode_frame
 
     try:
-        check_pixels(bytes(data[:HEADER_BYTES]))
+        img = decode_frame(bytes(data))
     except ImageError:
-        return None
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
         return None
     if img.ndim == 3:
         img = img[..., 2]  # OpenCV decodes to BGR(A): a color map carries its value in red
@@ -36,9 +34,11 @@ def decode_map(data: bytes | np.ndarray) -> np.ndarray | None:
 
 
 def read_map_file(path: str | Path | None) -> np.ndarray | None:
+    from inspection.core.imageio import ImageError, read_file
+
     try:
-        return decode_map(Path(path).read_bytes()) if path is not None else None
-    except OSError:
+        return decode_map(read_file(path)) if path is not None else None
+    except ImageError:
         return None
 
 

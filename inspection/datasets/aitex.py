@@ -43,6 +43,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from inspection.core.imageio import decoded
 from inspection.datasets.splits import checked_split, converter_main, finish, git_archive, write_mask
 
 SPLIT_FILE = Path(__file__).parent / "split_files" / "aitex.json"
@@ -59,7 +60,7 @@ MASK = re.compile(r"^(\d{4}_\d{3}_\d{2})_mask\d?$")
 def binary_mask(data: bytes, name: str) -> np.ndarray:
     """An anti-aliased mask (gray, or gray RGBA whose alpha carries the edge) → uint8, 255 on each drawn region that
     reaches 128."""
-    m = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    m = decoded(data, name)
     if m is None:
         raise SystemExit(f"{name}: not a readable mask image")
     if m.ndim == 3:  # composite on black: a half-transparent white edge pixel is half a defect pixel
@@ -132,7 +133,7 @@ def convert(git_dir: str | Path, out: str | Path, split_file: str | Path = SPLIT
     entries = plan(files)
     split = checked_split(Path(split_file), set(entries))
     for rel, (name, mask_names) in entries.items():
-        image = cv2.imdecode(np.frombuffer(files[name], np.uint8), cv2.IMREAD_GRAYSCALE)
+        image = decoded(files[name], name, cv2.IMREAD_GRAYSCALE)
         if image is None:
             raise SystemExit(f"{name}: not a readable PNG")
         (out / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from inspection.core.imageio import decoded
 from inspection.datasets.splits import write_split
 
 SPLIT_CYCLE = ("train", "test", "train", "val", "train")  # groups dealt in turn: 3/5 train, 1/5 val, 1/5 test
@@ -77,7 +78,7 @@ def convert(git_dir: str | Path, out: str | Path) -> dict:
         rel = f"good/{stem}.jpg"
         if stem in labels:
             label = json.loads(_git(git_dir, "show", f"HEAD:{labels[stem]}"))
-            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+            image = decoded(data, name, cv2.IMREAD_GRAYSCALE)
             if image is None:
                 raise SystemExit(f"{name}: not a readable JPEG")
             mask = labelme_mask(label, image.shape)

@@ -26,6 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from inspection.core.imageio import decoded
 from inspection.datasets.splits import checked_split, converter_main, finish, git_archive, write_mask
 
 SPLIT_FILE = Path(__file__).parent / "split_files" / "dagm8.json"
@@ -89,8 +90,8 @@ def convert(git_dir: str | Path, out: str | Path, split_file: str | Path = SPLIT
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         (out / rel).write_bytes(files[image])
         if label:
-            pixels = cv2.imdecode(np.frombuffer(files[image], np.uint8), cv2.IMREAD_GRAYSCALE)
-            mask = cv2.imdecode(np.frombuffer(files[label], np.uint8), cv2.IMREAD_GRAYSCALE)
+            pixels = decoded(files[image], image, cv2.IMREAD_GRAYSCALE)
+            mask = decoded(files[label], label, cv2.IMREAD_GRAYSCALE)
             if pixels is None or mask is None or mask.shape != pixels.shape:
                 raise SystemExit(f"{label}: not a readable mask of the size of its image {image}")
             write_mask(out, rel, np.where(mask >= 128, 255, 0).astype(np.uint8))

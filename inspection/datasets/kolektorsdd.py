@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from inspection.core.imageio import decoded
 from inspection.datasets.splits import write_split
 
 SPLIT_CYCLE = ("train", "train", "train", "val", "test")  # parts dealt in turn: 3/5 train, 1/5 val, 1/5 test
@@ -57,7 +58,7 @@ def convert(git_dir: str | Path, out: str | Path) -> dict:
         text = archive.extractfile(label).read().decode() if label else ""
         rel = f"good/kos_{stem}.jpg"
         if text.strip():
-            shape = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE).shape
+            shape = decoded(data, stem, cv2.IMREAD_GRAYSCALE).shape
             rel = f"defect/crack/kos_{stem}.jpg"
             mask_path = out / "masks" / "crack" / f"kos_{stem}.png"
             mask_path.parent.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from inspection.core.imageio import decoded
 from inspection.datasets.splits import checked_split, converter_main, finish, git_archive, write_mask
 
 SPLIT_FILE = Path(__file__).parent / "split_files" / "mpdd.json"
@@ -64,8 +65,8 @@ def plan(files: dict[str, bytes]) -> dict[str, tuple[bytes, np.ndarray]]:
         mask_name = name.replace("/images/", "/masks/")
         if mask_name not in files:
             raise SystemExit(f"{name}: no mask {mask_name}")
-        image = cv2.imdecode(np.frombuffer(files[name], np.uint8), cv2.IMREAD_UNCHANGED)
-        mask = cv2.imdecode(np.frombuffer(files[mask_name], np.uint8), cv2.IMREAD_GRAYSCALE)
+        image = decoded(files[name], name)
+        mask = decoded(files[mask_name], mask_name, cv2.IMREAD_GRAYSCALE)
         if image is None or mask is None:
             raise SystemExit(f"{name if image is None else mask_name}: not a readable PNG")
         if mask.shape != image.shape[:2]:

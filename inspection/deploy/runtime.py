@@ -15,13 +15,13 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from inspection.core import imageio
 from inspection.core.boxes import Box, BoxRule, attention_to_boxes, full_roi
 from inspection.core.decision import verdict
 from inspection.core.errors import UserError
-from inspection.core.imageio import HEADER_BYTES, ImageError, check_pixels
+from inspection.core.imageio import ImageError
 from inspection.core.mapfile import shrink_map
 from inspection.core.novelty import distance_map, hot_cells
 from inspection.core.preprocess import prepare, to_input
@@ -93,25 +93,12 @@ def frame_to_rgb(frame: np.ndarray, color: str = "RGB", channels: str = "mixed")
 
 
 def read_frame(path: str | Path) -> np.ndarray:
-    """Read an image file as the camera would deliver it (OpenCV, BGR or gray, 8/16-bit), with clear errors."""
-    path = Path(path)
+    """Read an image file as the camera would deliver it (OpenCV, BGR or gray, 8/16-bit), checked before decoding
+    (inspection/core/imageio.py); FrameError says why it cannot be judged."""
     try:
-        data = np.fromfile(path, np.uint8)
-    except OSError as exc:
-        raise FrameError(f"{path}: cannot read file ({exc.strerror or exc})") from None
-    try:
-        check_pixels(data[:HEADER_BYTES].tobytes(), path)
+        return imageio.read_frame(path)
     except ImageError as exc:
         raise FrameError(str(exc)) from None
-    level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # the FrameError below says it better
-    try:
-        frame = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    finally:
-        cv2.utils.logging.setLogLevel(level)
-    if frame is None:
-        raise FrameError(f"{path}: not a readable image (empty, corrupt or unsupported format)")
-    return frame
 
 
 def gpu_name() -> str:
@@ -286,9 +273,11 @@ class Runtime:
             TensorRTSession,
             TensorRTUnavailable,
             build_engine,
+            require_tensorrt,
         )
 
         try:
+            require_tensorrt()  # before the cache: a line PC without TensorRT or a GPU makes no engine folder
             engine = build_engine(self.root / self.variant["file"], engine_cache_dir(cache), max(1, int(max_batch)),
                                   tuple(self.meta["input"]["size"]), precision)
             return TensorRTSession(engine)

@@ -41,6 +41,11 @@ def _modules():
     return trt, cudart
 
 
+def require_tensorrt() -> None:
+    """TensorRTUnavailable unless TensorRT, cuda-python and a GPU are all here (nothing is created)."""
+    _modules()
+
+
 def _check(result):
     err, *rest = result if isinstance(result, tuple) else (result,)
     if int(err) != 0:

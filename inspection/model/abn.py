@@ -219,24 +219,40 @@ class CheckpointError(UserError, ValueError):
     """A file that is not a usable checkpoint; the message names the file and the reason."""
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """Rebuild a model exactly from the config stored in its checkpoint; return (model, cfg, checkpoint)."""
+def checkpoint_config(ckpt: dict, path):
+    """The training config a checkpoint stores, with the behaviour of settings it predates (LEGACY)."""
     from inspection.model.config import config_from_dict
 
+    stored = dict(ckpt["config"]) if isinstance(ckpt.get("config"), dict) else {}
+    for section, values in LEGACY.items():  # checkpoints written before a setting existed keep their behaviour
+        if isinstance(stored.get(section), dict):
+            stored[section] = {**values, **stored[section]}
+    return config_from_dict(stored, str(path))
+
+
+def read_checkpoint(path, map_location="cpu") -> dict:
+    """A checkpoint file's contents, unpickled with weights_only: tensors, numbers, text, lists and dicts only,
+    so a file from someone else (a planted last.pt, a checkpoint handed over between sites) cannot run code;
+    CheckpointError when it is missing, damaged or holds anything else."""
     if not Path(path).is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
         raise CheckpointError(f"{path}: not a readable checkpoint (expected best.pt or last.pt written by "
-                              "`inspection train`; the file is damaged or of another kind)") from None
-    if not isinstance(ckpt, dict) or not {"kind", "config", "classes", "state_dict"} <= set(ckpt):
+                              "`inspection train`; the file is damaged, of another kind, or holds objects other "
+                              "than weights and numbers, which are never loaded)") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: not an inspection checkpoint (expected a dict, found {type(ckpt).__name__})")
+    return ckpt
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Rebuild a model exactly from the config stored in its checkpoint; return (model, cfg, checkpoint)."""
+    ckpt = read_checkpoint(path, map_location)
+    if not {"kind", "config", "classes", "state_dict"} <= set(ckpt):
         raise CheckpointError(f"{path}: not an inspection checkpoint (expected kind, config, classes, state_dict)")
-    stored = dict(ckpt["config"])
-    for section, values in LEGACY.items():  # checkpoints written before a setting existed keep their behaviour
-        if isinstance(stored.get(section), dict):
-            stored[section] = {**values, **stored[section]}
-    cfg = config_from_dict(stored, str(path))
+    cfg = checkpoint_config(ckpt, path)
     cfg.model.pretrained = False  # the weights come from the checkpoint
     model = build_model(cfg.model, len(ckpt["classes"]), ckpt["kind"], cfg.train.defect_topk)
     try:

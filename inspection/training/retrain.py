@@ -91,11 +91,11 @@ def _merge(base: Path | None, reviewed: Path, out: Path) -> dict:
 def _pixels_hash(path: Path) -> str:
     import hashlib
 
-    import cv2
-    import numpy as np
+    from inspection.core.imageio import ImageError, read_frame
 
-    img = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
+    try:
+        img = read_frame(path)
+    except ImageError:
         return "unreadable:" + str(path)
     return hashlib.sha256(repr(img.shape).encode() + img.tobytes()).hexdigest()
 

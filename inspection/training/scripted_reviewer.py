@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from inspection.core.boxes import upsample_attention
-from inspection.core.imageio import read_mask
+from inspection.core.imageio import ImageError, read_frame, read_mask
 from inspection.core.mapfile import read_map_file
 from inspection.deploy.store.sql import SQLiteStore
 
@@ -104,8 +104,11 @@ def scripted_review(log: Path, data: str | Path, reviewer: str = "script") -> in
         small = read_map_file(store.folder / r.files["map"])
         if small is None:
             continue
-        frame = cv2.imread(str(store.folder / r.files["image"]), cv2.IMREAD_UNCHANGED) if "image" in r.files else None
-        hw = frame.shape[:2] if frame is not None else small.shape
+        path = store.stored_file(r.files.get("image"), "image")
+        try:
+            hw = read_frame(path).shape[:2] if path is not None else small.shape
+        except ImageError:
+            hw = small.shape
         att = upsample_attention(small, hw)  # the stored image is what the model judged (a model ROI: not here)
         if source.relative_to(data).parts[0] == "good":
             store.add_review(r.id, reviewer, "false_alarm", corrected=correct_map(att)[0])

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from inspection.core.layout import Manifest, mask_targets
 from inspection.core.preprocess import input_size
-from inspection.model.abn import CheckpointError, build_model
+from inspection.model.abn import CheckpointError, build_model, checkpoint_config, read_checkpoint
 from inspection.model.config import Config, dump_config
 from inspection.model.losses import abn_loss
 from inspection.training.loader import (
@@ -41,6 +41,10 @@ from inspection.training.loader import (
 )
 from inspection.training.metrics import image_metrics
 from inspection.training.predict import add_feature_bank
+
+# what a resume may change: how long it trains, where things are, and how many CPU threads it uses; any other
+# setting would make the run's config.yaml describe a model it did not train
+RESUMABLE = ("train.epochs", "train.early_stopping", "train.threads", "train.out_dir", "data.root", "data.cache")
 
 
 def seed_everything(seed: int) -> None:
@@ -304,15 +308,34 @@ def _start_run(cfg: Config, manifest: Manifest, out: Path, kind: str, resume: bo
             print(f"input size (data.image_size auto): {h}x{w}", file=sys.stderr)
     last = out / "last.pt"
     if resume and last.exists():  # refuse before touching anything of the run that folder holds
-        state = torch.load(last, map_location="cpu", weights_only=False)
+        state = read_checkpoint(last)
         if state.get("kind") != kind or state.get("manifest_hash") != manifest.content_hash:
             raise CheckpointError(f"{last}: this folder holds a run of another model kind or dataset; nothing was "
                                   "changed there: use a new --out folder, or delete that one to start over")
+        changed = changed_settings(checkpoint_config(state, last), cfg)
+        if changed:
+            raise CheckpointError(f"{last}: this run was trained with other settings ({'; '.join(changed)}); "
+                                  "nothing was changed there: resume with the run's own settings (its config.yaml; "
+                                  f"only {', '.join(RESUMABLE)} may change), or train into a new --out folder")
     if lead:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(dump_config(cfg))
         manifest.save(out / "manifest.json")
     return cfg
+
+
+def changed_settings(run: Config, new: Config) -> list[str]:
+    """The settings (dotted keys, 'was → now') in which `new` differs from a run's own config, other than
+    RESUMABLE: a resume that would change how the run's model is made, so its folder would no longer say."""
+    def flat(tree, prefix=""):
+        for k, v in tree.items():
+            if isinstance(v, dict):
+                yield from flat(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+    was, now = dict(flat(run.model_dump(mode="json"))), dict(flat(new.model_dump(mode="json")))
+    return [f"{k}: {was.get(k)!r} → {now.get(k)!r}" for k in sorted(was.keys() | now.keys())
+            if k not in RESUMABLE and was.get(k) != now.get(k)]
 
 
 def _loaders(cfg: Config, manifest: Manifest, rank: int, world: int, kind: str):
@@ -349,7 +372,7 @@ def _model(cfg: Config, n_classes: int, kind: str, device, init_state: dict | No
 
 def _resume(last: Path, core, optimizer, scheduler, device) -> tuple[list, dict | None, int, int]:
     """Model, optimizer, scheduler and RNG from last.pt; returns history, best row, stale epochs, next epoch."""
-    state = torch.load(last, map_location=device, weights_only=False)
+    state = read_checkpoint(last, device)
     core.load_state_dict(state["state_dict"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -44,11 +44,12 @@ class Capture:
         self.done = threading.Event()
         self.state = "starting"  # starting | connected | reconnecting | ended
         self.last_frame = 0.0
+        self.connected_at = 0.0  # when the source was last (re)opened
 
     def open(self) -> str:
         """Open the source; what was opened, in words."""
         self.source.open()
-        self.state = "connected"
+        self.state, self.connected_at = "connected", time.time()
         describe = getattr(self.source, "describe", None)
         return describe() if describe else f"{self.cfg.source.kind} {self.cfg.source.path}: open"
 
@@ -71,7 +72,7 @@ class Capture:
                 try:
                     if self.state != "connected":
                         self.source.open()
-                        self.state, delay = "connected", 0.5
+                        self.state, delay, self.connected_at = "connected", 0.5, time.time()
                         self.metrics.set("source_connected", 1)
                     if part is not None and self.fire is not None and not fired:
                         self.fire()
@@ -220,6 +221,19 @@ class Capture:
             except queue.Empty:
                 break
         return batch
+
+    def steady_s(self) -> float | None:
+        """How long this source may go without a complete frame before /health says degraded: a free-running
+        camera's timeout_ms when frames are not taken per PLC trigger; None for sources that wait for parts."""
+        g = self.cfg.source.genicam
+        if self.live and self.cfg.source.kind == "genicam" and g.trigger == "free" and self.handshake is None:
+            return g.timeout_ms / 1000
+        return None
+
+    def incomplete(self) -> tuple[float, float] | None:
+        """(share of the recent frames that came incomplete, the share that makes /health degraded), or None."""
+        share = getattr(self.source, "incomplete_share", lambda: None)()
+        return None if share is None else (share, self.cfg.source.genicam.incomplete_share)
 
     def health(self) -> dict:
         """A GenICam camera's part of /health: which camera, its frames, losses and reconnects."""

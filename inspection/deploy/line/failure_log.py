@@ -1,6 +1,6 @@
 """The failure-log writer: its own thread, the records queue, the outbox and the daily verdict tallies.
 
-    writer = FailureLogWriter(cfg, store, metrics, log); writer.start()
+    writer = FailureLogWriter(cfg, store, metrics, log); writer.start()   # also replays an earlier run's journal
     writer.count("fail", product)                          # every verdict (the tallies' denominators)
     job = writer.job(frame, result, error, model_roi)      # a part to log (LogJob); model_roi: the package's
     writer.journal([job, ...])                             # before their verdicts leave: durable small records
@@ -11,7 +11,10 @@ A verdict is durable before it is announced: the runner journals the small recor
 (part ID, station, time, verdict, score, class, boxes, model version: one line each, one fsync per batch) before
 the verdicts leave on any output. The images follow through the queue. At the next start, a journaled part that
 never reached the log (the process was killed with it in the queue) is logged without its images, marked
-"image lost", instead of vanishing.
+"image lost", instead of vanishing: the old journal is renamed aside and replayed in batches by its own thread
+while the line already judges (and journals into a fresh file). A journal line that is not what the runner
+writes (not UTF-8 JSON, a field of another type, a review status) is set aside in journal.damaged, counted
+(log_journal_damaged_total) and named in the log; it never stops the start.
 
 Each record's files (the judged crop, its map as a 16-bit PNG, an overlay) are written to hidden temporary
 names, fsynced and renamed before the record is committed (store/sql.py). While the database is down the
@@ -27,6 +30,7 @@ import queue
 import threading
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import NamedTuple
 
 import cv2
@@ -35,6 +39,7 @@ import numpy as np
 from inspection.core.boxes import full_roi, upsample_attention
 from inspection.core.mapfile import encode_map
 from inspection.core.overlay import overlay
+from inspection.deploy.atomic import open_own
 from inspection.deploy.line.frames import Frame
 from inspection.deploy.line.station import StationConfig
 from inspection.deploy.runtime import Inspection, frame_to_rgb
@@ -42,13 +47,16 @@ from inspection.deploy.store.schema import (
     FailureRecord,
     StoreFull,
     StoreUnavailable,
-    safe_name,
+    written_record,
 )
 from inspection.deploy.store.sql import SQLStore
 
 _END = object()
 TALLY_S = 5.0  # how often the verdict counts reach the store (a crash loses at most this much of them)
-JOURNAL = "journal.jsonl"  # in the station's outbox folder
+JOURNAL = "journal.jsonl"  # in the station's outbox folder; an earlier run's: journal.<ns>.replay while replayed
+QUARANTINE = "journal.damaged"  # damaged journal lines, set aside as they were
+REPLAY_BATCH = 2000  # journaled records per transaction at start-up
+MAX_JOURNAL_LINE = 1 << 16  # bytes; the runner's lines are a few hundred
 IMAGE_LOST = "image lost: the runner stopped before this part's images were written (recovered from the journal)"
 
 
@@ -72,48 +80,104 @@ class FailureLogWriter:
         self.counts: collections.Counter = collections.Counter()  # verdicts not yet in the store's tallies
         self._tally_flushed = time.time()
         self.thread = threading.Thread(target=self._run, name="writer", daemon=True)
-        self.journal_path = store.outbox / safe_name(cfg.station) / JOURNAL
+        self.outbox_dir = store.outbox_dir(cfg.station, create=True)  # LinkRefused: never written through a link
+        self.journal_path = self.outbox_dir / JOURNAL
+        self.replay = threading.Thread(target=self.replay_journals, args=(self.rotate_journal(),),
+                                       name="journal-replay", daemon=True)
         self._journal_lock = threading.Lock()
         self._journal_file, self._journal_dirty = None, False
         self._journaled = self._settled = 0  # parts journaled, and of those the ones the writer is done with
         metrics.set("log_outbox_records", self.outbox)
 
-    def recover_journal(self) -> int:
-        """At start-up: journaled parts of an earlier run that never reached the log are logged without images
-        (marked IMAGE_LOST; to the outbox while the database is down); the journal is emptied. Returns how many."""
-        try:
-            lines = self.journal_path.read_text().splitlines()
-        except FileNotFoundError:
-            return 0
+    def rotate_journal(self) -> list[Path]:
+        """At start-up: an earlier run's journal is renamed aside (journal.<ns>.replay) so that this run journals
+        into a fresh file while `replay_journals` logs the old parts; the journals waiting for replay."""
+        if self.journal_path.is_symlink():  # never ours: a link is not followed, only removed
+            self.log.error(f"failure log: journal {self.journal_path} is a symlink; removed, not read")
+            self.journal_path.unlink()
+        elif self.journal_path.exists():
+            self.journal_path.rename(self.outbox_dir / f"journal.{time.time_ns():020d}.replay")
+        return sorted(self.outbox_dir.glob("journal.*.replay"))
+
+    def replay_journals(self, paths: list[Path] | None = None) -> int:
+        """Journaled parts of earlier runs that never reached the log are logged without images (marked
+        IMAGE_LOST; to the outbox while the database is down), a batch per transaction; each journal is deleted
+        once all its parts are in the log or the outbox. A damaged line (not UTF-8 JSON, or a field the runner
+        does not write) is set aside in journal.damaged, counted and named in the log; the rest go on. Runs
+        beside judging (runner.py starts it in its own thread); returns how many parts were logged."""
+        self._lower_priority()
         found = 0
-        for line in lines:
+        for path in self.rotate_journal() if paths is None else paths:
             try:
-                record = FailureRecord(**json.loads(line))
-            except (ValueError, TypeError):  # the line a kill cut short: its verdict never left
-                continue
-            record.boxes = [{"error": IMAGE_LOST}, *record.boxes]
-            try:
-                if not self.store.has_record(record.station, record.part_id, record.ts):
-                    self.store.add(record, {})
-                    found += 1
-                continue
-            except StoreUnavailable:
-                pass  # the database is down: the outbox keeps it (its replay skips it if the log has it by then)
-            try:
-                self.store.spool(record, {})
+                found += self._replay_journal(path)
             except OSError as exc:
-                self.log.error(f"failure log: journal {self.journal_path} kept: its parts cannot go to the outbox "
+                self.log.error(f"failure log: journal {path} kept: its parts cannot go to the log or the outbox "
                                f"({exc}); the next start tries again")
-                return found
-            found += 1
-        self.journal_path.unlink()
+                break
         self.outbox = len(self.store.spooled(self.cfg.station))
-        self.metrics.set("log_outbox_records", self.outbox)
         if found:
             self.metrics.inc("log_records_image_lost_total", found)
-            self.log.warning(f"failure log: {found} part(s) of the last run were journaled but not logged (the "
+            self.log.warning(f"failure log: {found} part(s) of an earlier run were journaled but not logged (the "
                              "process was stopped hard); logged now without images")
         return found
+
+    def _replay_journal(self, path: Path) -> int:
+        found, batch = 0, []
+        with os.fdopen(open_own(path, os.O_RDONLY), "rb") as f:
+            for n, line in enumerate(iter(lambda: f.readline(MAX_JOURNAL_LINE), b""), 1):
+                if not line.endswith(b"\n"):
+                    if len(line) == MAX_JOURNAL_LINE:  # over-long: set aside, then skip to its end
+                        self._set_aside(path, n, line, "line too long")
+                        while (rest := f.readline(MAX_JOURNAL_LINE)) and not rest.endswith(b"\n"):
+                            pass
+                    continue  # at the end: the line a kill cut short, its verdict never left
+                try:
+                    record = written_record(json.loads(line.decode()), self.cfg.station)
+                except (ValueError, TypeError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+                    self._set_aside(path, n, line, str(exc))
+                    continue
+                record.boxes = [{"error": IMAGE_LOST}, *record.boxes]
+                batch.append(record)
+                if len(batch) >= REPLAY_BATCH:
+                    found += self._log_unlogged(batch)
+                    batch = []
+        found += self._log_unlogged(batch)
+        path.unlink()
+        return found
+
+    def _log_unlogged(self, records: list[FailureRecord]) -> int:
+        """The records the log lacks, committed; to the outbox one by one while the database is down."""
+        if not records:
+            return 0
+        try:
+            return self.store.add_unlogged(records)
+        except StoreUnavailable:
+            pass  # the outbox keeps them (its replay skips those the log has by then)
+        for record in records:
+            self.store.spool(record, {})  # OSError: replay_journals keeps the journal for the next start
+        self.outbox = len(self.store.spooled(self.cfg.station))
+        return len(records)
+
+    def _set_aside(self, path: Path, n: int, line: bytes, why: str) -> None:
+        """A damaged journal line: appended to journal.damaged as it was, counted, and named in the log."""
+        damaged = self.outbox_dir / QUARANTINE
+        fd = open_own(damaged, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        with os.fdopen(fd, "ab") as f:
+            f.write(line if line.endswith(b"\n") else line + b"\n")
+        self.metrics.inc("log_journal_damaged_total")
+        if self.metrics.get("log_journal_damaged_total") <= 20:  # a flood of them is summed up, not listed
+            self.log.error(f"failure log: journal {path.name} line {n} is damaged ({why[:200]}); set aside in "
+                           f"{damaged}, the other parts are logged")
+
+    def _lower_priority(self) -> None:
+        """This thread at log.writer_nice below the line's own niceness (Linux): logging yields to judging."""
+        if self.cfg.log.writer_nice:
+            try:
+                tid = threading.get_native_id()
+                nice = min(19, os.getpriority(os.PRIO_PROCESS, tid) + self.cfg.log.writer_nice)
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+            except (OSError, AttributeError):  # no per-thread priority here (not Linux): the thread runs as is
+                pass
 
     def job(self, frame: Frame, result: Inspection | None, error: str | None, model_roi) -> LogJob:
         """The work item for a part to log, with its record; model_roi: the judging package's own ROI (None: all
@@ -139,9 +203,9 @@ class FailureLogWriter:
         lines = "".join(json.dumps(self._row(job)) + "\n" for job in jobs)
         with self._journal_lock:
             try:
-                if self._journal_file is None:
-                    self.journal_path.parent.mkdir(parents=True, exist_ok=True)
-                    self._journal_file = open(self.journal_path, "a")
+                if self._journal_file is None:  # the outbox folder was checked (own_dir); a link here: ELOOP
+                    self._journal_file = os.fdopen(open_own(self.journal_path, os.O_WRONLY | os.O_CREAT |
+                                                            os.O_APPEND), "a")
                 self._journal_file.write(lines)
                 self._journal_file.flush()
                 self._journal_dirty = True
@@ -166,6 +230,7 @@ class FailureLogWriter:
 
     def start(self) -> None:
         self.thread.start()
+        self.replay.start()
 
     def count(self, verdict: str, product: str = "") -> None:
         with self.lock:
@@ -182,6 +247,8 @@ class FailureLogWriter:
     def close(self) -> None:
         self.queue.put(_END)
         self.thread.join()
+        if self.replay.ident is not None:
+            self.replay.join()  # an earlier run's journal is logged to its end (a kill: the next start goes on)
 
     def _files(self, frame: Frame, result: Inspection | None, model_roi) -> dict[str, tuple[str, bytes]]:
         """The image the model judged (the frame's ROI, so that review, re-scoring and retraining see what the
@@ -217,13 +284,7 @@ class FailureLogWriter:
         """Write the records to the store, oldest first. While the database is unreachable they go to the
         outbox on disk (kept across restarts) and are replayed when it is back; while the disk is full they
         wait in memory (up to log.queue). Retried every log.retry_s."""
-        if self.cfg.log.writer_nice:  # Linux: a thread's own niceness; encoding yields to judging, never stops
-            try:  # relative to the line's own niceness (a line started under nice keeps the writer below it)
-                tid = threading.get_native_id()
-                nice = min(19, os.getpriority(os.PRIO_PROCESS, tid) + self.cfg.log.writer_nice)
-                os.setpriority(os.PRIO_PROCESS, tid, nice)
-            except (OSError, AttributeError):  # no per-thread priority here (not Linux): the writer runs as is
-                pass
+        self._lower_priority()  # relative to the line's own niceness: encoding yields to judging, never stops
         waiting: collections.deque = collections.deque()  # (record, files) the store has not taken yet
         last_try = 0.0
         while True:

@@ -14,6 +14,7 @@ torch-free; gi is imported only when a genicam source opens.
 """
 from __future__ import annotations
 
+import collections
 import time
 from dataclasses import dataclass, field
 from itertools import count
@@ -29,6 +30,7 @@ TRIGGERS = ("free", "hardware", "software")
 BAYER = {"BayerRG8": cv2.COLOR_BayerBG2BGR, "BayerBG8": cv2.COLOR_BayerRG2BGR,
          "BayerGR8": cv2.COLOR_BayerGB2BGR, "BayerGB8": cv2.COLOR_BayerGR2BGR}
 STATS_S = 1.0  # how often stream statistics and the temperature reach the metrics
+RECENT_FRAMES, RECENT_S = 50, 10.0  # /health's share of incomplete frames: over the last 50 frames, 10 s at most
 
 
 @dataclass
@@ -51,7 +53,10 @@ class GenICamConfig:
     packet_delay: int = 0            # GigE: inter-packet delay in timestamp ticks (GevSCPD); 0 = as set
     buffers: int = 8                 # frame buffers; a frame with none free is lost (counted as an underrun)
     timeout_ms: float = 2000.0       # free run: no frame at all for this long = camera lost (reconnect);
-                                     # triggered: how often an idle camera is checked
+                                     # triggered: how often an idle camera is checked; /health: no complete frame
+                                     # judged for this long (free run) = degraded
+    incomplete_share: float = 0.5    # /health: degraded when more than this share of the recent frames came
+                                     # incomplete (lost packets)
     features: dict = field(default_factory=dict)  # further GenICam features by name, e.g. {ReverseX: true}
 
 
@@ -118,6 +123,7 @@ class GenICamSource:
         self.last_ok = self.last_stats = 0.0
         self.seen: dict[str, int] = {}  # stream statistics already counted (per stream)
         self.info: dict = {}
+        self.recent: collections.deque = collections.deque(maxlen=RECENT_FRAMES)  # (monotonic time, complete)
 
     # -- connecting ---------------------------------------------------------------------------------------------
     def open(self) -> None:
@@ -223,13 +229,15 @@ class GenICamSource:
         if g.binning:
             steps.append(("binning", lambda: camera.set_binning(g.binning, g.binning)))
         if g.roi:
-            steps.append(("roi", lambda: camera.set_region(*g.roi)))
+            steps.append(("roi", lambda: _set_region(camera, g.roi)))
         if g.exposure_us:
-            steps.append(("exposure_us", lambda: camera.set_exposure_time(g.exposure_us)))
+            steps.append(("exposure_us", lambda: camera.set_exposure_time(
+                _within("exposure_us", g.exposure_us, camera.get_exposure_time_bounds()))))
         if g.gain is not None:
-            steps.append(("gain", lambda: camera.set_gain(g.gain)))
+            steps.append(("gain", lambda: camera.set_gain(_within("gain", g.gain, camera.get_gain_bounds()))))
         if g.frame_rate and g.trigger == "free":
-            steps.append(("frame_rate", lambda: camera.set_frame_rate(g.frame_rate)))
+            steps.append(("frame_rate", lambda: camera.set_frame_rate(
+                _within("frame_rate", g.frame_rate, camera.get_frame_rate_bounds()))))
         if camera.is_gv_device():
             if g.packet_size:
                 steps.append(("packet_size", lambda: camera.gv_set_packet_size(g.packet_size)))
@@ -295,7 +303,9 @@ class GenICamSource:
         return None
 
     def _frame(self, buf) -> Frame | None:
-        if buf.get_status() != self.complete:
+        complete = buf.get_status() == self.complete
+        self.recent.append((time.monotonic(), complete))
+        if not complete:
             self.metrics.inc("camera_frames_incomplete_total")  # lost packets: never judged
             return None
         image = to_image(buf.get_data(), buf.get_image_width(), buf.get_image_height(), self.format)
@@ -307,6 +317,12 @@ class GenICamSource:
                       f"genicam:{self.info.get('id')}")
         frame.camera = {"frame_id": buf.get_frame_id(), "timestamp_ns": buf.get_timestamp()}
         return frame
+
+    def incomplete_share(self) -> float | None:
+        """The share of incomplete frames among the recent ones (None while there are too few to tell)."""
+        now = time.monotonic()
+        recent = [ok for t, ok in list(self.recent) if now - t <= RECENT_S]
+        return recent.count(False) / len(recent) if len(recent) >= 10 else None
 
     def _check_alive(self) -> None:
         """Nothing from the camera for timeout_ms: in free run it is lost; when triggered, it must still answer."""
@@ -372,4 +388,36 @@ def _set_feature(dev, name: str, value) -> None:
     mode = node.get_actual_access_mode().value_nick.upper()
     if "W" not in mode or not node.is_available():
         raise ValueError(f"feature {name} is {'read-only' if 'W' not in mode else 'not available now'}")
+    kind = type(node).__name__
+    if kind in ("GcIntegerNode", "GcFloatNode"):
+        # the camera's own range, checked first: some cameras (and the Aravis emulator) take any number and then
+        # fail to stream (Width -5: the runner would reconnect for ever instead of saying what is wrong)
+        try:
+            number = int(value) if kind == "GcIntegerNode" else float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"feature {name} takes a number, got {value!r}") from None
+        _within(name, number, (node.get_min(), node.get_max()))
+        step = node.get_inc() if kind == "GcIntegerNode" else 0
+        if step and step > 1 and (number - node.get_min()) % step:
+            raise ValueError(f"feature {name} moves in steps of {step} from {node.get_min()}, got {number}")
+        node.set_value_from_string(str(number))
+        if kind == "GcIntegerNode" and node.get_value() != number:  # floats: cameras round to their own steps
+            raise ValueError(f"feature {name}: {number} asked, the camera took {node.get_value()}")
+        return
     node.set_value_from_string(str(value).lower() if isinstance(value, bool) else str(value))
+
+
+def _within(name: str, value, bounds) -> float:
+    """value when the camera's bounds (low, high) hold it; ValueError naming both otherwise."""
+    low, high = bounds
+    if not low <= value <= high:
+        raise ValueError(f"{name} {value} is outside the camera's range {low:g} to {high:g}")
+    return value
+
+
+def _set_region(camera, roi) -> None:
+    """The read-out region [x, y, width, height]; ValueError when the camera holds another one afterwards."""
+    camera.set_region(*roi)
+    got = list(camera.get_region())
+    if got != list(roi):
+        raise ValueError(f"{list(roi)} asked, the camera took {got}")

@@ -14,6 +14,7 @@ torch-free: numpy, OpenCV, onnxruntime, PyYAML, paho-mqtt (only when MQTT is con
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Optional
 
 import numpy as np
 
+from inspection.deploy.atomic import open_own
 from inspection.deploy.line.capture import Capture
 from inspection.deploy.line.failure_log import FailureLogWriter
 from inspection.deploy.line.frames import Frame
@@ -70,9 +72,10 @@ class LineRunner:
                                               cfg.log.fsync, offline_ok=True)
         if cfg.log.outbox:
             self.store.outbox = Path(cfg.log.outbox)
-        self.writer = FailureLogWriter(cfg, self.store, self.metrics, self.log)
+        self.writer = FailureLogWriter(cfg, self.store, self.metrics, self.log)  # replays an earlier run's journal
         self.http = None
         self.started = time.time()
+        self.last_judged = 0.0  # when a batch last held a complete frame the model judged (/health)
         self.metrics.set("log_disk_full", 0)
         self.metrics.set("log_db_unavailable", 0)
         try:
@@ -80,7 +83,6 @@ class LineRunner:
         except StoreUnavailable as exc:  # the database is down: start anyway, records go to the outbox
             self.log.warning(f"failure log: {exc}; starting with records in the outbox {self.store.outbox}")
             self.metrics.set("log_db_unavailable", 1)
-        self.writer.recover_journal()  # parts announced by a run that was killed before logging them
 
     def _load(self, package: Path) -> Runtime:
         rt = Runtime(package, self.cfg.backend, self.cfg.precision, self.cfg.threads, max_batch=self.cfg.batch.max_size)
@@ -109,7 +111,8 @@ class LineRunner:
                                   f"{self.products.current.id}")
         report["source"] = self.capture.open()
         probe = Path(self.cfg.log.folder) / f".write-probe.tmp-{id(self)}"
-        probe.write_bytes(b"ok")
+        probe.unlink(missing_ok=True)  # a link planted under this name is removed, never written through
+        os.close(open_own(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
         probe.unlink()
         try:
             report["log"] = (f"{self.store}: writable, {self.store.count()} records, "
@@ -165,6 +168,8 @@ class LineRunner:
 
     def _handle(self, judged: list[Judged]) -> None:
         """Journal the parts to log, then announce every verdict, then queue the parts' files for the writer."""
+        if any(r is not None for _, r, _, _ in judged):
+            self.last_judged = time.time()
         logged = {i: self.writer.job(f, r, e, rt.roi) for i, (f, r, e, rt) in enumerate(judged)
                   if ("error" if r is None else r.verdict) in self.cfg.log.verdicts}
         self.writer.journal(list(logged.values()))
@@ -216,11 +221,28 @@ class LineRunner:
         return out
 
     def health(self) -> dict:
-        ok = self.capture.state in ("connected", "ended") and not self.writer.blocked()
-        last = self.capture.last_frame
+        """/health: status `ok`; `degraded` while parts may go unjudged or unlogged (no complete frame judged for
+        the camera's timeout_ms, too many incomplete frames, the failure log blocked); `down` while the source
+        is lost (reconnecting) or not open yet. `reasons` says which, in words."""
+        now, capture = time.time(), self.capture
+        down = [f"source {capture.state}"] if capture.state not in ("connected", "ended") else []
+        degraded = []
+        steady = capture.steady_s()
+        if steady is not None and capture.state == "connected":
+            quiet = now - max(self.last_judged, capture.connected_at)
+            if quiet > steady:
+                degraded.append(f"no complete frame judged for {quiet:.1f} s (timeout_ms {steady * 1000:.0f})")
+        incomplete = capture.incomplete()
+        if incomplete is not None and incomplete[0] > incomplete[1]:
+            degraded.append(f"{incomplete[0]:.0%} of the recent frames incomplete (incomplete_share "
+                            f"{incomplete[1]:g})")
+        if self.writer.blocked():
+            degraded.append("failure log " + ("disk full" if self.metrics.get("log_disk_full") else
+                                              "database unavailable"))
+        last = capture.last_frame
         current = self.products.current
-        return {"status": "ok" if ok else "degraded", "station": self.cfg.station,
-                "product": current.id if current is not None else None,
+        return {"status": "down" if down else "degraded" if degraded else "ok", "reasons": down + degraded,
+                "station": self.cfg.station, "product": current.id if current is not None else None,
                 "model_version": self.runtime.version, "backend": self.runtime.backend,
                 "uptime_s": round(time.time() - self.started, 1), "source": self.capture.state,
                 "frames": int(self.metrics.get("frames_total")), "queue_depth": self.capture.frames.qsize(),

@@ -314,6 +314,9 @@ def _check_genicam(cfg: StationConfig, source: str) -> None:
     if g.buffers < 2 or g.timeout_ms <= 0:
         raise StationConfigError(f"{source}: field source.genicam.buffers must be at least 2 and timeout_ms "
                                  f"positive, got {g.buffers!r} and {g.timeout_ms!r}")
+    if not 0 < g.incomplete_share <= 1:
+        raise StationConfigError(f"{source}: field source.genicam.incomplete_share must be in (0, 1], "
+                                 f"got {g.incomplete_share!r}")
     if cfg.source.kind == "genicam" and g.trigger == "software" and not (cfg.plc.opcua.port or cfg.plc.modbus.port):
         raise StationConfigError(f"{source}: source.genicam.trigger software is fired by the PLC handshake; set "
                                  "plc.opcua.port or plc.modbus.port (or use trigger free or hardware)")

@@ -25,6 +25,7 @@ import urllib.request
 import uuid
 
 LOG = logging.getLogger("inspection.webhook")
+MIN_SECRET = 16  # characters of WEBHOOK_SECRET, spaces around it not counted
 
 
 def signature(secret: bytes, body: bytes) -> str:
@@ -34,11 +35,13 @@ def signature(secret: bytes, body: bytes) -> str:
 
 class WebhookSink:
     def __init__(self, cfg, secret: str, metrics, log=LOG):
-        if not secret:  # a signature with an empty key proves nothing: the receiver could not tell us from anyone
+        if len(secret.strip()) < MIN_SECRET:  # a short or blank key proves nothing: anyone could sign (or guess it)
             from inspection.deploy.line.station import StationConfigError
 
-            raise StationConfigError("webhook.url is set but the WEBHOOK_SECRET environment variable is empty: set "
-                                     "the shared secret the receiver checks X-Inspection-Signature with")
+            found = "empty" if not secret else "blank" if not secret.strip() else f"{len(secret.strip())} characters"
+            raise StationConfigError(f"webhook.url is set but the WEBHOOK_SECRET environment variable is {found}: "
+                                     f"set a shared secret of at least {MIN_SECRET} characters (not counting spaces) "
+                                     "that the receiver checks X-Inspection-Signature with")
         self.cfg, self.secret, self.metrics, self.log = cfg, secret.encode(), metrics, log
         self.waiting: collections.deque = collections.deque()
         self.sending = None  # the event being posted right now: never dropped (it may arrive)

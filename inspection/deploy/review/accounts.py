@@ -11,8 +11,10 @@ settings and exports datasets. User names are compared NFKC-normalized and case-
 
 Failed logins: five from one client address within five minutes hold that address off for the rest of the
 window (an attacker locks out itself, never the account's owner); five on one account within five minutes
-slow every further attempt on it by a second (a back-off, not a lock, so nobody can keep a user out). Unknown
-names get the same answer and cost the same time as a wrong password.
+slow every further attempt on it by a second (a back-off, not a lock, so nobody can keep a user out), the
+owner's own successful login included. An attempt counts as failed from the moment it is let through until
+its password proves right, so parallel guesses cannot slip past the count. Unknown names get the same answer
+and cost the same time as a wrong password.
 """
 from __future__ import annotations
 
@@ -177,33 +179,44 @@ class Accounts:
 
     def login(self, name: str, password: str, address: str = "local") -> tuple[str, str]:
         """(session token, CSRF token); AuthError with one message for any wrong name or password. Blocking
-        (scrypt, the back-off): call it off an event loop."""
+        (scrypt, the back-off): call it off an event loop.
+
+        Each attempt is counted as a failure before its password is checked, in the same locked step that
+        decides whether it may be checked at all, and taken back only when the password is right: parallel
+        guesses see each other, so no more than ADDRESS_LIMIT are checked per address and window, and past
+        ACCOUNT_SLOW_AFTER an account's guesses queue behind its back-off. A right password takes back only
+        its own attempt: the account's earlier failures keep counting, so a burst right after the owner's
+        login is slowed as before it."""
         name, now = self._stored_name(name), _now()
+        addr, account = f"addr:{address}", f"user:{name}"
         with self._lock:
-            held = self._recent(f"addr:{address}", now)
-            slow = len(self._recent(f"user:{name}", now)) >= ACCOUNT_SLOW_AFTER
-        if len(held) >= ADDRESS_LIMIT:
-            raise AuthError(f"too many failed logins from this address; try again in "
-                            f"{int(held[0] + WINDOW_S - now) // 60 + 1} min")
+            held = self._recent(addr, now)
+            if len(held) >= ADDRESS_LIMIT:
+                raise AuthError(f"too many failed logins from this address; try again in "
+                                f"{int(held[0] + WINDOW_S - now) // 60 + 1} min")
+            slow = len(self._recent(account, now)) >= ACCOUNT_SLOW_AFTER
+            for key in (addr, account):
+                self._failures.setdefault(key, []).append(now)
+            if len(self._failures) > 10_000:  # a flood of names or addresses: keep the newest
+                for key in sorted(self._failures, key=lambda k: self._failures[k][-1])[:5_000]:
+                    if key not in (addr, account):
+                        del self._failures[key]
         with self._account_lock(name) if slow else contextlib.nullcontext():
             if slow:  # one guess at a time per account, each after the back-off: parallel guesses queue up
                 time.sleep(ACCOUNT_DELAY_S)
             row = self.db.execute("SELECT pw_hash, active FROM users WHERE name = ?", (name,)).fetchone()
             ok = check_password(password, row[0] if row else _DUMMY_HASH) and row is not None and bool(row[1])
         if not ok:
-            with self._lock, self.db:
-                for key in (f"addr:{address}", f"user:{name}"):
-                    self._failures.setdefault(key, []).append(now)
-                if len(self._failures) > 10_000:  # a flood of names or addresses: keep the newest
-                    for key in sorted(self._failures, key=lambda k: self._failures[k][-1])[:5_000]:
-                        del self._failures[key]
-                if row is not None:
+            if row is not None:
+                with self._lock, self.db:
                     self.db.execute("UPDATE users SET failed = failed + 1 WHERE name = ?", (name,))
                     self._audit(name, "login refused", {"address": address})
             raise AuthError("wrong user name or password")
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         with self._lock, self.db:
-            self._failures.pop(f"user:{name}", None)
+            for key in (addr, account):  # this attempt was no failure after all
+                with contextlib.suppress(KeyError, ValueError):
+                    self._failures[key].remove(now)
             self.db.execute("UPDATE users SET failed = 0, locked_until = 0 WHERE name = ?", (name,))
             self.db.execute("DELETE FROM sessions WHERE expires < ?", (now,))
             self.db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?)",

@@ -175,6 +175,12 @@ async def form(request: Request) -> dict:
 
 
 async def json_body(request: Request) -> dict:
+    """The request's JSON object; 415 for another content type (a form's body is read by the CSRF check already,
+    and a JSON route never takes a form), 400 for a body that is not a JSON object."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise HTTPException(415, f"request body must be JSON with Content-Type: application/json, got "
+                                 f"{ctype[:60] or 'no content type'!r}")
     try:
         body = await request.json()
     except (ValueError, RecursionError):  # RecursionError: deeply nested arrays

@@ -8,8 +8,10 @@ import order.
 """
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
+from inspection.deploy.atomic import LinkRefused
 from inspection.deploy.store.postgres import PostgresStore
 from inspection.deploy.store.sql import SQLiteStore, SQLStore
 
@@ -24,6 +26,9 @@ def open_store(db: str | Path, folder: str | Path, quota_bytes: int | None = Non
     if str(db).startswith(("postgresql://", "postgres://")):
         return PostgresStore(str(db), folder, quota_bytes, fsync, offline_ok=offline_ok)
     path = Path(db or Path(folder) / "failures.db")
+    if not db and path.is_symlink():  # inside the log folder: a station could have linked it to any file
+        raise LinkRefused(errno.ELOOP, f"{path}: a symlink; the failure log's database in its folder must be a "
+                                       "plain file (name another database with log.db / --db)")
     if not create and not path.is_file():
         raise FileNotFoundError(f"{path}: no failure log here; point --log at a line runner's log.folder "
                                 "(or --db at its database)")

@@ -16,18 +16,22 @@ from dataclasses import asdict
 from pathlib import Path
 
 from inspection.deploy.atomic import TMP_MARK, write_atomic
-from inspection.deploy.store.schema import FailureRecord, StoreUnavailable, safe_name
+from inspection.deploy.store.schema import (
+    FailureRecord,
+    StoreUnavailable,
+    written_files,
+    written_record,
+)
 
 LOG = logging.getLogger("inspection.store")
 
 
 class Outbox:
-    """Part of SQLStore (uses its add, _rows, outbox folder and fsync)."""
+    """Part of SQLStore (uses its add, _rows, _replay_lock, outbox_dir, outbox folder and fsync)."""
 
     def spool(self, record: FailureRecord, files: dict[str, tuple[str, bytes]]) -> Path:
         """Keep a record (and its files' bytes) in the station's outbox until `replay` can write it."""
-        folder = self.outbox / safe_name(record.station)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = self.outbox_dir(record.station, create=True)
         row = {k: v for k, v in asdict(record).items() if k not in ("id", "files", "bytes", "review_status")}
         blob = {"record": row, "files": {k: [suffix, base64.b64encode(data).decode()]
                                          for k, (suffix, data) in files.items()}}
@@ -41,8 +45,13 @@ class Outbox:
                                (station, part_id, ts)))
 
     def spooled(self, station: str) -> list[Path]:
-        """The station's outbox, oldest first."""
-        return sorted(p for p in (self.outbox / safe_name(station)).glob("*.json") if TMP_MARK not in p.name)
+        """The station's outbox, oldest first: its plain files (a link there is never read)."""
+        try:
+            folder = self.outbox_dir(station)
+        except FileNotFoundError:
+            return []
+        return sorted(p for p in folder.glob("*.json")
+                      if TMP_MARK not in p.name and not p.is_symlink() and p.is_file())
 
     def replay(self, station: str) -> int:
         """Write the station's outbox to the log, oldest first; return how many were written.
@@ -54,15 +63,18 @@ class Outbox:
         for path in self.spooled(station):
             try:
                 blob = json.loads(path.read_bytes())
-                record = FailureRecord(**blob["record"])
-                files = {k: (suffix, base64.b64decode(data)) for k, (suffix, data) in blob["files"].items()}
-            except (ValueError, TypeError, KeyError) as exc:
+                if not isinstance(blob, dict):
+                    raise ValueError("not an object with record and files")
+                record = written_record(blob["record"], station)  # only what the runner writes, for this station
+                files = written_files(blob["files"])
+            except (ValueError, TypeError, KeyError, RecursionError) as exc:
                 path.rename(path.with_suffix(".bad"))
                 LOG.warning(f"failure log: outbox file {path} is unreadable ({exc}); kept as .bad")
                 continue
             try:
-                if not self.has_record(record.station, record.part_id, record.ts):
-                    self.add(record, files)
+                with self._replay_lock:  # a journal replaying beside it checks and inserts under the same lock
+                    if not self.has_record(record.station, record.part_id, record.ts):
+                        self.add(record, files)
             except StoreUnavailable:
                 raise
             except Exception as exc:  # noqa: BLE001 - a record the log refuses must not block the others

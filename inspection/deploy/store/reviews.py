@@ -70,7 +70,6 @@ class Reviews:
             return review_id
 
     def _corrected_files(self, record: FailureRecord, corrected, roi=None) -> dict[str, bytes]:
-        import cv2
         import numpy as np
 
         from inspection.core.boxes import full_roi, upsample_attention
@@ -81,22 +80,21 @@ class Reviews:
             raise ReviewError(f"part {record.part_id} has no attention map to correct (verdict {record.verdict})")
         map_path, image_path = self.stored_file(record.files["map"], "map"), self.stored_file(record.files.get("image"),
                                                                                            "image")
-        model = cv2.imread(str(map_path), cv2.IMREAD_UNCHANGED) if map_path else None
-        frame = cv2.imread(str(image_path), cv2.IMREAD_UNCHANGED) if image_path else None
+        model, frame = _stored_shape(map_path), _stored_shape(image_path)  # (h, w) from the headers: no decoding
         if model is None:
             raise ReviewError(f"part {record.part_id}: its attention map file is missing or unreadable")
-        shapes = [model.shape[:2]] + ([frame.shape[:2]] if frame is not None else [])
+        shapes = [model] + ([frame] if frame is not None else [])
         if att.ndim != 2 or att.shape not in shapes:
             raise ReviewError(f"corrected map for part {record.part_id} has shape {att.shape}; expected "
                               + " or ".join(f"{h}x{w}" for h, w in shapes) + " (model map or frame)")
         if not np.isfinite(att).all():
             raise ReviewError(f"corrected map for part {record.part_id} holds NaN or infinite values")
         att = np.clip(att, 0, 1)
-        h, w = model.shape[:2]
+        h, w = model
         x, y, cw, ch = full_roi(att.shape, roi if att.shape != (h, w) else None)  # the crop the model saw
         small = shrink_map(att[y:y + ch, x:x + cw], (h, w))
-        full = att if frame is None or att.shape == frame.shape[:2] else \
-            upsample_attention(att, frame.shape[:2], roi)  # a model-resolution map: into the crop, 0 outside
+        full = att if frame is None or att.shape == frame else \
+            upsample_attention(att, frame, roi)  # a model-resolution map: into the crop, 0 outside
         return {kind: encode_map(a) for kind, a in (("corrected", small), ("corrected_full", full))}
 
     def reviews(self, failure_id: int) -> list[Review]:
@@ -114,3 +112,17 @@ class Reviews:
         row = self._rows(sql, args)[0]
         return int(row["n"]), float(row["newest"] if row["newest"] is not None else ts)
 
+
+
+def _stored_shape(path: Path | None) -> tuple[int, int] | None:
+    """(height, width) of a stored image from its headers (inspection/core/imageio.py); None when missing or
+    refused."""
+    from inspection.core.imageio import ImageError, check_pixels, read_file
+
+    if path is None:
+        return None
+    try:
+        w, h = check_pixels(read_file(path), path)
+    except ImageError:
+        return None
+    return h, w

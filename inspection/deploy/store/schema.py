@@ -176,8 +176,87 @@ def _record(row: dict) -> FailureRecord:
                              damaged=f"{type(exc).__name__}: {str(exc)[:200]}")
 
 
+VERDICTS = ("pass", "review", "fail", "error")
+FILE_KINDS = ("image", "map", "overlay")        # what the runner writes with a record
+SUFFIX = re.compile(r"\.[a-z0-9]{2,5}")
+# a record as the runner journals and spools it (review status, files, sizes and ids are the store's own)
+WRITTEN = {"part_id": True, "station": True, "ts": True, "model_version": True, "verdict": True, "score": True,
+           "defect_type": True, "boxes": True, "roi": False, "camera": False, "product": False, "model_roi": False,
+           "crop": False, "damaged": False}  # name: required; crop: roi's older name, in files written before it
+MAX_TEXT = 1000                                 # characters of a part ID, model version or defect type
+
+
+def written_record(row, station: str) -> FailureRecord:
+    """A record from a journal line or an outbox file: only the fields the runner writes, each of the type it
+    writes, for this station; ValueError naming the first field that is not (anyone who can write the outbox
+    folder could have put anything there, e.g. a review status that would make a part look reviewed)."""
+    if not isinstance(row, dict):
+        raise ValueError(f"expected an object of record fields, found {type(row).__name__}")
+    unknown = sorted(set(row) - set(WRITTEN))
+    missing = [k for k, required in WRITTEN.items() if required and k not in row]
+    if unknown or missing:
+        raise ValueError(f"field {(unknown or missing)[0][:40]!r} " + ("is not one the runner writes" if unknown
+                                                                      else "is missing"))
+
+    def text(key: str, optional: bool = False) -> None:
+        v = row[key]
+        if not ((optional and v is None) or (isinstance(v, str) and 0 < len(v) <= MAX_TEXT)):
+            raise ValueError(f"field {key!r} must be text of 1 to {MAX_TEXT} characters, found {str(v)[:40]!r}")
+
+    text("part_id"), text("model_version"), text("defect_type", optional=True)
+    if row["station"] != station:
+        raise ValueError(f"field 'station' is {str(row['station'])[:40]!r}, not this outbox's station {station!r}")
+    ts, score = row["ts"], row["score"]
+    if not (isinstance(ts, (int, float)) and not isinstance(ts, bool) and 0 < ts < 1e11):
+        raise ValueError(f"field 'ts' must be a time in seconds, found {str(ts)[:40]!r}")
+    if row["verdict"] not in VERDICTS:
+        raise ValueError(f"field 'verdict' must be one of {', '.join(VERDICTS)}, found {str(row['verdict'])[:40]!r}")
+    if score is not None and not (isinstance(score, (int, float)) and not isinstance(score, bool) and 0 <= score <= 1):
+        raise ValueError(f"field 'score' must be a number in [0, 1] or null, found {str(score)[:40]!r}")
+    boxes, camera, product = row["boxes"], row.get("camera"), row.get("product", "")
+    if not (isinstance(boxes, list) and len(boxes) <= 1000 and all(_box_ok(b) for b in boxes)):
+        raise ValueError("field 'boxes' is not a list of boxes")
+    for key in ("roi", "crop", "model_roi"):
+        region = row.get(key)
+        if region is not None and not (isinstance(region, list) and len(region) == 4
+                                       and all(_int(v) and v >= 0 for v in region)):
+            raise ValueError(f"field {key!r} is not [x, y, width, height]")
+    if not (isinstance(product, str) and len(product) <= MAX_TEXT):
+        raise ValueError(f"field 'product' must be text of at most {MAX_TEXT} characters, found {str(product)[:40]!r}")
+    if camera is not None and not (isinstance(camera, dict) and set(camera) <= {"frame_id", "timestamp_ns"}
+                                   and all(_int(v) for v in camera.values())):
+        raise ValueError("field 'camera' is not a map of frame_id and timestamp_ns")
+    if row.get("damaged") is not None:
+        raise ValueError("field 'damaged' is the reader's, never written")
+    return FailureRecord(**{k: v for k, v in row.items() if k != "damaged"}, damaged=None)
+
+
+def written_files(files) -> dict[str, tuple[str, bytes]]:
+    """An outbox file's files (kind → [suffix, base64]) as the store takes them; ValueError for another kind
+    or suffix (they become parts of file names)."""
+    import base64
+    import binascii
+
+    if not isinstance(files, dict):
+        raise ValueError("files are not a map of kind to [suffix, data]")
+    out = {}
+    for kind, entry in files.items():
+        if kind not in FILE_KINDS or not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
+                                          and SUFFIX.fullmatch(entry[0]) and isinstance(entry[1], str)):
+            raise ValueError(f"file {str(kind)[:40]!r} is not one the runner writes ({', '.join(FILE_KINDS)} with a "
+                             "suffix such as .png)")
+        try:
+            out[kind] = (entry[0], base64.b64decode(entry[1], validate=True))
+        except binascii.Error:
+            raise ValueError(f"file {kind!r} is not base64") from None
+    return out
+
+
 def _int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+_COORDS = frozenset(("x0", "y0", "x1", "y1", "score"))
 
 
 def _box_ok(b) -> bool:
@@ -185,9 +264,9 @@ def _box_ok(b) -> bool:
     it has one, is text."""
     if not isinstance(b, dict) or ("error" in b and not isinstance(b["error"], str)):
         return False
-    coords = ("x0", "y0", "x1", "y1", "score")
-    return not any(k in b for k in coords) or all(
-        isinstance(b.get(k), (int, float)) and not isinstance(b.get(k), bool) for k in coords)
+    present = _COORDS & b.keys()
+    return not present or (len(present) == len(_COORDS) and all(
+        isinstance(b[k], (int, float)) and not isinstance(b[k], bool) for k in _COORDS))
 
 
 def safe_name(name: str) -> str:

@@ -33,10 +33,10 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
 
-from inspection.deploy.atomic import TMP_MARK, write_atomic
+from inspection.deploy.atomic import TMP_MARK, own_dir, write_atomic
 from inspection.deploy.store.outbox import Outbox
 from inspection.deploy.store.reviews import Reviews
 from inspection.deploy.store.schema import (  # noqa: F401
@@ -81,6 +81,7 @@ class SQLStore(Outbox, Reviews, Statistics):
         self.folder.mkdir(parents=True, exist_ok=True)
         self.outbox = self.folder / OUTBOX  # the runner may put it on a local disk (log.outbox)
         self._lock = threading.Lock()
+        self._replay_lock = threading.Lock()  # "not in the log yet?" and its insert, as one step (outbox, journal)
         self.recovered: dict = {}
 
     # -- what a dialect provides: reads, a write transaction, the migration lock ---------------------------------
@@ -147,17 +148,19 @@ class SQLStore(Outbox, Reviews, Statistics):
                 yield from (f for f in sorted(st.iterdir()) if not f.is_symlink() and f.is_file())
 
     def own_dir(self, rel_dir: str | Path, create: bool = False) -> Path:
-        """folder/rel_dir as a real folder of the log (made with `create`); OSError when any part of it is a
-        symlink or not a folder: the log never writes through a link that a station's folder could hold."""
-        path = self.folder
-        for part in Path(rel_dir).parts:
-            path = path / part
-            if create and not path.is_symlink() and not path.exists():
-                path.mkdir(exist_ok=True)
-            if path.is_symlink() or not path.is_dir():
-                raise OSError(errno.ELOOP, f"{path}: a symlink or not a folder; the failure log writes only into "
-                                           "its own folders")
-        return path
+        """folder/rel_dir as a real folder of the log (made with `create`); LinkRefused (an OSError) when any part
+        of it is a symlink or not a folder: the log never writes through a link that a station's folder could
+        hold (deploy/atomic.py own_dir, the one check for every folder written in)."""
+        return own_dir(self.folder, rel_dir, create)
+
+    def outbox_dir(self, station: str, create: bool = False) -> Path:
+        """The station's outbox folder (the journal lives there too), checked as own_dir checks: below the log
+        folder when the outbox is its outbox/ (the default), below log.outbox when that is set."""
+        if self.outbox == self.folder / OUTBOX:
+            return own_dir(self.folder, Path(OUTBOX) / safe_name(station), create)
+        if create:  # log.outbox names a folder of the operator's (on a local disk): made, not checked
+            self.outbox.mkdir(parents=True, exist_ok=True)
+        return own_dir(self.outbox, safe_name(station), create)
 
     # -- writing -------------------------------------------------------------------------------------------------
     def add(self, record: FailureRecord, files: dict[str, tuple[str, bytes]]) -> int:
@@ -182,13 +185,7 @@ class SQLStore(Outbox, Reviews, Statistics):
                     written.append(path)
                     record.files[kind] = (rel_dir / path.name).as_posix()
                 record.bytes = need
-                row = asdict(record)
-                row.pop("id")
-                row.pop("damaged")
-                row["boxes"], row["files"], row["day"] = json.dumps(row["boxes"]), json.dumps(row["files"]), day
-                for key in ("roi", "model_roi"):
-                    row[key] = None if row[key] is None else json.dumps([int(v) for v in row[key]])
-                row["camera"] = None if record.camera is None else json.dumps(record.camera)
+                row = _db_row(record, day)
                 with self._transaction() as ex:
                     new_id = ex(f"INSERT INTO failures ({', '.join(row)}) VALUES ({', '.join('?' * len(row))}) "
                                 "RETURNING id", list(row.values())).fetchone()["id"]
@@ -207,6 +204,35 @@ class SQLStore(Outbox, Reviews, Statistics):
                                        f"{self.folder}: record of part {record.part_id} not written: {exc}") from None
             record.id = new_id
             return record.id
+
+    def add_unlogged(self, records: list[FailureRecord]) -> int:
+        """Records without files (a journal's) that the log does not hold yet, committed in one transaction;
+        how many were new. One transaction per batch, not per record: a long journal replays at thousands of
+        records a second (benchmarks/journal_replay.py). StoreUnavailable when the database is down: nothing of
+        the batch is written then."""
+        try:
+            with self._replay_lock, self._lock:
+                self._make_room(0)
+                new = {}
+                for r in records:
+                    new.setdefault((r.station, r.part_id, r.ts), r)
+                for i in range(0, len(records), 400):  # bound parameters per query (older SQLite: 999)
+                    chunk = records[i:i + 400]
+                    for station in {r.station for r in chunk}:
+                        ts = [r.ts for r in chunk if r.station == station]
+                        for row in self._rows(f"SELECT part_id, ts FROM failures WHERE station = ? AND ts IN "
+                                              f"({', '.join('?' * len(ts))})", [station, *ts]):
+                            new.pop((station, row["part_id"], float(row["ts"])), None)
+                if new:
+                    rows = [_db_row(r, time.strftime("%Y-%m-%d", time.localtime(r.ts))) for r in new.values()]
+                    sql = f"INSERT INTO failures ({', '.join(rows[0])}) VALUES ({', '.join('?' * len(rows[0]))})"
+                    with self._transaction() as ex:
+                        for row in rows:
+                            ex(sql, list(row.values()))
+                return len(new)
+        except self.DB_ERRORS as exc:
+            raise StoreUnavailable(errno.EIO, f"{self.folder}: {len(records)} journaled record(s) not written: "
+                                              f"{exc}") from None
 
     def _make_room(self, need: int) -> None:
         """Under a quota: delete the oldest reviewed records until `need` bytes fit; never unreviewed ones."""
@@ -344,6 +370,18 @@ class SQLiteStore(SQLStore):
         self.db.close()
 
 
+def _db_row(record: FailureRecord, day: str) -> dict:
+    """A record as its row in the failures table (JSON text for the structured fields). Its fields read one by
+    one, not through dataclasses.asdict, whose deep copy took three quarters of a journal's replay."""
+    row = {name: getattr(record, name) for name in _COLUMNS}
+    row["boxes"], row["files"], row["day"] = json.dumps(row["boxes"]), json.dumps(row["files"]), day
+    for key in ("roi", "model_roi"):
+        row[key] = None if row[key] is None else json.dumps([int(v) for v in row[key]])
+    row["camera"] = None if record.camera is None else json.dumps(record.camera)
+    return row
+
+
+_COLUMNS = [f.name for f in fields(FailureRecord) if f.name not in ("id", "damaged")]
 # filter name → SQL condition; every value travels as a bound parameter, never as SQL text
 FILTERS = {"station": "station = ?", "product": "product = ?", "verdict": "verdict = ?",
            "review_status": "review_status = ?", "part_id": "part_id = ?", "defect_type": "defect_type = ?",

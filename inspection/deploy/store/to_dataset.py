@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from inspection.core.imageio import HEADER_BYTES, ImageError, check_pixels
+from inspection.core.imageio import ImageError, check_pixels, read_file
 from inspection.deploy.atomic import write_atomic
 from inspection.deploy.store.schema import safe_name
 from inspection.deploy.store.sql import SQLStore
@@ -43,10 +43,10 @@ def export_reviewed(store: SQLStore, out_dir: str | Path, page: int = 1000, prod
                     skip("no image")
                     continue
                 try:
-                    with open(image, "rb") as f:
-                        check_pixels(f.read(HEADER_BYTES), image)
+                    data = read_file(image)
+                    check_pixels(data, image)
                 except ImageError:
-                    skip("image over the pixel limit")
+                    skip("image refused before decoding")
                     continue
                 name = f"{safe_name(record.station)}_{safe_name(record.part_id)}_{record.id}{image.suffix}"
                 if last.verdict == "false_alarm":
@@ -54,18 +54,25 @@ def export_reviewed(store: SQLStore, out_dir: str | Path, page: int = 1000, prod
                 else:
                     kind = safe_name(last.defect_type or record.defect_type or "defect")
                     rel = Path("defect") / kind / name
-                _copy(image, out / rel)
+                _copy(data, out / rel)
                 counts["good" if rel.parts[0] == "good" else "defect"] += 1
                 corrected = next((r.files["corrected_full"] for r in reversed(reviews) if "corrected_full" in r.files),
                                  None)
-                if (corrected := store.stored_file(corrected, "corrected_full")) is not None:
-                    _copy(corrected, (out / "corrected" / rel).with_suffix(".png"))
+                try:
+                    corrected = store.stored_file(corrected, "corrected_full")
+                    data = None if corrected is None else read_file(corrected)
+                    if data is not None:
+                        check_pixels(data, corrected)
+                except ImageError:
+                    data = None
+                if data is not None:
+                    _copy(data, (out / "corrected" / rel).with_suffix(".png"))
                     counts["corrected"] += 1
     return counts
 
 
-def _copy(src: Path, dst: Path) -> None:
-    if dst.exists() and dst.stat().st_size == src.stat().st_size:
+def _copy(data: bytes, dst: Path) -> None:
+    if dst.exists() and dst.stat().st_size == len(data):
         return
     dst.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(dst, src.read_bytes(), fsync=False)
+    write_atomic(dst, data, fsync=False)

@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from inspection.core.boxes import upsample_attention
+from inspection.core.imageio import ImageError, check_pixels, read_file
 from inspection.core.mapfile import decode_map, read_map_file
 from inspection.deploy.review.accounts import User
 from inspection.deploy.review.deps import (
@@ -66,7 +67,12 @@ def part_file(part_id: int, kind: str, u: User = Depends(user), st: ReviewApp = 
     path = _file(st.store, record(st, part_id), kind) if kind in FILES else None
     if path is None:
         raise HTTPException(404, f"part {part_id} has no {kind[:20]!r} file")
-    return Response(path.read_bytes(), media_type=_media(path), headers={"Cache-Control": "private, max-age=3600"})
+    try:  # checked as if decoded here: a browser is not sent an image bomb or a format the line never writes
+        data = read_file(path)
+        check_pixels(data, path.name)
+    except ImageError as exc:
+        raise HTTPException(404, f"part {part_id}: its {kind} file is not shown: {exc}") from None
+    return Response(data, media_type=_media(path), headers={"Cache-Control": "private, max-age=3600"})
 
 
 @routes.get("/parts/{part_id}/attention.png")

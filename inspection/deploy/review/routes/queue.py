@@ -11,17 +11,22 @@ from fastapi.responses import HTMLResponse
 
 from inspection.deploy.review.accounts import User
 from inspection.deploy.review.deps import ReviewApp, get_state, page, user
-from inspection.deploy.store.schema import FailureRecord
+from inspection.deploy.store.schema import DAY, FailureRecord
 from inspection.deploy.store.sql import FILTERS
 
 PAGE = 50
 QUERY_KEYS = ("station", "product", "verdict", "review_status", "defect_type", "model_version", "date_from",
               "date_to", "score_min", "score_max", "view")   # view: list (default) | grid; kept in links, not a filter
+PAGING = ("before", "limit")
 routes = APIRouter()
 
 
 def queue(request: Request, st: ReviewApp) -> dict:
     q = {k: request.query_params.get(k, "") for k in QUERY_KEYS}
+    unknown = sorted(set(request.query_params) - {*QUERY_KEYS, *PAGING})
+    if unknown:  # a misspelt filter would otherwise show every part as if it had filtered
+        raise HTTPException(400, f"unknown query parameter {unknown[0][:40]!r}; expected "
+                                 f"{', '.join((*QUERY_KEYS, *PAGING))}")
     try:
         filters = filters_of(q)
         before = _cursor(request.query_params.get("before"))
@@ -64,6 +69,8 @@ def filters_of(q: dict) -> dict:
     for key, name, plus in (("date_from", "ts_from", 0), ("date_to", "ts_to", 86400)):
         if q.get(key):
             try:
+                if not DAY.fullmatch(q[key]):
+                    raise ValueError
                 f[name] = time.mktime(time.strptime(q[key], "%Y-%m-%d")) + plus
             except ValueError:
                 raise ValueError(f"{key} must be a date YYYY-MM-DD, got {q[key]!r}") from None
