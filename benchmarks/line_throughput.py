@@ -14,7 +14,8 @@ The simulated stream's defect share: 0.43 = the synthetic set as it is (150 of 3
 every good part plus defects to make that share. The emulator sends a moving test pattern whose scores spread
 over 0.3-0.65: a copy of the package with a threshold (and no review band) at the score quantile that fails
 that share of its frames stands in for a stream of defects. Throughput ratio = runner ÷ bare in the same round,
-then median and min-max over rounds. Backend: the station's default (`auto`). Writes
+then median and min-max over rounds. Backend: the station's default (`auto`); numpy's BLAS on one thread in
+both, as the runner sets it. Writes
 benchmarks/results/line_throughput.json and docs/line_throughput.png.
 """
 from __future__ import annotations
@@ -37,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rounds import interleave, spread  # noqa: E402
 
 from inspection.deploy.line.genicam import GenICamSource, list_cameras  # noqa: E402
-from inspection.deploy.line.runner import LineRunner  # noqa: E402
+from inspection.deploy.line.runner import LineRunner, one_blas_thread  # noqa: E402
 from inspection.deploy.line.sources import SimulatedCamera  # noqa: E402
 from inspection.deploy.line.station import load_station  # noqa: E402
 from inspection.deploy.runtime import Runtime  # noqa: E402
@@ -149,6 +150,7 @@ def main() -> None:
     package = Path(args.package)
     if not package.exists():
         sys.exit(f"{package}: not found; run `make demo` first (it exports the package)")
+    one_blas_thread()  # as the line runs: the bare runtime too, from the first round on (the runner sets it anyway)
     tmp = Path(tempfile.mkdtemp(prefix="line_throughput-"))
     fake = None if args.no_genicam or not args.paced_frames else start_emulator()
     try:

@@ -847,3 +847,15 @@ def test_the_writer_writes_what_its_queue_holds_with_one_flush_and_one_transacti
     records = store.records(limit=100)
     assert sorted(r.part_id for r in records) == sorted(f.part_id for f in frames)
     assert all(set(r.files) == {"image", "map"} and store.path(r, "image").stat().st_size > 0 for r in records)
+
+
+def test_the_runner_keeps_numpys_blas_to_one_thread(exported, tmp_path):
+    """The box rule's small matrix products run on one BLAS thread in the line process (a second one waits for a
+    core that inference or the writer holds)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    with threadpool_limits(2, user_api="blas"):
+        assert {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"} == {2}
+        LineRunner(_station(tmp_path, exported["package"], exported["manifest"].root))
+        blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+        assert blas and set(blas) == {1}
