@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rounds import cpu_name  # noqa: E402
+
 from inspection.deploy.line.genicam import GenICamSource, list_cameras  # noqa: E402
 from inspection.deploy.line.runner import LineRunner  # noqa: E402
 from inspection.deploy.line.station import load_station  # noqa: E402
@@ -60,14 +62,6 @@ def runner(package: str, frames: int, sets: list[str], tmp: Path) -> dict:
             "latency_ms_p50": s["latency_ms_p50"], "latency_ms_p99": s["latency_ms_p99"],
             "dropped": s["frames_dropped_total"], "errors": s["frames_error_total"],
             "incomplete": int(r.metrics.get("camera_frames_incomplete_total"))}
-
-
-def _cpu() -> str:
-    try:
-        return next(x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines()
-                    if x.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
 
 
 def main() -> None:
@@ -107,7 +101,7 @@ def main() -> None:
                 print(name, json.dumps(runs[name]), flush=True)
     finally:
         fake.kill()
-    out = {"date": time.strftime("%Y-%m-%d"), "cpu": _cpu(),
+    out = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(),
            "cores": os.cpu_count(), "package": args.package, "input": [h, w], "runs": runs}
     Path(args.out).write_text(json.dumps(out, indent=1))
 

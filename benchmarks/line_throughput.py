@@ -21,9 +21,9 @@ benchmarks/results/line_throughput.json and docs/line_throughput.png.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rounds import interleave, spread  # noqa: E402
+from rounds import cpu_name, interleave, rate, spread  # noqa: E402
 
 from inspection.deploy.line.genicam import GenICamSource, list_cameras  # noqa: E402
 from inspection.deploy.line.runner import LineRunner, one_blas_thread  # noqa: E402
@@ -45,14 +45,6 @@ from inspection.deploy.runtime import Runtime  # noqa: E402
 
 SERIAL = "LINEBENCH01"
 GENICAM = [f"source.genicam.device={SERIAL}", "source.kind=genicam", "source.genicam.pixel_format=BayerRG8"]
-
-
-def cpu_name() -> str:
-    try:
-        return next(x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines()
-                    if x.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
 
 
 def subset(data: Path, share: float, out: Path) -> Path:
@@ -72,11 +64,8 @@ def subset(data: Path, share: float, out: Path) -> Path:
 
 def bare(rt: Runtime, frames: list, batch: int, seconds: float) -> float:
     """Images per second of Runtime.inspect on batches of the frames, for `seconds`."""
-    n, i, start = 0, 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        rt.inspect([frames[(i + k) % len(frames)] for k in range(batch)], "BGR")
-        n, i = n + batch, i + batch
-    return n / (time.perf_counter() - start)
+    batches = itertools.cycle([frames[i:i + batch] for i in range(0, len(frames) - batch + 1, batch)])
+    return rate(lambda: rt.inspect(next(batches), "BGR"), seconds, items=batch)
 
 
 def run_line(package: Path, frames: int, sets: list[str], args) -> dict:

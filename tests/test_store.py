@@ -354,6 +354,8 @@ def test_a_batch_of_records_is_in_the_log_whole_or_not_at_all_after_kill_9(tmp_p
     import subprocess
     import sys
 
+    from test_line import _count
+
     folder = tmp_path / "log"
     folder.mkdir()
     rng = np.random.default_rng(0)
@@ -361,7 +363,7 @@ def test_a_batch_of_records_is_in_the_log_whole_or_not_at_all_after_kill_9(tmp_p
     for run in range(5):
         proc = subprocess.Popen([sys.executable, "-c", BATCH_WRITER, str(folder), str(run)], stderr=subprocess.PIPE)
         deadline = time.time() + 60
-        while time.time() < deadline and proc.poll() is None and _committed(folder) <= counts[-1]:
+        while time.time() < deadline and proc.poll() is None and _count(folder / "failures.db") <= counts[-1]:
             time.sleep(0.02)
         time.sleep(float(rng.uniform(0.0, 0.3)))
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
@@ -383,16 +385,3 @@ def test_a_batch_of_records_is_in_the_log_whole_or_not_at_all_after_kill_9(tmp_p
         counts.append(len(records))
     assert counts == sorted(counts) and counts[-1] > counts[1] > 0
 
-
-def _committed(folder) -> int:
-    import sqlite3
-
-    if not (folder / "failures.db").exists():
-        return 0
-    con = sqlite3.connect(folder / "failures.db", timeout=10)
-    try:
-        return con.execute("SELECT COUNT(*) FROM failures").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        con.close()
