@@ -5,11 +5,12 @@
 Starts arv-fake-gv-camera-0.8 on 127.0.0.1 (`make genicam` installs it), then, in one run:
 1. the camera alone: GenICamSource.read() as fast as the emulator sends (no model): frames/s and the CPU time
    the camera path takes per frame (receiving, buffer handling, conversion to a numpy image);
-2. the runner on the camera at its native 512x512 Mono8 and with the camera's ROI cut to the model's input
+2. the runner on the camera at its native 512x512 (BayerRG8, demosaiced to colour as the demo's colour model
+   needs; Mono8 frames it refuses as errors, never judged) and with the camera's ROI cut to the model's input
    size (the camera sends fewer bytes), the emulator set to --fps;
 3. the runner on the simulated source (frames decoded in memory) paced at the same fps.
-The failure log is off in all three (log.verdicts: []): the emulator's test pattern passes while a third of
-the simulated parts fail, and the cost of logging them is measured by benchmarks/line_throughput.py.
+The failure log is off in all three (log.verdicts: []): the emulator's test pattern passes or goes to review while
+a third of the simulated parts fail, and the cost of logging them is measured by benchmarks/line_throughput.py.
 Prints frames/s and capture→verdict latency p50/p99 per run; writes benchmarks/results/camera.json.
 """
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -25,6 +25,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rounds import cpu_name  # noqa: E402
+
 from inspection.deploy.line.genicam import GenICamSource, list_cameras  # noqa: E402
 from inspection.deploy.line.runner import LineRunner  # noqa: E402
 from inspection.deploy.line.station import load_station  # noqa: E402
@@ -57,16 +60,8 @@ def runner(package: str, frames: int, sets: list[str], tmp: Path) -> dict:
     elapsed = time.perf_counter() - start
     return {"frames": s["frames_total"], "frames_per_s": round(s["frames_total"] / elapsed, 1),
             "latency_ms_p50": s["latency_ms_p50"], "latency_ms_p99": s["latency_ms_p99"],
-            "dropped": s["frames_dropped_total"],
+            "dropped": s["frames_dropped_total"], "errors": s["frames_error_total"],
             "incomplete": int(r.metrics.get("camera_frames_incomplete_total"))}
-
-
-def _cpu() -> str:
-    try:
-        return next(x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines()
-                    if x.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
 
 
 def main() -> None:
@@ -88,13 +83,13 @@ def main() -> None:
             if time.time() > deadline:
                 sys.exit("arv-fake-gv-camera-0.8 did not come up (make genicam installs it)")
             time.sleep(0.1)
-        cam = {"source.kind=genicam", f"source.genicam.device={SERIAL}", "source.genicam.pixel_format=Mono8",
+        cam = {"source.kind=genicam", f"source.genicam.device={SERIAL}", "source.genicam.pixel_format=BayerRG8",
                f"source.genicam.features={{AcquisitionFrameRate: {args.fps}}}", "queue.policy=block"}
         roi = [(512 - w) // 2 // 4 * 4, (512 - h) // 2 // 4 * 4, w, h]
         runs = {"camera alone (no model), 512x512": camera_alone(1000.0, 5.0)}
         print(json.dumps(runs), flush=True)
         with tempfile.TemporaryDirectory() as tmp:
-            for name, sets in ((f"runner, camera 512x512 Mono8 at {args.fps:g} fps", sorted(cam)),
+            for name, sets in ((f"runner, camera 512x512 BayerRG8 at {args.fps:g} fps", sorted(cam)),
                                (f"runner, camera ROI {w}x{h} (the model's input) at {args.fps:g} fps",
                                 sorted(cam) + [f"source.genicam.roi={roi}"]),
                                (f"runner, simulated source at {args.fps:g} fps",
@@ -106,7 +101,7 @@ def main() -> None:
                 print(name, json.dumps(runs[name]), flush=True)
     finally:
         fake.kill()
-    out = {"date": time.strftime("%Y-%m-%d"), "cpu": _cpu(),
+    out = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(),
            "cores": os.cpu_count(), "package": args.package, "input": [h, w], "runs": runs}
     Path(args.out).write_text(json.dumps(out, indent=1))
 

@@ -1,87 +1,58 @@
-"""Line runner end to end vs the bare runtime, on the same images, in one run; memory over a long stream.
+"""Line runner end to end vs the bare runtime, and capture → verdict latency at 100 fps, interleaved round by round.
 
-    python benchmarks/line_throughput.py [--package runs/demo/ours/package] [--frames 10000] [--batch 8]
-                                         [--defect-shares 1 0.05]
+    python benchmarks/line_throughput.py [--package runs/demo/ours/package] [--rounds 5] [--frames 1500]
+                                         [--paced-frames 1500] [--fps 100] [--defect-shares 0.43 0.05]
 
-1. bare runtime: Runtime.inspect() on batches of decoded frames (pre-processing, model, boxes), a loop.
-2. runner: the simulated camera replays the same frames as fast as taken (queue policy block, so nothing is
-   dropped); verdicts to a JSON-lines file; failures (with image, map, overlay, fsync) to the SQLite log.
-Runs once per defect share: 1 = the dataset as it is (the synthetic set is 43 % defects, each one logged with
-its image, map and overlay), 0.05 = all good parts plus defects to make 5 %, closer to a real line.
-Prints throughput, latency p50/p99 (capture to verdict, unpaced so it includes queueing), and RSS; writes
-benchmarks/results/line_throughput.json.
+Contenders of every round (benchmarks/rounds.py: A B C …, B C … A, …), each once per round:
+- bare runtime at each defect share: Runtime.inspect() on batches of the same decoded frames, a loop;
+- runner at each defect share: the simulated camera replays those frames as fast as taken (queue policy block,
+  nothing dropped); verdicts to a JSON-lines file; fail/review/error parts to the failure log (journal,
+  image, map, fsync) as a station does;
+- paced runner at `--fps` for the simulated source and for the GenICam emulator (arv-fake-gv-camera-0.8,
+  512x512 BayerRG8, free run at --fps) at each defect share: capture → verdict p50/p99 with the log on.
+The simulated stream's defect share: 0.43 = the synthetic set as it is (150 of 350 parts defective), lower =
+every good part plus defects to make that share. The emulator sends a moving test pattern whose scores spread
+over 0.3-0.65: a copy of the package with a threshold (and no review band) at the score quantile that fails
+that share of its frames stands in for a stream of defects. Throughput ratio = runner ÷ bare in the same round,
+then median and min-max over rounds. Backend: the station's default (`auto`); numpy's BLAS on one thread in
+both, as the runner sets it. Writes
+benchmarks/results/line_throughput.json and docs/line_throughput.png.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
-import resource
+import shutil
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from inspection.deploy.line.runner import LineRunner  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rounds import cpu_name, interleave, rate, spread  # noqa: E402
+
+from inspection.deploy.line.genicam import GenICamSource, list_cameras  # noqa: E402
+from inspection.deploy.line.runner import LineRunner, one_blas_thread  # noqa: E402
 from inspection.deploy.line.sources import SimulatedCamera  # noqa: E402
 from inspection.deploy.line.station import load_station  # noqa: E402
 from inspection.deploy.runtime import Runtime  # noqa: E402
 
-
-def rss_mb() -> float:
-    """Current resident set size (MB) from /proc, peak from getrusage where /proc is missing."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def bare(package: Path, frames: list, batch: int, seconds: float) -> float:
-    rt = Runtime(package, backend="cpu", max_batch=batch)
-    rt.inspect(frames[:batch], "BGR")
-    n, i, start = 0, 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        chunk = [frames[(i + k) % len(frames)] for k in range(batch)]
-        rt.inspect(chunk, "BGR")
-        n, i = n + batch, i + batch
-    return n / (time.perf_counter() - start)
-
-
-def runner(package: Path, data: str, batch: int, frames: int, log: Path, fps: float = 0.0, sets=()) -> dict:
-    cfg = load_station(None, [f"package={package}", f"source.path={data}", "source.kind=simulated",
-                              f"source.fps={fps}", "source.loop=true", f"source.limit={frames}", "queue.policy=block",
-                              f"batch.max_size={batch}", f"jsonl={log / 'verdicts.jsonl'}", f"log.folder={log}",
-                              "reload_s=0", "backend=cpu", *sets])
-    r = LineRunner(cfg)
-    r.self_check()
-    samples = []
-    done = threading.Event()
-
-    def sample():
-        while not done.wait(1.0):
-            samples.append((r.metrics.get("frames_total"), rss_mb()))
-    threading.Thread(target=sample, daemon=True).start()
-    start = time.perf_counter()
-    summary = r.run()
-    elapsed = time.perf_counter() - start
-    done.set()
-    return {"summary": summary, "seconds": elapsed, "images_per_s": summary["frames_total"] / elapsed,
-            "rss_samples": samples}
+SERIAL = "LINEBENCH01"
+GENICAM = [f"source.genicam.device={SERIAL}", "source.kind=genicam", "source.genicam.pixel_format=BayerRG8"]
 
 
 def subset(data: Path, share: float, out: Path) -> Path:
-    """A folder of links: every good part plus defects making up `share` of the parts (1 = the dataset)."""
-    if share >= 1:
-        return data
+    """A folder of links: every good part plus defects making up `share` of the parts (≥ the set's own: the set)."""
     good = sorted((data / "good").rglob("*.*"))
     defects = sorted((data / "defect").rglob("*.*"))
+    if share >= len(defects) / (len(good) + len(defects)) - 0.005:
+        return data
     n = min(len(defects), round(len(good) * share / (1 - share)))
     picked = [defects[int(i)] for i in np.linspace(0, len(defects) - 1, n)] if n else []
     for p in good + picked:
@@ -91,61 +62,184 @@ def subset(data: Path, share: float, out: Path) -> Path:
     return out
 
 
+def bare(rt: Runtime, frames: list, batch: int, seconds: float) -> float:
+    """Images per second of Runtime.inspect on batches of the frames, for `seconds`."""
+    batches = itertools.cycle([frames[i:i + batch] for i in range(0, len(frames) - batch + 1, batch)])
+    return rate(lambda: rt.inspect(next(batches), "BGR"), seconds, items=batch)
+
+
+def run_line(package: Path, frames: int, sets: list[str], args) -> dict:
+    """One runner run in a fresh log folder; its summary, images/s and how many parts it logged."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_station(None, [f"package={package}", f"source.limit={frames}", "queue.policy=block",
+                                  f"batch.max_size={args.batch}", f"jsonl={tmp}/verdicts.jsonl",
+                                  f"log.folder={tmp}/log", "reload_s=0", f"backend={args.backend}",
+                                  f"precision={args.precision}", *sets])
+        r = LineRunner(cfg)
+        r.self_check()
+        start = time.perf_counter()
+        s = r.run()
+        elapsed = time.perf_counter() - start
+        r.store.close()
+    return {**s, "images_per_s": s["frames_total"] / elapsed}
+
+
+def genicam_frames(n: int, fps: float) -> list:
+    cfg = load_station(None, [*GENICAM, f"source.genicam.features={{AcquisitionFrameRate: {fps}}}"]).source
+    src = GenICamSource(cfg)
+    src.open()
+    try:
+        return [src.read().image for _ in range(n)]
+    finally:
+        src.close()
+
+
+def failing_copy(package: Path, scores: np.ndarray, share: float, dst: Path) -> Path:
+    """A copy of the package whose threshold (no review band) fails `share` of parts with these scores."""
+    shutil.copytree(package, dst)
+    meta = json.loads((dst / "metadata.json").read_text())
+    threshold = float(np.quantile(scores, 1 - share))
+    for variant in meta["variants"].values():
+        variant["threshold"] = threshold
+    meta["decision"]["review_band"] = 0.0
+    (dst / "metadata.json").write_text(json.dumps(meta))
+    return dst
+
+
+def start_emulator() -> subprocess.Popen:
+    fake = subprocess.Popen(["arv-fake-gv-camera-0.8", "-i", "127.0.0.1", "-s", SERIAL],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 10
+    while not any(c["serial"] == SERIAL for c in list_cameras()):
+        if time.time() > deadline:
+            fake.kill()
+            sys.exit("arv-fake-gv-camera-0.8 did not come up (make genicam installs it)")
+        time.sleep(0.1)
+    return fake
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--package", default="runs/demo/ours/package")
     p.add_argument("--data", default="data/synthetic")
-    p.add_argument("--frames", type=int, default=10000)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--frames", type=int, default=1500, help="frames of each unpaced runner run")
+    p.add_argument("--bare-seconds", type=float, default=5.0)
+    p.add_argument("--paced-frames", type=int, default=1500, help="frames of each paced run (0: none)")
+    p.add_argument("--fps", type=float, default=100.0)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--defect-shares", type=float, nargs="+", default=[1.0, 0.05])
-    p.add_argument("--bare-seconds", type=float, default=20.0)
-    p.add_argument("--paced-frames", type=int, default=2000, help="frames of the paced run (latency)")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--defect-shares", type=float, nargs="+", default=[0.43, 0.05])
+    p.add_argument("--no-genicam", action="store_true", help="leave the emulator's paced runs out")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="station overrides for the runner")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "line_throughput.json"))
+    p.add_argument("--plot", default=str(Path(__file__).parent.parent / "docs" / "line_throughput.png"))
     args = p.parse_args()
     package = Path(args.package)
     if not package.exists():
         sys.exit(f"{package}: not found; run `make demo` first (it exports the package)")
-    results = []
-    for share in args.defect_shares:
-        with tempfile.TemporaryDirectory() as tmp:
-            data = subset(Path(args.data), share, Path(tmp) / "data")
+    one_blas_thread()  # as the line runs: the bare runtime too, from the first round on (the runner sets it anyway)
+    tmp = Path(tempfile.mkdtemp(prefix="line_throughput-"))
+    fake = None if args.no_genicam or not args.paced_frames else start_emulator()
+    try:
+        rt = Runtime(package, args.backend, args.precision, max_batch=args.batch)
+        contenders, paced_runs, logged, folders = {}, {}, {}, {}
+        for share in args.defect_shares:
+            tag = f"{share:.0%}"
+            data = folders[tag] = subset(Path(args.data), share, tmp / f"data-{tag}")
             cam = SimulatedCamera(str(data))
             cam.open()
             frames = [f[1] for f in cam.frames if f[1] is not None]
-            rss0 = rss_mb()
-            before = bare(package, frames, args.batch, args.bare_seconds / 2)
-            line = runner(package, str(data), args.batch, args.frames, Path(tmp) / "log", sets=args.set)
-            after = bare(package, frames, args.batch, args.bare_seconds / 2)
-        bare_ips = (before + after) / 2
-        s, rss = line["summary"], line["rss_samples"]
-        result = {"defect_share": share, "frames": s["frames_total"], "batch": args.batch,
-                  "logged_failures": s["log_records_total"], "bare_images_per_s": round(bare_ips, 1),
-                  "bare_before_after": [round(before, 1), round(after, 1)],
-                  "runner_images_per_s": round(line["images_per_s"], 1),
-                  "ratio": round(line["images_per_s"] / bare_ips, 3),
-                  "latency_ms_p50": s["latency_ms_p50"], "latency_ms_p99": s["latency_ms_p99"],
-                  "dropped": s["frames_dropped_total"], "rss_mb_before": round(rss0, 1),
-                  "rss_mb_first_sample": round(rss[0][1], 1) if rss else None,
-                  "rss_mb_end": round(rss[-1][1], 1) if rss else None,
-                  "rss_mb_max": round(max(r for _, r in rss), 1) if rss else None, "rss_samples": rss}
-        print(" ".join(f"{k}={v}" for k, v in result.items() if k != "rss_samples"), flush=True)
-        results.append(result)
-    # latency as a line sees it: the camera paced at 70 % of the runner's throughput at the last defect share
-    paced = {}
-    if args.paced_frames:
-        fps = round(0.7 * results[-1]["runner_images_per_s"], 1)
-        with tempfile.TemporaryDirectory() as tmp:
-            data = subset(Path(args.data), args.defect_shares[-1], Path(tmp) / "data")
-            s = runner(package, str(data), args.batch, args.paced_frames, Path(tmp) / "log", fps, args.set)["summary"]
-        paced = {"fps": fps, "defect_share": args.defect_shares[-1], "frames": s["frames_total"],
-                 "latency_ms_p50": s["latency_ms_p50"], "latency_ms_p99": s["latency_ms_p99"],
-                 "dropped": s["frames_dropped_total"]}
-        print("paced:", json.dumps(paced))
+            stream = [f"source.path={data}", "source.kind=simulated", "source.loop=true"]
+
+            def unpaced(stream=stream, tag=tag):
+                s = run_line(package, args.frames, [*stream, "source.fps=0", *args.set], args)
+                logged.setdefault(f"runner {tag}", []).append(s["log_records_total"])
+                return s["images_per_s"]
+            contenders[f"bare {tag}"] = lambda frames=frames: bare(rt, frames, args.batch, args.bare_seconds)
+            contenders[f"runner {tag}"] = unpaced
+        if args.paced_frames:
+            sources = {"simulated": None}
+            if fake is not None:
+                sample = genicam_frames(300, args.fps)
+                sources["GenICam"] = np.array([r.score for r in rt.inspect(sample, "BGR")])
+            for share in args.defect_shares:
+                tag = f"{share:.0%}"
+                for name, scores in sources.items():
+                    if scores is None:
+                        sets = [f"source.path={folders[tag]}",
+                                "source.kind=simulated", "source.loop=true", f"source.fps={args.fps}"]
+                        pkg = package
+                    else:
+                        sets = [*GENICAM, f"source.genicam.features={{AcquisitionFrameRate: {args.fps}}}"]
+                        pkg = failing_copy(package, scores, share, tmp / f"package-{tag}")
+                    key = f"paced {name} {tag}"
+
+                    def paced(pkg=pkg, sets=sets, key=key):
+                        s = run_line(pkg, args.paced_frames, [*sets, *args.set], args)
+                        paced_runs.setdefault(key, []).append(s)
+                        return s["latency_ms_p99"]
+                    contenders[key] = paced
+        per_round = interleave(contenders, args.rounds)
+    finally:
+        if fake is not None:
+            fake.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+    result = summarize(args, per_round, paced_runs, logged, rt)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(),
-                                          "package": str(package), "station_overrides": args.set, "runs": results,
-                                          "paced": paced}, indent=1))
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k != "per_round"}, indent=1))
+    if args.plot:
+        plot(result, Path(args.plot))
+
+
+def summarize(args, per_round: dict, paced_runs: dict, logged: dict, rt: Runtime) -> dict:
+    throughput = {}
+    for share in args.defect_shares:
+        tag = f"{share:.0%}"
+        b, r = np.asarray(per_round[f"bare {tag}"]), np.asarray(per_round[f"runner {tag}"])
+        throughput[tag] = {"bare_images_per_s": spread(list(b)), "runner_images_per_s": spread(list(r)),
+                           "ratio": spread(list(r / b), 3), "parts_logged_per_run": logged[f"runner {tag}"],
+                           "frames_per_run": args.frames}
+    paced = {}
+    for key, runs in paced_runs.items():
+        paced[key.removeprefix("paced ")] = {
+            "latency_ms_p99": spread([s["latency_ms_p99"] for s in runs]),
+            "latency_ms_p50": spread([s["latency_ms_p50"] for s in runs]),
+            "frames_per_run": args.paced_frames, "dropped": [s["frames_dropped_total"] for s in runs],
+            "parts_logged_per_run": [s["log_records_total"] for s in runs]}
+    return {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(), "cores": os.cpu_count(),
+            "package": str(args.package), "backend": f"{rt.backend} ({rt.precision})", "batch": args.batch,
+            "fps": args.fps, "rounds": args.rounds, "station_overrides": args.set, "throughput": throughput,
+            "paced": paced, "per_round": per_round}
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, items, key, title, target in (
+            (a, result["throughput"], "ratio", "runner ÷ bare runtime (same round)", 0.9),
+            (b, result["paced"], "latency_ms_p99", f"capture → verdict p99 at {result['fps']:g} fps (ms)", 20)):
+        names = list(items)
+        med = [items[n][key]["median"] for n in names]
+        lo = [m - items[n][key]["min"] for n, m in zip(names, med)]
+        hi = [items[n][key]["max"] - m for n, m in zip(names, med)]
+        ax.bar(range(len(names)), med, yerr=[lo, hi], capsize=4, color="#4c72b0")
+        ax.axhline(target, color="#c44e52", ls="--", lw=1, label=f"target {target:g}")
+        ax.set_xticks(range(len(names)), [f"{n} defects" for n in names], rotation=20, ha="right")
+        ax.set_title(title, fontsize=10)
+        if key.startswith("latency"):
+            ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{result['cpu']}, {result['cores']} cores, {result['backend']}, median and min–max of "
+                 f"{result['rounds']} rounds", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@ left. Imports only the standard library and numpy.
 """
 from __future__ import annotations
 
+import platform
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -51,3 +53,12 @@ def ratios(per_round: dict[str, list[float]], base: str, digits: int = 2) -> dic
     """Each contender over `base`, round by round, summarized by spread(); base itself left out."""
     b = np.asarray(per_round[base], float)
     return {name: spread(list(np.asarray(v, float) / b), digits) for name, v in per_round.items() if name != base}
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo, as `lscpu` shows it), for the figures of a benchmark."""
+    try:
+        return next(x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines()
+                    if x.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()

@@ -239,3 +239,25 @@ def test_a_camera_is_found_by_serial_id_address_or_its_stored_name(monkeypatch):
     assert found("Basler-acA1300-21845123") == found("") == "Basler-acA1300-21845123"  # "" = the first found
     with pytest.raises(genicam.SourceError, match="'press': no such camera found .*21845123.*21845124"):
         found("press")
+
+
+def test_a_frame_is_stamped_when_it_arrived_so_its_wait_in_the_buffers_counts(camera):
+    """A reader that falls behind finds the camera's frames waiting in the buffers: each is stamped with the time
+    it arrived (Aravis' system timestamp), so capture → verdict latency counts that wait."""
+    from inspection.deploy.line.genicam import GenICamSource
+
+    camera("TEST01")
+    src = GenICamSource(load_station(None, ["source.kind=genicam", "source.genicam.device=TEST01",
+                                            "source.genicam.features={AcquisitionFrameRate: 50}"]).source)
+    src.open()
+    try:
+        src.read()
+        fresh = src.read()
+        assert 0 <= time.time() - fresh.ts < 0.05
+        time.sleep(0.4)  # 20 frames sent meanwhile; the buffers keep the first of them
+        late = src.read()
+        assert time.time() - late.ts > 0.1
+        after = [src.read() for _ in range(3)]
+        assert late.ts < after[0].ts < after[1].ts < after[2].ts <= time.time()
+    finally:
+        src.close()

@@ -130,7 +130,7 @@ def test_replayed_set_logs_exactly_the_failed_parts_and_mqtt_gets_every_verdict(
         assert image.shape[:2] == cv2.imread(str(source), cv2.IMREAD_UNCHANGED).shape[:2]
         att = cv2.imread(str(store.path(r, "map")), cv2.IMREAD_UNCHANGED)
         assert att.dtype == np.uint16 and list(att.shape) == load_package_size(exported["package"])
-        assert store.path(r, "overlay").stat().st_size > 0
+        assert set(r.files) == {"image", "map"}  # no overlay: the review station draws it from these
     assert _check_log(tmp_path / "log") == len(flagged)
 
 
@@ -787,3 +787,75 @@ def test_the_failure_log_writer_runs_at_a_lower_priority_than_judging(tmp_path):
             assert niceness(threading.get_native_id()) == mine  # the caller (judging) keeps its priority
         finally:
             writer.close()
+
+
+def test_a_paced_simulated_camera_stamps_each_frame_when_it_is_taken(tmp_path):
+    """source.fps: a frame is taken every 1/fps from the first read; a reader that falls behind finds the frames
+    it missed stamped with the time they were taken, so their wait counts in capture → verdict latency."""
+    from inspection.deploy.line.sources import SimulatedCamera
+
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((16, 16, 3), 40 * i, np.uint8))
+    cam = SimulatedCamera(str(tmp_path), fps=50, loop=True)
+    cam.open()
+    time.sleep(0.2)  # between opening and the first read no frame is due
+    before = time.time()
+    first = cam.read()
+    assert before <= first.ts <= time.time()
+    second = cam.read()
+    assert second.ts == pytest.approx(first.ts + 0.02, abs=1e-6) and second.ts <= time.time()
+    time.sleep(0.1)  # the reader falls behind by five frames
+    late = [cam.read() for _ in range(5)]
+    assert [f.ts - first.ts for f in late] == pytest.approx([0.04, 0.06, 0.08, 0.10, 0.12], abs=1e-6)
+    assert time.time() - late[0].ts > 0.05
+
+
+def test_the_writer_writes_what_its_queue_holds_with_one_flush_and_one_transaction(exported, tmp_path, monkeypatch):
+    """Parts queued while the writer was busy are written together: one flush of the disk for all their files
+    and one transaction for all their records; every record has its image and map."""
+    import logging
+
+    import inspection.deploy.store.sql as sql
+    from inspection.deploy.line.failure_log import WRITE_BATCH, FailureLogWriter
+    from inspection.deploy.line.frames import Frame
+    from inspection.deploy.line.prometheus import Metrics
+
+    flushes, transactions = [], []
+    flush = sql.flush_files
+    monkeypatch.setattr(sql, "flush_files", lambda paths, folders=(): (flushes.append(len(paths)),
+                                                                        flush(paths, folders)))
+    pkg = _always_fail(exported, tmp_path)
+    cfg = _station(tmp_path, pkg, exported["manifest"].root, **{"log.fsync": True, "station": "w"})
+    store = SQLiteStore(tmp_path / "log" / "failures.db", tmp_path / "log", fsync=True)
+    begin = store._transaction
+    monkeypatch.setattr(store, "_transaction", lambda: (transactions.append(1), begin())[1])
+    writer = FailureLogWriter(cfg, store, Metrics(), logging.getLogger("test"))
+    rt = Runtime(pkg, backend="cpu")
+    paths = sorted(Path(exported["manifest"].root).rglob("*.png"))[:12]
+    frames = [Frame(f"p{i}", cv2.imread(str(p)), time.time() + i) for i, p in enumerate(paths)]
+    jobs = []
+    for frame, result in zip(frames, rt.inspect([f.image for f in frames], "BGR")):
+        frame.judged = frame.image
+        jobs.append(writer.job(frame, result, None, None))
+    assert 1 < len(jobs) <= WRITE_BATCH and all(j.result.verdict == "fail" for j in jobs)
+    writer.journal(jobs)
+    for job in jobs:
+        writer.put(job)  # all queued before the writer starts: it takes them as one batch
+    writer.start()
+    writer.close()
+    assert flushes == [2 * len(jobs)] and transactions == [1]
+    records = store.records(limit=100)
+    assert sorted(r.part_id for r in records) == sorted(f.part_id for f in frames)
+    assert all(set(r.files) == {"image", "map"} and store.path(r, "image").stat().st_size > 0 for r in records)
+
+
+def test_the_runner_keeps_numpys_blas_to_one_thread(exported, tmp_path):
+    """The box rule's small matrix products run on one BLAS thread in the line process (a second one waits for a
+    core that inference or the writer holds)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    with threadpool_limits(2, user_api="blas"):
+        assert {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"} == {2}
+        LineRunner(_station(tmp_path, exported["package"], exported["manifest"].root))
+        blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+        assert blas and set(blas) == {1}

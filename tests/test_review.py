@@ -439,6 +439,30 @@ def test_the_queue_grid_shows_a_thumbnail_of_each_part(client, log):
     assert client.get("/parts/999999999/thumb.jpg").status_code == 404
 
 
+def test_the_overlay_is_drawn_from_image_and_map_and_an_older_logs_overlay_file_is_still_shown(client, log):
+    """The line logs no overlay file: the grid draws it from the stored image, map and boxes (the map's colours
+    are on it); a part logged with an overlay file (an earlier version's log) shows that file."""
+    from inspection.deploy.store.summary import part_picture
+
+    _login(client)
+    store = _store(log)
+    part = next(r for r in store.records(limit=100) if "x0" in str(r.boxes))
+    assert set(part.files) == {"image", "map"}
+    image = cv2.imread(str(store.path(part, "image")), cv2.IMREAD_COLOR)
+    drawn = part_picture(store, part)
+    assert drawn.shape == image.shape and drawn.dtype == np.uint8
+    assert np.abs(drawn.astype(int) - image).mean() > 10  # the map and boxes are drawn over the image
+    b = next(b for b in part.boxes if "x0" in b)
+    assert tuple(drawn[b["y0"], (b["x0"] + b["x1"]) // 2]) != tuple(image[b["y0"], (b["x0"] + b["x1"]) // 2])
+
+    old = part.files["image"].replace("-image.", "-overlay.").rsplit(".", 1)[0] + ".jpg"
+    cv2.imwrite(str(log / old), np.full((40, 60, 3), (0, 200, 0), np.uint8))  # an earlier version's overlay file
+    with sqlite3.connect(log / "failures.db") as db:
+        db.execute("UPDATE failures SET files = ? WHERE id = ?", (json.dumps({**part.files, "overlay": old}), part.id))
+    thumb = cv2.imdecode(np.frombuffer(client.get(f"/parts/{part.id}/thumb.jpg").content, np.uint8), cv2.IMREAD_COLOR)
+    assert thumb.shape == (40, 60, 3) and abs(int(thumb[20, 30, 1]) - 200) < 8 and thumb[20, 30, 2] < 20
+
+
 def test_a_map_of_the_wrong_shape_is_rejected_with_a_message(client, log):
     csrf = _login(client)
     part = _store(log).records(limit=1)[0]

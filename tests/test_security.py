@@ -161,17 +161,25 @@ def test_no_image_is_decoded_anywhere_but_behind_the_one_check():
 
 @pytest.mark.parametrize("fmt", ["webp", "jpeg", "tiff"])
 def test_the_review_station_refuses_stored_bombs_before_decoding(line_log, log, fmt):  # noqa: F811
-    """A station replaces a part's image, overlay and map with a bomb of each format: the part page opens
-    (image missing), the thumbnail, the maps to paint on and the files are refused, the dataset export skips
-    it, and the station's peak memory stays within 100 MB of idle (each bomb is a real 9000 x 9000 image whose
-    size sits where the old 256 KB header read missed it: 243 MB once decoded)."""
+    """A station replaces a part's image and map with a bomb of each format, and gives it an overlay file (as
+    logs of earlier versions have) that is one too: the part page opens (image missing), the thumbnail, the
+    maps to paint on and the files are refused, the dataset export skips it, and the station's peak memory
+    stays within 100 MB of idle (each bomb is a real 9000 x 9000 image whose size sits where the old 256 KB
+    header read missed it: 243 MB once decoded)."""
+    import sqlite3
+
     from inspection.deploy.store.to_dataset import export_reviewed
 
     bomb = {"webp": _webp_bomb, "jpeg": lambda: _jpeg_late_sof(9000), "tiff": lambda: _tiff_late_ifd(9000)}[fmt]()
     store = _store(log)
     part = store.records(limit=1)[0]
-    for kind in ("image", "overlay", "map"):
+    for kind in ("image", "map"):
         store.stored_file(part.files[kind], kind).write_bytes(bomb)
+    overlay = part.files["image"].rsplit("-image.", 1)[0] + "-overlay.jpg"
+    (log / overlay).write_bytes(bomb)
+    with sqlite3.connect(log / "failures.db") as db:
+        db.execute("UPDATE failures SET files = ? WHERE id = ?", (json.dumps({**part.files, "overlay": overlay}),
+                                                                   part.id))
     store.add_review(part.id, "ana", "false_alarm")
     with _station_process(log, line_log["package"]) as st:
         Path(f"/proc/{st.pid}/clear_refs").write_text("5")  # the peak is counted from here
@@ -179,10 +187,10 @@ def test_the_review_station_refuses_stored_bombs_before_decoding(line_log, log, 
         answers = {path: st.client.get(path).status_code for path in (
             f"/parts/{part.id}", f"/parts/{part.id}/thumb.jpg", f"/parts/{part.id}/attention.png",
             f"/parts/{part.id}/attention.png?corrected=1", f"/parts/{part.id}/file/image",
-            f"/parts/{part.id}/file/map")}
+            f"/parts/{part.id}/file/map", f"/parts/{part.id}/file/overlay")}
         peak = st.vm("VmHWM")
     print(f"{fmt}: idle {idle} MB, peak {peak} MB, answers {answers}")
-    assert list(answers.values()) == [200, 404, 404, 404, 404, 404]
+    assert list(answers.values()) == [200, 404, 404, 404, 404, 404, 404]
     assert peak - idle <= 100
     assert export_reviewed(store, log.parent / "export")["skipped"] == {"image refused before decoding": 1}
 

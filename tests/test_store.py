@@ -326,3 +326,62 @@ def test_recovery_and_writes_never_follow_a_symlinked_day_or_station_folder(open
     with pytest.raises(ReviewError, match="symlink"):
         s.add_review(rid, "ana", "defect", corrected=np.ones((8, 10), np.float32))
     assert sorted(p.name for p in (outside / "moved").iterdir()) == before
+
+
+BATCH_WRITER = """
+import sys, time
+import numpy as np, cv2
+from inspection.deploy.store.schema import FailureRecord
+from inspection.deploy.store.sql import SQLiteStore
+folder = sys.argv[1]
+s = SQLiteStore(folder + "/failures.db", folder, fsync=True)
+rng = np.random.default_rng(int(sys.argv[2]))
+for b in range(10**6):
+    items = []
+    for k in range(10):
+        image = cv2.imencode(".png", rng.integers(0, 255, (64, 64, 3), np.uint8))[1].tobytes()
+        items.append((FailureRecord(f"{sys.argv[2]}-{b}-{k}", "line-1", time.time(), "v1", "fail", 0.9, None, []),
+                      {"image": (".png", image), "map": (".png", image)}))
+    s.add_many(items)
+"""
+
+
+def test_a_batch_of_records_is_in_the_log_whole_or_not_at_all_after_kill_9(tmp_path):
+    """Five SIGKILLs of a process writing batches of 10 records with their files (one flush of the disk and one
+    transaction per batch): after each, every batch in the log is whole, every record's files are there and
+    complete, and after recovery no file is left without its record."""
+    import signal
+    import subprocess
+    import sys
+
+    from test_line import _count
+
+    folder = tmp_path / "log"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    counts = [0]
+    for run in range(5):
+        proc = subprocess.Popen([sys.executable, "-c", BATCH_WRITER, str(folder), str(run)], stderr=subprocess.PIPE)
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None and _count(folder / "failures.db") <= counts[-1]:
+            time.sleep(0.02)
+        time.sleep(float(rng.uniform(0.0, 0.3)))
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        s = SQLiteStore(folder / "failures.db", folder, fsync=False)
+        records = s.records(limit=10**6)
+        batches: dict[str, int] = {}
+        for r in records:
+            batches[r.part_id.rsplit("-", 1)[0]] = batches.get(r.part_id.rsplit("-", 1)[0], 0) + 1
+            assert set(r.files) == {"image", "map"}
+            for rel in r.files.values():
+                assert cv2.imdecode(np.fromfile(folder / rel, np.uint8), cv2.IMREAD_UNCHANGED) is not None, rel
+        assert set(batches.values()) == {10}, {b: n for b, n in batches.items() if n != 10}
+        s.recover("line-1")
+        on_disk = {p.relative_to(folder).as_posix() for p in folder.glob("*/line-1/*")}
+        assert on_disk == {rel for r in records for rel in r.files.values()}
+        s.close()
+        counts.append(len(records))
+    assert counts == sorted(counts) and counts[-1] > counts[1] > 0
+

@@ -16,14 +16,18 @@ while the line already judges (and journals into a fresh file). A journal line t
 writes (not UTF-8 JSON, a field of another type, a review status) is set aside in journal.damaged, counted
 (log_journal_damaged_total) and named in the log; it never stops the start.
 
-Each record's files (the judged crop, its map as a 16-bit PNG, an overlay) are written to hidden temporary
-names, fsynced and renamed before the record is committed (store/sql.py). While the database is down the
-records go to the outbox on disk and are replayed oldest first when it is back; while the disk is full they
-wait in memory (up to log.queue, then the oldest are dropped and counted). torch-free.
+Each record's files (the judged crop and its map as a 16-bit PNG; the review station draws the overlay from
+them) are written to hidden temporary names and renamed, made durable, and only then is the record committed
+(store/sql.py). The writer takes what its queue holds, up to WRITE_BATCH parts, and hands them to the store
+together: one flush of the disk and one transaction per batch, so a run of failing parts costs the line little
+more than a few good ones. While the database is down the records go to the outbox on disk and are replayed
+oldest first when it is back; while the disk is full they wait in memory (up to log.queue, then the oldest are
+dropped and counted). torch-free.
 """
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import os
 import queue
@@ -36,13 +40,12 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from inspection.core.boxes import full_roi, upsample_attention
+from inspection.core.boxes import full_roi
 from inspection.core.mapfile import encode_map
-from inspection.core.overlay import overlay
 from inspection.deploy.atomic import open_own
 from inspection.deploy.line.frames import Frame
 from inspection.deploy.line.station import StationConfig
-from inspection.deploy.runtime import Inspection, frame_to_rgb
+from inspection.deploy.runtime import Inspection
 from inspection.deploy.store.schema import (
     FailureRecord,
     StoreFull,
@@ -57,6 +60,7 @@ JOURNAL = "journal.jsonl"  # in the station's outbox folder; an earlier run's: j
 QUARANTINE = "journal.damaged"  # damaged journal lines, set aside as they were
 REPLAY_BATCH = 2000  # journaled records per transaction at start-up
 MAX_JOURNAL_LINE = 1 << 16  # bytes; the runner's lines are a few hundred
+WRITE_BATCH = 32  # parts per flush of the disk and per transaction, at most
 IMAGE_LOST = "image lost: the runner stopped before this part's images were written (recovered from the journal)"
 
 
@@ -250,9 +254,10 @@ class FailureLogWriter:
         if self.replay.ident is not None:
             self.replay.join()  # an earlier run's journal is logged to its end (a kill: the next start goes on)
 
-    def _files(self, frame: Frame, result: Inspection | None, model_roi) -> dict[str, tuple[str, bytes]]:
+    def _files(self, frame: Frame, result: Inspection | None) -> dict[str, tuple[str, bytes]]:
         """The image the model judged (the frame's ROI, so that review, re-scoring and retraining see what the
-        model saw; an unjudged frame whole), its map and an overlay."""
+        model saw; an unjudged frame whole) and its map. No overlay: the review station draws it from these two
+        (store/summary.py part_picture); at the line it cost a third of each record's encoding and a file."""
         files = {}
         judged = frame.judged if frame.judged is not None else frame.image
         image = judged if result is not None else frame.image
@@ -264,13 +269,7 @@ class FailureLogWriter:
             if ok:
                 files["image"] = (ext, data.tobytes())
         if result is not None and image is not None:
-            att = np.clip(result.attention, 0, 1)
-            files["map"] = (".png", encode_map(att))
-            rgb = frame_to_rgb(judged, self.cfg.source.color)
-            full = upsample_attention(att, rgb.shape[:2], model_roi)
-            label = f"{result.verdict} {result.score:.3f}"
-            vis = overlay(rgb, full, result.boxes, label=label)[..., ::-1]
-            files["overlay"] = (".jpg", cv2.imencode(".jpg", vis, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
+            files["map"] = (".png", encode_map(np.clip(result.attention, 0, 1)))
         return files
 
     def _row(self, job: LogJob) -> dict:
@@ -288,13 +287,13 @@ class FailureLogWriter:
         waiting: collections.deque = collections.deque()  # (record, files) the store has not taken yet
         last_try = 0.0
         while True:
-            try:
-                job = self.queue.get(timeout=0.2)
-            except queue.Empty:
-                job = None
-            if job is not None and job is not _END:
+            jobs = self._take()
+            end = _END in jobs
+            for job in jobs:
+                if job is _END:
+                    continue
                 try:
-                    waiting.append((job.record, self._files(job.frame, job.result, job.model_roi)))
+                    waiting.append((job.record, self._files(job.frame, job.result)))
                 except Exception as exc:  # noqa: BLE001 - one bad record must not stop the writer
                     self._write_error(job.frame.part_id, exc)
                     self._settle()
@@ -319,9 +318,9 @@ class FailureLogWriter:
                 self._trim_journal()
             self.metrics.set("log_waiting_records", len(waiting))
             self.metrics.set("log_outbox_records", self.outbox)
-            if job is _END or time.time() - self._tally_flushed >= TALLY_S:
+            if end or time.time() - self._tally_flushed >= TALLY_S:
                 self._flush_tally()
-            if job is _END:
+            if end:
                 with self._journal_lock:
                     if self._journal_file is not None:
                         self._journal_file.close()
@@ -337,6 +336,19 @@ class FailureLogWriter:
                           "the next start writes them")
                 return
 
+    def _take(self) -> list:
+        """What the queue holds, up to WRITE_BATCH jobs (waiting up to 0.2 s for the first); _END last if it came."""
+        try:
+            jobs = [self.queue.get(timeout=0.2)]
+        except queue.Empty:
+            return []
+        while jobs[-1] is not _END and len(jobs) < WRITE_BATCH:
+            try:
+                jobs.append(self.queue.get_nowait())
+            except queue.Empty:
+                break
+        return jobs
+
     def _drain(self, waiting: collections.deque) -> None:
         """The outbox first, then the waiting records; raises StoreUnavailable where the store stops taking them."""
         if self.outbox:
@@ -347,16 +359,25 @@ class FailureLogWriter:
                 self.outbox = len(self.store.spooled(self.cfg.station))
                 self.metrics.inc("log_records_total", max(0, before - self.outbox))
         while waiting:
-            record, files = waiting[0]
+            batch = list(itertools.islice(waiting, WRITE_BATCH))
             try:
-                self.store.add(record, files)
-                self.metrics.inc("log_records_total")
+                self.store.add_many(batch)  # all or nothing
+                written = len(batch)
             except StoreUnavailable:
                 raise
-            except Exception as exc:  # noqa: BLE001 - one bad record must not stop the writer
-                self._write_error(record.part_id, exc)
-            waiting.popleft()
-            self._settle()
+            except Exception:  # noqa: BLE001 - a bad record must not stop the writer: the first one alone
+                batch, written = batch[:1], 0
+                try:
+                    self.store.add(*batch[0])
+                    written = 1
+                except StoreUnavailable:
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    self._write_error(batch[0][0].part_id, exc)
+            for _ in batch:
+                waiting.popleft()
+            self.metrics.inc("log_records_total", written)
+            self._settle(len(batch))
 
     def _write_error(self, part_id: str, exc: Exception) -> None:
         self.log.error(f"failure log: record of part {part_id} not written: {exc}")

@@ -310,7 +310,11 @@ class GenICamSource:
             return None
         image = to_image(buf.get_data(), buf.get_image_width(), buf.get_image_height(), self.format)
         self.metrics.inc("camera_frames_total")
-        frame = Frame(f"{next(self.counter):08d}", image, time.time(), f"genicam:{self.info.get('id')}")
+        # stamped when it arrived (Aravis' system timestamp, the host's clock), not when it was taken from the
+        # buffers: a frame that waited there counts that wait in its capture → verdict latency
+        arrived = buf.get_system_timestamp() / 1e9
+        frame = Frame(f"{next(self.counter):08d}", image, arrived if 0 < arrived <= time.time() else time.time(),
+                      f"genicam:{self.info.get('id')}")
         frame.camera = {"frame_id": buf.get_frame_id(), "timestamp_ns": buf.get_timestamp()}
         return frame
 

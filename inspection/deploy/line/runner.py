@@ -51,12 +51,30 @@ class StationLog(logging.LoggerAdapter):
 Judged = tuple[Frame, Optional[Inspection], Optional[str], Runtime]
 
 
+def one_blas_thread() -> bool:
+    """numpy's BLAS limited to one thread in this process (threadpoolctl); False where that is not installed.
+
+    The line's matrix products are small (the box rule's feature distance: a defective part's hot cells against
+    the feature bank, under 1.5 ms on one thread), and a second BLAS thread waits for a core that inference,
+    capture or the writer holds: on a busy 2-core PC such a product took 16 ms instead, and at 100 fps with
+    43 % defects the verdicts fell behind the camera (capture → verdict p99 1.3 s; docs/line.md)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return False
+    threadpool_limits(1, user_api="blas")
+    return True
+
+
 class LineRunner:
     """One station: source, model, outputs and failure log, run until the source ends or stop() is called."""
 
     def __init__(self, cfg: StationConfig, out=None):
         self.cfg = cfg
         self.log = StationLog(LOG, {"station": cfg.station})
+        if not one_blas_thread():
+            self.log.warning("threadpoolctl is not installed: numpy's BLAS may run several threads beside "
+                             "inference, which slows verdicts on few cores (pip install threadpoolctl)")
         self.metrics = Metrics()
         self.stop_event = threading.Event()
         self.products = Products(cfg, self._load, self.metrics, self.log)  # their models loaded ahead

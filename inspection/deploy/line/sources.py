@@ -94,12 +94,16 @@ class FolderSource:
 
 
 class SimulatedCamera:
-    """Replays the images of a dataset folder at `fps` (0 = as fast as taken), decoded once and kept in memory."""
+    """Replays the images of a dataset folder at `fps` (0 = as fast as taken), decoded once and kept in memory.
+
+    Paced, a frame is stamped with the time the camera takes it (every 1/fps from the first read), not the time
+    the capture thread gets to hand it over: a reader that falls behind finds the frames it missed waiting, and
+    their latency counts from when they were taken, as with a camera's buffers."""
 
     def __init__(self, path: str, fps: float = 0.0, loop: bool = False, use_names: bool = False):
         self.folder, self.fps, self.loop, self.use_names = Path(path), fps, loop, use_names
         self.frames: list[tuple[Path, np.ndarray | None, str | None]] = []
-        self.i, self.counter, self.next_t = 0, count(1), 0.0
+        self.i, self.counter, self.next_t = 0, count(1), None
 
     def open(self) -> None:
         if not self.frames:
@@ -112,23 +116,24 @@ class SimulatedCamera:
                     self.frames.append((p, None, str(exc)))
             if not self.frames:
                 raise SourceError(f"{self.folder}: no images to replay")
-        self.next_t = time.time()
+        self.next_t = None  # the first read takes the first frame
 
     def read(self, stop=lambda: False) -> Frame | None:
         if self.i >= len(self.frames):
             if not self.loop:
                 return None
             self.i = 0
+        taken = time.time()
         if self.fps > 0:
-            self.next_t += 1 / self.fps
-            delay = self.next_t - time.time()
-            if delay > 0:
-                time.sleep(delay)
+            self.next_t = taken if self.next_t is None else self.next_t + 1 / self.fps
+            if self.next_t > taken:
+                time.sleep(self.next_t - taken)
+            taken = self.next_t
         path, image, error = self.frames[self.i]
         self.i += 1
         n = next(self.counter)
         part = path.stem if self.use_names and not self.loop else f"sim-{n:08d}"
-        return Frame(part, image, time.time(), str(path), error)
+        return Frame(part, image, taken, str(path), error)
 
     def close(self) -> None:
         pass

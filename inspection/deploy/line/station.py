@@ -46,7 +46,8 @@ class SourceConfig:
 @dataclass
 class BatchConfig:
     max_size: int = 8                # frames per inference call
-    max_wait_ms: float = 10.0        # wait at most this long to fill a batch
+    max_wait_ms: float = 0.0         # wait at most this long to fill a batch; 0: judge what is queued (a batch
+                                     # forms by itself while the model is busy; a wait adds to every verdict)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -36,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 
-from inspection.deploy.atomic import TMP_MARK, own_dir, write_atomic
+from inspection.deploy.atomic import TMP_MARK, flush_files, own_dir, write_staged
 from inspection.deploy.store.outbox import Outbox
 from inspection.deploy.store.reviews import Reviews
 from inspection.deploy.store.schema import (  # noqa: F401
@@ -164,46 +165,67 @@ class SQLStore(Outbox, Reviews, Statistics):
 
     # -- writing -------------------------------------------------------------------------------------------------
     def add(self, record: FailureRecord, files: dict[str, tuple[str, bytes]]) -> int:
-        """Write the files (kind → (suffix, bytes)), then commit the record; return its id.
+        """Write the files (kind → (suffix, bytes)), then commit the record; return its id (add_many of one)."""
+        return self.add_many([(record, files)])[0]
 
-        Raises StoreFull when the disk is full (nothing is left behind) or when the quota is exhausted by
-        unreviewed records, which are never deleted to make room.
+    def add_many(self, items: list[tuple[FailureRecord, dict[str, tuple[str, bytes]]]]) -> list[int]:
+        """Write the files of several records (kind → (suffix, bytes)), make them durable together, then commit
+        the records in one transaction; their ids. All or nothing: on an error no file and no record of them is
+        left. One flush of the disk (atomic.flush_files) and one commit per batch instead of one fsync per file
+        and one commit per record: the writer hands over what its queue holds.
+
+        Raises StoreFull when the disk is full or when the quota is exhausted by unreviewed records, which are
+        never deleted to make room; StoreUnavailable when the log cannot take them now (they wait: outbox).
         """
-        need = sum(len(data) for _, data in files.values())
+        need = sum(len(data) for _, files in items for _, data in files.values())
         with self._lock:
             self._make_room(need)
-            day = time.strftime("%Y-%m-%d", time.localtime(record.ts))
-            rel_dir = Path(day) / safe_name(record.station)
-            written: list[Path] = []
-            token = uuid.uuid4().hex[:10]  # part IDs repeat (counters restart): names must not
+            written: list[Path] = []  # temporary files, then the renamed ones: removed on an error
+            folders: dict[Path, Path] = {}
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)
-                self.own_dir(rel_dir, create=True)
-                for kind, (suffix, data) in files.items():
-                    path = self.folder / rel_dir / f"{safe_name(record.part_id)}-{token}-{kind}{suffix}"
-                    write_atomic(path, data, self.fsync)
+                renames, rows = [], []
+                for record, files in items:
+                    day = time.strftime("%Y-%m-%d", time.localtime(record.ts))
+                    rel_dir = Path(day) / safe_name(record.station)
+                    if rel_dir not in folders:
+                        folders[rel_dir] = self.own_dir(rel_dir, create=True)
+                    token = uuid.uuid4().hex[:10]  # part IDs repeat (counters restart): names must not
+                    for kind, (suffix, data) in files.items():
+                        path = folders[rel_dir] / f"{safe_name(record.part_id)}-{token}-{kind}{suffix}"
+                        written.append(write_staged(path, data))
+                        renames.append((written[-1], path))
+                        record.files[kind] = (rel_dir / path.name).as_posix()
+                    record.bytes = sum(len(data) for _, data in files.values())
+                    rows.append(_db_row(record, day))
+                for tmp, path in renames:
+                    os.replace(tmp, path)
                     written.append(path)
-                    record.files[kind] = (rel_dir / path.name).as_posix()
-                record.bytes = need
-                row = _db_row(record, day)
+                if self.fsync and renames:  # the files and their names on disk before any record names them
+                    flush_files([path for _, path in renames], list(folders.values()))
                 with self._transaction() as ex:
-                    new_id = ex(f"INSERT INTO failures ({', '.join(row)}) VALUES ({', '.join('?' * len(row))}) "
-                                "RETURNING id", list(row.values())).fetchone()["id"]
-            except (OSError, *self.DB_ERRORS) as exc:
+                    ids = [ex(f"INSERT INTO failures ({', '.join(row)}) VALUES ({', '.join('?' * len(row))}) "
+                              "RETURNING id", list(row.values())).fetchone()["id"] for row in rows]
+            except BaseException as exc:
                 for path in written:
                     path.unlink(missing_ok=True)
-                record.files = {}
+                for record, _ in items:
+                    record.files = {}
+                if not isinstance(exc, (OSError, *self.DB_ERRORS)):
+                    raise
+                what = (f"record of part {items[0][0].part_id}" if len(items) == 1 else
+                        f"{len(items)} records (parts {', '.join(r.part_id for r, _ in items[:3])}, ...)")
                 full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "full" in str(exc)
                 if full:
-                    raise StoreFull(errno.ENOSPC, f"{self.folder}: disk full, record of part {record.part_id} "
-                                                  "not written") from None
+                    raise StoreFull(errno.ENOSPC, f"{self.folder}: disk full, {what} not written") from None
                 if isinstance(exc, StoreUnavailable):
                     raise
-                # a share that went away, a locked or unwritable log: the record waits (outbox) and is retried
+                # a share that went away, a locked or unwritable log: the records wait (outbox) and are retried
                 raise StoreUnavailable(getattr(exc, "errno", None) or errno.EIO,
-                                       f"{self.folder}: record of part {record.part_id} not written: {exc}") from None
-            record.id = new_id
-            return record.id
+                                       f"{self.folder}: {what} not written: {exc}") from None
+            for (record, _), new_id in zip(items, ids):
+                record.id = new_id
+            return ids
 
     def add_unlogged(self, records: list[FailureRecord]) -> int:
         """Records without files (a journal's) that the log does not hold yet, committed in one transaction;

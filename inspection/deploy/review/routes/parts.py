@@ -29,6 +29,7 @@ from inspection.deploy.review.routes.queue import QUERY_KEYS, filters_of, query_
 from inspection.deploy.runtime import FrameError, read_frame
 from inspection.deploy.store.schema import REVIEW_VERDICTS, FailureRecord, ReviewError
 from inspection.deploy.store.sql import SQLStore
+from inspection.deploy.store.summary import part_picture
 
 FILES = ("image", "overlay", "map")          # kinds of a part's own files that the browser may fetch
 THUMB = 240                    # px, the long side of a queue-grid thumbnail
@@ -88,28 +89,12 @@ def attention_png(part_id: int, corrected: int = 0, u: User = Depends(user), st:
 
 @routes.get("/parts/{part_id}/thumb.jpg")
 def thumbnail(part_id: int, u: User = Depends(user), st: ReviewApp = Depends(get_state)):
-    """The queue grid's picture of a part: its overlay (map and boxes, as the line drew it), or its image with the
-    boxes when no overlay was logged, at most THUMB px on the long side."""
+    """The queue grid's picture of a part (store/summary.py part_picture: image, map and boxes as the line's
+    overlay looked), at most THUMB px on the long side."""
     r = record(st, part_id)
-    picture = None
-    for kind in ("overlay", "image"):
-        try:
-            path = _file(st.store, r, kind)
-            picture = None if path is None else read_frame(path)
-        except FrameError:
-            picture = None
-        if picture is not None:
-            break
+    picture = part_picture(st.store, r, st.model_roi(r))
     if picture is None:
         raise HTTPException(404, f"part {part_id} has no image to show")
-    picture = cv2.cvtColor(picture, cv2.COLOR_GRAY2BGR) if picture.ndim == 2 else picture[..., :3]
-    if picture.dtype != np.uint8:
-        picture = cv2.convertScaleAbs(picture, alpha=255 / max(1, int(picture.max())))
-    if kind == "image":
-        for b in r.boxes:
-            if "x0" in b:
-                cv2.rectangle(picture, (int(b["x0"]), int(b["y0"])), (int(b["x1"]) - 1, int(b["y1"]) - 1),
-                              (40, 40, 255), max(1, round(max(picture.shape[:2]) / 150)))
     s = THUMB / max(picture.shape[:2])
     if s < 1:
         picture = cv2.resize(picture, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
