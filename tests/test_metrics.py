@@ -182,7 +182,8 @@ def test_a_baselines_own_rule_is_searched_over_its_whole_map_scale():
         truths[i][8:16, 8:16] = True
     pred = Predictions(np.linspace(0, 1, 12), np.zeros((12, 2)), maps)
     cfg = load_config(None, [])
-    assert calibrate_box_rule(pred, items, truths, np.ones(12, bool), cfg).threshold >= 0.8
+    # our rule stays on its own scale (never under one half), where the faint blob is not boxed
+    assert calibrate_box_rule(pred, items, truths, np.ones(12, bool), cfg).threshold >= 0.5
     best = calibrate_box_rule(pred, items, truths, np.ones(12, bool), cfg, search=True)
     assert 0.1 < best.threshold <= 0.3  # above the surface, at or under the blob
 
