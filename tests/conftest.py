@@ -13,7 +13,8 @@ from inspection.datasets.synthetic import generate
 from inspection.model.config import load_config
 
 # A test that uses one of these trains a model or starts a real server, browser or camera: it is marked `slow`,
-# and `make quick` (pytest -m "not slow") leaves it out. `make test` runs everything.
+# and `make quick` (pytest -m "not slow") leaves it out, as it does tests marked slow by hand (real back-off
+# waits, repeated kills). `make test` runs everything.
 SLOW_FIXTURES = {"exported", "trained", "postgres", "open_log", "broker", "camera", "server", "plc_runner",
                  "torch_free_log", "shared_log", "line_log"}
 

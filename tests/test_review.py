@@ -949,6 +949,7 @@ def test_hostile_bodies_tokens_and_store_rows_get_answers_not_500s(client, log):
     assert client.get("/stats").status_code == 200 and client.get("/api/stats").status_code == 200
 
 
+@pytest.mark.slow  # waits out real back-offs or kills processes: seconds on purpose
 def test_parallel_guesses_on_one_account_queue_behind_its_back_off(tmp_path, monkeypatch):
     """16 wrong guesses at once from 16 addresses on an account already in back-off finished together (the
     waits ran in parallel); now they take one back-off each, one after the other."""

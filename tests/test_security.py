@@ -354,6 +354,7 @@ def _burst(accounts, name: str, addresses: list[str]) -> None:
         t.join()
 
 
+@pytest.mark.slow  # waits out real back-offs or kills processes: seconds on purpose
 def test_parallel_wrong_logins_check_no_more_passwords_than_the_limits(tmp_path, monkeypatch):
     """32 parallel wrong passwords from one address: 5 are checked (the attack run saw 27). From 32 addresses
     on one account: 5 are checked at once, each further one only after the back-off, one at a time; right

@@ -346,6 +346,7 @@ for b in range(10**6):
 """
 
 
+@pytest.mark.slow  # waits out real back-offs or kills processes: seconds on purpose
 def test_a_batch_of_records_is_in_the_log_whole_or_not_at_all_after_kill_9(tmp_path):
     """Five SIGKILLs of a process writing batches of 10 records with their files (one flush of the disk and one
     transaction per batch): after each, every batch in the log is whole, every record's files are there and
