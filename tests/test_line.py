@@ -837,7 +837,7 @@ def test_the_writer_writes_what_its_queue_holds_with_one_flush_and_one_transacti
     for frame, result in zip(frames, rt.inspect([f.image for f in frames], "BGR")):
         frame.judged = frame.image
         jobs.append(writer.job(frame, result, None, None))
-    assert 1 < len(jobs) <= WRITE_BATCH and all(j.result.verdict == "fail" for j in jobs)
+    assert len(jobs) == len(paths) == 12 <= WRITE_BATCH and all(j.result.verdict == "fail" for j in jobs)
     writer.journal(jobs)
     for job in jobs:
         writer.put(job)  # all queued before the writer starts: it takes them as one batch

@@ -337,21 +337,25 @@ def test_a_long_journal_is_replayed_in_batches_while_the_line_judges(exported, t
 
 # -- 5. login throttling decided with the password check ------------------------------------------------------------
 def _burst(accounts, name: str, addresses: list[str]) -> None:
+    """Wrong passwords from these addresses at once; every one must be refused (AuthError), none let in."""
     from inspection.deploy.review.accounts import AuthError
 
     barrier = threading.Barrier(len(addresses))
+    outcomes: list[str] = []
 
     def guess(i: int, address: str) -> None:
         barrier.wait()
         try:
             accounts.login(name, f"guess-{i}", address)
+            outcomes.append("let in")
         except AuthError:
-            pass
+            outcomes.append("refused")
     threads = [threading.Thread(target=guess, args=(i, a)) for i, a in enumerate(addresses)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert outcomes == ["refused"] * len(addresses)
 
 
 @pytest.mark.slow  # waits out real back-offs or kills processes: seconds on purpose
