@@ -118,8 +118,9 @@ def checkpoints(runs: list[str], seeds) -> list[tuple[str, int, Path]]:
     return out
 
 
-def variants() -> dict[str, dict]:
-    """Ablation: the default rule, then one level changed at a time (levels not named keep the default's)."""
+def variants(only_plain: bool = False) -> dict[str, dict]:
+    """Ablation: the default rule, then one level changed at a time (levels not named keep the default's), then
+    the threshold alone and 0.5 with one level; `only_plain`: only the default and those."""
     default = BoxRule().to_dict()
     out = {"default": {}}
     for name, values in BoxRule.ablation().items():
@@ -133,7 +134,7 @@ def variants() -> dict[str, dict]:
         for v in values:
             if name != "threshold" and v != LEVELS[name].neutral:
                 out[f"plain 0.5 + {name}={v:g}"] = {**plain, "threshold": 0.5, name: v}
-    return out
+    return {k: v for k, v in out.items() if k == "default" or k.startswith("plain")} if only_plain else out
 
 
 def main() -> None:
@@ -148,9 +149,7 @@ def main() -> None:
     fixed_default = {k: default[k] for k in BoxRule.calibrated()}
     results: dict[str, dict[str, list]] = {}
     for (name, seed), (pv, pt, manifest, cfg) in data.items():
-        for label, change in variants().items():
-            if args.plain and not (label == "default" or label.startswith("plain")):
-                continue
+        for label, change in variants(args.plain).items():
             results.setdefault(label, {}).setdefault(name, []).append(
                 measure(pv, pt, manifest, cfg, {**fixed_default, **change}))
         if args.plain:
