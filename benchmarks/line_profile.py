@@ -2,6 +2,7 @@
 
     python benchmarks/line_profile.py [--package runs/demo/ours/package] [--frames 1000] [--fps 100]
                                       [--defect-shares 0.05 0.43] [--sources simulated genicam] [--rounds 1]
+    python benchmarks/line_profile.py --sources simulated --fps 0     # unpaced: where the throughput goes
 
 One paced run per source (the simulated camera; the GenICam emulator arv-fake-gv-camera-0.8, 512x512
 BayerRG8, free run at --fps) and defect share, set up as benchmarks/line_throughput.py does (the same subsets
@@ -241,8 +242,12 @@ class Profile:
             emu[comm] += (ticks - self.emu_first[tid][1]) / TICK / self.wall
         runner = sum(cores.values())
         machine = self.machine_busy * os.cpu_count()
+        first = [v for v in list(self.frames.values())[:self.skip] if "done" in v]
+        startup = {"total": [round((v["done"] - v["ts"]) * 1000, 1) for v in first],
+                   "inference": [round(v.get("inference", 0.0) * 1000, 1) for v in first],
+                   "judging": [round(v.get("judging", 0.0) * 1000, 1) for v in first]}
         return {"frames": len(rows), "wall_s": round(self.wall, 2), "gige_packet_size": self.packet_size,
-                "stages_ms": stages, "calls_ms": calls,
+                "stages_ms": stages, "calls_ms": calls, "startup_frames_ms": startup,
                 "batch_size": {"p50": float(np.percentile(self.batch_sizes, 50)), "max": max(self.batch_sizes)},
                 "cpu_cores": {
                     "runner_threads": {k: round(v, 3) for k, v in cores.most_common() if v >= 0.0005},
@@ -284,6 +289,8 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="station overrides for the runner")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "line_profile.json"))
     args = p.parse_args()
+    if args.fps <= 0 and "genicam" in args.sources:
+        sys.exit("--fps 0 (as fast as taken) is for --sources simulated only: the emulator runs at a frame rate")
     package = Path(args.package).resolve()
     if not package.exists():
         sys.exit(f"{package}: not found; run `make demo` first (it exports the package)")
