@@ -105,10 +105,7 @@ class LineRunner:
     def _load(self, package: Path) -> Runtime:
         rt = Runtime(package, self.cfg.backend, self.cfg.precision, self.cfg.threads, max_batch=self.cfg.batch.max_size)
         h, w = rt.image_size
-        # warm-up: a backend's first call is slow, and OpenVINO's first at each batch size too (1.5-2x the next
-        # one, 25 ms more at batch 8 on a 2-core PC); batches of every size up to max_size form on a busy line
-        for n in range(1, rt.max_batch + 1):
-            rt.run_batch(np.zeros((n, 3, h, w), np.float32))
+        rt.run_batch(np.zeros((1, 3, h, w), np.float32))  # warm-up: the first call is slow on every backend
         return rt
 
     @property
