@@ -21,6 +21,7 @@ benchmarks/results/line_throughput.json and docs/line_throughput.png.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -68,8 +69,9 @@ def bare(rt: Runtime, frames: list, batch: int, seconds: float) -> float:
     return rate(lambda: rt.inspect(next(batches), "BGR"), seconds, items=batch)
 
 
-def run_line(package: Path, frames: int, sets: list[str], args) -> dict:
-    """One runner run in a fresh log folder; its summary, images/s and how many parts it logged."""
+def run_line(package: Path, frames: int, sets: list[str], args, probe=None) -> dict:
+    """One runner run in a fresh log folder; its summary, images/s and how many parts it logged. probe(runner):
+    a context manager entered around run() once the source is open (line_profile.py times the stages in it)."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_station(None, [f"package={package}", f"source.limit={frames}", "queue.policy=block",
                                   f"batch.max_size={args.batch}", f"jsonl={tmp}/verdicts.jsonl",
@@ -77,9 +79,10 @@ def run_line(package: Path, frames: int, sets: list[str], args) -> dict:
                                   f"precision={args.precision}", *sets])
         r = LineRunner(cfg)
         r.self_check()
-        start = time.perf_counter()
-        s = r.run()
-        elapsed = time.perf_counter() - start
+        with probe(r) if probe is not None else contextlib.nullcontext():
+            start = time.perf_counter()
+            s = r.run()
+            elapsed = time.perf_counter() - start
         r.store.close()
     return {**s, "images_per_s": s["frames_total"] / elapsed}
 

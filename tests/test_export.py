@@ -284,6 +284,21 @@ def test_frames_of_the_wrong_kind_are_refused(exported):
     assert frame_to_rgb(np.full((20, 20), 65535, np.uint16)).max() == 1.0
 
 
+def test_model_input_is_the_full_frame_conversion_resized(exported):
+    """Gray and BGR frames are resized before they become RGB: the model sees exactly the same numbers."""
+    from inspection.core.preprocess import prepare
+
+    rt = Runtime(exported["package"], backend="cpu")
+    rng = np.random.default_rng(0)
+    for frame, color in [(rng.integers(0, 256, (240, 260, 3), dtype=np.uint8), "BGR"),
+                         (rng.integers(0, 256, (240, 260, 3), dtype=np.uint8), "RGB"),
+                         (rng.integers(0, 65536, (240, 260), dtype=np.uint16), "BGR"),
+                         (rng.random((60, 70, 3), dtype=np.float32), "BGR")]:  # smaller than the input: enlarged
+        want = prepare(frame_to_rgb(frame, color), rt.image_size, rt.roi)
+        got = rt.prepare(frame, color)
+        assert got.shape == want.shape and got.flags.c_contiguous and np.array_equal(got, want)
+
+
 def test_roi_larger_than_the_frame_is_refused(package_copy):
     _edit_meta(package_copy, lambda m: m["input"].update(roi=[10, 10, 80, 80]))
     rt = Runtime(package_copy, backend="cpu", check_aspect=False)

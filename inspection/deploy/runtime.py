@@ -59,6 +59,18 @@ def frame_to_rgb(frame: np.ndarray, color: str = "RGB", channels: str = "mixed")
     `channels` is what the model was trained on: a 1-channel frame for a color-trained model (or the reverse)
     is refused rather than judged wrongly.
     """
+    return _as_rgb(_unit_float(frame, color, channels), color)
+
+
+def _as_rgb(image: np.ndarray, color: str) -> np.ndarray:
+    """A gray (H, W) or colour (H, W, 3) float image in `color` order → HxWx3 RGB."""
+    if image.ndim == 2:
+        return np.repeat(image[..., None], 3, axis=2)
+    return np.ascontiguousarray(image[..., ::-1]) if color == "BGR" else image
+
+
+def _unit_float(frame: np.ndarray, color: str, channels: str) -> np.ndarray:
+    """frame_to_rgb's checks, then the frame as float32 in [0, 1]: gray (H, W), or colour in its own order."""
     if not isinstance(frame, np.ndarray):
         raise FrameError(f"frame must be a numpy array, got {type(frame).__name__}")
     if color not in ("RGB", "BGR"):
@@ -77,19 +89,16 @@ def frame_to_rgb(frame: np.ndarray, color: str = "RGB", channels: str = "mixed")
     if not gray and channels == "gray":
         raise FrameError("frame has 3 channels but the model was trained on gray images; set the camera to mono "
                          "or convert the frames to gray")
-    if frame.dtype == np.uint8:
-        out = frame.astype(np.float32) / 255.0
-    elif frame.dtype == np.uint16:
-        out = frame.astype(np.float32) / 65535.0
+    if frame.dtype in (np.uint8, np.uint16):
+        out = frame.astype(np.float32)
+        out /= 255.0 if frame.dtype == np.uint8 else 65535.0  # in place: the same numbers, one pass less
     elif frame.dtype in (np.float32, np.float64):
         if not np.isfinite(frame).all() or frame.min() < 0 or frame.max() > 1:
             raise FrameError("float frames must hold finite values in [0, 1] (send uint8/uint16 for raw pixels)")
         out = frame.astype(np.float32)
     else:
         raise FrameError(f"frame dtype must be uint8, uint16 or float in [0, 1], got {frame.dtype}")
-    if gray:
-        return np.repeat(out[..., None], 3, axis=2)
-    return np.ascontiguousarray(out[..., ::-1]) if color == "BGR" else out
+    return out
 
 
 def read_frame(path: str | Path) -> np.ndarray:
@@ -302,8 +311,8 @@ class Runtime:
     # -- pre-processing --------------------------------------------------------------------------------------
     def prepare(self, frame: np.ndarray, color: str = "RGB") -> np.ndarray:
         """Frame → the model's HxWx3 float32 input (before normalization), after the checks of frame_to_rgb."""
-        rgb = frame_to_rgb(frame, color, self.meta["input"]["channels"])
-        fh, fw = rgb.shape[:2]
+        image = _unit_float(frame, color, self.meta["input"]["channels"])
+        fh, fw = image.shape[:2]
         if self.roi is not None:
             x, y, w, h = self.roi
             if x + w > fw or y + h > fh:
@@ -315,7 +324,10 @@ class Runtime:
             if not lo / 1.25 <= w / h <= hi * 1.25:
                 raise FrameError(f"frame region is {w}x{h} px (aspect {w / h:.2f}); the model was trained on "
                                  f"aspect {lo:.2f}-{hi:.2f} (wrong camera or ROI? pass check_aspect=False to force)")
-        return prepare(rgb, self.image_size, self.roi)
+        # gray to three channels and BGR to RGB after the resize, not before: the same numbers (the resize works
+        # channel by channel) on the model's pixels instead of the frame's; a 512x512 colour frame's preparation
+        # took 2.6 ms of the judging thread's 10 ms per frame at 100 fps (docs/line.md)
+        return _as_rgb(prepare(image, self.image_size, self.roi), color)
 
     # -- inference ---------------------------------------------------------------------------------------------
     def run_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
