@@ -11,9 +11,10 @@ image and map, fsync). The runner instance's methods are wrapped here, nothing i
 
 - per frame (the first --skip left out), p50/p99 in ms: capture stamp → taken from the source's buffers and
   queued (`capture`: for GenICam the wait in Aravis' buffers and the demosaicing), queued → taken into a
-  batch (`queue`), judging of its batch split into preprocess (Runtime.prepare of its frames), inference
-  (Runtime._run) and boxes (Runtime.judge: boxes and the feature distance of flagged parts), the journal's
-  write and fsync for its batch, its own announce (outputs.emit), and capture → verdict (`total`);
+  batch (`queue`), the model on its batch on the loop's thread (`judging`: preprocess, Runtime.prepare of its
+  frames, and inference, Runtime._run), then on the verdict thread its boxes (Runtime.judge: boxes and the
+  feature distance of flagged parts), the journal's write and fsync for its batch and its own announce
+  (outputs.emit), and capture → verdict (`total`; it includes the wait for the verdict thread);
 - per logged part, in the writer thread: encoding its files (image and map PNG), and per writer batch the
   store's add_many (files written, one syncfs, one transaction);
 - CPU per thread over the run in cores (utime+stime from /proc/self/task/*/stat, sampled every 0.25 s):
@@ -115,7 +116,7 @@ class Profile:
     # -- CPU ---------------------------------------------------------------------------------------------------
     def _label(self, tid: int, comm: str) -> str:
         if tid == os.getpid():
-            return "main: judging, journal, announce"
+            return "main: preprocess, inference"
         py = {t.native_id: t.name for t in threading.enumerate()}
         if tid in py:
             return py[tid]
@@ -144,7 +145,8 @@ class Profile:
     # -- stages ------------------------------------------------------------------------------------------------
     def _wrap(self) -> None:
         r, f = self.r, self.frames
-        batch: list = []
+        batch: list = []  # the batch the loop's thread is inferring
+        vbatch: list = []  # the batch the verdict thread is finishing (boxes, journal, announce)
 
         def dequeued(dt, a, frames):
             now = time.time()
@@ -157,15 +159,15 @@ class Profile:
         def enqueued(dt, a, out):
             f[a[0].part_id]["enqueued"] = time.time()
 
-        def per_batch(stage):
+        def per_batch(stage, which=batch):
             def record(dt, a, out):
-                for fr in batch:
+                for fr in which:
                     f[fr.part_id][stage] = f[fr.part_id].get(stage, 0.0) + dt
                 self.calls[stage].append(dt)
             return record
 
         def judged(dt, a, out):
-            per_batch("boxes")(dt, a, out)
+            per_batch("boxes", vbatch)(dt, a, out)
             self.calls["boxes, flagged part" if out.verdict != "pass" else "boxes, passed part"].append(dt)
 
         def emitted(dt, a, out):
@@ -173,12 +175,18 @@ class Profile:
 
         r.capture.next_batch = timed(dequeued, r.capture.next_batch)
         r.capture._enqueue = timed(enqueued, r.capture._enqueue)
-        r._judge_safely = timed(per_batch("judging"), r._judge_safely)
+        r._infer_safely = timed(per_batch("judging"), r._infer_safely)
+        finish = r._judge_safely
+
+        def finish_batch(b, *rest):
+            vbatch[:] = b
+            return finish(b, *rest)
+        r._judge_safely = finish_batch
         for rt in r.products.models.values():
             rt.prepare = timed(per_batch("preprocess"), rt.prepare)
             rt._run = timed(per_batch("inference"), rt._run)
             rt.judge = timed(judged, rt.judge)
-        r.writer.journal = timed(per_batch("journal"), r.writer.journal)
+        r.writer.journal = timed(per_batch("journal", vbatch), r.writer.journal)
         r.outputs.emit = timed(emitted, r.outputs.emit)
         r.writer._files = timed(lambda dt, a, out: self.calls["writer: encode a part"].append(dt), r.writer._files)
         r.store.add_many = timed(lambda dt, a, out: self.calls["writer: store a batch"].append(dt), r.store.add_many)

@@ -376,16 +376,27 @@ class Runtime:
 
     def inspect_each(self, frames: list[np.ndarray], color: str = "RGB") -> list[Inspection | FrameError]:
         """Judge a batch of frames; an unusable frame gets its FrameError in its place, the others are judged."""
-        results: list = [None] * len(frames)
+        return self.judge_each(frames, self.infer_each(frames, color))
+
+    def infer_each(self, frames: list[np.ndarray], color: str = "RGB") -> tuple[list, list[int], tuple | None]:
+        """inspect_each's first half, the model: each frame's FrameError (None where usable), the usable frames'
+        slots and the model's outputs for them (None: no usable frame). judge_each finishes it."""
+        errors: list = [None] * len(frames)
         prepared, slots = [], []
         for i, frame in enumerate(frames):
             try:
                 prepared.append(self.prepare(frame, color))
                 slots.append(i)
             except FrameError as exc:
-                results[i] = exc
-        if prepared:
-            probs, scores, maps, *features = self._run(to_input(prepared, self.mean, self.std))
+                errors[i] = exc
+        return errors, slots, self._run(to_input(prepared, self.mean, self.std)) if prepared else None
+
+    def judge_each(self, frames: list[np.ndarray], inferred: tuple) -> list[Inspection | FrameError]:
+        """inspect_each's second half: verdicts and boxes from infer_each's outputs for the same frames."""
+        results, slots, outputs = inferred
+        results = list(results)
+        if outputs is not None:
+            probs, scores, maps, *features = outputs
             for k, i in enumerate(slots):
                 results[i] = self.judge(probs[k], scores[k], maps[k], frames[i], features[0][k] if features else None)
         return results

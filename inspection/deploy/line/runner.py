@@ -1,7 +1,8 @@
 """The line runner: camera frames in, a verdict per part out (JSON lines, PLC, MQTT, webhook), failures logged.
 
-    capture ─frames (bounded: drop_oldest | block)─▶ judging (batches) ─▶ outputs: JSON line, PLC, MQTT, webhook
-                                                        └─LogJob (bounded)─▶ writer thread ─▶ failure log
+    capture ─frames (bounded: drop_oldest | block)─▶ model (batches) ─▶ verdict thread: boxes, journal ─▶ outputs:
+                                                     JSON line, PLC, MQTT, webhook; └─LogJob (bounded)─▶ writer thread
+                                                     ─▶ failure log
     capture.py, outputs.py, failure_log.py; products.py: the products, their models and the switch between two
     parts (a frame is judged by the model of the product stamped on it at capture); reload thread: a product's
     new model package is loaded beside the running one and judges from the next batch; http.py: /health,
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
 from pathlib import Path
@@ -94,6 +96,7 @@ class LineRunner:
         self.http = None
         self.started = time.time()
         self.last_judged = 0.0  # when a batch last held a complete frame the model judged (/health)
+        self.verdict_error: BaseException | None = None  # what ended the verdict thread, raised by run()
         self.metrics.set("log_disk_full", 0)
         self.metrics.set("log_db_unavailable", 0)
         try:
@@ -153,7 +156,9 @@ class LineRunner:
         frame.model_version = rt.version
         return rt
 
-    def _judge(self, batch: list[Frame]) -> list[Judged]:
+    def _infer(self, batch: list[Frame]) -> tuple[list, dict]:
+        """Judging's first half, on the loop's thread: each frame's Judged where it cannot be judged (None where
+        it can), and per product its model, slots and that model's outputs (Runtime.infer_each)."""
         results: list = [None] * len(batch)
         groups: dict[str, list[int]] = {}  # product → slots: each product's frames go to its own model
         for i, f in enumerate(batch):
@@ -168,21 +173,49 @@ class LineRunner:
             else:
                 f.judged = station_crop(f.image, roi)[0]  # the part the model judges (a view: no copy)
                 groups.setdefault(f.product, []).append(i)
+        inferred = {}
         for product, slots in groups.items():
             rt = self.products.runtime(product)
-            for i, r in zip(slots, rt.inspect_each([batch[i].judged for i in slots], self.cfg.source.color)):
+            inferred[product] = (rt, slots, rt.infer_each([batch[i].judged for i in slots], self.cfg.source.color))
+        return results, inferred
+
+    def _finish(self, batch: list[Frame], results: list, inferred: dict) -> list[Judged]:
+        """Judging's second half, on the verdict thread: verdicts and boxes from each model's outputs."""
+        for rt, slots, pending in inferred.values():
+            for i, r in zip(slots, rt.judge_each([batch[i].judged for i in slots], pending)):
                 batch[i].model_version = rt.version
                 # boxes in the judged region's pixels; outputs shift them to the frame
                 results[i] = (batch[i], None, str(r), rt) if isinstance(r, FrameError) else (batch[i], r, None, rt)
         return results
 
-    def _judge_safely(self, batch: list[Frame]) -> list[Judged]:
+    def _failed(self, batch: list[Frame], exc: Exception) -> list[Judged]:
+        self.metrics.inc("inference_errors_total")  # one failed batch must not end the shift
+        self.log.error(f"inference failed on {len(batch)} frame(s): {exc}")
+        return [(f, None, f"inference failed: {exc}", self._model(f)) for f in batch]
+
+    def _infer_safely(self, batch: list[Frame]) -> tuple[list[Frame], list, dict]:
         try:
-            return self._judge(batch)
-        except Exception as exc:  # noqa: BLE001 - one failed batch must not end the shift
-            self.metrics.inc("inference_errors_total")
-            self.log.error(f"inference failed on {len(batch)} frame(s): {exc}")
-            return [(f, None, f"inference failed: {exc}", self._model(f)) for f in batch]
+            return (batch, *self._infer(batch))
+        except Exception as exc:  # noqa: BLE001
+            return batch, self._failed(batch, exc), {}
+
+    def _judge_safely(self, batch: list[Frame], results: list, inferred: dict) -> list[Judged]:
+        try:
+            return self._finish(batch, results, inferred)
+        except Exception as exc:  # noqa: BLE001
+            return self._failed(batch, exc)
+
+    def _verdicts(self, inferred: queue.Queue) -> None:
+        """The verdict thread: boxes, journal, announce and the writer's queue, batch after batch in capture order,
+        while the loop's thread runs the model on the next batch (at 100 fps on a 2-core PC one thread doing both
+        was the bound: docs/line.md)."""
+        try:
+            while (item := inferred.get()) is not None:
+                self._handle(self._judge_safely(*item))
+        except BaseException as exc:  # the loop re-raises it, as when one thread did both
+            self.verdict_error = exc
+            while inferred.get() is not None:  # the loop's puts never block on a dead thread
+                pass
 
     def _handle(self, judged: list[Judged]) -> None:
         """Journal the parts to log, then announce every verdict, then queue the parts' files for the writer."""
@@ -209,20 +242,27 @@ class LineRunner:
         for t in threads:
             t.start()
         wait_s = 0 if self.outputs.plc else self.cfg.batch.max_wait_ms / 1000  # PLC: one part at a time
+        inferred: queue.Queue = queue.Queue(maxsize=1)  # one batch inferred ahead of its verdicts, no more
+        verdicts = threading.Thread(target=self._verdicts, args=(inferred,), name="verdicts", daemon=True)
+        verdicts.start()
         try:
-            while not self.capture.finished():
+            while not self.capture.finished() and self.verdict_error is None:
                 batch = self.capture.next_batch(self.cfg.batch.max_size, wait_s)
                 self.metrics.set("queue_depth", self.capture.frames.qsize())
                 if batch:
-                    self._handle(self._judge_safely(batch))
+                    inferred.put(self._infer_safely(batch))
         finally:
             self.stop_event.set()
+            inferred.put(None)
+            verdicts.join()  # every judged batch announced and journaled before the writer closes
             self.writer.close()
             self.outputs.close()
             if self.http is not None:
                 self.http.shutdown()
                 self.http.server_close()  # the port is free again once the runner returns
             self.capture.close()
+        if self.verdict_error is not None:
+            raise self.verdict_error
         return self.summary()
 
     def stop(self) -> None:
