@@ -859,3 +859,35 @@ def test_the_runner_keeps_numpys_blas_to_one_thread(exported, tmp_path):
         LineRunner(_station(tmp_path, exported["package"], exported["manifest"].root))
         blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
         assert blas and set(blas) == {1}
+
+
+def test_a_failure_where_verdicts_are_announced_ends_the_run_with_its_error_never_a_stall(exported, tmp_path,
+                                                                                          monkeypatch):
+    """The model runs on the loop's thread and each batch's verdicts on a thread of their own: an error there (here
+    the outputs) ends run() with that error, as when one thread did both, and never leaves the loop waiting."""
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for i, p in enumerate(sorted(Path(exported["manifest"].root, "good").iterdir())[:12]):
+        shutil.copy(p, folder / f"p{i:02d}{p.suffix}")
+    runner = LineRunner(_station(tmp_path, exported["package"], folder, **{"batch.max_size": 1}))
+    emit, calls = runner.outputs.emit, []
+
+    def emit_until_the_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("output device gone")
+        return emit(*a, **k)
+    monkeypatch.setattr(runner.outputs, "emit", emit_until_the_third)
+    ended: dict = {}
+
+    def run():
+        try:
+            ended["summary"] = runner.run()
+        except OSError as exc:
+            ended["error"] = exc
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "run() stalled after the verdict thread failed"
+    assert "output device gone" in str(ended.get("error")), ended
+    assert len(calls) == 3 and len(_lines(tmp_path)) == 2  # nothing announced after the failure
