@@ -393,8 +393,7 @@ class Runtime:
 
     def judge_each(self, frames: list[np.ndarray], inferred: tuple) -> list[Inspection | FrameError]:
         """inspect_each's second half: verdicts and boxes from infer_each's outputs for the same frames."""
-        results, slots, outputs = inferred
-        results = list(results)
+        results, slots, outputs = inferred  # infer_each's own list, filled in place
         if outputs is not None:
             probs, scores, maps, *features = outputs
             for k, i in enumerate(slots):
