@@ -202,6 +202,21 @@ def test_auto_input_size_follows_the_parts_shape():
         load_config(None, ["data.image_size=big"])
 
 
+def test_scale_note_says_what_a_map_cell_covers():
+    from types import SimpleNamespace as NS
+
+    from inspection.core.preprocess import scale_note
+    from inspection.model.config import load_config
+
+    cfg = load_config(None).data
+    note = scale_note(cfg, [NS(height=512, width=512)] * 3, (192, 192), 8)
+    assert "shrunk 2.7x / 2.7x" in note and "about 21x21 px" in note and "data.max_pixels" in note
+    near = scale_note(cfg, [NS(height=200, width=200)], (192, 192), 8)
+    assert "about 8x8 px" in near and "data.max_pixels" not in near  # hardly shrunk: no hint
+    roi = load_config(None, ["data.roi=[0, 0, 1024, 256]"]).data  # the ROI crop counts, per side
+    assert "shrunk 4.0x / 8.0x" in scale_note(roi, [NS(height=300, width=4096)], (64, 128), 8)
+
+
 def test_training_keeps_the_size_auto_chose(tiny_dataset, tmp_path):
     from inspection.model.abn import load_checkpoint
     from inspection.model.config import load_config

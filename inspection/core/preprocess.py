@@ -40,3 +40,17 @@ def input_size(data_cfg, items) -> tuple[int, int]:
     area = min(float(np.median(crops[:, 0] * crops[:, 1])), float(data_cfg.max_pixels))
     side = lambda v: int(min(2048, max(32, round(v / 32) * 32)))  # noqa: E731
     return side(np.sqrt(area * aspect)), side(np.sqrt(area / aspect))
+
+
+def scale_note(data_cfg, items, size: tuple[int, int], stride: int) -> str:
+    """What the input size means for defects: how much the parts (their median ROI crop) shrink per side and how
+    many of a part's pixels one map cell covers; with a hint when marks a few pixels wide would fade."""
+    crops = np.array([full_roi((it.height, it.width), data_cfg.roi)[2:] for it in items], float).reshape(-1, 2)
+    w, h = np.median(crops, axis=0) if len(crops) else size[::-1]
+    sy, sx = h / size[0], w / size[1]
+    note = (f"input {size[0]}x{size[1]} from parts of median {h:.0f}x{w:.0f} px (shrunk {sy:.1f}x / {sx:.1f}x): "
+            f"one map cell covers about {sy * stride:.0f}x{sx * stride:.0f} px of a part")
+    if max(sy, sx) >= 2:
+        note += (f"; marks under about {max(sy, sx):.0f} px across lose most of their contrast: for such defects "
+                 "raise data.max_pixels (or set data.image_size) or crop to the part with data.roi")
+    return note

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from inspection.core.layout import Manifest, mask_targets
-from inspection.core.preprocess import input_size
+from inspection.core.preprocess import input_size, scale_note
 from inspection.model.abn import CheckpointError, build_model, checkpoint_config, read_checkpoint
 from inspection.model.config import Config, dump_config
 from inspection.model.losses import abn_loss
@@ -301,11 +301,12 @@ def _start_run(cfg: Config, manifest: Manifest, out: Path, kind: str, resume: bo
                progress: bool) -> Config:
     """The run's config with its input size resolved; refuses a folder holding another run before writing to
     it, then writes config.yaml and manifest.json there."""
-    if cfg.data.image_size == "auto":
-        cfg = with_input_size(cfg, manifest)
-        if progress:
-            h, w = cfg.data.image_size
-            print(f"input size (data.image_size auto): {h}x{w}", file=sys.stderr)
+    auto = cfg.data.image_size == "auto"
+    cfg = with_input_size(cfg, manifest)
+    if progress:
+        stride = cfg.model.map_stride or cfg.model.attention_stride
+        print(("data.image_size auto: " if auto else "") + scale_note(cfg.data, manifest.items,
+              tuple(cfg.data.image_size), stride), file=sys.stderr)
     last = out / "last.pt"
     if resume and last.exists():  # refuse before touching anything of the run that folder holds
         state = read_checkpoint(last)
