@@ -33,9 +33,13 @@ def test_each_shape_is_what_its_name_says(seed):
     assert _components(d) == 1 and d.sum() >= 20  # one region, a large one
     assert cv2.distanceTransform(d, cv2.DIST_L2, 3).max() >= 2  # and thick: not a line
 
-    c = cluster(H, W, rng)
+    replay = random.Random(seed + 1000)
+    replay.uniform(0, W), replay.uniform(0, H)
+    drawn = replay.randint(3, 12)  # the pits cluster() draws with the same generator
+    assert 3 <= drawn <= 12
+    c = cluster(H, W, random.Random(seed + 1000))
     n, _, stats, centres = cv2.connectedComponentsWithStats(c, connectivity=8)
-    assert 1 <= n - 1 <= 12  # 3-12 pits drawn, those off the image or touching another left out
+    assert 1 <= n - 1 <= drawn  # one region per pit kept: those off the image or touching another left out
     x, y, w, h, area = stats[1:].T
     whole = (x > 0) & (y > 0) & (x + w < W) & (y + h < H)  # pits clear of the border are whole discs
     assert set(area[whole]) <= {5, 13, 29}, area  # radius 1, 2 or 3 px: two pits never merge into one
