@@ -27,13 +27,18 @@ def to_input(images: list[np.ndarray], mean, std) -> np.ndarray:
     return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
 
 
+def _crops(data_cfg, items) -> np.ndarray:
+    """(N, 2) width and height of each item's ROI crop, the part the model sees."""
+    return np.array([full_roi((it.height, it.width), data_cfg.roi)[2:] for it in items], float).reshape(-1, 2)
+
+
 def input_size(data_cfg, items) -> tuple[int, int]:
     """The model input (H, W): `data_cfg.image_size`, or for 'auto' the shape of the parts the model will see
     (each item's ROI crop): their median aspect ratio at their median area, capped at `data_cfg.max_pixels`
     (more pixels find smaller defects and cost time in proportion), each side a multiple of 32."""
     if data_cfg.image_size != "auto":
         return tuple(data_cfg.image_size)
-    crops = np.array([full_roi((it.height, it.width), data_cfg.roi)[2:] for it in items], float).reshape(-1, 2)
+    crops = _crops(data_cfg, items)
     if not len(crops):
         raise ValueError("data.image_size auto: no images to take the input shape from")
     aspect = float(np.median(crops[:, 1] / crops[:, 0]))  # height / width
@@ -45,7 +50,7 @@ def input_size(data_cfg, items) -> tuple[int, int]:
 def scale_note(data_cfg, items, size: tuple[int, int], stride: int) -> str:
     """What the input size means for defects: how much the parts (their median ROI crop) shrink per side and how
     many of a part's pixels one map cell covers; with a hint when marks a few pixels wide would fade."""
-    crops = np.array([full_roi((it.height, it.width), data_cfg.roi)[2:] for it in items], float).reshape(-1, 2)
+    crops = _crops(data_cfg, items)
     w, h = np.median(crops, axis=0) if len(crops) else size[::-1]
     sy, sx = h / size[0], w / size[1]
     note = (f"input {size[0]}x{size[1]} from parts of median {h:.0f}x{w:.0f} px (shrunk {sy:.1f}x / {sx:.1f}x): "
