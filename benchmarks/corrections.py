@@ -77,7 +77,7 @@ def rescore(model, parts: list[dict], threshold: float) -> dict:
     for p in parts:
         a = torch.from_numpy(shrink_map(p["corrected"], p["map"].shape))[None]   # as the runtime's rescore does
         logits = model.forward_with_attention(p["image"][None].float(), a)
-        after = float(model.defect_score(logits, a)[0])
+        after = float(model.defect_score(logits, a, corrected=True)[0])
         rows.append({"good": p["item"].defect_type == GOOD, "before": p["score"], "after": after,
                      "fails_after": after >= threshold})
     good = [r for r in rows if r["good"]]

@@ -146,9 +146,19 @@ def test_rescore_with_the_models_own_map_reproduces_its_scores(exported):
     frame = read_image(f"{exported['manifest'].root}/{exported['manifest'].split('test')[-1].path}")
     r = rt.inspect([frame])[0]
     same = rt.rescore(frame, r.attention)
-    assert same["defect_score"] == pytest.approx(r.score, abs=1e-4)
+    assert same["probs"] == pytest.approx(r.probs, abs=1e-4)  # the same perception branch on the same map
+    w, k_share = exported["cfg"].model.map_score, exported["cfg"].train.defect_topk
+    top = np.sort(r.attention.ravel())[::-1]
+    k, hot = max(1, round(k_share * top.size)), int((top >= 0.5).sum())
+    term = top[:min(hot, k)].mean() if hot else top[:k].mean()  # an operator's map: its region >= 0.5, at most k
+    assert same["defect_score"] == pytest.approx((1 - w) * (1 - r.probs["good"]) + w * term, abs=1e-4)
+    if hot == 0 or hot >= k:
+        assert same["defect_score"] == pytest.approx(r.score, abs=1e-4)  # then the line's top-k mean, the same
     big = np.kron(r.attention, np.ones((4, 4), np.float32))  # maps at any resolution are resized
-    assert rt.rescore(frame, big)["defect_score"] == pytest.approx(r.score, abs=0.05)
+    assert rt.rescore(frame, big)["defect_score"] == pytest.approx(same["defect_score"], abs=0.05)
+    pit = np.zeros_like(r.attention)
+    pit[0, 0] = 1.0  # one painted cell counts as a defect, not as one of k cells
+    assert rt.rescore(frame, pit)["defect_score"] >= w
     erased = rt.rescore(frame, np.zeros_like(r.attention))
     assert erased["defect_score"] != pytest.approx(r.score, abs=1e-4)
     with pytest.raises(FrameError, match="2-D"):

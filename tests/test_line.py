@@ -459,8 +459,11 @@ def test_station_roi_crops_before_the_model_and_boxes_come_back_in_frame_pixels(
     assert rec.crop == [100, 50, 120, 110] and np.array_equal(cv2.imread(str(store.path(rec, "image"))), crop)
     assert (rec.boxes[0]["x0"], rec.boxes[0]["y0"], rec.boxes[0]["x1"], rec.boxes[0]["y1"]) == (0, 0, 120, 110)
     model_map = cv2.imread(str(store.path(rec, "map")), cv2.IMREAD_UNCHANGED).astype(np.float32) / 65535
-    rescored = Runtime(pkg, backend="cpu").rescore(crop, model_map, color="BGR")
-    assert abs(rescored["defect_score"] - rec.score) < 1e-3  # the logged score, from the stored image
+    rt = Runtime(pkg, backend="cpu")
+    again = rt.inspect([crop], color="BGR")[0]
+    assert abs(again.score - rec.score) < 1e-3  # the logged score, from the stored image
+    rescored = rt.rescore(crop, model_map, color="BGR")  # the perception branch reads the stored map as the line's
+    assert rescored["probs"] == pytest.approx(again.probs, abs=1e-3)
     store.add_review(rec.id, "qa", "defect", "hole", corrected=np.ones(crop.shape[:2], np.float32))  # crop-sized
     from inspection.deploy.store.to_dataset import export_reviewed
 

@@ -160,6 +160,25 @@ def test_defect_score_blends_the_perception_branch_with_the_maps_top_k():
         ModelConfig(map_score=1.5)
 
 
+def test_a_corrected_map_counts_by_its_painted_region_not_diluted_by_cold_cells():
+    """An operator's map (re-score): the mean of its cells >= 0.5, at most the top k; a map with none keeps the
+    top-k mean, so an erased false alarm scores as the live map would."""
+    model = build_model(ModelConfig(backbone="tiny", pretrained=False, map_score=0.5), 3, topk=0.1)  # k = 10
+    logits = torch.zeros(4, 3)
+    att = torch.full((4, 10, 10), 0.1)
+    att[0, 4, 4] = 1.0                       # one painted cell: the region is that cell
+    att[1, :3, :5] = 1.0                     # 15 painted cells: at most the top 10, all 1
+    att[2, 0, :2], att[2, 9, 9] = 0.8, 0.3   # two cells over 0.5 (mean 0.8); 0.3 is no region
+    att[3, 2, 2] = 0.4                       # erased: nothing reaches 0.5 -> top 10 mean
+    live = model.defect_score(logits, att)
+    got = model.defect_score(logits, att, corrected=True)
+    term = torch.tensor([1.0, 1.0, 0.8, (0.4 + 9 * 0.1) / 10])
+    p = 1 - logits.softmax(1)[:, 0]
+    assert torch.allclose(got, 0.5 * p + 0.5 * term)
+    assert got[0] > live[0] + 0.4  # the live top-k mean of the same map: (1 + 9 * 0.1) / 10
+    assert torch.allclose(got[3], live[3])
+
+
 @pytest.mark.parametrize("map_score, topk", [(0.5, 0.02), (0.25, 0.1), (0.0, 0.02)])
 def test_the_score_formula_in_words_is_the_score_the_model_computes(map_score, topk):
     """The package states the score in words (score_formula); read those words back and recompute the score."""

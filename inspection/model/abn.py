@@ -156,16 +156,18 @@ class ABN(nn.Module):
         g = features * a + self.residual * features if self.residual else features * a
         return self.fc(self.perception(g).mean(dim=(2, 3)))
 
-    def defect_score(self, logits: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+    def defect_score(self, logits: torch.Tensor, attention: torch.Tensor, corrected: bool = False) -> torch.Tensor:
         """The part's defect score (score_formula in words): 1 − p(good) of the perception branch, blended (weight
         `map_score`) with the map's own defect probability, the mean of its top-k cells. Pass/fail then agrees
-        with the map the boxes come from, and a corrected map moves the score through both terms."""
+        with the map the boxes come from, and a corrected map moves the score through both terms; an operator's
+        map (`corrected`) counts by the mean of its region at or above 0.5 (losses.region_probability)."""
         score = 1 - logits.softmax(1)[:, 0]
         if not self.map_score:
             return score
-        from inspection.model.losses import map_probability
+        from inspection.model.losses import map_probability, region_probability
 
-        return (1 - self.map_score) * score + self.map_score * map_probability(attention, self.topk)
+        term = (region_probability if corrected else map_probability)(attention, self.topk)
+        return (1 - self.map_score) * score + self.map_score * term
 
     def forward(self, images: torch.Tensor) -> ABNOutput:
         features, early = self.backbone(images)
@@ -184,6 +186,12 @@ def score_formula(map_score: float, topk: float) -> str:
     """ABN.defect_score in words, as the model package states it (tests/test_model.py recomputes the score from
     these words)."""
     return f"(1 - {map_score:g}) * (1 - p(good)) + {map_score:g} * mean of the map's top {topk:g} cells"
+
+
+def rescore_formula(map_score: float, topk: float) -> str:
+    """The re-score of an operator's corrected map (ABN.defect_score with corrected=True) in words."""
+    return (f"(1 - {map_score:g}) * (1 - p(good)) + {map_score:g} * mean of the map's cells >= 0.5, at most its "
+            f"top {topk:g} (the top {topk:g} where none reaches 0.5)")
 
 
 class Classifier(nn.Module):

@@ -44,6 +44,19 @@ def map_probability(attention: torch.Tensor, topk: float = 0.02) -> torch.Tensor
     return a.topk(max(1, round(topk * a.shape[1])), dim=1).values.mean(1)
 
 
+def region_probability(attention: torch.Tensor, topk: float = 0.02) -> torch.Tensor:
+    """An operator-corrected map's defect probability: the mean of its cells at or above 0.5 (the box rule's
+    region), at most its k highest; the top-k mean where no cell reaches 0.5. A painted pit of two cells then
+    counts as the defect it is, where map_probability would average it with k − 2 cold cells; a map erased below
+    0.5 keeps map_probability."""
+    a = attention.flatten(1)
+    k = max(1, round(topk * a.shape[1]))
+    top = a.topk(k, dim=1).values
+    n = (a >= 0.5).sum(1).clamp(1, k)
+    hot = (top * (torch.arange(k, device=a.device)[None] < n[:, None])).sum(1) / n
+    return torch.where((a >= 0.5).any(1), hot, top.mean(1))
+
+
 def resize_target(target: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(B, H, W) target maps at the map's size: a cell takes the highest value inside it when shrinking (a
     painted or masked defect marks every cell it touches, however thin), bilinear when growing."""

@@ -33,7 +33,7 @@ from inspection.deploy.package import (
     write_metadata,
 )
 from inspection.deploy.runtime import open_session
-from inspection.model.abn import ABN, load_checkpoint, score_formula
+from inspection.model.abn import ABN, load_checkpoint, rescore_formula, score_formula
 from inspection.training.evaluate import Predictions, evaluate_predictions
 from inspection.training.loader import InspectionDataset
 
@@ -78,7 +78,7 @@ class RescoreGraph(nn.Module):
     def forward(self, image: torch.Tensor, attention: torch.Tensor):
         attention = attention.clamp(0, 1)
         logits = self.model.perceive(self.model.features(image), attention)
-        return logits.softmax(1), self.model.defect_score(logits, attention)
+        return logits.softmax(1), self.model.defect_score(logits, attention, corrected=True)
 
 
 def _export_onnx(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str]) -> None:
@@ -336,6 +336,8 @@ def _metadata(cfg, manifest: Manifest, ckpt: dict, checkpoint: Path, ck_sha: str
                     **({FEATURES: "(B, C, h, w) backbone features at the map's cells (the box rule's novelty level: "
                                   "distance to the nearest row of novelty.npy)"} if bank is not None else {})},
         "attention": {"name": "attention", "size": att_hw},
+        "rescore": {"inputs": "image as above, attention (B, h, w) an operator-corrected map in [0, 1]",
+                    "defect_score": f"(B,) {rescore_formula(cfg.model.map_score, cfg.train.defect_topk)}"},
         "decision": {"review_band": cfg.eval.review_band, "threshold_mode": cfg.eval.threshold_mode,
                      "target_false_reject": cfg.eval.target_false_reject, "target_miss": cfg.eval.target_miss,
                      "rule": "fail if score >= threshold + band; review if within the band; else pass; "
