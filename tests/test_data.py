@@ -1,6 +1,7 @@
 import io
 import json
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -229,6 +230,55 @@ def test_training_keeps_the_size_auto_chose(tiny_dataset, tmp_path):
     assert tuple(saved.data.image_size) == (96, 32)  # tall crops: 32 wide, 72-96 tall
     assert tuple(load_config(tmp_path / "run" / "config.yaml").data.image_size) == (96, 32)
     assert InspectionDataset(manifest, "val", cfg.data)[0]["image"].shape == (3, 96, 32)
+
+
+def test_a_run_that_does_not_learn_trains_again_at_a_larger_input_and_keeps_the_better(tiny_dataset, tmp_path,
+                                                                                      monkeypatch):
+    """data.retry_below: under it, a second run at data.retry_max_pixels; the better by validation AUROC is kept
+    in the run folder, the other in its subfolder, and a resume (even after a kill while moving) trains nothing.
+    The validation AUROC each run reaches is set here, so that each branch is taken for sure."""
+    from inspection.model.abn import load_checkpoint
+    from inspection.model.config import load_config
+    from inspection.training import train as training
+
+    reached = {}
+    monkeypatch.setattr(training, "_best_val_auroc", lambda folder: reached[Path(folder).name])
+    cfg = tiny_config(tiny_dataset, **{"data.image_size": "auto", "data.max_pixels": 1024,
+                                       "data.retry_max_pixels": 4096, "train.epochs": 1})
+    manifest = scan_dataset(tiny_dataset, cfg.data)
+    size = lambda best: tuple(load_checkpoint(best)[1].data.image_size)  # noqa: E731
+
+    reached.update(run=0.97)  # at retry_below (0.95) or above: one run
+    assert size(training.train(cfg, manifest, tmp_path / "run", progress=False)) == (32, 32)
+    assert not (tmp_path / "run" / "larger_input").exists()
+
+    reached.update(run=0.6, larger_input=0.5)  # the larger input does no better: the first stays
+    best = training.train(cfg, manifest, tmp_path / "run", resume=False, progress=False)
+    assert size(best) == (32, 32) and size(tmp_path / "run" / "larger_input" / "best.pt") == (64, 64)
+    assert json.loads((tmp_path / "run" / "input_search.json").read_text())["kept"] == "first"
+
+    reached.update(run=0.6, larger_input=0.9)  # it does better: its files take the run folder
+    moves = []
+    real_move = training._move_run
+
+    def killed_after_one(src, dst):
+        moves.append(src)
+        if len(moves) == 2:
+            raise KeyboardInterrupt  # killed between the two moves
+        real_move(src, dst)
+    monkeypatch.setattr(training, "_move_run", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(cfg, manifest, tmp_path / "run", resume=False, progress=False)
+    monkeypatch.setattr(training, "_move_run", real_move)
+    best = training.train(cfg, manifest, tmp_path / "run", progress=False)  # resumed: finishes the moves only
+    record = json.loads((tmp_path / "run" / "input_search.json").read_text())
+    assert record["kept"] == "larger" and record["done"]
+    assert [t["size"] for t in record["tried"]] == ["32x32", "64x64"]
+    assert size(best) == (64, 64) and size(tmp_path / "run" / "first_input" / "best.pt") == (32, 32)
+    assert tuple(load_config(tmp_path / "run" / "config.yaml").data.image_size) == (64, 64)
+    assert not (tmp_path / "run" / "larger_input" / "best.pt").exists()
+    stamp = best.stat().st_mtime_ns
+    assert training.train(cfg, manifest, tmp_path / "run", progress=False) == best and best.stat().st_mtime_ns == stamp
 
 
 def test_image_headers_give_the_size_before_decoding():

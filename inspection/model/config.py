@@ -57,6 +57,9 @@ class DataConfig(_Section):
     root: str = "data/synthetic"
     image_size: Union[Literal["auto"], tuple[int, int]] = "auto"
     max_pixels: int = Field(40960, ge=1024, description="image_size auto: input pixels (height x width) at most")
+    retry_below: float = Field(0.95, ge=0, le=1, description="image_size auto: when the best validation AUROC "
+                               "stays under this, train again at retry_max_pixels and keep the better (0 = never)")
+    retry_max_pixels: int = Field(65536, ge=1024, description="image_size auto: the cap of that second training")
     roi: Optional[tuple[int, int, int, int]] = Field(None, description="crop (x, y, w, h) in original pixels")
     label_mode: Literal["per_type", "binary"] = "per_type"
     split: SplitConfig = SplitConfig()

@@ -240,13 +240,101 @@ def with_input_size(cfg: Config, manifest: Manifest) -> Config:
     return cfg.model_copy(update={"data": cfg.data.model_copy(update={"image_size": size})})
 
 
+RUN_FILES = ("config.yaml", "manifest.json", "last.pt", "best.pt", "history.csv", "history.json",
+             "training_curves.png")
+
+
 def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn", resume: bool = True,
           progress: bool = True, init_state: dict | None = None) -> Path:
-    """Train and return the path of best.pt. `kind`: 'abn' or 'cnn' (plain classifier, Grad-CAM baseline)."""
+    """Train and return the path of best.pt. `kind`: 'abn' or 'cnn' (plain classifier, Grad-CAM baseline).
+
+    With data.image_size 'auto', a run whose best validation AUROC stays under data.retry_below trains again
+    at data.retry_max_pixels (in out_dir/larger_input) and keeps the better by validation AUROC: out_dir then
+    holds the kept run, the other one sits in its subfolder, and input_search.json says what was tried."""
+    out = Path(out_dir)
+    search = out / "input_search.json"
+    if not resume:
+        search.unlink(missing_ok=True)
+    elif search.exists():  # a search that ended (or was killed while moving the kept run into place)
+        record = json.loads(search.read_text())
+        _keep(out, record)
+        if progress:
+            print(f"{out}: trained at two input sizes before, kept the {record['kept']} ({search.name}); "
+                  "train into a new folder or with --restart to train again", file=sys.stderr)
+        return out / "best.pt"
+    best = _train_run(cfg, manifest, out, kind, resume, progress, init_state)
+    larger = _larger_input(cfg, manifest, out, init_state)
+    if larger is None or not best.exists():
+        return best
+    first = _best_val_auroc(out)
+    if progress:
+        print(f"best validation AUROC {first:.4f} at {_size(out)}, under data.retry_below {cfg.data.retry_below:g}: "
+              f"training again at {larger.data.image_size[0]}x{larger.data.image_size[1]} "
+              f"(data.retry_max_pixels {cfg.data.retry_max_pixels})", file=sys.stderr)
+    _train_run(larger, manifest, out / "larger_input", kind, resume, progress, init_state)
+    second = _best_val_auroc(out / "larger_input")
+    keep = "larger" if second > first else "first"
+    record = {"tried": [{"size": _size(out), "val_auroc": first}, {"size": _size(out / "larger_input"),
+                                                                    "val_auroc": second}], "kept": keep}
+    search.write_text(json.dumps(record, indent=1))
+    _keep(out, record)
+    if progress:
+        print(f"kept the {keep} input (validation AUROC {first:.4f} at "
+              f"{record['tried'][0]['size']}, {second:.4f} at {record['tried'][1]['size']})", file=sys.stderr)
+    return out / "best.pt"
+
+
+def _larger_input(cfg: Config, manifest: Manifest, out: Path, init_state: dict | None) -> Config | None:
+    """The config of a second training at data.retry_max_pixels, or None when the first needs none: not
+    'auto', a fine-tune, several processes, validation AUROC at retry_below or above, or no larger size."""
+    d = cfg.data
+    if (d.image_size != "auto" or not d.retry_below or init_state is not None or _distributed()[1] > 1
+            or not (out / "history.json").exists() or not _best_val_auroc(out) < d.retry_below):
+        return None
+    first = input_size(d, manifest.items)
+    larger = d.model_copy(update={"max_pixels": max(d.max_pixels, d.retry_max_pixels)})
+    size = input_size(larger, manifest.items)
+    if size[0] * size[1] <= first[0] * first[1]:
+        return None
+    return cfg.model_copy(update={"data": d.model_copy(update={"image_size": size})})
+
+
+def _best_val_auroc(folder: Path) -> float:
+    rows = json.loads((folder / "history.json").read_text())
+    return max((float(r["val_auroc"]) for r in rows if np.isfinite(r["val_auroc"])), default=float("nan"))
+
+
+def _size(folder: Path) -> str:
+    h, w = read_checkpoint(folder / "best.pt")["config"]["data"]["image_size"]
+    return f"{h}x{w}"
+
+
+def _keep(out: Path, record: dict) -> None:
+    """Put the kept run's files in out: the first run's go to first_input, then the larger's come up; each step
+    is written to input_search.json when done, so a run killed while moving finishes the moves when resumed."""
+    search = out / "input_search.json"
+    if record["kept"] == "larger" and not record.get("moved_first"):
+        _move_run(out, out / "first_input")
+        record = {**record, "moved_first": True}
+        search.write_text(json.dumps(record, indent=1))
+    if record["kept"] == "larger":
+        _move_run(out / "larger_input", out)
+    search.write_text(json.dumps({**record, "done": True}, indent=1))
+
+
+def _move_run(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:
+        if (src / name).exists():
+            os.replace(src / name, dst / name)
+
+
+def _train_run(cfg: Config, manifest: Manifest, out: Path, kind: str, resume: bool, progress: bool,
+               init_state: dict | None) -> Path:
     rank, world, local = _distributed()
     lead = rank == 0  # writes files, shows progress
     progress = progress and lead
-    out, last = Path(out_dir), Path(out_dir) / "last.pt"
+    last = out / "last.pt"
     cfg = _start_run(cfg, manifest, out, kind, resume, lead, progress)
     seed_everything(cfg.train.seed)
     if cfg.train.threads:
