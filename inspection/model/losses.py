@@ -52,9 +52,10 @@ def region_probability(attention: torch.Tensor, topk: float = 0.02) -> torch.Ten
     a = attention.flatten(1)
     k = max(1, round(topk * a.shape[1]))
     top = a.topk(k, dim=1).values
-    n = (a >= 0.5).sum(1).clamp(1, k)
-    hot = (top * (torch.arange(k, device=a.device)[None] < n[:, None])).sum(1) / n
-    return torch.where((a >= 0.5).any(1), hot, top.mean(1))
+    n = (a >= 0.5).sum(1)
+    m = n.clamp(1, k)
+    hot = (top * (torch.arange(k, device=a.device)[None] < m[:, None])).sum(1) / m
+    return torch.where(n > 0, hot, top.mean(1))
 
 
 def resize_target(target: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -263,19 +263,18 @@ def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn
                   "train into a new folder or with --restart to train again", file=sys.stderr)
         return out / "best.pt"
     best = _train_run(cfg, manifest, out, kind, resume, progress, init_state)
-    larger = _larger_input(cfg, manifest, out, init_state)
-    if larger is None or not best.exists():
+    retry = _larger_input(cfg, manifest, out, init_state)
+    if retry is None or not best.exists():
         return best
+    sizes, larger = retry
     first = _best_val_auroc(out)
     if progress:
-        print(f"best validation AUROC {first:.4f} at {_size(out)}, under data.retry_below {cfg.data.retry_below:g}: "
-              f"training again at {larger.data.image_size[0]}x{larger.data.image_size[1]} "
-              f"(data.retry_max_pixels {cfg.data.retry_max_pixels})", file=sys.stderr)
+        print(f"best validation AUROC {first:.4f} at {sizes[0]}, under data.retry_below {cfg.data.retry_below:g}: "
+              f"training again at {sizes[1]} (data.retry_max_pixels {cfg.data.retry_max_pixels})", file=sys.stderr)
     _train_run(larger, manifest, out / "larger_input", kind, resume, progress, init_state)
     second = _best_val_auroc(out / "larger_input")
     keep = "larger" if second > first else "first"
-    record = {"tried": [{"size": _size(out), "val_auroc": first}, {"size": _size(out / "larger_input"),
-                                                                    "val_auroc": second}], "kept": keep}
+    record = {"tried": [{"size": sizes[0], "val_auroc": first}, {"size": sizes[1], "val_auroc": second}], "kept": keep}
     search.write_text(json.dumps(record, indent=1))
     _keep(out, record)
     if progress:
@@ -284,9 +283,11 @@ def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn
     return out / "best.pt"
 
 
-def _larger_input(cfg: Config, manifest: Manifest, out: Path, init_state: dict | None) -> Config | None:
-    """The config of a second training at data.retry_max_pixels, or None when the first needs none: not
-    'auto', a fine-tune, several processes, validation AUROC at retry_below or above, or no larger size."""
+def _larger_input(cfg: Config, manifest: Manifest, out: Path, init_state: dict | None
+                  ) -> tuple[tuple[str, str], Config] | None:
+    """The two input sizes ("HxW") and the config of a second training at data.retry_max_pixels, or None when
+    the first needs none: not 'auto', a fine-tune, several processes, validation AUROC at retry_below or above,
+    or no larger size."""
     d = cfg.data
     if (d.image_size != "auto" or not d.retry_below or init_state is not None or _distributed()[1] > 1
             or not (out / "history.json").exists() or not _best_val_auroc(out) < d.retry_below):
@@ -296,17 +297,13 @@ def _larger_input(cfg: Config, manifest: Manifest, out: Path, init_state: dict |
     size = input_size(larger, manifest.items)
     if size[0] * size[1] <= first[0] * first[1]:
         return None
-    return cfg.model_copy(update={"data": d.model_copy(update={"image_size": size})})
+    return ((f"{first[0]}x{first[1]}", f"{size[0]}x{size[1]}"),
+            cfg.model_copy(update={"data": d.model_copy(update={"image_size": size})}))
 
 
 def _best_val_auroc(folder: Path) -> float:
     rows = json.loads((folder / "history.json").read_text())
     return max((float(r["val_auroc"]) for r in rows if np.isfinite(r["val_auroc"])), default=float("nan"))
-
-
-def _size(folder: Path) -> str:
-    h, w = read_checkpoint(folder / "best.pt")["config"]["data"]["image_size"]
-    return f"{h}x{w}"
 
 
 def _keep(out: Path, record: dict) -> None:
