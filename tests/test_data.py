@@ -232,11 +232,12 @@ def test_training_keeps_the_size_auto_chose(tiny_dataset, tmp_path):
     assert InspectionDataset(manifest, "val", cfg.data)[0]["image"].shape == (3, 96, 32)
 
 
-def test_a_run_that_does_not_learn_trains_again_at_a_larger_input_and_keeps_the_better(tiny_dataset, tmp_path,
-                                                                                      monkeypatch):
-    """data.retry_below: under it, a second run at data.retry_max_pixels; the better by validation AUROC is kept
-    in the run folder, the other in its subfolder, and a resume (even after a kill while moving) trains nothing.
-    The validation AUROC each run reaches is set here, so that each branch is taken for sure."""
+def test_a_run_that_does_not_learn_trains_again_at_larger_inputs_and_keeps_the_best(tiny_dataset, tmp_path,
+                                                                                   monkeypatch):
+    """data.retry_below: under it, a run at the next cap of data.retry_max_pixels, and the next only while the last
+    one gained; the best by validation AUROC is kept in the run folder, the others in their input_<HxW> folders,
+    and a resume (even after a kill while moving) trains nothing. The validation AUROC each run reaches is set
+    here, so that each branch is taken for sure."""
     from inspection.model.abn import load_checkpoint
     from inspection.model.config import load_config
     from inspection.training import train as training
@@ -244,21 +245,24 @@ def test_a_run_that_does_not_learn_trains_again_at_a_larger_input_and_keeps_the_
     reached = {}
     monkeypatch.setattr(training, "_best_val_auroc", lambda folder: reached[Path(folder).name])
     cfg = tiny_config(tiny_dataset, **{"data.image_size": "auto", "data.max_pixels": 1024,
-                                       "data.retry_max_pixels": 4096, "train.epochs": 1})
+                                       "data.retry_max_pixels": "[4096, 9216]", "train.epochs": 1})
     manifest = scan_dataset(tiny_dataset, cfg.data)
     size = lambda best: tuple(load_checkpoint(best)[1].data.image_size)  # noqa: E731
+    run = tmp_path / "run"
 
     reached.update(run=0.97)  # at retry_below (0.95) or above: one run
-    assert size(training.train(cfg, manifest, tmp_path / "run", progress=False)) == (32, 32)
-    assert not (tmp_path / "run" / "larger_input").exists()
+    assert size(training.train(cfg, manifest, run, progress=False)) == (32, 32)
+    assert not list(run.glob("input_*")) and not (run / "input_search.json").exists()
 
-    reached.update(run=0.6, larger_input=0.5)  # the larger input does no better: the first stays
-    best = training.train(cfg, manifest, tmp_path / "run", resume=False, progress=False)
-    assert size(best) == (32, 32) and size(tmp_path / "run" / "larger_input" / "best.pt") == (64, 64)
-    assert json.loads((tmp_path / "run" / "input_search.json").read_text())["kept"] == "first"
+    reached.update(run=0.6, input_64x64=0.5)  # the larger input does no better: the first stays, no third run
+    best = training.train(cfg, manifest, run, resume=False, progress=False)
+    assert size(best) == (32, 32) and size(run / "input_64x64" / "best.pt") == (64, 64)
+    assert not (run / "input_96x96").exists()
+    record = json.loads((run / "input_search.json").read_text())
+    assert record["kept"] == "32x32" and [t["size"] for t in record["tried"]] == ["32x32", "64x64"]
 
-    reached.update(run=0.6, larger_input=0.9)  # it does better: its files take the run folder
-    moves = []
+    reached.update(run=0.6, input_64x64=0.9, input_96x96=0.8)  # the second gains and is under 0.95: a third,
+    moves = []                                                  # which does not beat the second
     real_move = training._move_run
 
     def killed_after_one(src, dst):
@@ -268,17 +272,43 @@ def test_a_run_that_does_not_learn_trains_again_at_a_larger_input_and_keeps_the_
         real_move(src, dst)
     monkeypatch.setattr(training, "_move_run", killed_after_one)
     with pytest.raises(KeyboardInterrupt):
-        training.train(cfg, manifest, tmp_path / "run", resume=False, progress=False)
+        training.train(cfg, manifest, run, resume=False, progress=False)
     monkeypatch.setattr(training, "_move_run", real_move)
-    best = training.train(cfg, manifest, tmp_path / "run", progress=False)  # resumed: finishes the moves only
-    record = json.loads((tmp_path / "run" / "input_search.json").read_text())
-    assert record["kept"] == "larger" and record["done"]
-    assert [t["size"] for t in record["tried"]] == ["32x32", "64x64"]
-    assert size(best) == (64, 64) and size(tmp_path / "run" / "first_input" / "best.pt") == (32, 32)
-    assert tuple(load_config(tmp_path / "run" / "config.yaml").data.image_size) == (64, 64)
-    assert not (tmp_path / "run" / "larger_input" / "best.pt").exists()
+    best = training.train(cfg, manifest, run, progress=False)  # resumed: finishes the moves only
+    record = json.loads((run / "input_search.json").read_text())
+    assert record["kept"] == "64x64" and record["done"]
+    assert [t["size"] for t in record["tried"]] == ["32x32", "64x64", "96x96"]
+    assert size(best) == (64, 64) and size(run / "input_32x32" / "best.pt") == (32, 32)
+    assert size(run / "input_96x96" / "best.pt") == (96, 96)
+    assert tuple(load_config(run / "config.yaml").data.image_size) == (64, 64)
+    assert not (run / "input_64x64" / "best.pt").exists()
     stamp = best.stat().st_mtime_ns
-    assert training.train(cfg, manifest, tmp_path / "run", progress=False) == best and best.stat().st_mtime_ns == stamp
+    assert training.train(cfg, manifest, run, progress=False) == best and best.stat().st_mtime_ns == stamp
+
+
+def test_a_search_record_of_the_earlier_two_run_form_is_finished_on_resume(tmp_path):
+    """input_search.json as earlier releases wrote it (kept "larger", killed before the moves): a resume moves the
+    first run to first_input and the larger one up, as those releases did."""
+    from inspection.training import train as training
+
+    run = tmp_path / "run"
+    (run / "larger_input").mkdir(parents=True)
+    (run / "best.pt").write_text("first")
+    (run / "larger_input" / "best.pt").write_text("larger")
+    (run / "input_search.json").write_text(json.dumps({"tried": [{"size": "32x32", "val_auroc": 0.5},
+                                                                 {"size": "64x64", "val_auroc": 0.9}],
+                                                       "kept": "larger"}))
+    assert training.train(None, None, run, progress=False) == run / "best.pt"
+    assert (run / "best.pt").read_text() == "larger" and (run / "first_input" / "best.pt").read_text() == "first"
+
+
+def test_retry_caps_take_one_number_or_a_list_and_name_the_field_when_wrong():
+    from inspection.model.config import DataConfig
+
+    assert DataConfig(retry_max_pixels=65536).retry_max_pixels == [65536]
+    assert DataConfig().retry_max_pixels == [65536, 147456]
+    with pytest.raises(ValueError, match="retry_max_pixels"):
+        DataConfig(retry_max_pixels=[65536, 12])
 
 
 def test_image_headers_give_the_size_before_decoding():

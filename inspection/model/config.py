@@ -58,8 +58,17 @@ class DataConfig(_Section):
     image_size: Union[Literal["auto"], tuple[int, int]] = "auto"
     max_pixels: int = Field(40960, ge=1024, description="image_size auto: input pixels (height x width) at most")
     retry_below: float = Field(0.95, ge=0, le=1, description="image_size auto: when the best validation AUROC "
-                               "stays under this, train again at retry_max_pixels and keep the better (0 = never)")
-    retry_max_pixels: int = Field(65536, ge=1024, description="image_size auto: the cap of that second training")
+                               "stays under this, train again at the next retry_max_pixels (0 = never)")
+    retry_max_pixels: list[int] = Field([65536, 147456], description="image_size auto: the caps of the trainings "
+                                        "after the first, in order; the next only while the last one gained")
+
+    @field_validator("retry_max_pixels", mode="before")
+    @classmethod
+    def _one_or_more_caps(cls, v):
+        caps = [v] if isinstance(v, int) else v  # one number: the form of earlier releases
+        if not isinstance(caps, list) or not all(isinstance(c, int) and c >= 1024 for c in caps):
+            raise ValueError(f"expected a number of pixels of at least 1024, or a list of them; got {v!r}")
+        return caps
     roi: Optional[tuple[int, int, int, int]] = Field(None, description="crop (x, y, w, h) in original pixels")
     label_mode: Literal["per_type", "binary"] = "per_type"
     split: SplitConfig = SplitConfig()

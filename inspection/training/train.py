@@ -249,56 +249,64 @@ def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn
     """Train and return the path of best.pt. `kind`: 'abn' or 'cnn' (plain classifier, Grad-CAM baseline).
 
     With data.image_size 'auto', a run whose best validation AUROC stays under data.retry_below trains again
-    at data.retry_max_pixels (in out_dir/larger_input) and keeps the better by validation AUROC: out_dir then
-    holds the kept run, the other one sits in its subfolder, and input_search.json says what was tried."""
+    at the next cap of data.retry_max_pixels (in out_dir/input_<HxW>), as long as the last run gained on the
+    one before it; the run with the best validation AUROC is kept: out_dir then holds it, the others sit in
+    their input_<HxW> folders, and input_search.json says what was tried."""
     out = Path(out_dir)
     search = out / "input_search.json"
     if not resume:
         search.unlink(missing_ok=True)
     elif search.exists():  # a search that ended (or was killed while moving the kept run into place)
-        record = json.loads(search.read_text())
-        _keep(out, record)
+        record = _keep(out, json.loads(search.read_text()))
         if progress:
-            print(f"{out}: trained at two input sizes before, kept the {record['kept']} ({search.name}); "
+            print(f"{out}: trained at several input sizes before, kept {record['kept']} ({search.name}); "
                   "train into a new folder or with --restart to train again", file=sys.stderr)
         return out / "best.pt"
     best = _train_run(cfg, manifest, out, kind, resume, progress, init_state)
-    retry = _larger_input(cfg, manifest, out, init_state)
-    if retry is None or not best.exists():
+    steps = _larger_inputs(cfg, manifest, out, init_state)
+    if not steps or not best.exists():
         return best
-    sizes, larger = retry
-    first = _best_val_auroc(out)
-    if progress:
-        print(f"best validation AUROC {first:.4f} at {sizes[0]}, under data.retry_below {cfg.data.retry_below:g}: "
-              f"training again at {sizes[1]} (data.retry_max_pixels {cfg.data.retry_max_pixels})", file=sys.stderr)
-    _train_run(larger, manifest, out / "larger_input", kind, resume, progress, init_state)
-    second = _best_val_auroc(out / "larger_input")
-    keep = "larger" if second > first else "first"
-    record = {"tried": [{"size": sizes[0], "val_auroc": first}, {"size": sizes[1], "val_auroc": second}], "kept": keep}
+    below = cfg.data.retry_below
+    tried = [{"size": steps[0][0], "val_auroc": _best_val_auroc(out), "folder": "."}]
+    for size, larger in steps[1:]:
+        last = tried[-1]["val_auroc"]
+        if not last < below or (len(tried) > 1 and not last > tried[-2]["val_auroc"]):
+            break
+        if progress:
+            print(f"best validation AUROC {last:.4f} at {tried[-1]['size']}, under data.retry_below {below:g}: "
+                  f"training again at {size}", file=sys.stderr)
+        _train_run(larger, manifest, out / f"input_{size}", kind, resume, progress, init_state)
+        tried.append({"size": size, "val_auroc": _best_val_auroc(out / f"input_{size}"), "folder": f"input_{size}"})
+    if len(tried) == 1:
+        return best
+    kept = max(tried, key=lambda t: t["val_auroc"] if np.isfinite(t["val_auroc"]) else -1.0)  # the first on ties
+    record = {"tried": tried, "kept": kept["size"], "kept_folder": kept["folder"],
+              "first_folder": f"input_{tried[0]['size']}"}
     search.write_text(json.dumps(record, indent=1))
     _keep(out, record)
     if progress:
-        print(f"kept the {keep} input (validation AUROC {first:.4f} at "
-              f"{record['tried'][0]['size']}, {second:.4f} at {record['tried'][1]['size']})", file=sys.stderr)
+        print(f"kept the input {kept['size']} (validation AUROC " +
+              ", ".join(f"{t['val_auroc']:.4f} at {t['size']}" for t in tried) + ")", file=sys.stderr)
     return out / "best.pt"
 
 
-def _larger_input(cfg: Config, manifest: Manifest, out: Path, init_state: dict | None
-                  ) -> tuple[tuple[str, str], Config] | None:
-    """The two input sizes ("HxW") and the config of a second training at data.retry_max_pixels, or None when
-    the first needs none: not 'auto', a fine-tune, several processes, validation AUROC at retry_below or above,
-    or no larger size."""
+def _larger_inputs(cfg: Config, manifest: Manifest, out: Path, init_state: dict | None
+                   ) -> list[tuple[str, Config]]:
+    """The first run's input size ("HxW"), then each larger size the caps of data.retry_max_pixels give with the
+    config that trains at it; empty when the first needs no retry: not 'auto', a fine-tune, several processes,
+    validation AUROC at retry_below or above, or no larger size."""
     d = cfg.data
     if (d.image_size != "auto" or not d.retry_below or init_state is not None or _distributed()[1] > 1
             or not (out / "history.json").exists() or not _best_val_auroc(out) < d.retry_below):
-        return None
+        return []
     first = input_size(d, manifest.items)
-    larger = d.model_copy(update={"max_pixels": max(d.max_pixels, d.retry_max_pixels)})
-    size = input_size(larger, manifest.items)
-    if size[0] * size[1] <= first[0] * first[1]:
-        return None
-    return ((f"{first[0]}x{first[1]}", f"{size[0]}x{size[1]}"),
-            cfg.model_copy(update={"data": d.model_copy(update={"image_size": size})}))
+    steps = [(f"{first[0]}x{first[1]}", cfg)]
+    for cap in d.retry_max_pixels:
+        size = input_size(d.model_copy(update={"max_pixels": max(d.max_pixels, cap)}), manifest.items)
+        if size[0] * size[1] > math.prod(int(v) for v in steps[-1][0].split("x")):
+            steps.append((f"{size[0]}x{size[1]}",
+                          cfg.model_copy(update={"data": d.model_copy(update={"image_size": size})})))
+    return steps if len(steps) > 1 else []
 
 
 def _best_val_auroc(folder: Path) -> float:
@@ -306,17 +314,22 @@ def _best_val_auroc(folder: Path) -> float:
     return max((float(r["val_auroc"]) for r in rows if np.isfinite(r["val_auroc"])), default=float("nan"))
 
 
-def _keep(out: Path, record: dict) -> None:
-    """Put the kept run's files in out: the first run's go to first_input, then the larger's come up; each step
-    is written to input_search.json when done, so a run killed while moving finishes the moves when resumed."""
+def _keep(out: Path, record: dict) -> dict:
+    """Put the kept run's files in out: the first run's go to its input_<HxW> folder, then the kept one's come up;
+    each step is written to input_search.json when done, so a run killed while moving finishes when resumed."""
     search = out / "input_search.json"
-    if record["kept"] == "larger" and not record.get("moved_first"):
-        _move_run(out, out / "first_input")
-        record = {**record, "moved_first": True}
-        search.write_text(json.dumps(record, indent=1))
-    if record["kept"] == "larger":
-        _move_run(out / "larger_input", out)
-    search.write_text(json.dumps({**record, "done": True}, indent=1))
+    if record["kept"] in ("first", "larger"):  # the record of earlier releases: two runs, fixed folder names
+        record = {**record, "kept_folder": "." if record["kept"] == "first" else "larger_input",
+                  "first_folder": "first_input"}
+    if record["kept_folder"] != ".":
+        if not record.get("moved_first"):
+            _move_run(out, out / record["first_folder"])
+            record = {**record, "moved_first": True}
+            search.write_text(json.dumps(record, indent=1))
+        _move_run(out / record["kept_folder"], out)
+    record = {**record, "done": True}
+    search.write_text(json.dumps(record, indent=1))
+    return record
 
 
 def _move_run(src: Path, dst: Path) -> None:
