@@ -69,28 +69,33 @@ def main() -> None:
             got = best_val(pattern, seed)
             if got is None:
                 sys.exit(f"{name}: no run folder for seed {seed} matches {pattern}")
-            tried = [{"val_auroc": got[0], "run": got[1]}]
+            tried, missing = [{"val_auroc": got[0], "run": got[1]}], None
             for other_pattern in retries.get(name, []):
                 last = tried[-1]["val_auroc"]
                 if not last < below or (len(tried) > 1 and not last > tried[-2]["val_auroc"]):
                     break
                 other = best_val(other_pattern, seed)
-                if other is None:
-                    sys.exit(f"{name}: seed {seed} trains again (validation AUROC {last:.4f} < {below}) but no run "
-                             f"matches {other_pattern}")
+                if other is None:  # reported as not measured, not as a decision
+                    print(f"{name}: seed {seed} trains again (validation AUROC {last:.4f} < {below}) but no run "
+                          f"matches {other_pattern}: its decision is not measured", file=sys.stderr)
+                    missing = other_pattern.format(seed=seed)
+                    break
                 tried.append({"val_auroc": other[0], "run": other[1]})
             kept = max(range(len(tried)), key=lambda i: tried[i]["val_auroc"])  # the first on ties
             row = {"seed": seed, "tried": tried, "kept": kept}
-            if kept and kept <= len(runs) and seed in runs[kept - 1]:
+            if missing:
+                row["not_measured"] = missing
+            if kept and not missing and kept <= len(runs) and seed in runs[kept - 1]:
                 row["test"] = {k: float(f(runs[kept - 1][seed]["metrics"])) for k, f in TEST.items()}
                 row["kept_train_s"] = runs[kept - 1][seed]["train_s"]
             rows.append(row)
             print(f"{name} seed {seed}: validation AUROC " + " -> ".join(f"{t['val_auroc']:.4f}" for t in tried) +
-                  (" (no retry)" if len(tried) == 1 else "") + f": keeps run {kept}" +
+                  (" (no retry)" if len(tried) == 1 else "") +
+                  (": the next run is not measured" if missing else f": keeps run {kept}") +
                   "".join(f", {k} {v:.3f}" for k, v in row.get("test", {}).items()), flush=True)
         table[name] = rows
         kept_tests = [r["test"] for r in rows if "test" in r]
-        if kept_tests and len(kept_tests) == len(rows):
+        if kept_tests and len(kept_tests) == len([r for r in rows if not r.get("not_measured")]):
             print(f"{name} kept runs, mean (minimum): " + ", ".join(
                 f"{k} {np.mean([t[k] for t in kept_tests]):.3f} ({np.min([t[k] for t in kept_tests]):.3f})"
                 for k in TEST))
