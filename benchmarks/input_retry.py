@@ -25,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from inspection.model.config import load_config  # noqa: E402
+from inspection.training.train import retry_again  # noqa: E402
 
 TEST = {"image AUROC": lambda m: m["image"]["auroc"], "box F1@0.3": lambda m: m["box@0.3"]["f1"],
         "box F1@0.1": lambda m: m["box@0.1"]["f1"], "box F1@0.5": lambda m: m["box@0.5"]["f1"],
@@ -71,9 +72,9 @@ def main() -> None:
                 sys.exit(f"{name}: no run folder for seed {seed} matches {pattern}")
             tried, missing = [{"val_auroc": got[0], "run": got[1]}], None
             for other_pattern in retries.get(name, []):
-                last = tried[-1]["val_auroc"]
-                if not last < below or (len(tried) > 1 and not last > tried[-2]["val_auroc"]):
+                if not retry_again([t["val_auroc"] for t in tried], below):
                     break
+                last = tried[-1]["val_auroc"]
                 other = best_val(other_pattern, seed)
                 if other is None:  # reported as not measured, not as a decision
                     print(f"{name}: seed {seed} trains again (validation AUROC {last:.4f} < {below}) but no run "

@@ -302,6 +302,37 @@ def test_a_search_record_of_the_earlier_two_run_form_is_finished_on_resume(tmp_p
     assert (run / "best.pt").read_text() == "larger" and (run / "first_input" / "best.pt").read_text() == "first"
 
 
+def test_the_retry_benchmark_follows_the_rule_training_uses(tmp_path):
+    """benchmarks/input_retry.py on hand-made run folders: a set at 0.95 or above stops at the first run, one
+    whose second run loses stops there, one that gains goes on and keeps its best run with that run's test
+    figures; a further run the rule asks for but nobody trained is reported as not measured."""
+    import subprocess
+    import sys
+
+    def run(folder, val):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "history.json").write_text(json.dumps([{"val_auroc": 0.4}, {"val_auroc": val}]))
+    for name, vals in {"ok": [0.97], "lose": [0.8, 0.7, 0.99], "gain": [0.5, 0.8, 0.9]}.items():
+        for step, val in enumerate(vals):
+            run(f"{name}{step}/r-s0", val)
+    run("open0/r-s0", 0.5)
+    metrics = {"image": {"auroc": 0.9}, "box@0.3": {"f1": 0.6}, "box@0.1": {"f1": 0.7}, "box@0.5": {"f1": 0.3},
+               "pixel_auroc": 0.95}
+    (tmp_path / "gain2.json").write_text(json.dumps({"runs": [{"seed": 0, "train_s": 5.0, "metrics": metrics}]}))
+    args = [f"--first={n}={tmp_path}/{n}0/r-s{{seed}}" for n in ("ok", "lose", "gain", "open")]
+    args += [f"--retry={n}={tmp_path}/{n}{k}/r-s{{seed}}" for n in ("ok", "lose", "gain", "open") for k in (1, 2)]
+    args += [f"--retry-results=gain={tmp_path}/gain1.json", f"--retry-results=gain={tmp_path}/gain2.json"]
+    (tmp_path / "gain1.json").write_text(json.dumps({"runs": []}))
+    out = tmp_path / "retry.json"
+    subprocess.run([sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "input_retry.py"), *args,
+                    "--seeds", "0", "--out", str(out)], check=True, capture_output=True)
+    sets = json.loads(out.read_text())["sets"]
+    assert [len(sets[n][0]["tried"]) for n in ("ok", "lose", "gain")] == [1, 2, 3]
+    assert [sets[n][0]["kept"] for n in ("ok", "lose", "gain")] == [0, 0, 2]
+    assert sets["gain"][0]["test"]["box F1@0.3"] == 0.6 and "test" not in sets["lose"][0]
+    assert sets["open"][0]["not_measured"].endswith("open1/r-s0") and "test" not in sets["open"][0]
+
+
 def test_retry_caps_take_one_number_or_a_list_and_name_the_field_when_wrong():
     from inspection.model.config import DataConfig
 

@@ -269,9 +269,9 @@ def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn
     below = cfg.data.retry_below
     tried = [{"size": steps[0][0], "val_auroc": _best_val_auroc(out), "folder": "."}]
     for size, larger in steps[1:]:
-        last = tried[-1]["val_auroc"]
-        if not last < below or (len(tried) > 1 and not last > tried[-2]["val_auroc"]):
+        if not retry_again([t["val_auroc"] for t in tried], below):
             break
+        last = tried[-1]["val_auroc"]
         if progress:
             print(f"best validation AUROC {last:.4f} at {tried[-1]['size']}, under data.retry_below {below:g}: "
                   f"training again at {size}", file=sys.stderr)
@@ -288,6 +288,13 @@ def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn
         print(f"kept the input {kept['size']} (validation AUROC " +
               ", ".join(f"{t['val_auroc']:.4f} at {t['size']}" for t in tried) + ")", file=sys.stderr)
     return out / "best.pt"
+
+
+def retry_again(val_aurocs: list[float], below: float) -> bool:
+    """Whether training goes on to the next input after runs (in order) with these best validation AUROCs: the
+    last is under `below` and, after the first, gained on the one before it."""
+    last = val_aurocs[-1]
+    return last < below and (len(val_aurocs) == 1 or last > val_aurocs[-2])
 
 
 def _larger_inputs(cfg: Config, manifest: Manifest, out: Path, init_state: dict | None
