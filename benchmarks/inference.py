@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rounds import interleave, rate, ratios, spread  # noqa: E402
+from rounds import cpu_name, interleave, rate, ratios, spread  # noqa: E402
 
 from inspection.core.layout import Manifest  # noqa: E402
 from inspection.core.preprocess import to_input  # noqa: E402
@@ -38,18 +38,6 @@ CANDIDATES = {"ORT FP32": ("cpu", "fp32"), "ORT INT8": ("cpu", "int8"), "OpenVIN
               "ORT CUDA FP32": ("cuda", "fp32"), "ORT TensorRT FP16": ("ort-tensorrt", "fp16"),
               "TensorRT FP32": ("tensorrt", "fp32"), "TensorRT INT8": ("tensorrt", "int8")}
 CPU_BACKENDS = ("cpu", "openvino")
-
-
-def cpu_name() -> str:
-    """lscpu's model name (the same as /proc/cpuinfo's)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-    return platform.processor()
 
 
 def runtimes(package: Path, threads: int, names: list[str]) -> dict[str, Runtime]:

@@ -4,7 +4,8 @@
 
 Exports each checkpoint to a package (FP32 only, parity checked) unless one exists beside it, then runs both
 through the torch-free runtime on the same decoded test images, interleaved round by round (batch 1 and 16),
-so that machine noise hits both alike. Prints images/s and writes benchmarks/results/input_size.json.
+so that machine noise hits both alike. Prints images/s (median and range over the rounds) and writes
+benchmarks/results/input_size.json, with each checkpoint's throughput over the first's, round by round.
 """
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rounds import cpu_name, interleave, rate, ratios, spread  # noqa: E402
+
 from inspection.core.layout import Manifest  # noqa: E402
 from inspection.deploy.runtime import Runtime, read_frame  # noqa: E402
 from inspection.training.export import export_package  # noqa: E402
@@ -26,14 +30,6 @@ def package(checkpoint: Path) -> Path:
     if not out.exists():
         export_package(checkpoint, out, int8=False, progress=False)
     return out
-
-
-def rate(rt: Runtime, frames: list, batch: int, seconds: float) -> float:
-    n, i, start = 0, 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        rt.inspect([frames[(i + k) % len(frames)] for k in range(batch)], "BGR")
-        n, i = n + batch, i + batch
-    return n / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -51,18 +47,23 @@ def main() -> None:
         manifest = Manifest.load(Path(path).parent / "manifest.json")
         frames = [read_frame(Path(manifest.root) / it.path) for it in manifest.split("test")[:32]]
         runs[name] = {"runtime": Runtime(folder, backend="cpu", max_batch=max(args.batches)), "frames": frames}
-    rates: dict = {name: {b: [] for b in args.batches} for name in runs}
-    for _ in range(args.rounds):
-        for b in args.batches:
-            for name, r in runs.items():
-                rates[name][b].append(rate(r["runtime"], r["frames"], b, args.seconds))
-    out = {name: {"input": list(r["runtime"].image_size),
-                  **{f"images_per_s_batch{b}": round(sorted(rates[name][b])[len(rates[name][b]) // 2], 1)
-                     for b in args.batches}} for name, r in runs.items()}
-    for name, row in out.items():
-        print(name, json.dumps(row))
-    Path(args.out).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(),
-                                          "checkpoints": args.checkpoint, "runs": out}, indent=1))
+    first = next(iter(runs))
+    out = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(), "cores": os.cpu_count(),
+           "checkpoints": args.checkpoint, "rounds": args.rounds, "runs": {}, "ratio_to_" + first: {}}
+    for b in args.batches:
+        per_round = interleave({name: (lambda r=r, b=b: rate(lambda: r["runtime"].inspect(r["frames"][:b], "BGR"),
+                                                             args.seconds, items=b)) for name, r in runs.items()},
+                               args.rounds)
+        for name, v in per_round.items():
+            out["runs"].setdefault(name, {"input": list(runs[name]["runtime"].image_size)})
+            out["runs"][name][f"images_per_s_batch{b}"] = spread(v)
+        for name, v in ratios(per_round, first).items():
+            out["ratio_to_" + first].setdefault(name, {})[f"batch{b}"] = v
+    for name, row in out["runs"].items():
+        print(name, row["input"], ", ".join(f"batch {b}: {row[f'images_per_s_batch{b}']['median']} images/s "
+                                            f"({row[f'images_per_s_batch{b}']['min']}–"
+                                            f"{row[f'images_per_s_batch{b}']['max']})" for b in args.batches))
+    Path(args.out).write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":
