@@ -267,8 +267,9 @@ def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn
     if not steps or not best.exists():
         return best
     below = cfg.data.retry_below
-    tried = [{"size": steps[0][0], "val_auroc": _best_val_auroc(out), "folder": "."}]
-    for size, larger in steps[1:]:
+    tried = [{"size": "{}x{}".format(*steps[0][0]), "val_auroc": _best_val_auroc(out), "folder": "."}]
+    for hw, larger in steps[1:]:
+        size = "{}x{}".format(*hw)
         if not retry_again([t["val_auroc"] for t in tried], below):
             break
         last = tried[-1]["val_auroc"]
@@ -298,21 +299,19 @@ def retry_again(val_aurocs: list[float], below: float) -> bool:
 
 
 def _larger_inputs(cfg: Config, manifest: Manifest, out: Path, init_state: dict | None
-                   ) -> list[tuple[str, Config]]:
-    """The first run's input size ("HxW"), then each larger size the caps of data.retry_max_pixels give with the
-    config that trains at it; empty when the first needs no retry: not 'auto', a fine-tune, several processes,
+                   ) -> list[tuple[tuple[int, int], Config]]:
+    """The first run's input size (height, width), then each larger size the caps of data.retry_max_pixels give
+    with the config that trains at it; empty when the first needs no retry: not 'auto', a fine-tune, several processes,
     validation AUROC at retry_below or above, or no larger size."""
     d = cfg.data
     if (d.image_size != "auto" or not d.retry_below or init_state is not None or _distributed()[1] > 1
             or not (out / "history.json").exists() or not _best_val_auroc(out) < d.retry_below):
         return []
-    first = input_size(d, manifest.items)
-    steps = [(f"{first[0]}x{first[1]}", cfg)]
+    steps = [(input_size(d, manifest.items), cfg)]
     for cap in d.retry_max_pixels:
         size = input_size(d.model_copy(update={"max_pixels": max(d.max_pixels, cap)}), manifest.items)
-        if size[0] * size[1] > math.prod(int(v) for v in steps[-1][0].split("x")):
-            steps.append((f"{size[0]}x{size[1]}",
-                          cfg.model_copy(update={"data": d.model_copy(update={"image_size": size})})))
+        if math.prod(size) > math.prod(steps[-1][0]):
+            steps.append((size, cfg.model_copy(update={"data": d.model_copy(update={"image_size": size})})))
     return steps if len(steps) > 1 else []
 
 
