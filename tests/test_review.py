@@ -745,7 +745,9 @@ def test_script_in_every_stored_text_field_never_runs_in_a_browser(server, log):
 
 
 def _erase_everything(page) -> dict:
-    """The erase brush at full size in zigzags across the whole map; returns the map canvas's bounding box."""
+    """The erase brush at full size in zigzags across the whole map, once the map has loaded; returns the map
+    canvas's bounding box."""
+    page.locator("#heat[data-ready='1']").wait_for(state="attached")
     page.keyboard.press("e")
     page.evaluate("document.getElementById('brush').value = 200")
     box = page.locator("#heat").bounding_box()

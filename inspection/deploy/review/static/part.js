@@ -43,6 +43,7 @@ async function load(corrected) {
   const px = c.getImageData(0, 0, W, H).data;
   A = new Float32Array(W * H);
   for (let i = 0; i < W * H; i++) A[i] = px[4 * i] / 255;
+  heat.dataset.ready = '1';      // the brush paints from here on (a stroke before it finds no map)
   render();
 }
 
