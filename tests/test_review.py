@@ -176,7 +176,7 @@ def test_a_stranger_cannot_keep_a_user_out_nor_tell_real_names(client, monkeypat
     monkeypatch.setattr(auth, "ACCOUNT_DELAY_S", 0.0)
     # an unknown name: the same status, page and time as a known name with a wrong password
     answers, times = {}, {"known": [], "unknown": []}
-    for k in range(7):
+    for k in range(9):
         for kind, name in (("known", LEAD[0]), ("unknown", f"nobody{k}")):
             c = TestClient(client.app, client=(f"10.0.2.{2 * k + (kind == 'known')}", 50000))
             t = time.perf_counter()
@@ -184,7 +184,8 @@ def test_a_stranger_cannot_keep_a_user_out_nor_tell_real_names(client, monkeypat
             times[kind].append(time.perf_counter() - t)
             answers[kind] = (r.status_code, r.text.replace(name, "NAME"))
     assert answers["known"] == answers["unknown"] and answers["known"][0] == 401
-    ratio = np.median(times["unknown"]) / np.median(times["known"])
+    # the fastest of each: another job on the machine only adds time, so the minimum is the cost itself
+    ratio = min(times["unknown"]) / min(times["known"])
     assert 0.6 < ratio < 1.6, times  # one scrypt each (an unknown name cost two before)
 
 
