@@ -186,6 +186,10 @@ def test_a_baselines_own_rule_is_searched_over_its_whole_map_scale():
     assert calibrate_box_rule(pred, items, truths, np.ones(12, bool), cfg).threshold >= 0.5
     best = calibrate_box_rule(pred, items, truths, np.ones(12, bool), cfg, search=True)
     assert 0.1 < best.threshold <= 0.3  # above the surface, at or under the blob
+    # a map that saturates (plain ABN's, good parts near 1): its best level is at the top of the scale
+    maps[maps == 0.1], maps[maps == 0.3] = 0.965, 0.995
+    best = calibrate_box_rule(pred, items, truths, np.ones(12, bool), cfg, search=True)
+    assert 0.965 < best.threshold <= 0.995
 
 
 def test_the_novelty_distance_is_what_the_good_validation_cells_stay_within():

@@ -106,8 +106,10 @@ def good_level(pred: Predictions, items) -> float:
 
 
 # A baseline's own best rule (`search`): its threshold on a grid over its map's whole scale (Grad-CAM's scale is
-# not ours), and each of the levels that reshape boxes on or off, whichever gives the best box F1 on validation.
-SEARCH = {"threshold": tuple(round(v, 2) for v in np.arange(0.05, 0.96, 0.05)),
+# not ours; a saturated map's best level can sit at 0.98, a faint one's at 0.02), and each of the levels that
+# reshape boxes on or off, whichever gives the best box F1 on validation.
+SEARCH = {"threshold": (0.01, 0.02, 0.03, 0.04, *(round(v, 2) for v in np.arange(0.05, 0.96, 0.05)),
+                        0.96, 0.97, 0.98, 0.99),
           "refine": (0.0, BoxRule().refine), "area_share": (0.0, BoxRule().area_share)}
 
 
