@@ -60,9 +60,9 @@ def main() -> None:
         for name, v in ratios(per_round, first).items():
             out["ratio_to_" + first].setdefault(name, {})[f"batch{b}"] = v
     for name, row in out["runs"].items():
-        print(name, row["input"], ", ".join(f"batch {b}: {row[f'images_per_s_batch{b}']['median']} images/s "
-                                            f"({row[f'images_per_s_batch{b}']['min']}–"
-                                            f"{row[f'images_per_s_batch{b}']['max']})" for b in args.batches))
+        cells = {b: row[f"images_per_s_batch{b}"] for b in args.batches}
+        print(name, row["input"], ", ".join(f"batch {b}: {c['median']} images/s ({c['min']}–{c['max']})"
+                                            for b, c in cells.items()))
     Path(args.out).write_text(json.dumps(out, indent=1))
 
 

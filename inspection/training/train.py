@@ -269,10 +269,9 @@ def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn
     below = cfg.data.retry_below
     tried = [{"size": "{}x{}".format(*steps[0][0]), "val_auroc": _best_val_auroc(out), "folder": "."}]
     for hw, larger in steps[1:]:
-        size = "{}x{}".format(*hw)
         if not retry_again([t["val_auroc"] for t in tried], below):
             break
-        last = tried[-1]["val_auroc"]
+        size, last = "{}x{}".format(*hw), tried[-1]["val_auroc"]
         if progress:
             print(f"best validation AUROC {last:.4f} at {tried[-1]['size']}, under data.retry_below {below:g}: "
                   f"training again at {size}", file=sys.stderr)
