@@ -60,11 +60,6 @@ def cmd_train(args) -> int:
     out = args.out or cfg.train.out_dir
     best = train(cfg, manifest, out, kind="cnn" if args.kind == "cnn" else "abn", resume=not args.restart,
                  progress=not args.quiet)
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():  # torchrun: leave the group together, not at interpreter exit
-        dist.barrier()  # (a process that exited while the lead still wrote its files could abort in gloo)
-        dist.destroy_process_group()
     print(json.dumps({"checkpoint": str(best)}))
     return 0
 

@@ -252,7 +252,16 @@ def train(cfg: Config, manifest: Manifest, out_dir: str | Path, kind: str = "abn
     at the next cap of data.retry_max_pixels (in out_dir/input_<HxW>), as long as the last run gained on the
     one before it; the run with the best validation AUROC is kept: out_dir then holds it, the others sit in
     their input_<HxW> folders, and input_search.json says what was tried."""
-    out = Path(out_dir)
+    best = _train_search(cfg, manifest, Path(out_dir), kind, resume, progress, init_state)
+    if dist.is_available() and dist.is_initialized():  # torchrun: leave the group together, not at interpreter exit
+        dist.barrier()  # (a process that exited while the lead still wrote its files could abort in gloo)
+        dist.destroy_process_group()
+    return best
+
+
+def _train_search(cfg: Config, manifest: Manifest, out: Path, kind: str, resume: bool, progress: bool,
+                  init_state: dict | None) -> Path:
+    """train() in one process group: the first run, then the input retry."""
     search = out / "input_search.json"
     if not resume:
         search.unlink(missing_ok=True)
