@@ -4,11 +4,13 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from inspection.cli import main
 from inspection.model.abn import CheckpointError, load_checkpoint
+from inspection.training.metrics import MISS_CAUSES, OFF_SIZES
 
 TINY = ["--set", "data.image_size=[64, 64]", "--set", "model.backbone=tiny", "--set", "model.pretrained=false",
         "--set", "train.batch_size=8", "--set", "train.lr=0.003", "--set", "eval.overlays=4", "--quiet"]
@@ -77,7 +79,9 @@ def test_eval_compares_checkpoints_and_writes_report(trained, tiny_dataset, tmp_
         assert set(m["metrics"]["per_type_localization"]) == {"hole", "scratch", "stain"}
         missed = m["metrics"]["missed@0.3"]  # every true defect is found or missed for one named cause
         assert missed["n"] == m["metrics"]["box@0.3"]["n_true"] > 0
-        assert sum(v for k, v in missed.items() if k != "n") == missed["n"]
+        assert sum(missed[k] for k in ("found", *MISS_CAUSES)) == missed["n"]
+        assert sum(missed[k] for k in OFF_SIZES) <= missed["box off"]
+        assert missed["area ratio"] > 0 or np.isnan(missed["area ratio"])
         assert missed["found"] == round(m["metrics"]["box@0.3"]["recall"] * missed["n"])
     text = (out / "results.md").read_text()
     assert "box F1@0.3" in text and "### Per defect type" in text and "| abn | hole |" in text

@@ -107,7 +107,15 @@ def test_missed_defects_are_sorted_by_cause():
              Box(4, 39, 22, 47, 0.9, 100),   # one box over the two close regions
              Box(50, 0, 75, 25, 0.9, 300)]   # a box far larger than the region it touches
     out = missed_by_cause([mask], [up], [(0, 0)], [boxes], [True], threshold=0.8)
-    assert out == {"n": 6, "found": 1, "passed": 0, "map dark": 1, "shared box": 2, "box off": 1, "no box": 1}
+    assert out == {"n": 6, "found": 1, "passed": 0, "map dark": 1, "shared box": 2, "box off": 1, "no box": 1,
+                   "box off, too large": 1, "box off, too small": 0,
+                   "area ratio": 4.0}  # median of 1 (found), 144/36 twice (shared), 625/36 (off)
+    small = np.zeros((60, 100), bool)
+    small[10:30, 10:30] = True
+    inside = missed_by_cause([small], [up], [(0, 0)], [[Box(12, 12, 17, 17, 0.9, 25)]], [True], threshold=0.8)
+    assert inside["box off"] == inside["box off, too small"] == 1 and inside["box off, too large"] == 0
+    assert inside["area ratio"] == 25 / 400
+    assert all(type(v) is int for k, v in inside.items() if k != "area ratio")  # counts stay counts in JSON
     passed = missed_by_cause([mask], [up], [(0, 0)], [[]], [False], threshold=0.8)
     assert passed["passed"] == 6 and passed["found"] == 0
     assert missed_by_cause([np.zeros((60, 100), bool)], [up], [(0, 0)], [boxes], [True], 0.8)["n"] == 0

@@ -158,6 +158,7 @@ def hit_rate(masks: list[np.ndarray], maps: list[np.ndarray], offsets: list[tupl
 
 
 MISS_CAUSES = ("passed", "map dark", "shared box", "box off", "no box")
+OFF_SIZES = ("box off, too large", "box off, too small")  # of "box off": the box at least twice / at most half
 
 
 def missed_by_cause(masks: list[np.ndarray], maps: list[np.ndarray], offsets: list[tuple[int, int]], boxes: list,
@@ -167,14 +168,18 @@ def missed_by_cause(masks: list[np.ndarray], maps: list[np.ndarray], offsets: li
     boxes were drawn), "map dark" (the map stays under the box threshold everywhere on the region), "shared box"
     (a box that touches it also touches another true region: one box over several defects), "box off" (a box
     touches it, at IoU under `iou`: too large, too small or shifted), "no box" (the map reaches the threshold on
-    it, yet no box touches it: its region was dropped). Counts, with "n" the number of true regions.
+    it, yet no box touches it: its region was dropped). Counts, with "n" the number of true regions; of the
+    "box off" ones, those whose touching box of best IoU is at least twice ("too large") or at most half ("too
+    small") the true box's area; and "area ratio", the median over the true regions a box touches (found or
+    not) of that box's area over the true box's (1: boxes as large as the defects; nan: no box touches one).
 
     masks: full-frame bool masks; maps: each map upsampled to the region the model saw, whose corner in the frame
     is `offsets`; boxes: each image's predicted Box list; flagged: whether each part failed or went to review."""
     import cv2
     from scipy.ndimage import maximum
 
-    out = dict.fromkeys(("n", "found", *MISS_CAUSES), 0)
+    out = dict.fromkeys(("n", "found", *MISS_CAUSES, *OFF_SIZES), 0)
+    ratios = []
     for mask, up, (ox, oy), pred, flag in zip(masks, maps, offsets, boxes, flagged):
         n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
         if n < 2:
@@ -187,6 +192,9 @@ def missed_by_cause(masks: list[np.ndarray], maps: list[np.ndarray], offsets: li
         seen = [np.unique(labels[b.y0:b.y1, b.x0:b.x1]) for b in pred]  # true regions under each box
         for j in range(1, n):
             out["n"] += 1
+            ratio = _touching_area_ratio(pred, true[j - 1])
+            if ratio is not None:
+                ratios.append(ratio)
             if found[j - 1]:
                 cause = "found"
             elif not flag:
@@ -198,7 +206,24 @@ def missed_by_cause(masks: list[np.ndarray], maps: list[np.ndarray], offsets: li
                 cause = ("no box" if not under else
                          "shared box" if any(len(s[(s > 0) & (s != j)]) for s in under) else "box off")
             out[cause] += 1
+            if cause == "box off":
+                out[OFF_SIZES[0]] += int(ratio >= 2)
+                out[OFF_SIZES[1]] += int(ratio <= 0.5)
+    out["area ratio"] = float(np.median(ratios)) if ratios else float("nan")
     return out
+
+
+def _touching_area_ratio(pred: list, true: np.ndarray) -> float | None:
+    """Area of the predicted box of best IoU among those that overlap the true box [x0, y0, x1, y1], over the
+    true box's area; None where no predicted box overlaps it."""
+    best, ratio = 0.0, None
+    area = (true[2] - true[0]) * (true[3] - true[1])
+    for b in pred:
+        inter = max(0, min(b.x1, true[2]) - max(b.x0, true[0])) * max(0, min(b.y1, true[3]) - max(b.y0, true[1]))
+        own = (b.x1 - b.x0) * (b.y1 - b.y0)
+        if inter and inter / (own + area - inter) > best:
+            best, ratio = inter / (own + area - inter), own / area
+    return ratio
 
 
 def pixel_auroc(maps: list[np.ndarray], masks: list[np.ndarray]) -> float:

@@ -85,15 +85,20 @@ def per_type_table(results: list[dict]) -> str:
 
 def missed_table(results: list[dict]) -> str:
     """Markdown: where the true defects went at IoU 0.3 (found, or why not), one row per model with pixel truth."""
-    from inspection.training.metrics import MISS_CAUSES
+    from inspection.training.metrics import MISS_CAUSES, OFF_SIZES
 
     heads = ("found", *MISS_CAUSES)
-    rows = [f"| {r['name']} | {m['n']} | " + " | ".join(f"{m[k]} ({m[k] / m['n']:.0%})" for k in heads) + " |"
-            for r in results if (m := r["metrics"].get("missed@0.3")) and m["n"]]
+
+    def extra(m: dict) -> str:  # box-off split and area ratio (absent from results written before them)
+        sizes = " / ".join(str(m[k]) if k in m else "–" for k in OFF_SIZES)
+        return f"{sizes} | " + (f"{m['area ratio']:.2f}" if "area ratio" in m else "–")
+
+    rows = [f"| {r['name']} | {m['n']} | " + " | ".join(f"{m[k]} ({m[k] / m['n']:.0%})" for k in heads)
+            + f" | {extra(m)} |" for r in results if (m := r["metrics"].get("missed@0.3")) and m["n"]]
     if not rows:
         return ""
-    return ("| model | true defects | " + " | ".join(heads) + " |\n" + "|---" * (len(heads) + 2) + "|\n"
-            + "\n".join(rows))
+    return ("| model | true defects | " + " | ".join(heads) + " | box off: too large / too small | box area / true |\n"
+            + "|---" * (len(heads) + 4) + "|\n" + "\n".join(rows))
 
 
 def plot_curves(results: list[dict], path: Path) -> None:
@@ -210,7 +215,10 @@ def write_report(results: list[dict], out_dir: str | Path, n_overlays: int = 16,
     missed = (f"### Where the true defects went (IoU 0.3)\n\n{missed}\n\nA defect is found when a box matches it "
               "one-to-one at IoU 0.3; otherwise the first of: its part passed (no boxes drawn), the map stays under "
               "the box threshold on it, the box on it also covers another defect, the box on it is too large, too "
-              "small or shifted, no box at all (its region was dropped).\n\n") if missed else ""
+              "small or shifted, no box at all (its region was dropped). Of the boxes off, those at least twice "
+              "or at most half the defect's box; box area / true: the median, over the defects a box touches, of "
+              "the best such box's area over the defect's box (above 1: boxes larger than the defects).\n\n"
+              ) if missed else ""
     md = (f"# Inspection report\n\n{extra_md}\n## Test split\n\n{markdown_table(results)}\n\n{types}{missed}"
           f"Thresholds calibrated on the validation split:\n{thresholds}\n\n"
           f"![ROC and PR](roc_pr.png)\n\n## Attention overlays (red: predicted boxes, green: true boxes)\n\n"
