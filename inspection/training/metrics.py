@@ -185,15 +185,19 @@ def missed_by_cause(masks: list[np.ndarray], maps: list[np.ndarray], offsets: li
         if n < 2:
             continue
         true = np.array([[x, y, x + w, y + h] for x, y, w, h in stats[1:, :4]], float)
-        found = matched_true(np.array([b.xyxy for b in pred], float).reshape(-1, 4), true, iou)
+        xyxy = np.array([b.xyxy for b in pred], float).reshape(-1, 4)
+        found = matched_true(xyxy, true, iou)
+        ious = box_iou(xyxy, true)  # (boxes, true regions)
+        sizes = np.prod(xyxy[:, 2:] - xyxy[:, :2], 1)[:, None] / np.prod(true[:, 2:] - true[:, :2], 1)[None]
         full = np.zeros(mask.shape, np.float32)  # the map on the frame (0 outside the region the model saw)
         full[oy:oy + up.shape[0], ox:ox + up.shape[1]] = up
         peaks = maximum(full, labels, np.arange(1, n))  # the map's highest value on each true region
         seen = [np.unique(labels[b.y0:b.y1, b.x0:b.x1]) for b in pred]  # true regions under each box
         for j in range(1, n):
             out["n"] += 1
-            ratio = _touching_area_ratio(pred, true[j - 1])
-            if ratio is not None:
+            ratio = None  # the area ratio of the box of best IoU, where a box overlaps the region's box
+            if len(pred) and ious[:, j - 1].max() > 0:
+                ratio = sizes[ious[:, j - 1].argmax(), j - 1]
                 ratios.append(ratio)
             if found[j - 1]:
                 cause = "found"
@@ -211,19 +215,6 @@ def missed_by_cause(masks: list[np.ndarray], maps: list[np.ndarray], offsets: li
                 out[OFF_SIZES[1]] += int(ratio <= 0.5)
     out["area ratio"] = float(np.median(ratios)) if ratios else float("nan")
     return out
-
-
-def _touching_area_ratio(pred: list, true: np.ndarray) -> float | None:
-    """Area of the predicted box of best IoU among those that overlap the true box [x0, y0, x1, y1], over the
-    true box's area; None where no predicted box overlaps it."""
-    best, ratio = 0.0, None
-    area = (true[2] - true[0]) * (true[3] - true[1])
-    for b in pred:
-        inter = max(0, min(b.x1, true[2]) - max(b.x0, true[0])) * max(0, min(b.y1, true[3]) - max(b.y0, true[1]))
-        own = (b.x1 - b.x0) * (b.y1 - b.y0)
-        if inter and inter / (own + area - inter) > best:
-            best, ratio = inter / (own + area - inter), own / area
-    return ratio
 
 
 def pixel_auroc(maps: list[np.ndarray], masks: list[np.ndarray]) -> float:
