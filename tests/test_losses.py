@@ -138,6 +138,36 @@ def test_defect_loss_pulls_a_dark_map_up_where_it_peaks():
     assert total.item() == pytest.approx(t["classify"] + t["att"] + t["normal"] + 0.5 * t["defect"], abs=1e-5)
 
 
+def test_region_pooled_defect_loss_pushes_only_the_hot_cells_and_asks_no_number_of_them():
+    logits = torch.full((2, 10, 10), -3.0)      # k = 8 of 100 cells
+    logits[0, 4, 4:6] = 2.0                     # a defect image: a two-cell hot region
+    logits[1, 0, 0] = 1.0                       # a good image: one hot corner
+    logits[1, 9, 9] = 0.0                       # exactly 0.5 counts as hot
+    logits.requires_grad_(True)
+    att = torch.sigmoid(logits)
+    is_defect = torch.tensor([True, False])
+    hot, cold = torch.sigmoid(torch.tensor(2.0)).item(), torch.sigmoid(torch.tensor(-3.0)).item()
+    good = (torch.sigmoid(torch.tensor(1.0)).item() + 0.5) / 2
+    expected = -(math.log(hot) + math.log(1 - good)) / 2   # the regions' means, not diluted by cold cells
+    assert defect_loss(att, is_defect, topk=0.08, pool="region").item() == pytest.approx(expected, rel=1e-5)
+    topk = -(math.log((2 * hot + 6 * cold) / 8) + math.log(1 - (0.731 + 0.5 + 6 * cold) / 8)) / 2
+    assert defect_loss(att, is_defect, topk=0.08).item() == pytest.approx(topk, rel=1e-3)
+    defect_loss(att, is_defect, topk=0.08, pool="region").backward()
+    moved = logits.grad != 0
+    assert moved[0].sum() == 2 and moved[0, 4, 4:6].all() and (logits.grad[0, 4, 4:6] < 0).all()  # pulled up
+    assert moved[1].sum() == 2 and (logits.grad[1, 0, 0] > 0) and (logits.grad[1, 9, 9] > 0)      # pushed down
+    dark = torch.full((1, 10, 10), 0.1)
+    dark[0, 0, :3] = 0.4                        # nothing reaches 0.5: the top-k mean, as pool "topk"
+    assert defect_loss(dark, torch.tensor([True]), 0.08, pool="region").item() == pytest.approx(
+        defect_loss(dark, torch.tensor([True]), 0.08).item())
+    with pytest.raises(ValueError, match="defect_pool"):
+        defect_loss(att, is_defect, pool="max")
+    out = _out()
+    labels = torch.tensor([0, 1, 0, 2])
+    _, t = abn_loss(out, labels, 0, w_normal=1.0, w_defect=1.0, defect_topk=0.2, defect_pool="region")
+    assert t["defect"] == pytest.approx(defect_loss(out.attention, labels != 0, 0.2, pool="region").item())
+
+
 def test_targets_shrink_by_cell_maximum_so_thin_defects_mark_every_cell_they_touch():
     target = torch.zeros(1, 40, 40)
     target[0, 13, 5:30] = 1.0                   # a one-pixel crack across cells of 8x8 pixels
@@ -146,6 +176,28 @@ def test_targets_shrink_by_cell_maximum_so_thin_defects_mark_every_cell_they_tou
     expected[1, 0:4] = 1.0                      # row 13 is in cell row 1; columns 5..29 touch cell columns 0..3
     assert torch.equal(small[0], expected)
     assert resize_target(torch.ones(1, 2, 2), (4, 4)).shape == (1, 4, 4)  # growing: bilinear
+
+
+def test_share_targets_grow_with_the_covered_share_so_the_maps_half_level_nears_the_defects_edge():
+    target = torch.zeros(1, 40, 40)
+    target[0, 13, 5:30] = 1.0                   # a one-pixel crack: every cell it touches, as a sliver
+    target[0, 24:36, 24:36] = 1.0               # a 12x12 pit: one cell covered, two half, one a quarter
+    small = resize_target(target, (5, 5), "share")[0]
+    assert torch.allclose(small[1, 0:4], torch.full((4,), 0.6)) and small[1, 4] == 0
+    assert small[3, 3] == 1.0 and small[3, 4] == pytest.approx(2 / 3) and small[4, 3] == pytest.approx(2 / 3)
+    assert small[4, 4] == pytest.approx(0.6)    # 1 / (2 - 0.25) = 0.57, raised to the sliver's 0.6
+    assert ((small > 0) == (resize_target(target, (5, 5))[0] > 0)).all()   # the same cells as "touched"
+    inner = torch.zeros(1, 48, 48)
+    inner[0, 24:36, 24:36] = 1.0                # the pit away from the border, 6x6 cells of 8 pixels
+    for cells, last in (("share", 37), ("touched", 39)):
+        up = torch.nn.functional.interpolate(resize_target(inner, (6, 6), cells)[None], size=(48, 48),
+                                             mode="bilinear", align_corners=False)[0, 0]
+        rows = (up >= 0.5).any(1).nonzero()[:, 0]
+        assert (rows.min(), rows.max()) == (24, last)   # the pit is rows 24..35: "share" ends 2 pixels out, not 4
+    soft = torch.full((1, 16, 16), 0.3)         # an operator's even, soft map keeps its level
+    assert torch.allclose(resize_target(soft, (4, 4), "share"), torch.full((1, 4, 4), 0.3))
+    with pytest.raises(ValueError, match="map_target"):
+        resize_target(target, (5, 5), "area")
 
 
 def test_shrinking_a_painted_map_keeps_thin_strokes_as_training_targets_do():

@@ -21,7 +21,7 @@ def normal_loss(attention: torch.Tensor, is_normal: torch.Tensor) -> torch.Tenso
 
 
 def defect_loss(attention: torch.Tensor, is_defect: torch.Tensor, topk: float = 0.02,
-                on_good: bool = True) -> torch.Tensor:
+                on_good: bool = True, pool: str = "topk") -> torch.Tensor:
     """L_defect: the mean of the k highest map cells (k = topk · h·w, at least 1) read as the image's defect
     probability, with binary cross-entropy against the label: high on defective images (−log p), and with
     `on_good` low on good ones (−log(1 − p)), averaged over the images it applies to.
@@ -29,11 +29,18 @@ def defect_loss(attention: torch.Tensor, is_defect: torch.Tensor, topk: float = 
     The good side matters: L_normal, a mean over all cells, barely feels a small hot spot (an image border, a
     bright edge) that is hot on every part; the top-k of a defective image then settles on that spot instead of
     the defect. The log keeps a gradient where the map starts near 0 or 1.
+
+    `pool` "region" reads the probability as region_probability does (the mean of the cells at or above 0.5, at
+    most k; the top-k mean where none is): the loss then pushes only the cells already hot, and asks no number
+    of cells to light, where "topk" asks k cells whatever the defect's size.
     """
+    if pool not in ("topk", "region"):
+        raise ValueError(f"train.defect_pool must be 'topk' or 'region', got {pool!r}")
     use = torch.ones_like(is_defect) if on_good else is_defect
     if not bool(use.any()):
         return attention.sum() * 0.0
-    p = map_probability(attention[use], topk).clamp(1e-6, 1 - 1e-6)
+    read = map_probability if pool == "topk" else region_probability
+    p = read(attention[use], topk).clamp(1e-6, 1 - 1e-6)
     return F.binary_cross_entropy(p, is_defect[use].float())
 
 
@@ -58,14 +65,26 @@ def region_probability(attention: torch.Tensor, topk: float = 0.02) -> torch.Ten
     return torch.where(n > 0, hot, top.mean(1))
 
 
-def resize_target(target: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, H, W) target maps at the map's size: a cell takes the highest value inside it when shrinking (a
-    painted or masked defect marks every cell it touches, however thin), bilinear when growing."""
+SLIVER = 0.6  # map_target "share": the target of a cell a defect only touches (one it covers is 1)
+
+
+def resize_target(target: torch.Tensor, size: tuple[int, int], cells: str = "touched") -> torch.Tensor:
+    """(B, H, W) target maps at the map's size: when shrinking, `cells` "touched" gives a cell the highest value
+    inside it (a painted or masked defect marks every cell it touches, however thin, at full strength); "share"
+    scales that by the share s of the cell the defect covers, 1 / (2 - s) from SLIVER up to 1 (covered): the
+    bilinear map's 0.5 level then falls near the defect's edge inside the cell, where "touched" puts it on the
+    cell's border. Bilinear when growing."""
+    if cells not in ("touched", "share"):
+        raise ValueError(f"train.map_target must be 'touched' or 'share', got {cells!r}")
     if tuple(target.shape[-2:]) == tuple(size):
         return target
     t = target[:, None].float()
     if t.shape[-2] >= size[0] and t.shape[-1] >= size[1]:
-        return F.adaptive_max_pool2d(t, size)[:, 0]
+        top = F.adaptive_max_pool2d(t, size)[:, 0]
+        if cells == "touched":
+            return top
+        share = F.adaptive_avg_pool2d(t, size)[:, 0] / top.clamp(min=1e-6)
+        return top * (1 / (2 - share)).clamp(min=SLIVER)
     return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
@@ -73,7 +92,7 @@ MAP_HOT = 0.5  # a map cell at or above this is hot: what the review overlay sho
 
 
 def map_loss(attention: torch.Tensor, target: torch.Tensor, has_target: torch.Tensor,
-             form: str = "balanced") -> torch.Tensor:
+             form: str = "balanced", cells: str = "touched") -> torch.Tensor:
     """L_map: squared difference to corrected maps (resized to A), over the images that have one.
 
     form "l2": the mean over every cell (the patent's plain form). A correction of a few cells (a thin crack
@@ -87,7 +106,7 @@ def map_loss(attention: torch.Tensor, target: torch.Tensor, has_target: torch.Te
     if not bool(has_target.any()):
         return attention.sum() * 0.0
     a = attention[has_target]
-    t = resize_target(target[has_target], a.shape[-2:])
+    t = resize_target(target[has_target], a.shape[-2:], cells)
     err = (a - t) ** 2
     if form == "l2":
         return err.mean()
@@ -114,7 +133,8 @@ def abn_loss(out, labels: torch.Tensor, good_index: int, w_normal: float, strict
              target_maps: torch.Tensor | None = None, has_target: torch.Tensor | None = None,
              gamma_map: float = 0.0, w_defect: float = 0.0, defect_topk: float = 0.02,
              defect_on_good: bool = True, map_form: str = "balanced",
-             synthetic: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+             synthetic: torch.Tensor | None = None, defect_pool: str = "topk",
+             map_target: str = "touched") -> tuple[torch.Tensor, dict[str, float]]:
     """Total ABN loss and its terms. `strict`: classification terms on defective images only. `synthetic`: good
     images carrying pasted defects (inspection/data.paste_defects): their pastes are their L_map target and
     they have no other term. L_defect's top-k would ask more cells to light than a small paste covers (2 % of
@@ -126,11 +146,11 @@ def abn_loss(out, labels: torch.Tensor, good_index: int, w_normal: float, strict
     l_cls = classify_loss(logits, labels, use)
     l_att = classify_loss(att_logits, labels, use)
     l_norm = normal_loss(attention, is_normal)
-    l_def = defect_loss(attention[real], ~is_normal[real], defect_topk, defect_on_good)
+    l_def = defect_loss(attention[real], ~is_normal[real], defect_topk, defect_on_good, defect_pool)
     total = l_cls + l_att + w_normal * l_norm + w_defect * l_def
     l_map = torch.zeros((), device=attention.device)
     if target_maps is not None and has_target is not None and gamma_map > 0:
-        l_map = map_loss(attention, target_maps, has_target, map_form)
+        l_map = map_loss(attention, target_maps, has_target, map_form, map_target)
         total = total + gamma_map * l_map
     terms = {k: v.item() for k, v in
              {"classify": l_cls, "att": l_att, "normal": l_norm, "defect": l_def, "map": l_map,

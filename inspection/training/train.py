@@ -118,7 +118,8 @@ def forward_loss(model, batch, kind: str, cfg: Config, device) -> tuple[torch.Te
                            target_maps=batch["target_map"].to(device), has_target=batch["has_target"].to(device),
                            gamma_map=cfg.train.gamma_map, w_defect=cfg.train.w_defect,
                            defect_topk=cfg.train.defect_topk, defect_on_good=cfg.train.defect_on_good,
-                           map_form=cfg.train.map_loss,
+                           defect_pool=cfg.train.defect_pool, map_form=cfg.train.map_loss,
+                           map_target=cfg.train.map_target,
                            synthetic=batch["synthetic"].to(device) if "synthetic" in batch else None)
     return loss, terms, out
 
