@@ -93,12 +93,13 @@ def match_boxes(pred, true, iou: float) -> int:
     return int(matched_true(pred, true, iou).sum())
 
 
-def matched_true(pred, true, iou: float) -> np.ndarray:
-    """Which true boxes a predicted box matches one-to-one (Hungarian on IoU) with IoU >= `iou`: (M,) bool."""
+def matched_true(pred, true, iou: float, ious: np.ndarray | None = None) -> np.ndarray:
+    """Which true boxes a predicted box matches one-to-one (Hungarian on IoU) with IoU >= `iou`: (M,) bool.
+    `ious`: box_iou(pred, true) where the caller has it already."""
     found = np.zeros(len(true), bool)
     if len(pred) == 0 or len(true) == 0:
         return found
-    m = box_iou(pred, true)
+    m = box_iou(pred, true) if ious is None else ious
     rows, cols = linear_sum_assignment(-m)
     found[cols[m[rows, cols] >= iou]] = True
     return found
@@ -186,8 +187,8 @@ def missed_by_cause(masks: list[np.ndarray], maps: list[np.ndarray], offsets: li
             continue
         true = np.array([[x, y, x + w, y + h] for x, y, w, h in stats[1:, :4]], float)
         xyxy = np.array([b.xyxy for b in pred], float).reshape(-1, 4)
-        found = matched_true(xyxy, true, iou)
         ious = box_iou(xyxy, true)  # (boxes, true regions)
+        found = matched_true(xyxy, true, iou, ious)
         sizes = np.prod(xyxy[:, 2:] - xyxy[:, :2], 1)[:, None] / np.prod(true[:, 2:] - true[:, :2], 1)[None]
         full = np.zeros(mask.shape, np.float32)  # the map on the frame (0 outside the region the model saw)
         full[oy:oy + up.shape[0], ox:ox + up.shape[1]] = up
