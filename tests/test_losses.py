@@ -9,9 +9,7 @@ from inspection.model.losses import (
     abn_loss,
     defect_loss,
     map_loss,
-    map_probability,
     normal_loss,
-    peak_probability,
     resize_target,
 )
 
@@ -168,30 +166,6 @@ def test_region_pooled_defect_loss_pushes_only_the_hot_cells_and_asks_no_number_
     labels = torch.tensor([0, 1, 0, 2])
     _, t = abn_loss(out, labels, 0, w_normal=1.0, w_defect=1.0, defect_topk=0.2, defect_pool="region")
     assert t["defect"] == pytest.approx(defect_loss(out.attention, labels != 0, 0.2, pool="region").item())
-
-
-def test_peak_pooled_defect_loss_pulls_up_a_cracks_dim_length_not_its_dark_neighbours():
-    logits = torch.full((2, 10, 10), -3.0)      # k = 8 of 100 cells; sigmoid(-3) = 0.047
-    logits[0, 4, 2] = 2.0                       # a crack: its peak (0.88) ...
-    logits[0, 4, 3:6] = -0.2                    # ... and its dim length (0.45, above half the peak)
-    logits[0, 5, 2] = -1.5                      # a neighbour at 0.18, under half the peak
-    logits[1, 0, 0] = 1.0                       # a good image: one hot corner (0.73) and a cell at 0.5
-    logits[1, 9, 9] = 0.0
-    logits.requires_grad_(True)
-    att = torch.sigmoid(logits)
-    crack = (torch.sigmoid(torch.tensor(2.0)) + 3 * torch.sigmoid(torch.tensor(-0.2))).item() / 4
-    good = (torch.sigmoid(torch.tensor(1.0)).item() + 0.5) / 2
-    assert peak_probability(att, 0.08).tolist() == pytest.approx([crack, good], rel=1e-5)
-    expected = -(math.log(crack) + math.log(1 - good)) / 2
-    loss = defect_loss(att, torch.tensor([True, False]), topk=0.08, pool="peak")
-    assert loss.item() == pytest.approx(expected, rel=1e-5)
-    loss.backward()
-    moved = logits.grad != 0
-    assert moved[0].sum() == 4 and (logits.grad[0, 4, 2:6] < 0).all()    # the peak and the length pulled up
-    assert logits.grad[0, 5, 2] == 0                                       # the dark neighbour left alone
-    assert moved[1].sum() == 2 and (logits.grad[1, 0, 0] > 0) and (logits.grad[1, 9, 9] > 0)
-    flat = torch.full((1, 10, 10), 0.3)         # nothing stands out: at most k cells, the top-k mean
-    assert peak_probability(flat, 0.08).item() == pytest.approx(map_probability(flat, 0.08).item())
 
 
 def test_targets_shrink_by_cell_maximum_so_thin_defects_mark_every_cell_they_touch():

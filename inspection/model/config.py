@@ -130,10 +130,9 @@ class TrainConfig(_Section):
     w_defect: float = Field(1.0, ge=0, description="weight of L_defect (top-k attention as the defect probability)")
     defect_topk: float = Field(0.02, gt=0, le=1, description="share of map cells in L_defect's top-k mean")
     defect_on_good: bool = Field(True, description="L_defect also asks the top-k to be low on good images")
-    defect_pool: Literal["topk", "region", "peak"] = Field(
+    defect_pool: Literal["topk", "region"] = Field(
         "topk", description="L_defect's reading of the map: topk (mean of the top-k cells) | region (mean of the "
-        "cells at or above 0.5, at most k; the top-k where none is) | peak (mean of the cells at or above half "
-        "the highest, at most k)")
+        "cells at or above 0.5, at most k; the top-k where none is)")
     gamma_map: float = Field(1.0, ge=0, description="weight of L_map for images with a map target")
     map_loss: Literal["balanced", "l2"] = Field(
         "balanced", description="L_map's form: balanced (hot and other cells weigh half each) | l2 (plain mean)")

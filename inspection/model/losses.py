@@ -32,16 +32,15 @@ def defect_loss(attention: torch.Tensor, is_defect: torch.Tensor, topk: float = 
 
     `pool` "region" reads the probability as region_probability does (the mean of the cells at or above 0.5, at
     most k; the top-k mean where none is): the loss then pushes only the cells already hot, and asks no number
-    of cells to light, where "topk" asks k cells whatever the defect's size. `pool` "peak" reads it as
-    peak_probability does: the mean of the cells at or above half the image's highest cell, at most k.
+    of cells to light, where "topk" asks k cells whatever the defect's size.
     """
-    readers = {"topk": map_probability, "region": region_probability, "peak": peak_probability}
-    if pool not in readers:
-        raise ValueError(f"train.defect_pool must be 'topk', 'region' or 'peak', got {pool!r}")
+    if pool not in ("topk", "region"):
+        raise ValueError(f"train.defect_pool must be 'topk' or 'region', got {pool!r}")
     use = torch.ones_like(is_defect) if on_good else is_defect
     if not bool(use.any()):
         return attention.sum() * 0.0
-    p = readers[pool](attention[use], topk).clamp(1e-6, 1 - 1e-6)
+    read = map_probability if pool == "topk" else region_probability
+    p = read(attention[use], topk).clamp(1e-6, 1 - 1e-6)
     return F.binary_cross_entropy(p, is_defect[use].float())
 
 
@@ -64,15 +63,6 @@ def region_probability(attention: torch.Tensor, topk: float = 0.02) -> torch.Ten
     m = n.clamp(1, k)
     hot = (top * (torch.arange(k, device=a.device)[None] < m[:, None])).sum(1) / m
     return torch.where(n > 0, hot, top.mean(1))
-
-
-def peak_probability(attention: torch.Tensor, topk: float = 0.02) -> torch.Tensor:
-    """The mean of the cells at or above half the image's highest cell, at most its k highest: the cells that
-    stand out however bright the peak is. Trained on it, L_defect pulls up a crack's dimmer length beside its
-    peak, not the dark cells around it, and asks no fixed number of cells to light."""
-    top = attention.flatten(1).topk(max(1, round(topk * attention[0].numel())), dim=1).values
-    keep = (top >= 0.5 * top[:, :1]).float()
-    return (top * keep).sum(1) / keep.sum(1)
 
 
 SLIVER = 0.6  # map_target "share": the target of a cell a defect only touches (one it covers is 1)
