@@ -11,6 +11,7 @@ from inspection.model.losses import (
     map_loss,
     normal_loss,
     resize_target,
+    spread_loss,
 )
 
 
@@ -166,6 +167,29 @@ def test_region_pooled_defect_loss_pushes_only_the_hot_cells_and_asks_no_number_
     labels = torch.tensor([0, 1, 0, 2])
     _, t = abn_loss(out, labels, 0, w_normal=1.0, w_defect=1.0, defect_topk=0.2, defect_pool="region")
     assert t["defect"] == pytest.approx(defect_loss(out.attention, labels != 0, 0.2, pool="region").item())
+
+
+def test_spread_loss_pulls_down_a_defective_maps_cells_outside_its_top_k_only():
+    logits = torch.full((2, 10, 10), -2.0)      # k = 3 of 100 cells
+    logits[0, 4, 3:6] = 2.0                     # a defect image: the defect's three cells ...
+    logits[0, 0, :] = 0.0                       # ... and a lit border beyond them (10 cells at 0.5)
+    logits[1, 0, 0] = 3.0                       # a good image: left to L_normal
+    logits.requires_grad_(True)
+    att = torch.sigmoid(logits)
+    cold = torch.sigmoid(torch.tensor(-2.0)).item()
+    expected = (10 * 0.5 + 87 * cold) / 97      # the mean of the 97 cells outside the top 3
+    loss = spread_loss(att, torch.tensor([True, False]), topk=0.03)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert (logits.grad[0, 4, 3:6] == 0).all()                      # the defect's cells are not pushed
+    assert (logits.grad[0, 0] > 0).all() and (logits.grad[0, 9] > 0).all()   # everything else is
+    assert (logits.grad[1] == 0).all()                               # good images: not this term
+    assert spread_loss(att, torch.tensor([False, False])).item() == 0.0
+    out = _out()
+    labels = torch.tensor([0, 1, 0, 2])
+    total, t = abn_loss(out, labels, 0, w_normal=1.0, w_defect=0.0, defect_topk=0.2, w_spread=2.0)
+    assert t["spread"] == pytest.approx(spread_loss(out.attention, labels != 0, 0.2).item())
+    assert total.item() == pytest.approx(t["classify"] + t["att"] + t["normal"] + 2.0 * t["spread"], abs=1e-5)
 
 
 def test_targets_shrink_by_cell_maximum_so_thin_defects_mark_every_cell_they_touch():

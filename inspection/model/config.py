@@ -133,6 +133,8 @@ class TrainConfig(_Section):
     defect_pool: Literal["topk", "region"] = Field(
         "topk", description="L_defect's reading of the map: topk (mean of the top-k cells) | region (mean of the "
         "cells at or above 0.5, at most k; the top-k where none is)")
+    w_spread: float = Field(0.0, ge=0, description="weight of L_spread (on defective images, the mean map "
+                            "outside its top-k cells); 0 = off")
     gamma_map: float = Field(1.0, ge=0, description="weight of L_map for images with a map target")
     map_loss: Literal["balanced", "l2"] = Field(
         "balanced", description="L_map's form: balanced (hot and other cells weigh half each) | l2 (plain mean)")

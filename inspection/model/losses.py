@@ -1,11 +1,12 @@
-"""The training losses: L = L_classify + L_att + W_normal · L_normal + W_defect · L_defect (+ γ · L_map).
+"""The training losses: L = L_classify + L_att + W_normal · L_normal + W_defect · L_defect (+ W_spread · L_spread
++ γ · L_map).
 
 L_normal (the Toshiba patent's) asks the map to be low on good images; L_defect, its counterpart, asks the
 map's few highest cells to be high on defective images: without it nothing makes the map rise where the
 defect is, and on real parts the map went flat at a low level, defects included.
 
     >>> total, terms = abn_loss(out, labels, good_index=0, w_normal=1.0, w_defect=1.0)
-    >>> terms   # {'classify': ..., 'att': ..., 'normal': ..., 'defect': ..., 'map': ..., 'total': ...}
+    >>> terms   # {'classify': ..., 'att': ..., 'normal': ..., 'defect': ..., 'spread': ..., 'map': ..., 'total': ...}
 """
 from __future__ import annotations
 
@@ -18,6 +19,19 @@ def normal_loss(attention: torch.Tensor, is_normal: torch.Tensor) -> torch.Tenso
     if not bool(is_normal.any()):
         return attention.sum() * 0.0
     return attention[is_normal].mean(dim=(1, 2)).mean()
+
+
+def spread_loss(attention: torch.Tensor, is_defect: torch.Tensor, topk: float = 0.02) -> torch.Tensor:
+    """L_spread: on defective images, the mean map over the cells outside its k highest (k as in L_defect),
+    averaged over those images: L_normal's pull towards zero on what is not the defect. Nothing else keeps a
+    defective part's map from lighting far beyond its defect (the image label says only that a defect is there)."""
+    if not bool(is_defect.any()):
+        return attention.sum() * 0.0
+    a = attention[is_defect].flatten(1)
+    rest = a.shape[1] - max(1, round(topk * a.shape[1]))
+    if rest < 1:
+        return attention.sum() * 0.0
+    return a.topk(rest, dim=1, largest=False).values.mean()
 
 
 def defect_loss(attention: torch.Tensor, is_defect: torch.Tensor, topk: float = 0.02,
@@ -134,7 +148,7 @@ def abn_loss(out, labels: torch.Tensor, good_index: int, w_normal: float, strict
              gamma_map: float = 0.0, w_defect: float = 0.0, defect_topk: float = 0.02,
              defect_on_good: bool = True, map_form: str = "balanced",
              synthetic: torch.Tensor | None = None, defect_pool: str = "topk",
-             map_target: str = "touched") -> tuple[torch.Tensor, dict[str, float]]:
+             map_target: str = "touched", w_spread: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
     """Total ABN loss and its terms. `strict`: classification terms on defective images only. `synthetic`: good
     images carrying pasted defects (inspection/data.paste_defects): their pastes are their L_map target and
     they have no other term. L_defect's top-k would ask more cells to light than a small paste covers (2 % of
@@ -147,12 +161,13 @@ def abn_loss(out, labels: torch.Tensor, good_index: int, w_normal: float, strict
     l_att = classify_loss(att_logits, labels, use)
     l_norm = normal_loss(attention, is_normal)
     l_def = defect_loss(attention[real], ~is_normal[real], defect_topk, defect_on_good, defect_pool)
-    total = l_cls + l_att + w_normal * l_norm + w_defect * l_def
+    l_spread = spread_loss(attention[real], ~is_normal[real], defect_topk)
+    total = l_cls + l_att + w_normal * l_norm + w_defect * l_def + w_spread * l_spread
     l_map = torch.zeros((), device=attention.device)
     if target_maps is not None and has_target is not None and gamma_map > 0:
         l_map = map_loss(attention, target_maps, has_target, map_form, map_target)
         total = total + gamma_map * l_map
     terms = {k: v.item() for k, v in
-             {"classify": l_cls, "att": l_att, "normal": l_norm, "defect": l_def, "map": l_map,
-              "total": total}.items()}
+             {"classify": l_cls, "att": l_att, "normal": l_norm, "defect": l_def, "spread": l_spread,
+              "map": l_map, "total": total}.items()}
     return total, terms

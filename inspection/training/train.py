@@ -112,14 +112,14 @@ def forward_loss(model, batch, kind: str, cfg: Config, device) -> tuple[torch.Te
     out = model(batch["image"].to(device))
     if kind == "cnn":
         loss = F.cross_entropy(out, labels)
-        return loss, {"classify": loss.item(), "att": 0.0, "normal": 0.0, "defect": 0.0, "map": 0.0,
-                      "total": loss.item()}, out
+        return loss, {"classify": loss.item(), "att": 0.0, "normal": 0.0, "defect": 0.0, "spread": 0.0,
+                      "map": 0.0, "total": loss.item()}, out
     loss, terms = abn_loss(out, labels, good_index=0, w_normal=cfg.train.w_normal, strict=cfg.train.strict,
                            target_maps=batch["target_map"].to(device), has_target=batch["has_target"].to(device),
                            gamma_map=cfg.train.gamma_map, w_defect=cfg.train.w_defect,
                            defect_topk=cfg.train.defect_topk, defect_on_good=cfg.train.defect_on_good,
                            defect_pool=cfg.train.defect_pool, map_form=cfg.train.map_loss,
-                           map_target=cfg.train.map_target,
+                           map_target=cfg.train.map_target, w_spread=cfg.train.w_spread,
                            synthetic=batch["synthetic"].to(device) if "synthetic" in batch else None)
     return loss, terms, out
 
@@ -171,7 +171,7 @@ def plot_history(history: list[dict], path: Path, title: str) -> None:
 
     ep = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for key in ("total", "classify", "att", "normal", "defect", "map"):
+    for key in ("total", "classify", "att", "normal", "defect", "spread", "map"):
         if any(h.get(f"train_{key}", 0) for h in history):
             axes[0].plot(ep, [h[f"train_{key}"] for h in history], label=f"train {key}")
     axes[0].plot(ep, [h["val_total"] for h in history], "k--", label="val total")
