@@ -190,6 +190,7 @@ def test_spread_loss_pulls_down_a_defective_maps_cells_outside_its_top_k_only():
     total, t = abn_loss(out, labels, 0, w_normal=1.0, w_defect=0.0, defect_topk=0.2, w_spread=2.0)
     assert t["spread"] == pytest.approx(spread_loss(out.attention, labels != 0, 0.2).item())
     assert total.item() == pytest.approx(t["classify"] + t["att"] + t["normal"] + 2.0 * t["spread"], abs=1e-5)
+    assert abn_loss(out, labels, 0, w_normal=1.0, defect_topk=0.2)[1]["spread"] == 0.0   # off: not computed
 
 
 def test_targets_shrink_by_cell_maximum_so_thin_defects_mark_every_cell_they_touch():

@@ -161,7 +161,8 @@ def abn_loss(out, labels: torch.Tensor, good_index: int, w_normal: float, strict
     l_att = classify_loss(att_logits, labels, use)
     l_norm = normal_loss(attention, is_normal)
     l_def = defect_loss(attention[real], ~is_normal[real], defect_topk, defect_on_good, defect_pool)
-    l_spread = spread_loss(attention[real], ~is_normal[real], defect_topk)
+    l_spread = (spread_loss(attention[real], ~is_normal[real], defect_topk) if w_spread > 0
+                else torch.zeros((), device=attention.device))
     total = l_cls + l_att + w_normal * l_norm + w_defect * l_def + w_spread * l_spread
     l_map = torch.zeros((), device=attention.device)
     if target_maps is not None and has_target is not None and gamma_map > 0:

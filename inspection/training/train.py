@@ -223,7 +223,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, kind: str, cfg:
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + v
         seen += len(batch["label"])
-        bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items() if k != "map" or v})
+        bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items() if k not in ("map", "spread") or v})
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:  # terms over all processes
         world = dist.get_world_size()
         keys = sorted(sums)
