@@ -21,6 +21,11 @@ def normal_loss(attention: torch.Tensor, is_normal: torch.Tensor) -> torch.Tenso
     return attention[is_normal].mean(dim=(1, 2)).mean()
 
 
+def top_count(cells: int, topk: float) -> int:
+    """k, the number of a map's highest cells the losses read: topk · cells, at least 1."""
+    return max(1, round(topk * cells))
+
+
 def spread_loss(attention: torch.Tensor, is_defect: torch.Tensor, topk: float = 0.02) -> torch.Tensor:
     """L_spread: on defective images, the mean map over the cells outside its k highest (k as in L_defect),
     averaged over those images: L_normal's pull towards zero on what is not the defect. Nothing else keeps a
@@ -28,10 +33,10 @@ def spread_loss(attention: torch.Tensor, is_defect: torch.Tensor, topk: float = 
     if not bool(is_defect.any()):
         return attention.sum() * 0.0
     a = attention[is_defect].flatten(1)
-    rest = a.shape[1] - max(1, round(topk * a.shape[1]))
-    if rest < 1:
+    k = top_count(a.shape[1], topk)
+    if k >= a.shape[1]:
         return attention.sum() * 0.0
-    return a.topk(rest, dim=1, largest=False).values.mean()
+    return ((a.sum(1) - a.topk(k, dim=1).values.sum(1)) / (a.shape[1] - k)).mean()
 
 
 def defect_loss(attention: torch.Tensor, is_defect: torch.Tensor, topk: float = 0.02,
@@ -62,7 +67,7 @@ def map_probability(attention: torch.Tensor, topk: float = 0.02) -> torch.Tensor
     """The map's own defect probability per image: the mean of its k highest cells (k = topk · h·w, at least 1),
     the quantity L_defect trains."""
     a = attention.flatten(1)
-    return a.topk(max(1, round(topk * a.shape[1])), dim=1).values.mean(1)
+    return a.topk(top_count(a.shape[1], topk), dim=1).values.mean(1)
 
 
 def region_probability(attention: torch.Tensor, topk: float = 0.02) -> torch.Tensor:
@@ -71,7 +76,7 @@ def region_probability(attention: torch.Tensor, topk: float = 0.02) -> torch.Ten
     counts as the defect it is, where map_probability would average it with k − 2 cold cells; a map erased below
     0.5 keeps map_probability."""
     a = attention.flatten(1)
-    k = max(1, round(topk * a.shape[1]))
+    k = top_count(a.shape[1], topk)
     top = a.topk(k, dim=1).values
     n = (a >= 0.5).sum(1)
     m = n.clamp(1, k)
