@@ -266,7 +266,8 @@ def test_plain_abn_baseline_has_no_map_losses():
     from inspection.model.config import load_config
     from inspection.training.train import plain_abn
 
-    cfg = load_config(None, ["train.synthetic_defects=0.3", "train.w_normal=3", "train.w_defect=1"])
+    cfg = load_config(None, ["train.synthetic_defects=0.3", "train.w_normal=3", "train.w_defect=1",
+                             "train.w_spread=3"])
     plain = plain_abn(cfg).train
-    assert (plain.w_normal, plain.w_defect, plain.synthetic_defects) == (0.0, 0.0, 0.0)
+    assert (plain.w_normal, plain.w_defect, plain.w_spread, plain.synthetic_defects) == (0.0, 0.0, 0.0, 0.0)
     assert cfg.train.synthetic_defects == 0.3  # the config it came from is left as it was

@@ -7,6 +7,8 @@ from inspection.model.losses import abn_loss
 
 
 def _tiny(**kw):
+    """The tiny ABN, its map at F's stride unless map_stride is given (the decoder has its own tests below)."""
+    kw.setdefault("map_stride", None)
     return build_model(ModelConfig(backbone="tiny", pretrained=False, **kw), num_classes=3)
 
 
@@ -76,7 +78,7 @@ def test_cnn_baseline_and_bad_class_count():
 
 
 def test_resnet_backbone_builds_and_trains_one_step():
-    model = build_model(ModelConfig(backbone="resnet18", pretrained=False, attention_stride=16), 2)
+    model = build_model(ModelConfig(backbone="resnet18", pretrained=False, attention_stride=16, map_stride=None), 2)
     out = model(torch.randn(2, 3, 64, 64))
     assert out.attention.shape == (2, 4, 4)
     loss, _ = abn_loss(out, torch.tensor([0, 1]), 0, 1.0)
@@ -203,7 +205,7 @@ def test_the_score_formula_in_words_is_the_score_the_model_computes(map_score, t
                                               ("efficientnet_lite0", 2), ("resnet18", 4)])
 def test_the_map_decoder_gives_a_finer_map_that_starts_as_the_coarse_one_upsampled(backbone, stride):
     torch.manual_seed(0)
-    coarse = build_model(ModelConfig(backbone=backbone, pretrained=False), 3).eval()
+    coarse = build_model(ModelConfig(backbone=backbone, pretrained=False, map_stride=None), 3).eval()
     fine = build_model(ModelConfig(backbone=backbone, pretrained=False, map_stride=stride), 3).eval()
     fine.load_state_dict(coarse.state_dict(), strict=False)  # the same network, plus a new decoder
     x = torch.randn(2, 3, 64, 96)

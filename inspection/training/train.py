@@ -55,11 +55,12 @@ def seed_everything(seed: int) -> None:
 
 def plain_abn(cfg: Config) -> Config:
     """The plain-ABN baseline of a config: the same model and schedule without the map losses
-    (W_normal = W_defect = 0, no pasted defects), i.e. the attention branch learns from classification alone;
+    (W_normal = W_defect = W_spread = 0, no pasted defects), i.e. the attention branch learns from classification alone;
     its score is the perception branch's alone."""
     plain = cfg.model_copy(deep=True)
     plain.train.w_normal = 0.0
     plain.train.w_defect = 0.0
+    plain.train.w_spread = 0.0
     plain.train.synthetic_defects = 0.0
     plain.model.map_score = 0.0  # a map no loss shapes is no defect probability
     return plain
