@@ -220,8 +220,7 @@ def build_model(model_cfg, num_classes: int, kind: str = "abn", topk: float = 0.
 
 
 # What a checkpoint meant by a setting it does not name: the behaviour before that setting was added.
-LEGACY = {"model": {"attention_head": "bn", "map_score": 0.0, "map_stride": None},
-          "train": {"w_defect": 0.0, "defect_pool": "topk", "w_spread": 0.0}}
+LEGACY = {"model": {"attention_head": "bn", "map_score": 0.0, "map_stride": None}, "train": {"w_defect": 0.0}}
 
 
 class CheckpointError(UserError, ValueError):

@@ -102,7 +102,7 @@ class ModelConfig(_Section):
     weights: Optional[str] = Field(None, description="local state-dict file for torchvision backbones")
     attention_stride: Literal[4, 8, 16] = 8
     map_stride: Optional[Literal[2, 4, 8, 16]] = Field(
-        4, description="stride of the attention map: finer than attention_stride through a light decoder on "
+        None, description="stride of the attention map: finer than attention_stride through a light decoder on "
                           "the backbone's early features; null = attention_stride (no decoder)")
     residual: float = Field(0.3, ge=0, le=1, description="synthesis G = F*A + residual*F (true = 1: ABN's form)")
     att_pool: Literal["avg", "max"] = Field("max", description="pooling of the attention branch's class evidence")
@@ -128,12 +128,12 @@ class TrainConfig(_Section):
     w_normal: float = Field(3.0, ge=0)
     strict: bool = Field(False, description="patent variant: classification loss on defect images only")
     w_defect: float = Field(1.0, ge=0, description="weight of L_defect (top-k attention as the defect probability)")
-    defect_topk: float = Field(0.005, gt=0, le=1, description="share of map cells in L_defect's top-k mean")
+    defect_topk: float = Field(0.02, gt=0, le=1, description="share of map cells in L_defect's top-k mean")
     defect_on_good: bool = Field(True, description="L_defect also asks the top-k to be low on good images")
     defect_pool: Literal["topk", "region"] = Field(
-        "region", description="L_defect's reading of the map: topk (mean of the top-k cells) | region (mean of the "
+        "topk", description="L_defect's reading of the map: topk (mean of the top-k cells) | region (mean of the "
         "cells at or above 0.5, at most k; the top-k where none is)")
-    w_spread: float = Field(3.0, ge=0, description="weight of L_spread (on defective images, the mean map "
+    w_spread: float = Field(0.0, ge=0, description="weight of L_spread (on defective images, the mean map "
                             "outside its top-k cells); 0 = off")
     gamma_map: float = Field(1.0, ge=0, description="weight of L_map for images with a map target")
     map_loss: Literal["balanced", "l2"] = Field(
