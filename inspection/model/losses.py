@@ -21,6 +21,9 @@ def normal_loss(attention: torch.Tensor, is_normal: torch.Tensor) -> torch.Tenso
     return attention[is_normal].mean(dim=(1, 2)).mean()
 
 
+TERMS = ("classify", "att", "normal", "defect", "spread", "map", "total")  # the terms abn_loss reports, in order
+
+
 def top_count(cells: int, topk: float) -> int:
     """k, the number of a map's highest cells the losses read: topk · cells, at least 1."""
     return max(1, round(topk * cells))
@@ -173,7 +176,5 @@ def abn_loss(out, labels: torch.Tensor, good_index: int, w_normal: float, strict
     if target_maps is not None and has_target is not None and gamma_map > 0:
         l_map = map_loss(attention, target_maps, has_target, map_form, map_target)
         total = total + gamma_map * l_map
-    terms = {k: v.item() for k, v in
-             {"classify": l_cls, "att": l_att, "normal": l_norm, "defect": l_def, "spread": l_spread,
-              "map": l_map, "total": total}.items()}
+    terms = dict(zip(TERMS, (v.item() for v in (l_cls, l_att, l_norm, l_def, l_spread, l_map, total))))
     return total, terms

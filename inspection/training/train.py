@@ -33,7 +33,7 @@ from inspection.core.layout import Manifest, mask_targets
 from inspection.core.preprocess import input_size, scale_note
 from inspection.model.abn import CheckpointError, build_model, checkpoint_config, read_checkpoint
 from inspection.model.config import Config, dump_config
-from inspection.model.losses import abn_loss
+from inspection.model.losses import TERMS, abn_loss
 from inspection.training.loader import (
     BalancedBatchSampler,
     InspectionDataset,
@@ -113,8 +113,7 @@ def forward_loss(model, batch, kind: str, cfg: Config, device) -> tuple[torch.Te
     out = model(batch["image"].to(device))
     if kind == "cnn":
         loss = F.cross_entropy(out, labels)
-        return loss, {"classify": loss.item(), "att": 0.0, "normal": 0.0, "defect": 0.0, "spread": 0.0,
-                      "map": 0.0, "total": loss.item()}, out
+        return loss, {**dict.fromkeys(TERMS, 0.0), "classify": loss.item(), "total": loss.item()}, out
     loss, terms = abn_loss(out, labels, good_index=0, w_normal=cfg.train.w_normal, strict=cfg.train.strict,
                            target_maps=batch["target_map"].to(device), has_target=batch["has_target"].to(device),
                            gamma_map=cfg.train.gamma_map, w_defect=cfg.train.w_defect,
@@ -172,7 +171,7 @@ def plot_history(history: list[dict], path: Path, title: str) -> None:
 
     ep = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for key in ("total", "classify", "att", "normal", "defect", "spread", "map"):
+    for key in ("total", *TERMS[:-1]):
         if any(h.get(f"train_{key}", 0) for h in history):
             axes[0].plot(ep, [h[f"train_{key}"] for h in history], label=f"train {key}")
     axes[0].plot(ep, [h["val_total"] for h in history], "k--", label="val total")
