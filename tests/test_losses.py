@@ -193,6 +193,28 @@ def test_spread_loss_pulls_down_a_defective_maps_cells_outside_its_top_k_only():
     assert abn_loss(out, labels, 0, w_normal=1.0, defect_topk=0.2)[1]["spread"] == 0.0   # off: not computed
 
 
+def test_spread_loss_cold_leaves_a_hot_region_larger_than_k_alone_and_pulls_the_lukewarm_cells():
+    logits = torch.full((1, 10, 10), -2.0)      # k = 3 of 100 cells
+    logits[0, 2:6, 2:6] = 2.0                   # a large defect: 16 hot cells, far more than k
+    logits[0, 8, 1:4] = -0.5                    # lukewarm cells (0.38) apart from it
+    logits.requires_grad_(True)
+    att = torch.sigmoid(logits)
+    cold = torch.sigmoid(torch.tensor(-2.0)).item()
+    luke = torch.sigmoid(torch.tensor(-0.5)).item()
+    loss = spread_loss(att, torch.tensor([True]), topk=0.03, cells="cold")
+    assert loss.item() == pytest.approx((3 * luke + 81 * cold) / 97, rel=1e-5)   # the hot cells add nothing
+    loss.backward()
+    assert (logits.grad[0, 2:6, 2:6] == 0).all()        # all 16 hot cells keep their level, not only the top 3
+    assert (logits.grad[0, 8, 1:4] > 0).all() and (logits.grad[0, 0] > 0).all()   # the rest is pulled down
+    assert spread_loss(att, torch.tensor([True]), topk=0.03).item() > loss.item()  # "all" pulls the 13 too
+    with pytest.raises(ValueError, match="spread_cells"):
+        spread_loss(att, torch.tensor([True]), cells="warm")
+    out = _out()
+    labels = torch.tensor([0, 1, 0, 2])
+    _, t = abn_loss(out, labels, 0, w_normal=1.0, defect_topk=0.2, w_spread=1.0, spread_cells="cold")
+    assert t["spread"] == pytest.approx(spread_loss(out.attention, labels != 0, 0.2, "cold").item())
+
+
 def test_targets_shrink_by_cell_maximum_so_thin_defects_mark_every_cell_they_touch():
     target = torch.zeros(1, 40, 40)
     target[0, 13, 5:30] = 1.0                   # a one-pixel crack across cells of 8x8 pixels

@@ -21,6 +21,7 @@ def normal_loss(attention: torch.Tensor, is_normal: torch.Tensor) -> torch.Tenso
     return attention[is_normal].mean(dim=(1, 2)).mean()
 
 
+MAP_HOT = 0.5  # a map cell at or above this is hot: what the review overlay shows as a defect, where boxes start
 TERMS = ("classify", "att", "normal", "defect", "spread", "map", "total")  # the terms abn_loss reports, in order
 
 
@@ -29,17 +30,26 @@ def top_count(cells: int, topk: float) -> int:
     return max(1, round(topk * cells))
 
 
-def spread_loss(attention: torch.Tensor, is_defect: torch.Tensor, topk: float = 0.02) -> torch.Tensor:
+def spread_loss(attention: torch.Tensor, is_defect: torch.Tensor, topk: float = 0.02,
+                cells: str = "all") -> torch.Tensor:
     """L_spread: on defective images, the mean map over the cells outside its k highest (k as in L_defect),
     averaged over those images: L_normal's pull towards zero on what is not the defect. Nothing else keeps a
-    defective part's map from lighting far beyond its defect (the image label says only that a defect is there)."""
+    defective part's map from lighting far beyond its defect (the image label says only that a defect is there).
+
+    `cells` "cold" pulls only the cells under MAP_HOT among them (the sum still over all cells outside the top
+    k): a region the map already calls a defect keeps its size, however many cells it covers, and only the
+    lukewarm cells around and between are pulled down, where "all" holds every map to about k hot cells."""
+    if cells not in ("all", "cold"):
+        raise ValueError(f"train.spread_cells must be 'all' or 'cold', got {cells!r}")
     if not bool(is_defect.any()):
         return attention.sum() * 0.0
     a = attention[is_defect].flatten(1)
     k = top_count(a.shape[1], topk)
     if k >= a.shape[1]:
         return attention.sum() * 0.0
-    return ((a.sum(1) - a.topk(k, dim=1).values.sum(1)) / (a.shape[1] - k)).mean()
+    top = torch.zeros_like(a, dtype=torch.bool).scatter_(1, a.topk(k, dim=1).indices, True)
+    pulled = ~top if cells == "all" else ~top & (a.detach() < MAP_HOT)
+    return ((a * pulled).sum(1) / (a.shape[1] - k)).mean()
 
 
 def defect_loss(attention: torch.Tensor, is_defect: torch.Tensor, topk: float = 0.02,
@@ -110,9 +120,6 @@ def resize_target(target: torch.Tensor, size: tuple[int, int], cells: str = "tou
     return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
-MAP_HOT = 0.5  # a map cell at or above this is hot: what the review overlay shows as a defect, where boxes start
-
-
 def map_loss(attention: torch.Tensor, target: torch.Tensor, has_target: torch.Tensor,
              form: str = "balanced", cells: str = "touched") -> torch.Tensor:
     """L_map: squared difference to corrected maps (resized to A), over the images that have one.
@@ -156,7 +163,8 @@ def abn_loss(out, labels: torch.Tensor, good_index: int, w_normal: float, strict
              gamma_map: float = 0.0, w_defect: float = 0.0, defect_topk: float = 0.02,
              defect_on_good: bool = True, map_form: str = "balanced",
              synthetic: torch.Tensor | None = None, defect_pool: str = "topk",
-             map_target: str = "touched", w_spread: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+             map_target: str = "touched", w_spread: float = 0.0,
+             spread_cells: str = "all") -> tuple[torch.Tensor, dict[str, float]]:
     """Total ABN loss and its terms. `strict`: classification terms on defective images only. `synthetic`: good
     images carrying pasted defects (inspection/data.paste_defects): their pastes are their L_map target and
     they have no other term. L_defect's top-k would ask more cells to light than a small paste covers (2 % of
@@ -169,7 +177,7 @@ def abn_loss(out, labels: torch.Tensor, good_index: int, w_normal: float, strict
     l_att = classify_loss(att_logits, labels, use)
     l_norm = normal_loss(attention, is_normal)
     l_def = defect_loss(attention[real], ~is_normal[real], defect_topk, defect_on_good, defect_pool)
-    l_spread = (spread_loss(attention[real], ~is_normal[real], defect_topk) if w_spread > 0
+    l_spread = (spread_loss(attention[real], ~is_normal[real], defect_topk, spread_cells) if w_spread > 0
                 else torch.zeros((), device=attention.device))
     total = l_cls + l_att + w_normal * l_norm + w_defect * l_def + w_spread * l_spread
     l_map = torch.zeros((), device=attention.device)

@@ -120,6 +120,7 @@ def forward_loss(model, batch, kind: str, cfg: Config, device) -> tuple[torch.Te
                            defect_topk=cfg.train.defect_topk, defect_on_good=cfg.train.defect_on_good,
                            defect_pool=cfg.train.defect_pool, map_form=cfg.train.map_loss,
                            map_target=cfg.train.map_target, w_spread=cfg.train.w_spread,
+                           spread_cells=cfg.train.spread_cells,
                            synthetic=batch["synthetic"].to(device) if "synthetic" in batch else None)
     return loss, terms, out
 
