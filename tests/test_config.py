@@ -9,6 +9,14 @@ def test_defaults_match_the_documented_default_yaml():
     assert load_config(DEFAULT_CONFIG) == Config()
 
 
+@pytest.mark.parametrize("name", ["default", "demo", "kolektorsdd", "small-defects"])
+def test_each_training_config_shipped_loads(name):
+    """A key misspelt or out of range in a shipped config fails here, not in a user's first training run."""
+    from inspection.cli import DEFAULT_CONFIG
+
+    load_config(DEFAULT_CONFIG.parent / f"{name}.yaml")
+
+
 def test_the_config_docs_state_the_box_rules_own_defaults():
     import re
     from pathlib import Path

@@ -370,15 +370,24 @@ def test_engines_are_built_outside_the_package_hashed_and_never_through_a_symlin
 
 
 @pytest.mark.slow
-def test_a_finer_map_exports_runs_and_rescores(tiny_dataset, tmp_path):
-    """model.map_stride 4: the package's map is twice as fine as F; parity, boxes and re-scoring hold."""
+def test_the_small_defects_profile_trains_exports_runs_and_rescores(tiny_dataset, tmp_path):
+    """configs/small-defects.yaml (map_stride 4, L_spread): the package's map is twice as fine as F; L_spread
+    trains; parity, boxes and re-scoring hold."""
+    import json
+
+    import yaml
     from conftest import tiny_config
 
+    from inspection.cli import DEFAULT_CONFIG
     from inspection.core.layout import scan_dataset
     from inspection.training.train import train
 
-    cfg = tiny_config(tiny_dataset, **{"model.map_stride": 4, "train.epochs": 1})
+    profile = yaml.safe_load((DEFAULT_CONFIG.parent / "small-defects.yaml").read_text())
+    keys = {f"{section}.{k}": v for section, values in profile.items() for k, v in values.items()}
+    assert keys["model.map_stride"] == 4 and keys["train.w_spread"] > 0
+    cfg = tiny_config(tiny_dataset, **keys, **{"train.epochs": 1})
     best = train(cfg, scan_dataset(tiny_dataset, cfg.data), tmp_path / "run", progress=False)
+    assert json.loads((tmp_path / "run" / "history.json").read_text())[0]["train_spread"] > 0
     package = export_package(best, tmp_path / "package", progress=False)
     meta = load_package(package)
     assert meta["attention"]["size"] == [16, 16] and max(meta["parity"]["max_abs_diff"].values()) <= 1e-4
