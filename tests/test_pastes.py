@@ -35,17 +35,21 @@ def test_each_shape_is_what_its_name_says(seed):
 
     replay = random.Random(seed + 1000)
     cx, cy, spread = replay.uniform(0, W), replay.uniform(0, H), max(4.0, min(H, W) / 12)
-    drawn = replay.randint(3, 12)  # the pits cluster() draws with the same generator, and where
-    spots = set()
-    for _ in range(drawn):
-        spots.add((round(cx + replay.gauss(0, spread)), round(cy + replay.gauss(0, spread))))
-        replay.randint(1, 3)
+    pits = []  # the pits cluster() draws with the same generator: centre and radius
+    for _ in range(replay.randint(3, 12)):
+        pits.append((round(cx + replay.gauss(0, spread)), round(cy + replay.gauss(0, spread)), replay.randint(1, 3)))
+    spots = {(px, py) for px, py, _ in pits}
     c = cluster(H, W, random.Random(seed + 1000))
     n, _, stats, centres = cv2.connectedComponentsWithStats(c, connectivity=8)
-    assert 1 <= n - 1 <= drawn  # one region per pit kept: those off the image or touching another left out
+    assert n - 1 <= len(pits)  # one region per pit kept: those off the image or touching another left out
     x, y, w, h, area = stats[1:].T
     whole = (x > 0) & (y > 0) & (x + w < W) & (y + h < H)  # pits clear of the border are whole discs
-    assert {tuple(p) for p in np.rint(centres[1:][whole]).astype(int)} <= spots  # each region is a drawn pit
+    found = {tuple(p) for p in np.rint(centres[1:][whole]).astype(int)}
+    assert found <= spots  # each region is a drawn pit
+    alone = {(px, py) for i, (px, py, r) in enumerate(pits)  # inside the image, far from every other pit drawn
+             if r < px < W - 1 - r and r < py < H - 1 - r
+             and all(np.hypot(px - qx, py - qy) > r + q + 2 for j, (qx, qy, q) in enumerate(pits) if j != i)}
+    assert alone <= found  # ... and each pit that touches nothing is kept
     assert set(area[whole]) <= {5, 13, 29}, area  # radius 1, 2 or 3 px: two pits never merge into one
     assert np.ptp(centres[1:], axis=0).max() <= 8 * max(4, min(H, W) / 12)  # one neighbourhood, not the image
 
