@@ -41,11 +41,12 @@ def dataset_copy(tiny_dataset, tmp_path):
     return dst
 
 
-def tiny_config(root, **overrides):
+def tiny_config(root, base=None, **overrides):
+    """The tiny test model on `root`, over the config file `base` (the defaults when None)."""
     sets = [f"data.root={root}", "data.image_size=[64, 64]", "model.backbone=tiny", "model.pretrained=false",
             "train.epochs=2", "train.batch_size=8", "train.lr=0.003", "eval.overlays=4"]
     sets += [f"{k}={v}" for k, v in overrides.items()]
-    return load_config(None, sets)
+    return load_config(base, sets)
 
 
 @pytest.fixture(scope="session")

@@ -375,17 +375,14 @@ def test_the_small_defects_profile_trains_exports_runs_and_rescores(tiny_dataset
     trains; parity, boxes and re-scoring hold."""
     import json
 
-    import yaml
     from conftest import tiny_config
 
     from inspection.cli import DEFAULT_CONFIG
     from inspection.core.layout import scan_dataset
     from inspection.training.train import train
 
-    profile = yaml.safe_load((DEFAULT_CONFIG.parent / "small-defects.yaml").read_text())
-    keys = {f"{section}.{k}": v for section, values in profile.items() for k, v in values.items()}
-    assert keys["model.map_stride"] == 4 and keys["train.w_spread"] > 0
-    cfg = tiny_config(tiny_dataset, **keys, **{"train.epochs": 1})
+    cfg = tiny_config(tiny_dataset, DEFAULT_CONFIG.parent / "small-defects.yaml", **{"train.epochs": 1})
+    assert cfg.model.map_stride == 4 and cfg.train.w_spread > 0
     best = train(cfg, scan_dataset(tiny_dataset, cfg.data), tmp_path / "run", progress=False)
     assert json.loads((tmp_path / "run" / "history.json").read_text())[0]["train_spread"] > 0
     package = export_package(best, tmp_path / "package", progress=False)
