@@ -215,6 +215,24 @@ def test_spread_loss_cold_leaves_a_hot_region_larger_than_k_alone_and_pulls_the_
     assert t["spread"] == pytest.approx(spread_loss(out.attention, labels != 0, 0.2, "cold").item())
 
 
+def test_spread_loss_joined_keeps_the_top_cells_region_and_pulls_hot_regions_apart_from_it():
+    logits = torch.full((1, 10, 10), -2.0)      # k = 3 of 100 cells
+    logits[0, 2:6, 2:6] = 2.0                   # a large defect: 16 hot cells, far more than k
+    logits[0, 2, 2] = 3.0                       # its peak
+    logits[0, 8, 7:9] = 1.0                     # a hot region apart from it (0.73, under the 16's 0.88)
+    logits.requires_grad_(True)
+    att = torch.sigmoid(logits)
+    loss = spread_loss(att, torch.tensor([True]), topk=0.03, cells="joined")
+    rest = 82 * torch.sigmoid(torch.tensor(-2.0)).item() + 2 * torch.sigmoid(torch.tensor(1.0)).item()
+    assert loss.item() == pytest.approx(rest / 97, rel=1e-5)
+    loss.backward()
+    assert (logits.grad[0, 2:6, 2:6] == 0).all()        # the top cells' region keeps every cell
+    assert (logits.grad[0, 8, 7:9] > 0).all() and (logits.grad[0, 0] > 0).all()   # the region apart is pulled
+    assert loss.item() > spread_loss(att, torch.tensor([True]), topk=0.03, cells="cold").item()
+    two = torch.stack([att[0], att[0].flip(-1)])        # per image: each map's own top cells
+    assert spread_loss(two, torch.tensor([True, True]), 0.03, "joined").item() == pytest.approx(loss.item(), rel=1e-5)
+
+
 def test_targets_shrink_by_cell_maximum_so_thin_defects_mark_every_cell_they_touch():
     target = torch.zeros(1, 40, 40)
     target[0, 13, 5:30] = 1.0                   # a one-pixel crack across cells of 8x8 pixels

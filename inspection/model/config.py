@@ -135,9 +135,9 @@ class TrainConfig(_Section):
         "cells at or above 0.5, at most k; the top-k where none is)")
     w_spread: float = Field(0.0, ge=0, description="weight of L_spread (on defective images, the mean map "
                             "outside its top-k cells); 0 = off")
-    spread_cells: Literal["all", "cold"] = Field(
+    spread_cells: Literal["all", "cold", "joined"] = Field(
         "all", description="cells L_spread pulls down: all (every cell outside the top-k) | cold (those under 0.5 "
-        "only: a region the map calls a defect keeps its size)")
+        "only: a region the map calls a defect keeps its size) | joined (also the hot regions holding no top-k cell)")
     gamma_map: float = Field(1.0, ge=0, description="weight of L_map for images with a map target")
     map_loss: Literal["balanced", "l2"] = Field(
         "balanced", description="L_map's form: balanced (hot and other cells weigh half each) | l2 (plain mean)")

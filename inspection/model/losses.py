@@ -38,18 +38,33 @@ def spread_loss(attention: torch.Tensor, is_defect: torch.Tensor, topk: float = 
 
     `cells` "cold" pulls only the cells under MAP_HOT among them (the sum still over all cells outside the top
     k): a region the map already calls a defect keeps its size, however many cells it covers, and only the
-    lukewarm cells around and between are pulled down, where "all" holds every map to about k hot cells."""
-    if cells not in ("all", "cold"):
-        raise ValueError(f"train.spread_cells must be 'all' or 'cold', got {cells!r}")
+    lukewarm cells around and between are pulled down, where "all" holds every map to about k hot cells.
+    "joined" keeps only the hot regions that hold a top-k cell (8-connected, at MAP_HOT): the defect's own
+    region keeps its size, hot regions elsewhere are pulled down with the lukewarm cells."""
+    if cells not in ("all", "cold", "joined"):
+        raise ValueError(f"train.spread_cells must be 'all', 'cold' or 'joined', got {cells!r}")
     if not bool(is_defect.any()):
         return attention.sum() * 0.0
-    a = attention[is_defect].flatten(1)
+    maps = attention[is_defect]
+    a = maps.flatten(1)
     k = top_count(a.shape[1], topk)
     if k >= a.shape[1]:
         return attention.sum() * 0.0
     top = torch.zeros_like(a, dtype=torch.bool).scatter_(1, a.topk(k, dim=1).indices, True)
-    pulled = ~top if cells == "all" else ~top & (a.detach() < MAP_HOT)
-    return ((a * pulled).sum(1) / (a.shape[1] - k)).mean()
+    kept = top if cells == "all" else top | (a.detach() >= MAP_HOT)
+    if cells == "joined":
+        kept = _joined(top.view_as(maps), kept.view_as(maps)).flatten(1)
+    return ((a * ~kept).sum(1) / (a.shape[1] - k)).mean()
+
+
+def _joined(seed: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """The cells of `allowed` 8-connected to a `seed` cell through `allowed` cells (boolean, N×1×h×w)."""
+    region = seed & allowed
+    while True:
+        grown = (F.max_pool2d(region.float(), 3, stride=1, padding=1) > 0) & allowed
+        if torch.equal(grown, region):
+            return region
+        region = grown
 
 
 def defect_loss(attention: torch.Tensor, is_defect: torch.Tensor, topk: float = 0.02,
