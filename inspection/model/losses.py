@@ -58,7 +58,7 @@ def spread_loss(attention: torch.Tensor, is_defect: torch.Tensor, topk: float = 
 
 
 def _joined(seed: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """The cells of `allowed` 8-connected to a `seed` cell through `allowed` cells (boolean, N×1×h×w)."""
+    """The cells of `allowed` 8-connected to a `seed` cell through `allowed` cells (boolean, N×h×w)."""
     region = seed & allowed
     while True:
         grown = (F.max_pool2d(region.float(), 3, stride=1, padding=1) > 0) & allowed
