@@ -41,7 +41,7 @@ def test_each_shape_is_what_its_name_says(seed):
     spots = {(px, py) for px, py, _ in pits}
     c = cluster(H, W, random.Random(seed + 1000))
     n, _, stats, centres = cv2.connectedComponentsWithStats(c, connectivity=8)
-    assert n - 1 <= len(pits)  # one region per pit kept: those off the image or touching another left out
+    assert 1 <= n - 1 <= len(pits)  # one region per pit kept: those off the image or touching another left out
     x, y, w, h, area = stats[1:].T
     whole = (x > 0) & (y > 0) & (x + w < W) & (y + h < H)  # pits clear of the border are whole discs
     found = {tuple(p) for p in np.rint(centres[1:][whole]).astype(int)}
