@@ -232,3 +232,39 @@ def test_a_region_whose_features_good_parts_also_have_is_dropped_by_the_novelty_
     for bad in (-1.0, float("nan"), True):
         with pytest.raises(ValueError, match="novelty_distance"):
             BoxRule(novelty_distance=bad, min_area=0)
+
+
+def test_the_grow_level_spreads_a_region_over_the_new_pixels_of_a_large_defect_and_not_over_a_halo():
+    from inspection.core.boxes import BoxRule, grow_regions
+
+    att = np.zeros((20, 40), np.float32)
+    att[7:9, 18:20] = 0.9            # the map lights two cells of a large defect
+    att[15:17, 2:4] = 0.9            # and a small defect whole
+    far = np.full((20, 40), 0.5, np.float32)       # feature distance to the good parts, per pixel
+    far[4:12, 10:30] = 2.6
+    far[7:9, 18:20] = 3.0            # the large defect is new all over, about as new as its lit cells
+    far[14:18, 1:5] = 2.2            # a halo around the small defect: new, but far less than the defect itself
+    far[15:17, 2:4] = 4.0
+    far[0:3, 34:38] = 3.5            # new, but no region of the map: no box
+    rule = BoxRule(threshold=0.8, novelty=0.9, novelty_distance=2.0, grow=0.7, min_area=0)
+    assert sorted(b.xyxy for b in attention_to_boxes(att, (20, 40), rule, novelty=far)) == [
+        (2, 15, 4, 17), (10, 4, 30, 12)]
+    # at half of the highest distance the halo (2.2 >= 0.5 * 4.0) joins the small defect
+    half = BoxRule(threshold=0.8, novelty=0.9, novelty_distance=2.0, grow=0.5, min_area=0)
+    assert sorted(b.xyxy for b in attention_to_boxes(att, (20, 40), half, novelty=far)) == [
+        (1, 14, 5, 18), (10, 4, 30, 12)]
+    # off: level 0, no distance map, the novelty level off or no distance set from validation: the lit cells only
+    for r, f in ((BoxRule(threshold=0.8, novelty=0.9, novelty_distance=2.0, min_area=0), far), (rule, None),
+                 (BoxRule(threshold=0.8, novelty=0, novelty_distance=2.0, grow=0.7, min_area=0), far),
+                 (BoxRule(threshold=0.8, novelty=0.9, grow=0.7, min_area=0), far)):
+        assert sorted(b.xyxy for b in attention_to_boxes(att, (20, 40), r, novelty=f)) == [
+            (2, 15, 4, 17), (18, 7, 20, 9)]
+    # a new pixel beyond a gap of old ones is not reached
+    hot = att >= 0.8
+    far[4:12, 24] = 0.5
+    grown = grow_regions(hot, far, 2.0, 0.7)
+    assert grown[4:12, 10:24].all() and not grown[:, 24:].any()
+    assert "grown" in rule.describe() and "grow" in BoxRule.text()
+    assert BoxRule.from_dict({"threshold": 0.5}).grow == 0  # a package from before the level: off
+    with pytest.raises(ValueError, match="grow must be in"):
+        BoxRule(grow=1.0, min_area=0)

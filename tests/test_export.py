@@ -1,4 +1,5 @@
 """Export → model package → torch-free runtime: parity, round trip, INT8, re-scoring and every refusal."""
+import dataclasses
 import json
 import shutil
 import sys
@@ -69,6 +70,11 @@ def test_round_trip_gives_the_pytorch_evaluators_decisions_and_boxes(exported):
             far = distance_map(rt.session.run(["features"], {"image": _input(rt, frame)})[0][0], rt.bank)
             assert [b.xyxy for b in verdict.boxes] == [b.xyxy for b in attention_to_boxes(
                 att[0], frame.shape[:2], rt.box_rule, rt.roi, novelty=far)]
+            # with the grow level on, every cell's distance: regions grow over new cells around them
+            rt.box_rule = dataclasses.replace(rule := rt.box_rule, grow=0.5)
+            assert [b.xyxy for b in rt.inspect([frame])[0].boxes] == [b.xyxy for b in attention_to_boxes(
+                att[0], frame.shape[:2], rt.box_rule, rt.roi, novelty=far)]
+            rt.box_rule = rule
 
 
 def test_the_feature_bank_travels_from_training_to_the_line(exported, tmp_path):

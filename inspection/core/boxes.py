@@ -8,9 +8,12 @@ lie at least `relative` of the way from the foot to the region's peak (a soft bl
 boxed near its tip, a plateau whole); boxes closer than `merge` (a share of the longer side of the region
 the model saw) become one (a crack that the map breaks into beads is one defect); regions under `min_area`
 pixels, or under `area_share` of the largest region's area on the same part (a speck beside a defect, where
-the map saturates and peaks cannot tell them apart), are dropped; where the frame is given, each box is drawn
-around the part of its region where the image stands out from the surface around the region (`refine`: at
-least that share of the strongest deviation; a blob of stride-8 cells is larger than a small defect, the pixels
+the map saturates and peaks cannot tell them apart), are dropped; with the model's feature distances, regions
+whose features good parts also show are dropped (`novelty`) and each region may grow over the pixels around it
+that are as new to the good parts (`grow`: a large defect the map lights only in part); where the frame is
+given, each box is drawn around the part of its region where the image stands out from the surface around the
+region (`refine`: at least that share of the strongest deviation; a blob of stride-8 cells is larger than a
+small defect, the pixels
 are not); each box is scored by the peak (or mean) attention inside.
 
     >>> boxes = attention_to_boxes(att, frame_hw=(480, 640), threshold=0.5, low=0.5, relative=0.5, min_area=20)
@@ -91,6 +94,10 @@ LEVELS: dict[str, Level] = {
                      "regions whose backbone features are all as close to the good training parts' as this share "
                      "of the good validation parts' cells are dropped (part borders, texture: seen on good parts; "
                      "needs the model's feature bank); 0 = off"),
+    "grow": Level(0.0, (0.0, 0.5, 0.7, 0.8), 0, 1, True,
+                  "each region grows over the pixels around it that are new to the good parts too: feature "
+                  "distance at least the novelty level's and this share of the highest inside the region (a "
+                  "large defect the map lights only in part); needs the novelty level; 0 = off"),
     "merge": Level(0.0, (0.0, 0.02, 0.05), 0, 1, False,
                    "boxes closer than this share of the ROI's longer side merge (a crack the map breaks into "
                    "beads); 0 = off"),
@@ -114,6 +121,7 @@ class BoxRule:
     area_share: float = 0.0
     novelty: float = 0.99  # the one level on by default: chosen on four real sets (docs/method.md)
     novelty_distance: float = 0.0  # the feature distance `novelty` stands for, set from validation; 0 = keep all
+    grow: float = 0.0
     min_area: int = 16  # pixels of the frame: a speck under 4x4 px is no defect a box can show
     score: str = "peak"
 
@@ -171,6 +179,9 @@ class BoxRule:
         if self.novelty and self.novelty_distance:
             parts.append(f"regions whose features all lie within the distance {self.novelty:.0%} of good cells reach "
                          f"({self.novelty_distance:.3g}) dropped")
+        if self.grow and self.novelty and self.novelty_distance:
+            parts.append(f"regions grown over the new pixels around them at {self.grow:g} of their highest feature "
+                         "distance")
         if self.area_share:
             parts.append(f"regions under {self.area_share:g} of the largest one's area dropped")
         return ", ".join(parts)
@@ -324,6 +335,27 @@ def _merge_near(parts: list[list], gap: float) -> list[list]:
     return parts
 
 
+def grow_regions(hot: np.ndarray, far: np.ndarray, distance: float, share: float) -> np.ndarray:
+    """`hot` (bool, h x w) with each 8-connected region grown over the connected pixels around it whose feature
+    distance (`far`, h x w) reaches `distance` and `share` of the highest distance inside the region: a defect
+    the map lights only in part (its most telling cells) is as new to the good parts all over, while the halo
+    around a small defect fades from the defect's own distance."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((hot | (far >= distance)).astype(np.uint8), connectivity=8)
+    out = hot.copy()
+    for i in range(1, n):
+        x, y, w, h = (int(v) for v in stats[i][:4])
+        member = labels[y:y + h, x:x + w] == i
+        core = member & hot[y:y + h, x:x + w]
+        if not core.any() or core.sum() == member.sum():
+            continue
+        window = far[y:y + h, x:x + w]
+        passes = member & (window >= max(distance, share * float(window[core].max()))) | core
+        _, pieces = cv2.connectedComponents(passes.astype(np.uint8), connectivity=8)
+        keep = np.unique(pieces[core])
+        out[y:y + h, x:x + w] |= np.isin(pieces, keep[keep > 0])
+    return out
+
+
 def map_boxes(up: np.ndarray, rule: BoxRule, offset: tuple[int, int] = (0, 0),
               image: np.ndarray | None = None, novelty: np.ndarray | None = None) -> list[Box]:
     """The box rule on a map already upsampled to the region the model saw (`offset`: its corner in the frame);
@@ -337,7 +369,10 @@ def map_boxes(up: np.ndarray, rule: BoxRule, offset: tuple[int, int] = (0, 0),
     if rule.peak_share > 0 and up.size:
         seed = max(seed, rule.peak_share * float(up.max()))
     foot = seed * rule.low
-    return components_to_boxes(up >= foot, up, rule.min_area, rule.score, offset, seed=seed,
+    binary = up >= foot
+    if rule.grow and rule.novelty and rule.novelty_distance and novelty is not None:
+        binary = grow_regions(binary, novelty, rule.novelty_distance, rule.grow)
+    return components_to_boxes(binary, up, rule.min_area, rule.score, offset, seed=seed,
                                merge_gap=rule.merge * max(up.shape), relative=rule.relative, foot=foot,
                                area_share=rule.area_share, image=image, refine=rule.refine,
                                novelty=novelty if rule.novelty else None, novelty_distance=rule.novelty_distance)

@@ -358,9 +358,10 @@ class Runtime:
         if verdict != "pass":
             rule, far = self.box_rule, None
             if features is not None and self.bank is not None and rule.novelty and rule.novelty_distance:
-                # only the cells the rule can read (regions at its foot, and their neighbours): bounded cost
-                far = distance_map(features, self.bank, hot_cells(attention, rule.threshold * rule.low,
-                                                                  features.shape[1:]))
+                # only the cells the rule can read (regions at its foot, and their neighbours): bounded cost;
+                # every cell where regions may grow over new ones
+                far = distance_map(features, self.bank, None if rule.grow else
+                                   hot_cells(attention, rule.threshold * rule.low, features.shape[1:]))
             boxes = attention_to_boxes(attention, frame.shape[:2], rule, self.roi, frame=frame, novelty=far)
         defect = None if verdict == "pass" else self.classes[1 + int(np.argmax(probs[1:]))]
         return Inspection(verdict, float(score), {c: float(p) for c, p in zip(self.classes, probs)}, defect,

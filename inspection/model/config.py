@@ -179,6 +179,7 @@ class BoxConfig(_Section):
     peak_share: Optional[float] = _level("peak_share")
     area_share: Optional[float] = _level("area_share")
     novelty: Optional[float] = _level("novelty")
+    grow: Optional[float] = _level("grow")
     min_area: int = Field(BoxRule().min_area, ge=0, description="minimum component area in original pixels")
     score: Literal["peak", "mean"] = "peak"
 
