@@ -132,9 +132,9 @@ def variants(only_plain: bool = False) -> dict[str, dict]:
                 out[f"{name}={v:g}"] = {name: v}
     for t in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
         out[f"plain {t:g}"] = {**plain, "threshold": t}
-    for name, values in BoxRule.ablation().items():  # the threshold 0.5 and one level
+    for name, values in BoxRule.ablation().items():  # the threshold 0.5 and one level (grow needs novelty too)
         for v in values:
-            if name != "threshold" and v != LEVELS[name].neutral:
+            if name not in ("threshold", "grow") and v != LEVELS[name].neutral:
                 out[f"plain 0.5 + {name}={v:g}"] = {**plain, "threshold": 0.5, name: v}
     kept = ("default", "earlier default")
     return {k: v for k, v in out.items() if k in kept or k.startswith("plain")} if only_plain else out
