@@ -13,8 +13,7 @@ whose features good parts also show are dropped (`novelty`) and each region may 
 that are as new to the good parts (`grow`: a large defect the map lights only in part); where the frame is
 given, each box is drawn around the part of its region where the image stands out from the surface around the
 region (`refine`: at least that share of the strongest deviation; a blob of stride-8 cells is larger than a
-small defect, the pixels
-are not); each box is scored by the peak (or mean) attention inside.
+small defect, the pixels are not); each box is scored by the peak (or mean) attention inside.
 
     >>> boxes = attention_to_boxes(att, frame_hw=(480, 640), threshold=0.5, low=0.5, relative=0.5, min_area=20)
     >>> boxes = attention_to_boxes(att, frame_hw=(480, 640), rule=BoxRule.from_dict(package_variant["box_rule"]),
