@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from box_rule import checkpoints, measure, predictions, run_arguments  # noqa: E402
 
 import inspection.training.evaluate as evaluate  # noqa: E402
-from inspection.core.boxes import components_to_boxes, map_boxes  # noqa: E402
+from inspection.core.boxes import components_to_boxes, grow_regions, map_boxes  # noqa: E402
 from inspection.model.abn import load_checkpoint  # noqa: E402
 from inspection.training.loader import InspectionDataset  # noqa: E402
 
@@ -39,23 +39,22 @@ STATE = {"mode": "off", "share": 0.0, "item": 0, "features": []}
 
 def similar_mask(up, novelty, features, seed, tau, share):
     """The map's hot pixels, each 8-connected hot region grown over the new (>= tau) pixels around it whose
-    features have a cosine of at least `share` to the region's mean feature."""
+    features have a cosine of at least `share` to the region's mean feature (the rule's growth, with the
+    distance of the pixels that fail the cosine set to 0)."""
     hot = up >= seed
     n, labels = cv2.connectedComponents((hot | (novelty >= tau)).astype(np.uint8), connectivity=8)
     out = hot.copy()
+    c, h, w = features.shape
     for i in range(1, n):
         member = labels == i
         core = member & hot
         if not core.any():
             continue
-        c, h, w = features.shape
         cells = cv2.resize(core.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 0
         v = features[:, cells].mean(1)
         cos = np.tensordot(v / (np.linalg.norm(v) + 1e-8), features, 1).astype(np.float32)
-        passes = cv2.resize(cos, (up.shape[1], up.shape[0]), interpolation=cv2.INTER_LINEAR) >= share
-        _, pieces = cv2.connectedComponents((member & passes | core).astype(np.uint8), connectivity=8)
-        keep = np.unique(pieces[core])
-        out |= np.isin(pieces, keep[keep > 0])
+        alike = member & (cv2.resize(cos, (up.shape[1], up.shape[0]), interpolation=cv2.INTER_LINEAR) >= share)
+        out |= grow_regions(core, np.where(alike, novelty, 0), tau, 0.0)
     return out
 
 
